@@ -1,0 +1,145 @@
+//! Domain -> proto conversions for responses.
+
+use berth_proto::v1 as pb;
+
+use crate::model;
+
+pub fn group(g: model::SecretGroup) -> pb::SecretGroup {
+    pb::SecretGroup {
+        id: g.id,
+        name: g.name,
+        description: g.description,
+        provider_id: g.provider_id,
+        auto_sync: g.auto_sync,
+        secret_count: g.secret_count,
+        created_at: g.created_at,
+        updated_at: g.updated_at,
+    }
+}
+
+pub fn secret(s: model::Secret) -> pb::SecretSummary {
+    pb::SecretSummary {
+        id: s.id,
+        name: s.name,
+        group_id: s.group_id,
+        group_name: s.group_name,
+        has_value: !s.value.is_empty(),
+        value_preview: s.value_preview,
+        description: s.description,
+        source: s.source,
+        last_synced_at: s.last_synced_at,
+        created_at: s.created_at,
+        updated_at: s.updated_at,
+    }
+}
+
+pub fn env_var(v: model::EnvVar) -> pb::EnvVar {
+    pb::EnvVar {
+        id: v.id,
+        scope: v.scope,
+        app: v.app_name,
+        key: v.key,
+        value: v.value,
+        value_type: v.value_type,
+        secret_id: v.secret_id,
+        secret_path: v.secret_path,
+        description: v.description,
+        created_at: v.created_at,
+        updated_at: v.updated_at,
+    }
+}
+
+pub fn port_to_proto(p: model::PortMapping) -> pb::PortMapping {
+    pb::PortMapping { host: p.host.into(), container: p.container.into(), protocol: p.protocol }
+}
+
+pub fn port_from_proto(p: pb::PortMapping) -> Result<model::PortMapping, crate::error::Error> {
+    let port = |n: u32, which: &str| {
+        u16::try_from(n).map_err(|_| crate::error::Error::invalid(format!("{which} port {n} is out of range")))
+    };
+    Ok(model::PortMapping {
+        host: port(p.host, "host")?,
+        container: port(p.container, "container")?,
+        protocol: if p.protocol.is_empty() { "tcp".to_string() } else { p.protocol },
+    })
+}
+
+pub fn target_to_proto(t: model::Target) -> pb::Target {
+    pb::Target {
+        target: Some(match t {
+            model::Target::Agent(name) => pb::target::Target::Agent(name),
+            model::Target::Label { key, value } => pb::target::Target::Label(format!("{key}={value}")),
+        }),
+    }
+}
+
+pub fn target_from_proto(t: pb::Target) -> Result<model::Target, crate::error::Error> {
+    match t.target {
+        Some(pb::target::Target::Agent(name)) => Ok(model::Target::Agent(name)),
+        Some(pb::target::Target::Label(selector)) => match selector.split_once('=') {
+            Some((k, v)) => Ok(model::Target::Label { key: k.to_string(), value: v.to_string() }),
+            None => Err(crate::error::Error::invalid(format!("label target {selector:?} must be key=value"))),
+        },
+        None => Err(crate::error::Error::invalid("empty target")),
+    }
+}
+
+pub fn application(a: model::Application) -> pb::Application {
+    pb::Application {
+        id: a.id,
+        name: a.name,
+        image: a.image,
+        version: a.version,
+        repository: a.repository,
+        ports: a.ports.into_iter().map(port_to_proto).collect(),
+        status: a.status,
+        webhook_enabled: a.webhook_enabled,
+        webhook_token_preview: a.webhook_token_prefix.unwrap_or_default(),
+        auto_deploy: a.auto_deploy,
+        last_deployed_at: a.last_deployed_at,
+        targets: a.targets.into_iter().map(target_to_proto).collect(),
+        created_at: a.created_at,
+        updated_at: a.updated_at,
+    }
+}
+
+pub fn deployment(d: model::DeploymentLog) -> pb::DeploymentSummary {
+    pb::DeploymentSummary {
+        deployment_id: d.deployment_id,
+        version: d.version,
+        status: d.status,
+        trigger_type: d.trigger_type,
+        trigger_source: d.trigger_source,
+        error_message: d.error_message,
+        started_at: d.started_at,
+        completed_at: d.completed_at,
+        duration_ms: d.duration_ms,
+    }
+}
+
+pub fn api_key(k: model::ApiKey) -> pb::ApiKey {
+    pb::ApiKey {
+        id: k.id,
+        name: k.name,
+        role: k.role,
+        prefix: k.prefix,
+        created_at: k.created_at,
+        last_used_at: k.last_used_at,
+        revoked_at: k.revoked_at,
+    }
+}
+
+pub fn repository(r: model::Repository) -> pb::Repository {
+    pb::Repository {
+        id: r.id,
+        name: r.name,
+        url: r.url,
+        username: r.username,
+        has_password: r.password.is_some(),
+        created_at: r.created_at,
+    }
+}
+
+pub fn image_pattern(p: model::ImagePattern) -> pb::ImagePattern {
+    pb::ImagePattern { id: p.id, pattern: p.pattern, description: p.description, created_at: p.created_at }
+}

@@ -1,0 +1,16 @@
+//! The berth control plane as a library: the binaries (`berth-control-plane`, `berth dev`)
+//! are thin wrappers around [`node::start`] and [`node::Node::serve`].
+
+#![forbid(unsafe_code)]
+
+pub mod crypto;
+pub mod error;
+pub mod grpc;
+pub mod model;
+pub mod node;
+pub mod pki;
+pub mod service;
+pub mod store;
+pub mod validate;
+
+pub use error::{Error, ErrorCode, Result};

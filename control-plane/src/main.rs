@@ -1,0 +1,64 @@
+//! `berth-control-plane`: parses config, sets up logging, runs the node until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use berth_control_plane::node::{self, MasterKeySource, NodeConfig};
+use clap::Parser;
+use secrecy::ExposeSecret as _;
+
+/// The berth control plane: secrets, environments, applications and deployments.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Directory for the database, the PKI and (by default) the master key.
+    #[arg(long, env = "BERTH_DATA_DIR", default_value = "/var/lib/berth")]
+    data_dir: PathBuf,
+    /// Address of the admin gRPC API (TLS).
+    #[arg(long, env = "BERTH_LISTEN", default_value = node::DEFAULT_GRPC_ADDR)]
+    listen: SocketAddr,
+    /// Names and IPs the server certificate covers (comma-separated).
+    #[arg(long, env = "BERTH_SERVER_NAMES", value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    server_name: Vec<String>,
+    /// Public base URL of the webhook shim, shown by `berth app show`.
+    #[arg(long, env = "BERTH_WEBHOOK_PUBLIC_URL")]
+    webhook_public_url: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = NodeConfig {
+        data_dir: args.data_dir,
+        grpc_listen: args.listen,
+        server_names: args.server_name,
+        master_key: MasterKeySource::from_vars(|k| std::env::var(k).ok()),
+        write_admin_token_file: false,
+        webhook_public_url: args.webhook_public_url,
+    };
+    let node = node::start(config).await?;
+    if let Some(key) = &node.initial_admin_key {
+        // Shown exactly once, on stdout, like `vault operator init`; never logged.
+        println!("Initial admin API key (shown once, store it now):\n\n    {}\n", key.expose_secret());
+    }
+    println!("CA fingerprint: {}", node.ca_fingerprint);
+    node.serve(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.ok();
+}

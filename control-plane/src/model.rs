@@ -1,0 +1,192 @@
+//! Domain types shared by the store and the services. They carry no transport concerns (no
+//! prost) and no plaintext secret values: a secret's value here is always its ciphertext.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SecretGroup {
+    pub id: i64,
+    pub name: String,
+    pub description: Option<String>,
+    pub provider_id: Option<i64>,
+    pub auto_sync: bool,
+    pub secret_count: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A `secrets` row joined with its group's name. `value` is the stored ciphertext.
+#[derive(Clone, sqlx::FromRow)]
+pub struct Secret {
+    pub id: i64,
+    pub name: String,
+    pub group_id: i64,
+    pub group_name: String,
+    pub value: String,
+    pub value_preview: String,
+    pub description: Option<String>,
+    pub source: String,
+    pub last_synced_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("id", &self.id)
+            .field("group", &self.group_name)
+            .field("name", &self.name)
+            .field("value_preview", &self.value_preview)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret about to be written: ciphertext and preview already computed.
+pub struct NewSecret {
+    pub name: String,
+    pub value: String,
+    pub value_preview: String,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvScope {
+    Global,
+    Project(i64),
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EnvVar {
+    pub id: i64,
+    pub scope: String,
+    pub project_id: Option<i64>,
+    pub app_name: Option<String>,
+    pub key: String,
+    pub value: String,
+    pub value_type: String,
+    pub secret_id: Option<i64>,
+    /// `group/name` of the referenced secret, for secret_ref rows whose secret exists.
+    pub secret_path: Option<String>,
+    pub description: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// An environment variable about to be written.
+#[derive(Debug, Clone)]
+pub struct NewEnvVar {
+    pub key: String,
+    pub value: String,
+    pub value_type: &'static str,
+    pub secret_id: Option<i64>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub host: u16,
+    pub container: u16,
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+}
+
+fn default_protocol() -> String {
+    "tcp".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Agent(String),
+    Label { key: String, value: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Application {
+    pub id: i64,
+    pub name: String,
+    pub image: String,
+    pub version: Option<String>,
+    pub repository: Option<String>,
+    pub ports: Vec<PortMapping>,
+    pub status: String,
+    pub webhook_enabled: bool,
+    pub webhook_token_prefix: Option<String>,
+    pub auto_deploy: bool,
+    pub last_deployed_at: Option<String>,
+    pub targets: Vec<Target>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApplication {
+    pub name: String,
+    pub image: String,
+    pub version: Option<String>,
+    pub repository_id: Option<i64>,
+    pub ports: Vec<PortMapping>,
+    pub webhook_enabled: bool,
+    pub webhook_token_digest: String,
+    pub webhook_token_prefix: String,
+    pub auto_deploy: bool,
+    pub targets: Vec<Target>,
+}
+
+/// A partial update; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ApplicationPatch {
+    pub image: Option<String>,
+    pub version: Option<String>,
+    pub repository_id: Option<Option<i64>>,
+    pub ports: Option<Vec<PortMapping>>,
+    pub webhook_enabled: Option<bool>,
+    pub auto_deploy: Option<bool>,
+    pub targets: Option<Vec<Target>>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeploymentLog {
+    pub id: i64,
+    pub application_id: i64,
+    pub version: String,
+    pub deployment_id: String,
+    pub trigger_type: String,
+    pub trigger_source: Option<String>,
+    pub status: String,
+    pub error_message: Option<String>,
+    pub started_at: String,
+    pub completed_at: Option<String>,
+    pub duration_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKey {
+    pub id: i64,
+    pub name: String,
+    pub key_hash: String,
+    pub prefix: String,
+    pub role: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Repository {
+    pub id: i64,
+    pub name: String,
+    pub url: String,
+    pub username: Option<String>,
+    /// Ciphertext of the password.
+    pub password: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ImagePattern {
+    pub id: i64,
+    pub pattern: String,
+    pub description: Option<String>,
+    pub created_at: String,
+}

@@ -1,0 +1,204 @@
+//! A running control plane: opens the store, loads the master key and the PKI, bootstraps
+//! the first admin key, and serves the admin gRPC API over TLS (with health and reflection).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret as _, SecretString};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::crypto::MasterKey;
+use crate::error::{Error, Result};
+use crate::grpc::AdminServices;
+use crate::pki::{write_private, Pki};
+use crate::service::applications::WEBHOOK_URL_SETTING;
+use crate::service::Service;
+use crate::store::Store;
+
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7443";
+const DATABASE_FILE: &str = "berth.db";
+const MASTER_KEY_FILE: &str = "master.key";
+/// Where the all-in-one node leaves the first admin key (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Where the master key comes from (R-3.4), in priority order.
+pub enum MasterKeySource {
+    /// `BERTH_MASTER_KEY`: the key itself (hex or base64).
+    Value(SecretString),
+    /// `BERTH_MASTER_KEY_FILE`: a file holding it.
+    File(PathBuf),
+    /// `<data-dir>/master.key`, created 0600 on first start.
+    DataDir,
+}
+
+impl MasterKeySource {
+    /// Reads `BERTH_MASTER_KEY` / `BERTH_MASTER_KEY_FILE` from a variable lookup (the process
+    /// env in binaries, a map in tests).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Self {
+        if let Some(value) = get("BERTH_MASTER_KEY").filter(|v| !v.is_empty()) {
+            MasterKeySource::Value(SecretString::from(value))
+        } else if let Some(path) = get("BERTH_MASTER_KEY_FILE").filter(|v| !v.is_empty()) {
+            MasterKeySource::File(PathBuf::from(path))
+        } else {
+            MasterKeySource::DataDir
+        }
+    }
+}
+
+pub struct NodeConfig {
+    /// SQLite file, PKI, and (by default) the master key live here.
+    pub data_dir: PathBuf,
+    /// Admin gRPC API (TLS). Port 0 picks a free port.
+    pub grpc_listen: SocketAddr,
+    /// Names and addresses the server certificate is valid for.
+    pub server_names: Vec<String>,
+    pub master_key: MasterKeySource,
+    /// All-in-one mode: write the first admin key to `<data-dir>/admin.token` (0600).
+    pub write_admin_token_file: bool,
+    /// Public base URL of the webhook shim, shown in `berth app show`.
+    pub webhook_public_url: Option<String>,
+}
+
+impl NodeConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            grpc_listen: DEFAULT_GRPC_ADDR.parse().expect("valid default"),
+            server_names: vec!["localhost".to_string(), "127.0.0.1".to_string()],
+            master_key: MasterKeySource::DataDir,
+            write_admin_token_file: false,
+            webhook_public_url: None,
+        }
+    }
+}
+
+/// A started node, not yet serving.
+pub struct Node {
+    pub grpc_addr: SocketAddr,
+    pub ca_cert_path: PathBuf,
+    pub ca_fingerprint: String,
+    /// The first admin key, on the very first start only.
+    pub initial_admin_key: Option<SecretString>,
+    /// Where the first admin key was written, in all-in-one mode.
+    pub admin_token_file: Option<PathBuf>,
+    pub service: Service,
+    listener: TcpListener,
+    pki: Pki,
+}
+
+/// Prepares a node: everything that can fail at start fails here, before anything listens.
+pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+    create_private_dir(&config.data_dir)?;
+    let store = Store::open(&config.data_dir.join(DATABASE_FILE)).await?;
+    let key = load_master_key(&config, &store).await?;
+    let service = Service::new(store, key).await?;
+    let pki = Pki::load_or_create(&config.data_dir, &config.server_names)?;
+    if let Some(url) = &config.webhook_public_url {
+        service.store().put_setting(WEBHOOK_URL_SETTING, url).await?;
+    }
+
+    let mut admin_token_file = None;
+    let initial_admin_key = match service.bootstrap_admin_key().await? {
+        Some(created) => {
+            if config.write_admin_token_file {
+                let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+                write_private(&path, created.key.expose_secret())?;
+                admin_token_file = Some(path);
+            }
+            Some(created.key)
+        }
+        None => {
+            let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+            admin_token_file = path.exists().then_some(path);
+            None
+        }
+    };
+
+    let listener = TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_listen))?;
+    Ok(Node {
+        grpc_addr: listener.local_addr()?,
+        ca_cert_path: pki.paths.ca_cert.clone(),
+        ca_fingerprint: pki.ca_fingerprint.clone(),
+        initial_admin_key,
+        admin_token_file,
+        service,
+        listener,
+        pki,
+    })
+}
+
+impl Node {
+    /// Serves the admin API until `shutdown` resolves, then drains and closes the store.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        let admin = AdminServices::new(self.service.clone());
+        health_reporter.set_serving::<berth_proto::v1::secret_service_server::SecretServiceServer<crate::grpc::SecretApi>>().await;
+        health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(berth_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let tls = ServerTlsConfig::new().identity(Identity::from_pem(&self.pki.server_cert_pem, &self.pki.server_key_pem));
+
+        tracing::info!(addr = %self.grpc_addr, ca_fingerprint = %self.ca_fingerprint, "admin api listening");
+        Server::builder()
+            .tls_config(tls)?
+            // A stuck client must not hold a connection slot forever.
+            .timeout(std::time::Duration::from_secs(60))
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(admin.secrets)
+            .add_service(admin.env)
+            .add_service(admin.applications)
+            .add_service(admin.api_keys)
+            .add_service(admin.repositories)
+            .add_service(admin.allowlist)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .await?;
+        self.service.store().close().await;
+        tracing::info!("control plane stopped");
+        Ok(())
+    }
+}
+
+async fn load_master_key(config: &NodeConfig, store: &Store) -> Result<MasterKey> {
+    match &config.master_key {
+        MasterKeySource::Value(value) => MasterKey::parse(value.expose_secret()),
+        MasterKeySource::File(path) => MasterKey::read_file(path),
+        MasterKeySource::DataDir => {
+            let path = config.data_dir.join(MASTER_KEY_FILE);
+            if path.exists() {
+                return MasterKey::read_file(&path);
+            }
+            let encrypted = store.count_encrypted_rows().await?;
+            if encrypted > 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "the database holds {encrypted} encrypted values but no master key was given: \
+                     set BERTH_MASTER_KEY or BERTH_MASTER_KEY_FILE, or restore {}",
+                    path.display()
+                )));
+            }
+            let (key, text) = MasterKey::generate();
+            write_private(&path, &text)?;
+            tracing::info!(path = %path.display(), key_id = key.id(), "created master key; back it up");
+            Ok(key)
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::FailedPrecondition(format!("cannot create data directory {}: {e}", dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::FailedPrecondition(format!("cannot restrict {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}

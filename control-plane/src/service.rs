@@ -1,0 +1,194 @@
+//! Domain logic of the control plane. Every entry point (gRPC handlers, the webhook RPC, the
+//! CLI's `berth dev`) goes through [`Service`], which validates input, checks the caller's
+//! role, encrypts and decrypts, and calls the store.
+//!
+//! Architecture invariant: this module knows nothing of tonic or HTTP. Authorization is
+//! decided here (each method takes the [`Actor`]), so no transport can skip it.
+
+mod api_keys;
+pub mod applications;
+mod env;
+mod registry;
+mod secrets;
+
+use std::sync::Arc;
+
+use crate::crypto::{Aad, MasterKey};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+pub use api_keys::{CreatedApiKey, API_KEY_PREFIX};
+pub use applications::{ApplicationDetail, CreatedApplication, WEBHOOK_TOKEN_PREFIX};
+pub use env::{ResolvedEnvironment, SetEnvValue};
+pub use secrets::{mask_value, parse_dotenv, ImportFormat};
+
+/// `system_settings` key of a value encrypted at first start, used to check the master key.
+const KEY_CHECK_SETTING: &str = "master_key_check";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"berth master key check";
+
+/// Roles of API keys (R-6.2). `Webhook` is the webhook shim's narrow credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Deployer,
+    Viewer,
+    Webhook,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "deployer" => Ok(Role::Deployer),
+            "viewer" => Ok(Role::Viewer),
+            "webhook" => Ok(Role::Webhook),
+            other => Err(Error::invalid(format!(
+                "unknown role {other:?}: expected admin, deployer or viewer"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Deployer => "deployer",
+            Role::Viewer => "viewer",
+            Role::Webhook => "webhook",
+        }
+    }
+
+    fn allows(self, permission: Permission) -> bool {
+        use Permission::*;
+        match self {
+            Role::Admin => true,
+            Role::Deployer => matches!(permission, Read | Deploy),
+            Role::Viewer => matches!(permission, Read),
+            Role::Webhook => matches!(permission, WebhookDeploy),
+        }
+    }
+}
+
+/// What a call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Metadata and masked summaries.
+    Read,
+    /// Create, change or delete configuration.
+    Write,
+    /// See plaintext secret values.
+    Reveal,
+    /// Start deployments.
+    Deploy,
+    /// Create and revoke API keys.
+    ManageKeys,
+    /// Forward CI webhooks (the shim only).
+    WebhookDeploy,
+}
+
+impl Permission {
+    fn describe(self) -> &'static str {
+        match self {
+            Permission::Read => "read configuration",
+            Permission::Write => "change configuration",
+            Permission::Reveal => "reveal secret values",
+            Permission::Deploy => "deploy",
+            Permission::ManageKeys => "manage api keys",
+            Permission::WebhookDeploy => "forward webhooks",
+        }
+    }
+}
+
+/// Who is calling: recorded in audit rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// `apikey:<name>`, `system`, …
+    pub name: String,
+    pub role: Role,
+}
+
+impl Actor {
+    /// The node itself (first-start bootstrap, tests).
+    pub fn system() -> Self {
+        Actor { name: "system".to_string(), role: Role::Admin }
+    }
+
+    pub fn require(&self, permission: Permission) -> Result<()> {
+        if self.role.allows(permission) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "role {} cannot {}",
+                self.role.as_str(),
+                permission.describe()
+            )))
+        }
+    }
+}
+
+/// The control plane's domain API. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    store: Store,
+    key: Arc<MasterKey>,
+}
+
+impl Service {
+    /// Binds the store to a master key, refusing a key that does not decrypt what the database
+    /// already holds (R-3.4). Nothing is written unless the check passes.
+    pub async fn new(store: Store, key: MasterKey) -> Result<Self> {
+        let wrong_key = |detail: String| {
+            Error::FailedPrecondition(format!(
+                "the master key (id {}) does not match this database: {detail}; \
+                 start with the key this data was encrypted with (BERTH_MASTER_KEY, BERTH_MASTER_KEY_FILE \
+                 or master.key in the data directory)",
+                key.id()
+            ))
+        };
+        let check_aad = Aad::new("system_settings", "value", &[KEY_CHECK_SETTING]);
+        match store.setting(KEY_CHECK_SETTING).await? {
+            Some(stored) => {
+                key.decrypt(&stored, &check_aad).map_err(|e| wrong_key(e.to_string()))?;
+            }
+            None => {
+                // A database from before the check existed, or a fresh one: verify any existing
+                // ciphertext before recording the check value.
+                if let Some(secret) = store.list_secrets(None).await?.into_iter().next() {
+                    key.decrypt(&secret.value, &Aad::secret(secret.group_id, &secret.name))
+                        .map_err(|e| wrong_key(e.to_string()))?;
+                }
+                if let Some((name, password)) = store.any_repository_password().await? {
+                    key.decrypt(&password, &Aad::new("repositories", "password", &[&name]))
+                        .map_err(|e| wrong_key(e.to_string()))?;
+                }
+                store.put_setting(KEY_CHECK_SETTING, &key.encrypt(KEY_CHECK_PLAINTEXT, &check_aad)).await?;
+            }
+        }
+        Ok(Service { store, key: Arc::new(key) })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn audit(&self, actor: &Actor, action: &str, target: &str, details: Option<&str>) -> Result<()> {
+        self.store.audit(&actor.name, action, target, details).await
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub async fn service() -> Service {
+        let store = Store::open_in_memory().await.unwrap();
+        Service::new(store, MasterKey::from_bytes(&[42u8; 32]).unwrap()).await.unwrap()
+    }
+
+    pub fn admin() -> Actor {
+        Actor::system()
+    }
+
+    pub fn viewer() -> Actor {
+        Actor { name: "apikey:v".into(), role: Role::Viewer }
+    }
+}

@@ -1,0 +1,278 @@
+//! Registered applications (the seed's §4): only these can be deployed, each with its own
+//! webhook token, shown once and stored as a digest.
+
+use secrecy::{ExposeSecret as _, SecretString};
+
+use super::{Actor, Permission, Service};
+use crate::crypto::{generate_token, token_digest, token_preview};
+use crate::error::{Error, Result};
+use crate::model::{Application, ApplicationPatch, DeploymentLog, EnvScope, EnvVar, NewApplication, PortMapping, Target};
+use crate::validate;
+
+pub const WEBHOOK_TOKEN_PREFIX: &str = "whk_";
+/// Characters of a token kept for display: "whk_" and six random characters.
+const TOKEN_PREVIEW_CHARS: usize = 10;
+/// `system_settings` key of the public base URL of the webhook shim.
+pub const WEBHOOK_URL_SETTING: &str = "webhook_public_url";
+const DEFAULT_WEBHOOK_URL: &str = "http://127.0.0.1:7480";
+
+/// What an admin asks for; validated by [`Service::create_application`].
+#[derive(Debug, Clone)]
+pub struct ApplicationSpec {
+    pub name: String,
+    pub image: String,
+    pub version: Option<String>,
+    pub repository: Option<String>,
+    pub ports: Vec<PortMapping>,
+    pub webhook_enabled: bool,
+    pub auto_deploy: bool,
+    pub targets: Vec<Target>,
+}
+
+/// A partial update, by names (the service turns them into ids).
+#[derive(Debug, Clone, Default)]
+pub struct ApplicationUpdate {
+    pub image: Option<String>,
+    pub version: Option<String>,
+    /// `Some(None)` detaches the repository.
+    pub repository: Option<Option<String>>,
+    pub ports: Option<Vec<PortMapping>>,
+    pub webhook_enabled: Option<bool>,
+    pub auto_deploy: Option<bool>,
+    pub targets: Option<Vec<Target>>,
+}
+
+pub struct CreatedApplication {
+    pub application: Application,
+    /// Shown once; only its digest is stored.
+    pub webhook_token: SecretString,
+}
+
+/// The seed's application detail view.
+pub struct ApplicationDetail {
+    pub application: Application,
+    pub webhook_url: String,
+    pub env: Vec<EnvVar>,
+    pub deployments: Vec<DeploymentLog>,
+}
+
+impl Service {
+    pub async fn create_application(&self, actor: &Actor, spec: ApplicationSpec) -> Result<CreatedApplication> {
+        actor.require(Permission::Write)?;
+        validate::name("application", &spec.name)?;
+        validate::image(&spec.image)?;
+        if let Some(v) = &spec.version {
+            validate::version(v)?;
+        }
+        validate_ports(&spec.ports)?;
+        validate_targets(&spec.targets)?;
+        let repository_id = match &spec.repository {
+            Some(name) => Some(self.store.repository_id(name).await?),
+            None => None,
+        };
+        let token = generate_token(WEBHOOK_TOKEN_PREFIX);
+        let application = self
+            .store
+            .insert_application(&NewApplication {
+                name: spec.name.clone(),
+                image: spec.image,
+                version: spec.version,
+                repository_id,
+                ports: spec.ports,
+                webhook_enabled: spec.webhook_enabled,
+                webhook_token_digest: token_digest(token.expose_secret()),
+                webhook_token_prefix: token_preview(token.expose_secret(), TOKEN_PREVIEW_CHARS),
+                auto_deploy: spec.auto_deploy,
+                targets: spec.targets,
+            })
+            .await?;
+        self.audit(actor, "application.create", &spec.name, None).await?;
+        Ok(CreatedApplication { application, webhook_token: token })
+    }
+
+    pub async fn list_applications(&self, actor: &Actor) -> Result<Vec<Application>> {
+        actor.require(Permission::Read)?;
+        self.store.list_applications().await
+    }
+
+    pub async fn application_detail(&self, actor: &Actor, name: &str) -> Result<ApplicationDetail> {
+        actor.require(Permission::Read)?;
+        let application = self.store.application(name).await?;
+        let mut env = self.store.list_env(EnvScope::Global).await?;
+        let project = self.store.list_env(EnvScope::Project(application.id)).await?;
+        env.retain(|g| !project.iter().any(|p| p.key == g.key));
+        env.extend(project);
+        env.sort_by(|a, b| a.key.cmp(&b.key));
+        let deployments = self.store.recent_deployments(application.id, 10).await?;
+        let webhook_url = self
+            .store
+            .setting(WEBHOOK_URL_SETTING)
+            .await?
+            .unwrap_or_else(|| DEFAULT_WEBHOOK_URL.to_string());
+        Ok(ApplicationDetail { application, webhook_url, env, deployments })
+    }
+
+    pub async fn update_application(&self, actor: &Actor, name: &str, update: ApplicationUpdate) -> Result<Application> {
+        actor.require(Permission::Write)?;
+        let app = self.store.application(name).await?;
+        if let Some(image) = &update.image {
+            validate::image(image)?;
+        }
+        if let Some(v) = &update.version {
+            validate::version(v)?;
+        }
+        if let Some(ports) = &update.ports {
+            validate_ports(ports)?;
+        }
+        if let Some(targets) = &update.targets {
+            validate_targets(targets)?;
+        }
+        let repository_id = match &update.repository {
+            Some(Some(repo)) => Some(Some(self.store.repository_id(repo).await?)),
+            Some(None) => Some(None),
+            None => None,
+        };
+        let patch = ApplicationPatch {
+            image: update.image,
+            version: update.version,
+            repository_id,
+            ports: update.ports,
+            webhook_enabled: update.webhook_enabled,
+            auto_deploy: update.auto_deploy,
+            targets: update.targets,
+        };
+        let updated = self.store.update_application(app.id, &patch).await?;
+        self.audit(actor, "application.update", name, None).await?;
+        Ok(updated)
+    }
+
+    pub async fn delete_application(&self, actor: &Actor, name: &str) -> Result<()> {
+        actor.require(Permission::Write)?;
+        let app = self.store.application(name).await?;
+        self.store.delete_application(app.id).await?;
+        self.audit(actor, "application.delete", name, None).await
+    }
+
+    /// Issues a new webhook token; the old one stops working at once.
+    pub async fn rotate_webhook_token(&self, actor: &Actor, name: &str) -> Result<CreatedApplication> {
+        actor.require(Permission::Write)?;
+        let app = self.store.application(name).await?;
+        let token = generate_token(WEBHOOK_TOKEN_PREFIX);
+        self.store
+            .set_webhook_token(
+                app.id,
+                &token_digest(token.expose_secret()),
+                &token_preview(token.expose_secret(), TOKEN_PREVIEW_CHARS),
+            )
+            .await?;
+        self.audit(actor, "application.rotate_token", name, None).await?;
+        Ok(CreatedApplication { application: self.store.application_by_id(app.id).await?, webhook_token: token })
+    }
+}
+
+fn validate_ports(ports: &[PortMapping]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for p in ports {
+        if p.host == 0 || p.container == 0 {
+            return Err(Error::invalid("ports must be between 1 and 65535"));
+        }
+        if p.protocol != "tcp" && p.protocol != "udp" {
+            return Err(Error::invalid(format!("port protocol must be tcp or udp, got {:?}", p.protocol)));
+        }
+        if !seen.insert((p.host, p.protocol.clone())) {
+            return Err(Error::invalid(format!("host port {}/{} is mapped twice", p.host, p.protocol)));
+        }
+    }
+    Ok(())
+}
+
+fn validate_targets(targets: &[Target]) -> Result<()> {
+    for t in targets {
+        match t {
+            Target::Agent(name) => validate::name("agent", name)?,
+            Target::Label { key, value } => {
+                validate::name("label key", key)?;
+                validate::name("label value", value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::crypto::token_matches;
+    use crate::service::testing::{admin, service, viewer};
+
+    pub fn new_app(name: &str) -> ApplicationSpec {
+        ApplicationSpec {
+            name: name.to_string(),
+            image: "mycompany/myapp".to_string(),
+            version: Some("v1.0.0".to_string()),
+            repository: None,
+            ports: vec![PortMapping { host: 8080, container: 80, protocol: "tcp".into() }],
+            webhook_enabled: true,
+            auto_deploy: false,
+            targets: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_webhook_token_is_shown_once_and_stored_as_a_digest() {
+        let svc = service().await;
+        let created = svc.create_application(&admin(), new_app("myapp")).await.unwrap();
+        let token = created.webhook_token.expose_secret().to_string();
+        assert!(token.starts_with("whk_"));
+        let stored = svc.store().webhook_token_digest(created.application.id).await.unwrap().unwrap();
+        assert!(!stored.contains(&token[4..]));
+        assert!(token_matches(&created.webhook_token, &stored));
+        let preview = created.application.webhook_token_prefix.unwrap();
+        assert!(token.starts_with(preview.trim_end_matches('…')));
+
+        let rotated = svc.rotate_webhook_token(&admin(), "myapp").await.unwrap();
+        let stored = svc.store().webhook_token_digest(created.application.id).await.unwrap().unwrap();
+        assert!(!token_matches(&created.webhook_token, &stored));
+        assert!(token_matches(&rotated.webhook_token, &stored));
+    }
+
+    #[tokio::test]
+    async fn invalid_applications_are_refused() {
+        let svc = service().await;
+        let mut bad = new_app("myapp");
+        bad.image = "Bad Image".into();
+        assert!(svc.create_application(&admin(), bad).await.is_err());
+        let mut bad = new_app("myapp");
+        bad.ports.push(PortMapping { host: 8080, container: 81, protocol: "tcp".into() });
+        assert!(svc.create_application(&admin(), bad).await.is_err());
+        let mut bad = new_app("myapp");
+        bad.repository = Some("nope".into());
+        assert!(svc.create_application(&admin(), bad).await.is_err());
+        assert!(svc.create_application(&viewer(), new_app("myapp")).await.is_err());
+        assert!(svc.list_applications(&admin()).await.unwrap().is_empty());
+        svc.create_application(&admin(), new_app("myapp")).await.unwrap();
+        assert!(svc.create_application(&admin(), new_app("myapp")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn update_changes_only_what_is_given() {
+        let svc = service().await;
+        svc.create_application(&admin(), new_app("myapp")).await.unwrap();
+        let updated = svc
+            .update_application(
+                &admin(),
+                "myapp",
+                ApplicationUpdate {
+                    webhook_enabled: Some(false),
+                    targets: Some(vec![Target::Label { key: "env".into(), value: "prod".into() }]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!updated.webhook_enabled);
+        assert_eq!(updated.image, "mycompany/myapp");
+        assert_eq!(updated.ports.len(), 1);
+        assert_eq!(updated.targets, vec![Target::Label { key: "env".into(), value: "prod".into() }]);
+    }
+}

@@ -1,0 +1,365 @@
+//! Environment variables and their resolution.
+
+use std::collections::{BTreeMap, HashMap};
+
+use secrecy::SecretString;
+
+use super::{Actor, Permission, Service};
+use crate::crypto::Aad;
+use crate::error::{Error, Result};
+use crate::model::{EnvScope, EnvVar, NewEnvVar, Secret};
+use crate::store::ImportOutcome;
+use crate::validate;
+
+/// What a variable is set to.
+#[derive(Debug, Clone)]
+pub enum SetEnvValue {
+    Plain(String),
+    /// `GROUP/NAME` of an existing secret.
+    Secret(String),
+    /// Name of an existing group.
+    Group(String),
+}
+
+/// An application's resolved environment: key -> plaintext, sorted by key. Values are
+/// `SecretString`s so the map cannot be logged by accident.
+pub type ResolvedEnvironment = BTreeMap<String, SecretString>;
+
+impl Service {
+    pub async fn set_env(
+        &self,
+        actor: &Actor,
+        app: Option<&str>,
+        key: &str,
+        value: SetEnvValue,
+        description: Option<&str>,
+    ) -> Result<EnvVar> {
+        actor.require(Permission::Write)?;
+        validate::env_key(key)?;
+        validate::description(description)?;
+        let scope = self.env_scope(app).await?;
+        let var = match value {
+            SetEnvValue::Plain(value) => {
+                validate::env_value(key, &value)?;
+                NewEnvVar { key: key.to_string(), value, value_type: "plain", secret_id: None, description: None }
+            }
+            SetEnvValue::Secret(path) => {
+                let (group, name) = path.split_once('/').ok_or_else(|| {
+                    Error::invalid(format!("secret reference {path:?} must be GROUP/NAME"))
+                })?;
+                let secret = self.store.secret(group, name).await?;
+                NewEnvVar {
+                    key: key.to_string(),
+                    value: format!("@secret:{}", secret.id),
+                    value_type: "secret_ref",
+                    secret_id: Some(secret.id),
+                    description: None,
+                }
+            }
+            SetEnvValue::Group(group) => {
+                let group = self.store.group(&group).await?;
+                NewEnvVar {
+                    key: key.to_string(),
+                    value: format!("@group:{}", group.name),
+                    value_type: "group_ref",
+                    secret_id: None,
+                    description: None,
+                }
+            }
+        };
+        let var = NewEnvVar { description: description.map(str::to_string), ..var };
+        let stored = self.store.upsert_env(scope, &var).await?;
+        self.audit(actor, "env.set", &scope_label(app, key), Some(var.value_type)).await?;
+        Ok(stored)
+    }
+
+    pub async fn list_env(&self, actor: &Actor, app: Option<&str>) -> Result<Vec<EnvVar>> {
+        actor.require(Permission::Read)?;
+        let scope = self.env_scope(app).await?;
+        self.store.list_env(scope).await
+    }
+
+    pub async fn unset_env(&self, actor: &Actor, app: Option<&str>, key: &str) -> Result<()> {
+        actor.require(Permission::Write)?;
+        let scope = self.env_scope(app).await?;
+        self.store.delete_env(scope, key).await?;
+        self.audit(actor, "env.unset", &scope_label(app, key), None).await
+    }
+
+    /// The seed's scenario 3: import every secret of a group as a `secret_ref` variable,
+    /// skipping keys the application already defines.
+    pub async fn import_group(&self, actor: &Actor, group: &str, app: &str) -> Result<ImportOutcome> {
+        actor.require(Permission::Write)?;
+        let group = self.store.group(group).await?;
+        let app_row = self.store.application(app).await?;
+        let outcome = self.store.import_group_into_app(group.id, &group.name, app_row.id).await?;
+        let details = format!("imported {} skipped {}", outcome.imported, outcome.skipped_keys.len());
+        self.audit(actor, "env.import_group", &format!("{app} <- {}", group.name), Some(&details)).await?;
+        Ok(outcome)
+    }
+
+    /// The resolved environment in plaintext, for a human: needs the reveal right and
+    /// confirmation, and is audited.
+    pub async fn export_env(&self, actor: &Actor, app: &str, confirm: bool) -> Result<ResolvedEnvironment> {
+        actor.require(Permission::Reveal)?;
+        if !confirm {
+            return Err(Error::FailedPrecondition(
+                "exporting an environment reveals secrets and needs explicit confirmation (--yes)".to_string(),
+            ));
+        }
+        let app_row = self.store.application(app).await?;
+        let env = self.resolve_environment(app_row.id).await?;
+        self.audit(actor, "env.export", app, Some(&format!("{} variables", env.len()))).await?;
+        Ok(env)
+    }
+
+    /// Resolves an application's environment: global rows, then project rows overriding by
+    /// key (the seed's `buildEnvironmentForProject`). Within a scope, `@group:` references
+    /// expand to one variable per secret of the group, explicit keys win over expanded ones,
+    /// and two groups defining the same name are an error naming both. Any unresolvable
+    /// reference is an error naming the variable.
+    pub async fn resolve_environment(&self, app_id: i64) -> Result<ResolvedEnvironment> {
+        let app = self.store.application_by_id(app_id).await?;
+        let global = self.store.list_env(EnvScope::Global).await?;
+        let project = self.store.list_env(EnvScope::Project(app_id)).await?;
+
+        let secret_ids: Vec<i64> = global.iter().chain(&project).filter_map(|v| v.secret_id).collect();
+        let group_names: Vec<String> = global
+            .iter()
+            .chain(&project)
+            .filter_map(|v| v.value.strip_prefix("@group:").filter(|_| v.value_type == "group_ref"))
+            .map(str::to_string)
+            .collect();
+        let by_id: HashMap<i64, Secret> =
+            self.store.secrets_by_ids(&secret_ids).await?.into_iter().map(|s| (s.id, s)).collect();
+        let mut by_group: HashMap<String, Vec<Secret>> = HashMap::new();
+        for secret in self.store.secrets_of_groups(&group_names).await? {
+            by_group.entry(secret.group_name.clone()).or_default().push(secret);
+        }
+        let existing_groups: std::collections::HashSet<String> = if group_names.is_empty() {
+            Default::default()
+        } else {
+            self.store.list_groups().await?.into_iter().map(|g| g.name).collect()
+        };
+
+        let mut env = ResolvedEnvironment::new();
+        for (scope_name, vars) in [("global", &global), (app.name.as_str(), &project)] {
+            let resolved = self.resolve_scope(scope_name, vars, &by_id, &by_group, &existing_groups)?;
+            env.extend(resolved);
+        }
+        Ok(env)
+    }
+
+    fn resolve_scope(
+        &self,
+        scope_name: &str,
+        vars: &[EnvVar],
+        by_id: &HashMap<i64, Secret>,
+        by_group: &HashMap<String, Vec<Secret>>,
+        existing_groups: &std::collections::HashSet<String>,
+    ) -> Result<ResolvedEnvironment> {
+        let unresolvable = |key: &str, why: String| {
+            Error::FailedPrecondition(format!("variable {key} ({scope_name}) cannot be resolved: {why}"))
+        };
+        // Group expansions first, remembering which group each name came from.
+        let mut expanded: BTreeMap<String, (String, SecretString)> = BTreeMap::new();
+        for var in vars.iter().filter(|v| v.value_type == "group_ref") {
+            let group = var.value.strip_prefix("@group:").unwrap_or_default();
+            if !existing_groups.contains(group) {
+                return Err(unresolvable(&var.key, format!("group {group:?} does not exist")));
+            }
+            for secret in by_group.get(group).map(Vec::as_slice).unwrap_or_default() {
+                let value = self
+                    .key
+                    .decrypt_string(&secret.value, &Aad::secret(secret.group_id, &secret.name))
+                    .map_err(|e| unresolvable(&var.key, e.to_string()))?;
+                if let Some((other, _)) = expanded.get(&secret.name) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "groups {other:?} and {group:?} both define {} in scope {scope_name}",
+                        secret.name
+                    )));
+                }
+                expanded.insert(secret.name.clone(), (group.to_string(), value));
+            }
+        }
+        let mut out: ResolvedEnvironment = expanded.into_iter().map(|(k, (_, v))| (k, v)).collect();
+        // Explicit keys override expanded ones.
+        for var in vars {
+            let value = match var.value_type.as_str() {
+                "plain" => SecretString::from(var.value.clone()),
+                "secret_ref" => {
+                    let secret = var
+                        .secret_id
+                        .and_then(|id| by_id.get(&id))
+                        .ok_or_else(|| unresolvable(&var.key, format!("{} does not exist", var.value)))?;
+                    self.key
+                        .decrypt_string(&secret.value, &Aad::secret(secret.group_id, &secret.name))
+                        .map_err(|e| unresolvable(&var.key, e.to_string()))?
+                }
+                _ => continue,
+            };
+            out.insert(var.key.clone(), value);
+        }
+        Ok(out)
+    }
+
+    async fn env_scope(&self, app: Option<&str>) -> Result<EnvScope> {
+        Ok(match app {
+            None => EnvScope::Global,
+            Some(name) => EnvScope::Project(self.store.application(name).await?.id),
+        })
+    }
+}
+
+fn scope_label(app: Option<&str>, key: &str) -> String {
+    format!("{}:{key}", app.unwrap_or("(global)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret as _;
+
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::service::testing::{admin, service};
+
+    fn s(v: &str) -> SecretString {
+        SecretString::from(v.to_string())
+    }
+
+    async fn app(svc: &Service, name: &str) -> i64 {
+        svc.create_application(&admin(), crate::service::applications::tests::new_app(name))
+            .await
+            .unwrap()
+            .application
+            .id
+    }
+
+    fn plain(env: &ResolvedEnvironment) -> Vec<(String, String)> {
+        env.iter().map(|(k, v)| (k.clone(), v.expose_secret().to_string())).collect()
+    }
+
+    #[tokio::test]
+    async fn project_overrides_global_and_secrets_resolve() {
+        let svc = service().await;
+        let id = app(&svc, "myapp").await;
+        svc.create_group(&admin(), "production-db", None).await.unwrap();
+        svc.set_secret(&admin(), "production-db", "DATABASE_URL", &s("postgres://u:p@h/db"), None).await.unwrap();
+        svc.set_env(&admin(), None, "NODE_ENV", SetEnvValue::Plain("production".into()), None).await.unwrap();
+        svc.set_env(&admin(), None, "LOG", SetEnvValue::Plain("info".into()), None).await.unwrap();
+        svc.set_env(&admin(), Some("myapp"), "LOG", SetEnvValue::Plain("debug".into()), None).await.unwrap();
+        svc.set_env(&admin(), Some("myapp"), "DATABASE_URL", SetEnvValue::Secret("production-db/DATABASE_URL".into()), None)
+            .await
+            .unwrap();
+        let env = svc.resolve_environment(id).await.unwrap();
+        assert_eq!(
+            plain(&env),
+            vec![
+                ("DATABASE_URL".into(), "postgres://u:p@h/db".into()),
+                ("LOG".into(), "debug".into()),
+                ("NODE_ENV".into(), "production".into()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn groups_expand_explicit_keys_win_and_clashing_groups_fail() {
+        let svc = service().await;
+        let id = app(&svc, "myapp").await;
+        for (g, k, v) in [("a", "X", "ax"), ("a", "Y", "ay"), ("b", "Y", "by")] {
+            if svc.store().group(g).await.is_err() {
+                svc.create_group(&admin(), g, None).await.unwrap();
+            }
+            svc.set_secret(&admin(), g, k, &s(v), None).await.unwrap();
+        }
+        svc.set_env(&admin(), Some("myapp"), "ALL_A", SetEnvValue::Group("a".into()), None).await.unwrap();
+        svc.set_env(&admin(), Some("myapp"), "X", SetEnvValue::Plain("explicit".into()), None).await.unwrap();
+        let env = svc.resolve_environment(id).await.unwrap();
+        assert_eq!(plain(&env), vec![("X".into(), "explicit".into()), ("Y".into(), "ay".into())]);
+
+        svc.set_env(&admin(), Some("myapp"), "ALL_B", SetEnvValue::Group("b".into()), None).await.unwrap();
+        let err = svc.resolve_environment(id).await.unwrap_err().to_string();
+        assert!(err.contains("\"a\"") && err.contains("\"b\"") && err.contains('Y'), "{err}");
+
+        // The same name from a global group and a project group is an override, not a clash.
+        svc.unset_env(&admin(), Some("myapp"), "ALL_B").await.unwrap();
+        svc.set_env(&admin(), None, "ALL_B", SetEnvValue::Group("b".into()), None).await.unwrap();
+        let env = svc.resolve_environment(id).await.unwrap();
+        assert_eq!(plain(&env)[1], ("Y".into(), "ay".into()));
+    }
+
+    #[tokio::test]
+    async fn unresolvable_references_name_the_variable() {
+        let svc = service().await;
+        let id = app(&svc, "myapp").await;
+        svc.create_group(&admin(), "g", None).await.unwrap();
+        svc.set_env(&admin(), Some("myapp"), "ALL", SetEnvValue::Group("g".into()), None).await.unwrap();
+        svc.delete_group(&admin(), "g", true).await.unwrap();
+        // force removed the referencing variable along with the group.
+        assert!(svc.resolve_environment(id).await.unwrap().is_empty());
+
+        let missing = svc
+            .set_env(&admin(), Some("myapp"), "DB", SetEnvValue::Secret("g/NOPE".into()), None)
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), ErrorCode::NotFound);
+    }
+
+    #[tokio::test]
+    async fn referenced_secret_cannot_be_deleted_without_force() {
+        let svc = service().await;
+        app(&svc, "myapp").await;
+        svc.create_group(&admin(), "g", None).await.unwrap();
+        svc.set_secret(&admin(), "g", "DB", &s("v"), None).await.unwrap();
+        svc.set_env(&admin(), Some("myapp"), "DATABASE", SetEnvValue::Secret("g/DB".into()), None).await.unwrap();
+        let err = svc.delete_secret(&admin(), "g", "DB", false).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::FailedPrecondition);
+        assert!(err.to_string().contains("myapp:DATABASE"), "{err}");
+        assert!(svc.store().secret("g", "DB").await.is_ok());
+        let removed = svc.delete_secret(&admin(), "g", "DB", true).await.unwrap();
+        assert_eq!(removed, vec!["myapp:DATABASE".to_string()]);
+        assert!(svc.list_env(&admin(), Some("myapp")).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn two_global_rows_with_one_key_are_impossible() {
+        let svc = service().await;
+        svc.set_env(&admin(), None, "A", SetEnvValue::Plain("1".into()), None).await.unwrap();
+        svc.set_env(&admin(), None, "A", SetEnvValue::Plain("2".into()), None).await.unwrap();
+        assert_eq!(svc.list_env(&admin(), None).await.unwrap().len(), 1);
+        // The partial unique index holds even for a writer that bypasses the upsert.
+        let dup = svc
+            .store()
+            .upsert_env_raw_insert_for_test("A")
+            .await
+            .unwrap_err();
+        assert_eq!(dup.code(), ErrorCode::AlreadyExists);
+    }
+
+    #[tokio::test]
+    async fn import_group_skips_existing_keys() {
+        let svc = service().await;
+        app(&svc, "myapp").await;
+        svc.create_group(&admin(), "g", None).await.unwrap();
+        for k in ["A", "B", "C"] {
+            svc.set_secret(&admin(), "g", k, &s("v"), None).await.unwrap();
+        }
+        svc.set_env(&admin(), Some("myapp"), "B", SetEnvValue::Plain("mine".into()), None).await.unwrap();
+        let outcome = svc.import_group(&admin(), "g", "myapp").await.unwrap();
+        assert_eq!(outcome.imported, 2);
+        assert_eq!(outcome.skipped_keys, vec!["B".to_string()]);
+        let again = svc.import_group(&admin(), "g", "myapp").await.unwrap();
+        assert_eq!(again.imported, 0);
+    }
+
+    #[tokio::test]
+    async fn invalid_keys_and_oversized_values_store_nothing() {
+        let svc = service().await;
+        assert!(svc.set_env(&admin(), None, "1BAD", SetEnvValue::Plain("x".into()), None).await.is_err());
+        let big = "x".repeat(validate::MAX_ENV_VALUE_BYTES + 1);
+        assert!(svc.set_env(&admin(), None, "BIG", SetEnvValue::Plain(big), None).await.is_err());
+        assert!(svc.set_env(&admin(), Some("nope"), "A", SetEnvValue::Plain("x".into()), None).await.is_err());
+        assert!(svc.set_env(&admin(), None, "G", SetEnvValue::Group("nope".into()), None).await.is_err());
+        assert!(svc.list_env(&admin(), None).await.unwrap().is_empty());
+    }
+}

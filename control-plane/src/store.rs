@@ -1,0 +1,104 @@
+//! All SQL of berth lives under this module (SQLite through sqlx). Services call typed methods
+//! and receive [`crate::error::Error`]; they never see `sqlx::Error`.
+//!
+//! Architecture invariant: no SQL outside `store/`. A PostgreSQL backend would be a second
+//! implementation of these methods, not a change to the services.
+
+mod api_keys;
+mod applications;
+mod audit;
+mod env;
+mod registry;
+mod secrets;
+
+use std::path::Path;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+use crate::error::Error;
+
+pub use audit::AuditEntry;
+pub use env::ImportOutcome;
+pub use secrets::WriteCounts;
+
+/// The database handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite file and applies pending migrations.
+    ///
+    /// WAL lets readers proceed during a write; `synchronous=FULL` makes every acknowledged
+    /// admin write survive a power cut or kill -9; foreign keys are enforced on every connection.
+    pub async fn open(path: &Path) -> Result<Self, Error> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        Self::connect(options).await
+    }
+
+    /// An in-memory database, for unit tests and benchmarks.
+    pub async fn open_in_memory() -> Result<Self, Error> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(internal)?
+            .foreign_keys(true);
+        Self::connect(options).await
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> Result<Self, Error> {
+        let pool = SqlitePoolOptions::new()
+            // A single in-memory database only exists on one connection.
+            .max_connections(if options.get_filename() == Path::new(":memory:") { 1 } else { 8 })
+            .connect_with(options)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot open database: {e}")))?;
+        sqlx::migrate!("../migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| Error::FailedPrecondition(format!("cannot migrate database: {e}")))?;
+        Ok(Store { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Number of rows holding ciphertext, to know whether a master key is required.
+    pub async fn count_encrypted_rows(&self) -> Result<i64, Error> {
+        sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM secrets) + (SELECT COUNT(*) FROM repositories WHERE password IS NOT NULL)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(internal)
+    }
+}
+
+/// Maps an unexpected database error. Constraint violations that callers expect are mapped
+/// with [`conflict`] at the call site, where a specific message can be given.
+pub(crate) fn internal(e: sqlx::Error) -> Error {
+    Error::Internal(format!("database: {e}"))
+}
+
+/// Maps a unique violation to `AlreadyExists(message)`, a foreign-key violation to
+/// `FailedPrecondition`, and everything else to `Internal`.
+pub(crate) fn conflict(e: sqlx::Error, message: impl FnOnce() -> String) -> Error {
+    if let sqlx::Error::Database(db) = &e {
+        if db.is_unique_violation() {
+            return Error::AlreadyExists(message());
+        }
+        if db.is_foreign_key_violation() {
+            return Error::FailedPrecondition(format!("{}: still referenced", message()));
+        }
+    }
+    internal(e)
+}

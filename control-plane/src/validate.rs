@@ -1,0 +1,198 @@
+//! Input rules shared by every entry point (gRPC, webhook, import). Each returns a lowercase
+//! message naming the field, never the offending secret value.
+
+use crate::error::{Error, Result};
+
+pub const MAX_ENV_KEY_LEN: usize = 128;
+pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+pub const MAX_SECRET_VALUE_BYTES: usize = 64 * 1024;
+pub const MAX_NAME_LEN: usize = 64;
+pub const MAX_DESCRIPTION_LEN: usize = 1024;
+
+/// Environment variable keys: `[A-Za-z_][A-Za-z0-9_]*`, at most 128 characters.
+pub fn env_key(key: &str) -> Result<()> {
+    let mut chars = key.chars();
+    let valid_start = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_');
+    if !valid_start || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(Error::invalid(format!(
+            "invalid variable name {:?}: must match [A-Za-z_][A-Za-z0-9_]*",
+            truncate(key)
+        )));
+    }
+    if key.len() > MAX_ENV_KEY_LEN {
+        return Err(Error::invalid(format!("variable name is longer than {MAX_ENV_KEY_LEN} characters")));
+    }
+    Ok(())
+}
+
+/// Secret names become variable names when a group is expanded, so they follow the same rule.
+pub fn secret_name(name: &str) -> Result<()> {
+    env_key(name).map_err(|_| {
+        Error::invalid(format!(
+            "invalid secret name {:?}: must match [A-Za-z_][A-Za-z0-9_]* (it becomes a variable name)",
+            truncate(name)
+        ))
+    })
+}
+
+pub fn env_value(key: &str, value: &str) -> Result<()> {
+    if value.len() > MAX_ENV_VALUE_BYTES {
+        return Err(Error::invalid(format!(
+            "value of {key} is {} bytes, the limit is {MAX_ENV_VALUE_BYTES}",
+            value.len()
+        )));
+    }
+    if value.contains('\0') {
+        return Err(Error::invalid(format!("value of {key} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+pub fn secret_value(name: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(format!("secret {name} has an empty value")));
+    }
+    if value.len() > MAX_SECRET_VALUE_BYTES {
+        return Err(Error::invalid(format!(
+            "secret {name} is {} bytes, the limit is {MAX_SECRET_VALUE_BYTES}",
+            value.len()
+        )));
+    }
+    if value.contains('\0') {
+        return Err(Error::invalid(format!("secret {name} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+/// Names of groups, applications, API keys, repositories: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at
+/// most 64 characters (they end up in container names and URLs).
+pub fn name(kind: &str, name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let valid_start = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric());
+    if !valid_start || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err(Error::invalid(format!(
+            "invalid {kind} name {:?}: use letters, digits, '_', '.', '-', starting with a letter or digit",
+            truncate(name)
+        )));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(format!("{kind} name is longer than {MAX_NAME_LEN} characters")));
+    }
+    Ok(())
+}
+
+pub fn description(description: Option<&str>) -> Result<()> {
+    match description {
+        Some(d) if d.len() > MAX_DESCRIPTION_LEN => Err(Error::invalid(format!(
+            "description is longer than {MAX_DESCRIPTION_LEN} bytes"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A Docker image reference without tag or digest: `[host[:port]/]path`, path components of
+/// lowercase letters, digits and separators (`.`, `_`, `-`).
+pub fn image(image: &str) -> Result<()> {
+    let bad = || {
+        Error::invalid(format!(
+            "invalid image {:?}: expected [registry[:port]/]name without tag (the version is separate)",
+            truncate(image)
+        ))
+    };
+    if image.is_empty() || image.len() > 255 {
+        return Err(bad());
+    }
+    let mut parts: Vec<&str> = image.split('/').collect();
+    // A first component with '.', ':' or "localhost" is a registry host.
+    if parts.len() > 1 && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost") {
+        let host = parts.remove(0);
+        let (h, port) = host.split_once(':').unwrap_or((host, "0"));
+        if !h.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !h.ends_with(|c: char| c.is_ascii_alphanumeric())
+            || h.contains("..")
+            || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            || port.parse::<u16>().is_err()
+        {
+            return Err(bad());
+        }
+    }
+    for part in parts {
+        let ok = !part.is_empty()
+            && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+            && part.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && part.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !ok {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+/// A Docker tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`) or a digest (`sha256:<64 hex>`).
+pub fn version(version: &str) -> Result<()> {
+    if let Some(hex) = version.strip_prefix("sha256:") {
+        if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+            return Ok(());
+        }
+    } else {
+        let mut chars = version.chars();
+        let valid_start = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_');
+        if valid_start && version.len() <= 128 && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+            return Ok(());
+        }
+    }
+    Err(Error::invalid(format!(
+        "invalid version {:?}: must be a docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}) or sha256 digest",
+        truncate(version)
+    )))
+}
+
+/// Quotes at most 64 characters of user input back in an error message.
+fn truncate(s: &str) -> String {
+    if s.chars().count() <= 64 {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(64).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_keys() {
+        for ok in ["A", "_", "DATABASE_URL", "a1_b2"] {
+            env_key(ok).unwrap();
+        }
+        for bad in ["", "1A", "A-B", "A B", "A=B", "ÄÖ", "A\n"] {
+            assert!(env_key(bad).is_err(), "{bad:?}");
+        }
+        assert!(env_key(&"A".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn images_and_versions() {
+        for ok in ["busybox", "mycompany/myapp", "127.0.0.1:5000/team/app", "localhost/x", "reg.io/a-b/c_d.e"] {
+            image(ok).unwrap();
+        }
+        for bad in ["", "Busybox", "app:1.0", "a//b", "../etc", "a/-b", "a b", "a;rm"] {
+            assert!(image(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["v1.2.3", "latest", "1", "_x", &format!("sha256:{}", "a".repeat(64))] {
+            version(ok).unwrap();
+        }
+        for bad in ["", "-x", ".x", "v1;rm -rf /", "../../etc", "v1\n", "v1 2", "ü", &"a".repeat(129), "sha256:xyz"] {
+            assert!(version(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        name("group", "production-db").unwrap();
+        assert!(name("group", "").is_err());
+        assert!(name("group", "-x").is_err());
+        assert!(name("group", "a/b").is_err());
+        assert!(name("group", "名前").is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! berth-tests has no library code; see e2e/.
