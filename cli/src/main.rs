@@ -1,1 +1,105 @@
-fn main() {}
+//! `berth`: the admin CLI of the control plane.
+//!
+//! `berth <noun> <verb>`, one file per noun. This file only parses the command line, sets up
+//! tracing, dispatches and maps errors to exit codes: 0 ok, 1 server or runtime error, 2 usage
+//! error. Commands that talk to the control plane connect on their own (see
+//! [`client::ConnectOptions::connect`]), so commands that need no server need no API key.
+
+#![forbid(unsafe_code)]
+
+mod apikey;
+mod allowlist;
+mod app;
+mod client;
+mod env;
+mod group;
+mod output;
+mod prompt;
+mod repository;
+mod secret;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Admin CLI of the berth control plane")]
+struct Cli {
+    #[command(flatten)]
+    connect: client::ConnectOptions,
+
+    /// Output format of list and show commands
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = output::Format::Table)]
+    output: output::Format,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Secret groups
+    Group(group::GroupArgs),
+    /// Secrets inside groups
+    Secret(secret::SecretArgs),
+    /// Applications, their webhook and targets
+    App(app::AppArgs),
+    /// Environment variables of an application or global
+    Env(env::EnvArgs),
+    /// API keys of the admin API
+    Apikey(apikey::ApiKeyArgs),
+    /// Image registries and their credentials
+    Repository(repository::RepositoryArgs),
+    /// The image allowlist
+    Allowlist(allowlist::AllowlistArgs),
+    /// Print a shell completion script
+    Completion {
+        /// The shell to generate the script for
+        shell: clap_complete::Shell,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => report(err),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (connect, format) = (&cli.connect, cli.output);
+    match cli.command {
+        Command::Group(args) => group::run(args, connect, format).await,
+        Command::Secret(args) => secret::run(args, connect, format).await,
+        Command::App(args) => app::run(args, connect, format).await,
+        Command::Env(args) => env::run(args, connect, format).await,
+        Command::Apikey(args) => apikey::run(args, connect, format).await,
+        Command::Repository(args) => repository::run(args, connect, format).await,
+        Command::Allowlist(args) => allowlist::run(args, connect, format).await,
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// Prints `error: ...` and picks the exit code. Usage errors found after parsing (a
+/// [`clap::Error`]) are rendered by clap, with the usage line, and exit with 2.
+fn report(err: anyhow::Error) -> ExitCode {
+    if let Some(usage) = err.downcast_ref::<clap::Error>() {
+        let _ = usage.clone().format(&mut Cli::command()).print();
+        return ExitCode::from(2);
+    }
+    eprintln!("error: {}", client::describe_error(&err));
+    ExitCode::from(1)
+}

@@ -1,1 +1,6 @@
+//! berth's end-to-end suite: one test binary, real processes (`berth dev`, the `berth` CLI),
+//! real TLS, real SQLite files. Build the binaries first (`cargo build --workspace --bins`);
+//! the README's test command does.
 
+mod common;
+mod foundation;

@@ -19,6 +19,26 @@ pub enum SetEnvValue {
     Secret(String),
     /// Name of an existing group.
     Group(String),
+    /// The seed's `@secret:<id>`.
+    SecretId(i64),
+}
+
+impl SetEnvValue {
+    /// A plain value written in the seed's reference syntax (`@secret:<id>`, `@group:<name>`)
+    /// is taken as that reference, as the seed's `value` column means it.
+    fn from_seed_syntax(value: SetEnvValue) -> Result<SetEnvValue> {
+        let SetEnvValue::Plain(text) = &value else { return Ok(value) };
+        if let Some(id) = text.strip_prefix("@secret:") {
+            let id = id
+                .parse::<i64>()
+                .map_err(|_| Error::invalid(format!("{text:?} is not a secret reference: expected @secret:<id>")))?;
+            return Ok(SetEnvValue::SecretId(id));
+        }
+        if let Some(group) = text.strip_prefix("@group:") {
+            return Ok(SetEnvValue::Group(group.to_string()));
+        }
+        Ok(value)
+    }
 }
 
 /// An application's resolved environment: key -> plaintext, sorted by key. Values are
@@ -38,10 +58,25 @@ impl Service {
         validate::env_key(key)?;
         validate::description(description)?;
         let scope = self.env_scope(app).await?;
+        let value = SetEnvValue::from_seed_syntax(value)?;
         let var = match value {
             SetEnvValue::Plain(value) => {
                 validate::env_value(key, &value)?;
                 NewEnvVar { key: key.to_string(), value, value_type: "plain", secret_id: None, description: None }
+            }
+            SetEnvValue::SecretId(id) => {
+                let secret = self
+                    .store
+                    .secret_by_id(id)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("variable {key}: secret @secret:{id} does not exist")))?;
+                NewEnvVar {
+                    key: key.to_string(),
+                    value: format!("@secret:{}", secret.id),
+                    value_type: "secret_ref",
+                    secret_id: Some(secret.id),
+                    description: None,
+                }
             }
             SetEnvValue::Secret(path) => {
                 let (group, name) = path.split_once('/').ok_or_else(|| {
@@ -350,6 +385,25 @@ mod tests {
         assert_eq!(outcome.skipped_keys, vec!["B".to_string()]);
         let again = svc.import_group(&admin(), "g", "myapp").await.unwrap();
         assert_eq!(again.imported, 0);
+    }
+
+    #[tokio::test]
+    async fn the_seed_reference_syntax_is_understood() {
+        let svc = service().await;
+        svc.create_group(&admin(), "g", None).await.unwrap();
+        let secret = svc.set_secret(&admin(), "g", "A", &s("v"), None).await.unwrap();
+        let var = svc
+            .set_env(&admin(), None, "A", SetEnvValue::Plain(format!("@secret:{}", secret.id)), None)
+            .await
+            .unwrap();
+        assert_eq!((var.value_type.as_str(), var.secret_id), ("secret_ref", Some(secret.id)));
+        let var = svc.set_env(&admin(), None, "ALL", SetEnvValue::Plain("@group:g".into()), None).await.unwrap();
+        assert_eq!(var.value_type, "group_ref");
+        let err = svc.set_env(&admin(), None, "B", SetEnvValue::Plain("@secret:999".into()), None).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::NotFound);
+        assert!(err.to_string().contains("@secret:999"));
+        assert!(svc.set_env(&admin(), None, "C", SetEnvValue::Plain("@secret:x".into()), None).await.is_err());
+        assert_eq!(svc.list_env(&admin(), None).await.unwrap().len(), 2);
     }
 
     #[tokio::test]

@@ -1,0 +1,477 @@
+//! `berth app`: applications, their webhook and deploy targets (ApplicationService).
+
+use berth_proto::v1::{
+    target, Application, ApplicationDetail, CreateApplicationRequest, DeleteApplicationRequest,
+    GetApplicationRequest, ListApplicationsRequest, PortMapping, RotateWebhookTokenRequest, Target,
+    UpdateApplicationRequest,
+};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::client::ConnectOptions;
+use crate::output::{self, Format, Table};
+
+#[derive(Args)]
+pub struct AppArgs {
+    #[command(subcommand)]
+    command: AppCommand,
+}
+
+#[derive(Subcommand)]
+enum AppCommand {
+    /// Register an application; prints its webhook token once
+    Create {
+        name: String,
+        /// Image without tag, e.g. registry.local:5000/team/web
+        #[arg(long)]
+        image: String,
+        /// Tag deployed when none is given
+        #[arg(long)]
+        version: Option<String>,
+        /// HOST:CONTAINER[/tcp|udp], repeatable
+        #[arg(long = "port", value_name = "HOST:CONTAINER[/PROTO]", value_parser = parse_port)]
+        ports: Vec<PortMapping>,
+        /// Registry credentials to pull with (see `berth repository`)
+        #[arg(long)]
+        repository: Option<String>,
+        /// Refuse webhook deploys for this application
+        #[arg(long)]
+        no_webhook: bool,
+        /// Deploy automatically when a synced secret changes
+        #[arg(long)]
+        auto_deploy: bool,
+        /// agent:NAME or label:KEY=VALUE, repeatable; none means the local agent
+        #[arg(long = "target", value_name = "TARGET", value_parser = parse_target)]
+        targets: Vec<Target>,
+    },
+    /// List applications
+    List,
+    /// Show an application: basics, webhook, environment, last deployments
+    Show { name: String },
+    /// Change an application; only the given fields change
+    Update {
+        name: String,
+        #[command(flatten)]
+        changes: Changes,
+    },
+    /// Delete an application
+    Delete { name: String },
+    /// Replace the webhook token; prints the new one once
+    RotateToken { name: String },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = true)]
+struct Changes {
+    #[arg(long)]
+    image: Option<String>,
+    #[arg(long)]
+    version: Option<String>,
+    #[arg(long, conflicts_with = "no_repository")]
+    repository: Option<String>,
+    /// Pull without registry credentials
+    #[arg(long)]
+    no_repository: bool,
+    /// Replaces all port mappings, repeatable
+    #[arg(long = "port", value_name = "HOST:CONTAINER[/PROTO]", value_parser = parse_port)]
+    ports: Vec<PortMapping>,
+    /// Remove all port mappings
+    #[arg(long, conflicts_with = "ports")]
+    clear_ports: bool,
+    /// Accept or refuse webhook deploys
+    #[arg(long, value_enum)]
+    webhook: Option<WebhookSwitch>,
+    /// Deploy automatically when a synced secret changes
+    #[arg(long, value_enum)]
+    auto_deploy: Option<OnOff>,
+    /// Replaces all targets, repeatable
+    #[arg(long = "target", value_name = "TARGET", value_parser = parse_target)]
+    targets: Vec<Target>,
+    /// Deploy to the local agent only
+    #[arg(long, conflicts_with = "targets")]
+    clear_targets: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WebhookSwitch {
+    Enable,
+    Disable,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+pub async fn run(args: AppArgs, connect: &ConnectOptions, format: Format) -> anyhow::Result<()> {
+    let mut client = connect.connect().await?.applications();
+    match args.command {
+        AppCommand::Create { name, image, version, ports, repository, no_webhook, auto_deploy, targets } => {
+            let response = client
+                .create_application(CreateApplicationRequest {
+                    name,
+                    image,
+                    version,
+                    repository,
+                    ports,
+                    webhook_enabled: Some(!no_webhook),
+                    auto_deploy,
+                    targets,
+                })
+                .await?
+                .into_inner();
+            let app = response.application.unwrap_or_default();
+            match format {
+                Format::Json => output::print_json(&json!({
+                    "application": output::application_json(&app),
+                    "webhook_token": response.webhook_token,
+                })),
+                Format::Table => {
+                    println!("created application {} ({})", app.name, output::image_text(&app));
+                    print_token(&response.webhook_token);
+                }
+            }
+        }
+        AppCommand::List => {
+            let apps = client
+                .list_applications(ListApplicationsRequest {})
+                .await?
+                .into_inner()
+                .applications;
+            match format {
+                Format::Json => output::print_json(&json!(apps
+                    .iter()
+                    .map(output::application_json)
+                    .collect::<Vec<_>>())),
+                Format::Table => {
+                    let mut table =
+                        Table::new(&["NAME", "IMAGE", "STATUS", "WEBHOOK", "LAST DEPLOYED", "TARGETS"]);
+                    for app in &apps {
+                        table.row(vec![
+                            app.name.clone(),
+                            output::image_text(app),
+                            app.status.clone(),
+                            yes_no(app.webhook_enabled).to_string(),
+                            last_deployed(app),
+                            targets_text(&app.targets),
+                        ]);
+                    }
+                    table.print_or("no applications yet");
+                }
+            }
+        }
+        AppCommand::Show { name } => {
+            let detail = client
+                .get_application(GetApplicationRequest { name })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => output::print_json(&output::application_detail_json(&detail)),
+                Format::Table => print!("{}", render_detail(&detail)),
+            }
+        }
+        AppCommand::Update { name, changes } => {
+            let app = client.update_application(update_request(name, changes)).await?.into_inner();
+            match format {
+                Format::Json => output::print_json(&output::application_json(&app)),
+                Format::Table => println!("updated application {}", app.name),
+            }
+        }
+        AppCommand::Delete { name } => {
+            client
+                .delete_application(DeleteApplicationRequest { name: name.clone() })
+                .await?;
+            match format {
+                Format::Json => output::print_json(&json!({ "deleted": name })),
+                Format::Table => println!("deleted application {name}"),
+            }
+        }
+        AppCommand::RotateToken { name } => {
+            let response = client
+                .rotate_webhook_token(RotateWebhookTokenRequest { name })
+                .await?
+                .into_inner();
+            let app = response.application.unwrap_or_default();
+            match format {
+                Format::Json => output::print_json(&json!({
+                    "application": output::application_json(&app),
+                    "webhook_token": response.webhook_token,
+                })),
+                Format::Table => {
+                    println!("rotated the webhook token of {}; the old token no longer works", app.name);
+                    print_token(&response.webhook_token);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn update_request(name: String, changes: Changes) -> UpdateApplicationRequest {
+    UpdateApplicationRequest {
+        name,
+        image: changes.image,
+        version: changes.version,
+        repository: changes.repository,
+        clear_repository: changes.no_repository,
+        set_ports: changes.clear_ports || !changes.ports.is_empty(),
+        ports: changes.ports,
+        webhook_enabled: changes.webhook.map(|w| matches!(w, WebhookSwitch::Enable)),
+        auto_deploy: changes.auto_deploy.map(|a| matches!(a, OnOff::On)),
+        set_targets: changes.clear_targets || !changes.targets.is_empty(),
+        targets: changes.targets,
+    }
+}
+
+fn print_token(token: &str) {
+    if token.is_empty() {
+        return;
+    }
+    println!();
+    println!("Webhook token (shown once, store it now; berth keeps only a hash):");
+    println!("  {token}");
+}
+
+/// The seed's application detail view.
+fn render_detail(detail: &ApplicationDetail) -> String {
+    let app = detail.application.clone().unwrap_or_default();
+    let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+
+    line(format!("Application: {}", app.name));
+    line(format!("  Name:          {}", app.name));
+    line(format!("  Image:         {}", output::image_text(&app)));
+    line(format!("  Status:        {}", app.status));
+    line(format!("  Last deployed: {}", last_deployed(&app)));
+    line(format!("  Targets:       {}", targets_text(&app.targets)));
+    if !app.ports.is_empty() {
+        let ports: Vec<String> = app.ports.iter().map(output::port_text).collect();
+        line(format!("  Ports:         {}", ports.join(", ")));
+    }
+    if let Some(repository) = &app.repository {
+        line(format!("  Repository:    {repository}"));
+    }
+    line(format!("  Auto-deploy:   {}", yes_no(app.auto_deploy)));
+
+    line(String::new());
+    line("Webhook".to_string());
+    line(format!("  Enabled:  {}", yes_no(app.webhook_enabled)));
+    line(format!("  Token:    {}", app.webhook_token_preview));
+    let base = detail.webhook_url.trim_end_matches('/');
+    if base.is_empty() {
+        line("  URL:      not configured (system setting webhook_public_url)".to_string());
+    } else {
+        let url = format!("{base}/webhook/deploy");
+        let body = json!({
+            "applicationName": app.name,
+            "version": app.version.as_deref().filter(|v| !v.is_empty()).unwrap_or("latest"),
+        });
+        line(format!("  URL:      {url}"));
+        line("  Example:".to_string());
+        line(format!("    curl --fail-with-body -X POST {url} \\"));
+        line("      -H \"Authorization: Bearer $BERTH_WEBHOOK_TOKEN\" \\".to_string());
+        line("      -H \"Content-Type: application/json\" \\".to_string());
+        line(format!("      -d '{body}'"));
+    }
+
+    line(String::new());
+    line(format!("Environment ({})", detail.env.len()));
+    let key_width = detail.env.iter().map(|v| v.key.chars().count()).max().unwrap_or(0);
+    let values: Vec<String> = detail.env.iter().map(crate::env::value_text).collect();
+    let value_width = values.iter().map(|v| v.chars().count()).max().unwrap_or(0);
+    let type_width = detail.env.iter().map(|v| v.value_type.len()).max().unwrap_or(0);
+    for (var, value) in detail.env.iter().zip(&values) {
+        let mut marks = Vec::new();
+        if var.value_type != "plain" {
+            marks.push("🔒");
+        }
+        if var.scope == "global" {
+            marks.push("(global)");
+        }
+        line(format!(
+            "  {:<key_width$}  {:<value_width$}  {:<type_width$}  {}",
+            var.key,
+            value,
+            var.value_type,
+            marks.join(" ")
+        ));
+    }
+    if detail.env.is_empty() {
+        line("  none".to_string());
+    }
+
+    line(String::new());
+    line("Deployments (last 10)".to_string());
+    let mut table = Vec::new();
+    for deployment in detail.deployments.iter().take(10) {
+        let mut cells = vec![
+            deployment.version.clone(),
+            output::short_time(&deployment.started_at),
+            deployment.status.clone(),
+            deployment.trigger_type.clone(),
+        ];
+        if let Some(error) = deployment.error_message.as_deref().filter(|e| !e.is_empty()) {
+            cells.push(format!("({error})"));
+        }
+        table.push(cells);
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect();
+        line(format!("  {}", cells.join("  ")));
+    }
+    if table.is_empty() {
+        line("  none yet".to_string());
+    }
+    out
+}
+
+fn last_deployed(app: &Application) -> String {
+    match app.last_deployed_at.as_deref().filter(|t| !t.is_empty()) {
+        Some(at) => output::short_time(at),
+        None => "never".to_string(),
+    }
+}
+
+fn targets_text(targets: &[Target]) -> String {
+    if targets.is_empty() {
+        return "local (any agent)".to_string();
+    }
+    targets.iter().map(output::target_text).collect::<Vec<_>>().join(", ")
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// `HOST:CONTAINER[/tcp|udp]`, e.g. `8080:80` or `5353:53/udp`; the protocol defaults to tcp.
+fn parse_port(text: &str) -> Result<PortMapping, String> {
+    let (ports, protocol) = match text.split_once('/') {
+        Some((ports, protocol)) => (ports, protocol.to_ascii_lowercase()),
+        None => (text, "tcp".to_string()),
+    };
+    if protocol != "tcp" && protocol != "udp" {
+        return Err(format!("unknown protocol {protocol:?}: expected tcp or udp"));
+    }
+    let Some((host, container)) = ports.split_once(':') else {
+        return Err("expected HOST:CONTAINER[/tcp|udp], e.g. 8080:80".to_string());
+    };
+    let number = |which: &str, port: &str| match port.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(u32::from(n)),
+        _ => Err(format!("{which} port {port:?} is not a number from 1 to 65535")),
+    };
+    Ok(PortMapping {
+        host: number("host", host)?,
+        container: number("container", container)?,
+        protocol,
+    })
+}
+
+/// `agent:NAME` or `label:KEY=VALUE`.
+fn parse_target(text: &str) -> Result<Target, String> {
+    let target = match text.split_once(':') {
+        Some(("agent", name)) if !name.is_empty() => target::Target::Agent(name.to_string()),
+        Some(("label", selector)) => match selector.split_once('=') {
+            Some((key, _)) if !key.is_empty() => target::Target::Label(selector.to_string()),
+            _ => return Err(format!("label selector {selector:?} is not KEY=VALUE")),
+        },
+        _ => return Err("expected agent:NAME or label:KEY=VALUE".to_string()),
+    };
+    Ok(Target { target: Some(target) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn port(host: u32, container: u32, protocol: &str) -> PortMapping {
+        PortMapping { host, container, protocol: protocol.into() }
+    }
+
+    #[test]
+    fn ports_parse_with_tcp_by_default() {
+        assert_eq!(parse_port("8080:80"), Ok(port(8080, 80, "tcp")));
+        assert_eq!(parse_port("8080:80/udp"), Ok(port(8080, 80, "udp")));
+        assert_eq!(parse_port("53:53/TCP"), Ok(port(53, 53, "tcp")));
+    }
+
+    #[test]
+    fn bad_ports_say_what_is_wrong() {
+        assert_eq!(parse_port("8080"), Err("expected HOST:CONTAINER[/tcp|udp], e.g. 8080:80".into()));
+        assert_eq!(parse_port("8080:80/sctp"), Err("unknown protocol \"sctp\": expected tcp or udp".into()));
+        assert_eq!(parse_port("web:80"), Err("host port \"web\" is not a number from 1 to 65535".into()));
+        assert_eq!(parse_port("8080:0"), Err("container port \"0\" is not a number from 1 to 65535".into()));
+        assert_eq!(parse_port("8080:70000"), Err("container port \"70000\" is not a number from 1 to 65535".into()));
+        assert!(parse_port(":80").is_err());
+        assert!(parse_port("8080:80/").is_err());
+        assert!(parse_port("1:2:3").is_err());
+    }
+
+    #[test]
+    fn targets_parse() {
+        let agent = parse_target("agent:web-1").unwrap();
+        assert_eq!(agent.target, Some(target::Target::Agent("web-1".into())));
+        let label = parse_target("label:env=prod").unwrap();
+        assert_eq!(label.target, Some(target::Target::Label("env=prod".into())));
+        assert_eq!(output::target_text(&label), "label:env=prod");
+    }
+
+    #[test]
+    fn bad_targets_say_what_is_expected() {
+        assert_eq!(parse_target("web-1"), Err("expected agent:NAME or label:KEY=VALUE".into()));
+        assert_eq!(parse_target("agent:"), Err("expected agent:NAME or label:KEY=VALUE".into()));
+        assert_eq!(parse_target("host:web-1"), Err("expected agent:NAME or label:KEY=VALUE".into()));
+        assert_eq!(parse_target("label:env"), Err("label selector \"env\" is not KEY=VALUE".into()));
+        assert_eq!(parse_target("label:=prod"), Err("label selector \"=prod\" is not KEY=VALUE".into()));
+    }
+
+    /// Parses `berth app update ...` as the real command line would.
+    fn update(args: &[&str]) -> Result<UpdateApplicationRequest, clap::Error> {
+        #[derive(Parser)]
+        struct Root {
+            #[command(subcommand)]
+            command: AppCommand,
+        }
+        let argv = ["app", "update", "web"].iter().chain(args);
+        match Root::try_parse_from(argv)?.command {
+            AppCommand::Update { name, changes } => Ok(update_request(name, changes)),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn update_sends_only_what_was_given() {
+        let request = update(&["--image", "nginx"]).unwrap();
+        assert_eq!(request.image.as_deref(), Some("nginx"));
+        assert!(!request.set_ports && !request.set_targets && !request.clear_repository);
+        assert_eq!(request.webhook_enabled, None);
+
+        let request = update(&["--clear-ports", "--webhook", "disable", "--auto-deploy", "on"]).unwrap();
+        assert!(request.set_ports && request.ports.is_empty());
+        assert_eq!(request.webhook_enabled, Some(false));
+        assert_eq!(request.auto_deploy, Some(true));
+    }
+
+    #[test]
+    fn update_needs_a_change_and_refuses_contradictions() {
+        assert!(update(&[]).is_err());
+        assert!(update(&["--clear-ports", "--port", "80:80"]).is_err());
+        assert!(update(&["--repository", "ghcr", "--no-repository"]).is_err());
+        assert!(update(&["--clear-targets", "--target", "agent:a"]).is_err());
+    }
+}

@@ -1,0 +1,196 @@
+//! The connection to the control plane's admin API: address, TLS, and the API key sent as
+//! `authorization: Bearer bk_...` on every request.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use berth_proto::v1::allowlist_service_client::AllowlistServiceClient;
+use berth_proto::v1::api_key_service_client::ApiKeyServiceClient;
+use berth_proto::v1::application_service_client::ApplicationServiceClient;
+use berth_proto::v1::env_service_client::EnvServiceClient;
+use berth_proto::v1::repository_service_client::RepositoryServiceClient;
+use berth_proto::v1::secret_service_client::SecretServiceClient;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// Where the control plane is and how to prove who we are. Global flags, also read from the
+/// environment. Deliberately not `Debug`: it holds the API key.
+#[derive(clap::Args)]
+pub struct ConnectOptions {
+    /// Address of the control plane's admin API (http:// connects without TLS)
+    #[arg(long, env = "BERTH_ADDR", global = true, default_value = "https://127.0.0.1:7443")]
+    addr: String,
+
+    /// API key (bk_...), sent as a bearer token
+    #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+
+    /// PEM file of the CA certificate that signed the control plane's certificate
+    #[arg(long = "ca-cert", env = "BERTH_CA_CERT", global = true, value_name = "PATH")]
+    ca_cert: Option<PathBuf>,
+}
+
+impl ConnectOptions {
+    /// Connects now; called by each command that needs the server, never up front.
+    pub async fn connect(&self) -> anyhow::Result<Connection> {
+        let Some(token) = self.token.as_deref().filter(|t| !t.is_empty()) else {
+            bail!("no api key: pass --token or set BERTH_TOKEN");
+        };
+        let auth = BearerAuth::new(token)?;
+
+        let mut endpoint = Endpoint::from_shared(self.addr.clone())
+            .with_context(|| format!("invalid address {:?}", self.addr))?
+            .connect_timeout(Duration::from_secs(10));
+        if self.addr.starts_with("https://") {
+            let Some(path) = &self.ca_cert else {
+                bail!("an https address needs the CA certificate: pass --ca-cert or set BERTH_CA_CERT");
+            };
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read CA certificate {}", path.display()))?;
+            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            endpoint = endpoint.tls_config(tls).context("invalid TLS configuration")?;
+        } else if !self.addr.starts_with("http://") {
+            bail!("address {:?} must start with https:// or http://", self.addr);
+        }
+
+        let channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {}", self.addr))?;
+        Ok(Connection { channel, auth })
+    }
+}
+
+/// An open channel plus the interceptor that authenticates each request on it.
+pub struct Connection {
+    channel: Channel,
+    auth: BearerAuth,
+}
+
+/// The channel type every client of [`Connection`] uses.
+pub type AuthChannel = InterceptedService<Channel, BearerAuth>;
+
+impl Connection {
+    pub fn secrets(&self) -> SecretServiceClient<AuthChannel> {
+        SecretServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn env(&self) -> EnvServiceClient<AuthChannel> {
+        EnvServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn applications(&self) -> ApplicationServiceClient<AuthChannel> {
+        ApplicationServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn api_keys(&self) -> ApiKeyServiceClient<AuthChannel> {
+        ApiKeyServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn repositories(&self) -> RepositoryServiceClient<AuthChannel> {
+        RepositoryServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn allowlist(&self) -> AllowlistServiceClient<AuthChannel> {
+        AllowlistServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+}
+
+/// Adds `authorization: Bearer <api key>` to every request. The header value is marked
+/// sensitive, so it is redacted from `Debug` output.
+#[derive(Clone)]
+pub struct BearerAuth {
+    header: AsciiMetadataValue,
+}
+
+impl BearerAuth {
+    fn new(token: &str) -> anyhow::Result<Self> {
+        let mut header: AsciiMetadataValue = format!("Bearer {token}")
+            .parse()
+            // Not the parse error: it could echo the key.
+            .map_err(|_| anyhow::anyhow!("the api key contains characters not allowed in a header"))?;
+        header.set_sensitive(true);
+        Ok(BearerAuth { header })
+    }
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert("authorization", self.header.clone());
+        Ok(request)
+    }
+}
+
+/// One line for `error: ...`: the causes joined with ": ", a gRPC status as
+/// `<code in words>: <message>` rather than tonic's `Display`/`Debug`.
+pub fn describe_error(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let part = match cause.downcast_ref::<Status>() {
+            Some(status) => describe_status(status),
+            None => cause.to_string(),
+        };
+        // Transport errors often repeat their source in their own message.
+        if !parts.last().is_some_and(|last| last.contains(&part)) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}
+
+fn describe_status(status: &Status) -> String {
+    let code = code_in_words(status.code());
+    let mut text = if status.message().is_empty() {
+        code.to_string()
+    } else {
+        format!("{code}: {}", status.message())
+    };
+    if status.code() == Code::Unauthenticated {
+        text.push_str(" (check --token or BERTH_TOKEN)");
+    }
+    text
+}
+
+fn code_in_words(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown error",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal error",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_rendered_as_code_words_and_message() {
+        let err = anyhow::Error::new(Status::permission_denied("role viewer cannot reveal secrets"));
+        assert_eq!(describe_error(&err), "permission denied: role viewer cannot reveal secrets");
+    }
+
+    #[test]
+    fn context_comes_before_the_status() {
+        let err = anyhow::Error::new(Status::not_found("no application named web"))
+            .context("cannot show application web");
+        assert_eq!(describe_error(&err), "cannot show application web: not found: no application named web");
+    }
+}

@@ -1,0 +1,249 @@
+//! How results are shown: `-o table` (aligned columns for people) or `-o json` (for scripts).
+//!
+//! prost messages do not derive `Serialize`, so each message type has one function here that
+//! builds its JSON value explicitly; the field names follow the proto.
+
+use berth_proto::v1::{
+    target, ApiKey, Application, ApplicationDetail, DeploymentSummary, EnvVar, ImagePattern,
+    PortMapping, Repository, SecretGroup, SecretSummary, Target,
+};
+use serde_json::{json, Value};
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Left-aligned columns under a header row, two spaces apart.
+pub struct Table {
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&'static str]) -> Self {
+        Table { header: header.to_vec(), rows: Vec::new() }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// Prints the table, or `empty` alone when it has no rows.
+    pub fn print_or(&self, empty: &str) {
+        if self.rows.is_empty() {
+            println!("{empty}");
+        } else {
+            print!("{}", self.render());
+        }
+    }
+
+    fn render(&self) -> String {
+        let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
+        let lines: Vec<&Vec<String>> = std::iter::once(&header).chain(&self.rows).collect();
+        let mut widths = vec![0; self.header.len()];
+        for line in &lines {
+            for (width, cell) in widths.iter_mut().zip(line.iter()) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for line in lines {
+            let cells: Vec<String> =
+                line.iter().zip(&widths).map(|(cell, &w)| format!("{cell:<w$}")).collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+pub fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("a json value always serializes"));
+}
+
+/// `2025-10-23 10:30:00` or `2025-10-23T10:30:00Z` becomes `2025-10-23 10:30`.
+pub fn short_time(timestamp: &str) -> String {
+    timestamp.chars().take(16).map(|c| if c == 'T' { ' ' } else { c }).collect()
+}
+
+/// `-` for a missing optional value in a table cell.
+pub fn or_dash(value: Option<&str>) -> String {
+    value.filter(|v| !v.is_empty()).unwrap_or("-").to_string()
+}
+
+/// `agent:web-1` or `label:env=prod`, the same syntax `--target` accepts.
+pub fn target_text(target: &Target) -> String {
+    match &target.target {
+        Some(target::Target::Agent(name)) => format!("agent:{name}"),
+        Some(target::Target::Label(selector)) => format!("label:{selector}"),
+        None => "?".to_string(),
+    }
+}
+
+/// `8080:80/tcp`, the same syntax `--port` accepts.
+pub fn port_text(port: &PortMapping) -> String {
+    format!("{}:{}/{}", port.host, port.container, port.protocol)
+}
+
+/// `image:version`, or the image alone when the application has no version.
+pub fn image_text(app: &Application) -> String {
+    match app.version.as_deref().filter(|v| !v.is_empty()) {
+        Some(version) => format!("{}:{version}", app.image),
+        None => app.image.clone(),
+    }
+}
+
+pub fn secret_group_json(group: &SecretGroup) -> Value {
+    json!({
+        "id": group.id,
+        "name": group.name,
+        "description": group.description,
+        "provider_id": group.provider_id,
+        "auto_sync": group.auto_sync,
+        "secret_count": group.secret_count,
+        "created_at": group.created_at,
+        "updated_at": group.updated_at,
+    })
+}
+
+pub fn secret_summary_json(secret: &SecretSummary) -> Value {
+    json!({
+        "id": secret.id,
+        "name": secret.name,
+        "group_id": secret.group_id,
+        "group_name": secret.group_name,
+        "has_value": secret.has_value,
+        "value_preview": secret.value_preview,
+        "description": secret.description,
+        "source": secret.source,
+        "last_synced_at": secret.last_synced_at,
+        "created_at": secret.created_at,
+        "updated_at": secret.updated_at,
+    })
+}
+
+pub fn env_var_json(var: &EnvVar) -> Value {
+    json!({
+        "id": var.id,
+        "scope": var.scope,
+        "app": var.app,
+        "key": var.key,
+        "value": var.value,
+        "value_type": var.value_type,
+        "secret_id": var.secret_id,
+        "secret_path": var.secret_path,
+        "description": var.description,
+        "created_at": var.created_at,
+        "updated_at": var.updated_at,
+    })
+}
+
+pub fn port_mapping_json(port: &PortMapping) -> Value {
+    json!({ "host": port.host, "container": port.container, "protocol": port.protocol })
+}
+
+pub fn target_json(target: &Target) -> Value {
+    match &target.target {
+        Some(target::Target::Agent(name)) => json!({ "agent": name }),
+        Some(target::Target::Label(selector)) => json!({ "label": selector }),
+        None => Value::Null,
+    }
+}
+
+pub fn application_json(app: &Application) -> Value {
+    json!({
+        "id": app.id,
+        "name": app.name,
+        "image": app.image,
+        "version": app.version,
+        "repository": app.repository,
+        "ports": app.ports.iter().map(port_mapping_json).collect::<Vec<_>>(),
+        "status": app.status,
+        "webhook_enabled": app.webhook_enabled,
+        "webhook_token_preview": app.webhook_token_preview,
+        "auto_deploy": app.auto_deploy,
+        "last_deployed_at": app.last_deployed_at,
+        "targets": app.targets.iter().map(target_json).collect::<Vec<_>>(),
+        "created_at": app.created_at,
+        "updated_at": app.updated_at,
+    })
+}
+
+pub fn deployment_summary_json(deployment: &DeploymentSummary) -> Value {
+    json!({
+        "deployment_id": deployment.deployment_id,
+        "version": deployment.version,
+        "status": deployment.status,
+        "trigger_type": deployment.trigger_type,
+        "trigger_source": deployment.trigger_source,
+        "error_message": deployment.error_message,
+        "started_at": deployment.started_at,
+        "completed_at": deployment.completed_at,
+        "duration_ms": deployment.duration_ms,
+    })
+}
+
+pub fn application_detail_json(detail: &ApplicationDetail) -> Value {
+    json!({
+        "application": detail.application.as_ref().map(application_json),
+        "webhook_url": detail.webhook_url,
+        "env": detail.env.iter().map(env_var_json).collect::<Vec<_>>(),
+        "deployments": detail.deployments.iter().map(deployment_summary_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn api_key_json(key: &ApiKey) -> Value {
+    json!({
+        "id": key.id,
+        "name": key.name,
+        "role": key.role,
+        "prefix": key.prefix,
+        "created_at": key.created_at,
+        "last_used_at": key.last_used_at,
+        "revoked_at": key.revoked_at,
+    })
+}
+
+pub fn repository_json(repository: &Repository) -> Value {
+    json!({
+        "id": repository.id,
+        "name": repository.name,
+        "url": repository.url,
+        "username": repository.username,
+        "has_password": repository.has_password,
+        "created_at": repository.created_at,
+    })
+}
+
+pub fn image_pattern_json(pattern: &ImagePattern) -> Value {
+    json!({
+        "id": pattern.id,
+        "pattern": pattern.pattern,
+        "description": pattern.description,
+        "created_at": pattern.created_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns_under_the_header() {
+        let mut table = Table::new(&["NAME", "ROLE"]);
+        table.row(vec!["ci-deployer".into(), "deployer".into()]);
+        table.row(vec!["me".into(), "admin".into()]);
+        assert_eq!(
+            table.render(),
+            "NAME         ROLE\nci-deployer  deployer\nme           admin\n"
+        );
+    }
+
+    #[test]
+    fn short_time_drops_seconds_and_the_t() {
+        assert_eq!(short_time("2025-10-23 10:30:12"), "2025-10-23 10:30");
+        assert_eq!(short_time("2025-10-23T10:30:12Z"), "2025-10-23 10:30");
+    }
+}

@@ -1,0 +1,229 @@
+//! The fixture: start and stop `berth dev` nodes in temp dirs, run the CLI against them, and
+//! reach the admin API with a gRPC client.
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+/// Directory holding the workspace's built binaries (next to this test executable).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `berth dev` process and what a user would export to talk to it.
+pub struct DevNode {
+    pub data_dir: PathBuf,
+    pub addr: String,
+    pub ca_cert: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl DevNode {
+    /// Starts a node on `data_dir`, waiting until its admin port accepts connections.
+    /// Returns the node's combined output when it exits before that.
+    pub fn start(data_dir: &Path, log_dir: &Path, env: &[(&str, &str)]) -> Result<DevNode, String> {
+        let port = free_port();
+        let log_path = log_dir.join(format!("node-{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(bin("berth"));
+        cmd.args(["dev", "--data-dir"])
+            .arg(data_dir)
+            .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
+            .env_remove("BERTH_MASTER_KEY")
+            .env_remove("BERTH_MASTER_KEY_FILE")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn berth dev");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(format!("berth dev exited with {status}:\n{output}"));
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "berth dev did not listen within 60s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(DevNode {
+            data_dir: data_dir.to_path_buf(),
+            addr: format!("https://127.0.0.1:{port}"),
+            ca_cert: data_dir.join("pki/ca.crt"),
+            log_path,
+            child: Some(child),
+        })
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token")).expect("admin.token").trim().to_string()
+    }
+
+    /// Runs `berth ARGS` as the admin, with `stdin` piped in.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.cli_as(&self.admin_token(), args, stdin)
+    }
+
+    pub fn cli_as(&self, token: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(bin("berth"))
+            .args(args)
+            .env("BERTH_ADDR", &self.addr)
+            .env("BERTH_CA_CERT", &self.ca_cert)
+            .env("BERTH_TOKEN", token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berth");
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(input) = stdin {
+            pipe.write_all(input.as_bytes()).unwrap();
+        }
+        drop(pipe);
+        child.wait_with_output().unwrap()
+    }
+
+    /// A TLS channel to the admin API, verifying the server against the node's CA.
+    pub async fn channel(&self) -> Channel {
+        let ca = std::fs::read_to_string(&self.ca_cert).unwrap();
+        Channel::from_shared(self.addr.clone())
+            .unwrap()
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to admin api")
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for DevNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Adds the bearer key to a request.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if !token.is_empty() {
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts the command succeeded, showing its output otherwise.
+#[track_caller]
+pub fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// Every file under `dir` (recursively) whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    hits.push(path);
+                }
+            }
+        }
+    }
+    hits
+}
+
+/// A logical dump of every table, to prove a refused start changed nothing.
+pub async fn dump_database(path: &Path) -> String {
+    use sqlx::{Column as _, Row as _};
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut out = String::new();
+    for table in tables {
+        let rows = sqlx::query(&format!("SELECT * FROM \"{table}\" ORDER BY rowid")).fetch_all(&pool).await;
+        let Ok(rows) = rows else { continue };
+        for row in rows {
+            out.push_str(&table);
+            for (i, column) in row.columns().iter().enumerate() {
+                let value: Option<String> = row.try_get_unchecked::<Option<String>, _>(i).ok().flatten();
+                out.push_str(&format!(" {}={:?}", column.name(), value));
+            }
+            out.push('\n');
+        }
+    }
+    pool.close().await;
+    out
+}
