@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use prost::Message as _;
 
-const PROTOS: &[&str] = &["berth/v1/berth.proto"];
+const PROTOS: &[&str] = &["berth/v1/berth.proto", "berth/v1/agent.proto", "berth/v1/deploy.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
@@ -17,6 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Clients are built from a Channel; this also frees the name `connect` for the
+        // agent stream RPC.
+        .build_transport(false)
         .compile_fds(descriptors)?;
     Ok(())
 }

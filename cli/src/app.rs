@@ -107,7 +107,16 @@ enum OnOff {
 pub async fn run(args: AppArgs, connect: &ConnectOptions, format: Format) -> anyhow::Result<()> {
     let mut client = connect.connect().await?.applications();
     match args.command {
-        AppCommand::Create { name, image, version, ports, repository, no_webhook, auto_deploy, targets } => {
+        AppCommand::Create {
+            name,
+            image,
+            version,
+            ports,
+            repository,
+            no_webhook,
+            auto_deploy,
+            targets,
+        } => {
             let response = client
                 .create_application(CreateApplicationRequest {
                     name,
@@ -128,7 +137,11 @@ pub async fn run(args: AppArgs, connect: &ConnectOptions, format: Format) -> any
                     "webhook_token": response.webhook_token,
                 })),
                 Format::Table => {
-                    println!("created application {} ({})", app.name, output::image_text(&app));
+                    println!(
+                        "created application {} ({})",
+                        app.name,
+                        output::image_text(&app)
+                    );
                     print_token(&response.webhook_token);
                 }
             }
@@ -145,8 +158,14 @@ pub async fn run(args: AppArgs, connect: &ConnectOptions, format: Format) -> any
                     .map(output::application_json)
                     .collect::<Vec<_>>())),
                 Format::Table => {
-                    let mut table =
-                        Table::new(&["NAME", "IMAGE", "STATUS", "WEBHOOK", "LAST DEPLOYED", "TARGETS"]);
+                    let mut table = Table::new(&[
+                        "NAME",
+                        "IMAGE",
+                        "STATUS",
+                        "WEBHOOK",
+                        "LAST DEPLOYED",
+                        "TARGETS",
+                    ]);
                     for app in &apps {
                         table.row(vec![
                             app.name.clone(),
@@ -172,7 +191,10 @@ pub async fn run(args: AppArgs, connect: &ConnectOptions, format: Format) -> any
             }
         }
         AppCommand::Update { name, changes } => {
-            let app = client.update_application(update_request(name, changes)).await?.into_inner();
+            let app = client
+                .update_application(update_request(name, changes))
+                .await?
+                .into_inner();
             match format {
                 Format::Json => output::print_json(&output::application_json(&app)),
                 Format::Table => println!("updated application {}", app.name),
@@ -199,7 +221,10 @@ pub async fn run(args: AppArgs, connect: &ConnectOptions, format: Format) -> any
                     "webhook_token": response.webhook_token,
                 })),
                 Format::Table => {
-                    println!("rotated the webhook token of {}; the old token no longer works", app.name);
+                    println!(
+                        "rotated the webhook token of {}; the old token no longer works",
+                        app.name
+                    );
                     print_token(&response.webhook_token);
                 }
             }
@@ -280,10 +305,20 @@ fn render_detail(detail: &ApplicationDetail) -> String {
 
     line(String::new());
     line(format!("Environment ({})", detail.env.len()));
-    let key_width = detail.env.iter().map(|v| v.key.chars().count()).max().unwrap_or(0);
+    let key_width = detail
+        .env
+        .iter()
+        .map(|v| v.key.chars().count())
+        .max()
+        .unwrap_or(0);
     let values: Vec<String> = detail.env.iter().map(crate::env::value_text).collect();
     let value_width = values.iter().map(|v| v.chars().count()).max().unwrap_or(0);
-    let type_width = detail.env.iter().map(|v| v.value_type.len()).max().unwrap_or(0);
+    let type_width = detail
+        .env
+        .iter()
+        .map(|v| v.value_type.len())
+        .max()
+        .unwrap_or(0);
     for (var, value) in detail.env.iter().zip(&values) {
         let mut marks = Vec::new();
         if var.value_type != "plain" {
@@ -314,13 +349,23 @@ fn render_detail(detail: &ApplicationDetail) -> String {
             deployment.status.clone(),
             deployment.trigger_type.clone(),
         ];
-        if let Some(error) = deployment.error_message.as_deref().filter(|e| !e.is_empty()) {
+        if let Some(error) = deployment
+            .error_message
+            .as_deref()
+            .filter(|e| !e.is_empty())
+        {
             cells.push(format!("({error})"));
         }
         table.push(cells);
     }
     let widths: Vec<usize> = (0..4)
-        .map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            table
+                .iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in &table {
         let cells: Vec<String> = row
@@ -347,7 +392,11 @@ fn targets_text(targets: &[Target]) -> String {
     if targets.is_empty() {
         return "local (any agent)".to_string();
     }
-    targets.iter().map(output::target_text).collect::<Vec<_>>().join(", ")
+    targets
+        .iter()
+        .map(output::target_text)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn yes_no(value: bool) -> &'static str {
@@ -365,14 +414,18 @@ fn parse_port(text: &str) -> Result<PortMapping, String> {
         None => (text, "tcp".to_string()),
     };
     if protocol != "tcp" && protocol != "udp" {
-        return Err(format!("unknown protocol {protocol:?}: expected tcp or udp"));
+        return Err(format!(
+            "unknown protocol {protocol:?}: expected tcp or udp"
+        ));
     }
     let Some((host, container)) = ports.split_once(':') else {
         return Err("expected HOST:CONTAINER[/tcp|udp], e.g. 8080:80".to_string());
     };
     let number = |which: &str, port: &str| match port.parse::<u16>() {
         Ok(n) if n > 0 => Ok(u32::from(n)),
-        _ => Err(format!("{which} port {port:?} is not a number from 1 to 65535")),
+        _ => Err(format!(
+            "{which} port {port:?} is not a number from 1 to 65535"
+        )),
     };
     Ok(PortMapping {
         host: number("host", host)?,
@@ -391,7 +444,9 @@ fn parse_target(text: &str) -> Result<Target, String> {
         },
         _ => return Err("expected agent:NAME or label:KEY=VALUE".to_string()),
     };
-    Ok(Target { target: Some(target) })
+    Ok(Target {
+        target: Some(target),
+    })
 }
 
 #[cfg(test)]
@@ -400,7 +455,11 @@ mod tests {
     use clap::Parser;
 
     fn port(host: u32, container: u32, protocol: &str) -> PortMapping {
-        PortMapping { host, container, protocol: protocol.into() }
+        PortMapping {
+            host,
+            container,
+            protocol: protocol.into(),
+        }
     }
 
     #[test]
@@ -412,11 +471,26 @@ mod tests {
 
     #[test]
     fn bad_ports_say_what_is_wrong() {
-        assert_eq!(parse_port("8080"), Err("expected HOST:CONTAINER[/tcp|udp], e.g. 8080:80".into()));
-        assert_eq!(parse_port("8080:80/sctp"), Err("unknown protocol \"sctp\": expected tcp or udp".into()));
-        assert_eq!(parse_port("web:80"), Err("host port \"web\" is not a number from 1 to 65535".into()));
-        assert_eq!(parse_port("8080:0"), Err("container port \"0\" is not a number from 1 to 65535".into()));
-        assert_eq!(parse_port("8080:70000"), Err("container port \"70000\" is not a number from 1 to 65535".into()));
+        assert_eq!(
+            parse_port("8080"),
+            Err("expected HOST:CONTAINER[/tcp|udp], e.g. 8080:80".into())
+        );
+        assert_eq!(
+            parse_port("8080:80/sctp"),
+            Err("unknown protocol \"sctp\": expected tcp or udp".into())
+        );
+        assert_eq!(
+            parse_port("web:80"),
+            Err("host port \"web\" is not a number from 1 to 65535".into())
+        );
+        assert_eq!(
+            parse_port("8080:0"),
+            Err("container port \"0\" is not a number from 1 to 65535".into())
+        );
+        assert_eq!(
+            parse_port("8080:70000"),
+            Err("container port \"70000\" is not a number from 1 to 65535".into())
+        );
         assert!(parse_port(":80").is_err());
         assert!(parse_port("8080:80/").is_err());
         assert!(parse_port("1:2:3").is_err());
@@ -433,11 +507,26 @@ mod tests {
 
     #[test]
     fn bad_targets_say_what_is_expected() {
-        assert_eq!(parse_target("web-1"), Err("expected agent:NAME or label:KEY=VALUE".into()));
-        assert_eq!(parse_target("agent:"), Err("expected agent:NAME or label:KEY=VALUE".into()));
-        assert_eq!(parse_target("host:web-1"), Err("expected agent:NAME or label:KEY=VALUE".into()));
-        assert_eq!(parse_target("label:env"), Err("label selector \"env\" is not KEY=VALUE".into()));
-        assert_eq!(parse_target("label:=prod"), Err("label selector \"=prod\" is not KEY=VALUE".into()));
+        assert_eq!(
+            parse_target("web-1"),
+            Err("expected agent:NAME or label:KEY=VALUE".into())
+        );
+        assert_eq!(
+            parse_target("agent:"),
+            Err("expected agent:NAME or label:KEY=VALUE".into())
+        );
+        assert_eq!(
+            parse_target("host:web-1"),
+            Err("expected agent:NAME or label:KEY=VALUE".into())
+        );
+        assert_eq!(
+            parse_target("label:env"),
+            Err("label selector \"env\" is not KEY=VALUE".into())
+        );
+        assert_eq!(
+            parse_target("label:=prod"),
+            Err("label selector \"=prod\" is not KEY=VALUE".into())
+        );
     }
 
     /// Parses `berth app update ...` as the real command line would.
@@ -461,7 +550,14 @@ mod tests {
         assert!(!request.set_ports && !request.set_targets && !request.clear_repository);
         assert_eq!(request.webhook_enabled, None);
 
-        let request = update(&["--clear-ports", "--webhook", "disable", "--auto-deploy", "on"]).unwrap();
+        let request = update(&[
+            "--clear-ports",
+            "--webhook",
+            "disable",
+            "--auto-deploy",
+            "on",
+        ])
+        .unwrap();
         assert!(request.set_ports && request.ports.is_empty());
         assert_eq!(request.webhook_enabled, Some(false));
         assert_eq!(request.auto_deploy, Some(true));

@@ -22,7 +22,12 @@ use tonic::{Code, Request, Status};
 #[derive(clap::Args)]
 pub struct ConnectOptions {
     /// Address of the control plane's admin API (http:// connects without TLS)
-    #[arg(long, env = "BERTH_ADDR", global = true, default_value = "https://127.0.0.1:7443")]
+    #[arg(
+        long,
+        env = "BERTH_ADDR",
+        global = true,
+        default_value = "https://127.0.0.1:7443"
+    )]
     addr: String,
 
     /// API key (bk_...), sent as a bearer token
@@ -30,7 +35,12 @@ pub struct ConnectOptions {
     token: Option<String>,
 
     /// PEM file of the CA certificate that signed the control plane's certificate
-    #[arg(long = "ca-cert", env = "BERTH_CA_CERT", global = true, value_name = "PATH")]
+    #[arg(
+        long = "ca-cert",
+        env = "BERTH_CA_CERT",
+        global = true,
+        value_name = "PATH"
+    )]
     ca_cert: Option<PathBuf>,
 }
 
@@ -52,9 +62,14 @@ impl ConnectOptions {
             let pem = std::fs::read(path)
                 .with_context(|| format!("cannot read CA certificate {}", path.display()))?;
             let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
-            endpoint = endpoint.tls_config(tls).context("invalid TLS configuration")?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .context("invalid TLS configuration")?;
         } else if !self.addr.starts_with("http://") {
-            bail!("address {:?} must start with https:// or http://", self.addr);
+            bail!(
+                "address {:?} must start with https:// or http://",
+                self.addr
+            );
         }
 
         let channel = endpoint
@@ -112,7 +127,9 @@ impl BearerAuth {
         let mut header: AsciiMetadataValue = format!("Bearer {token}")
             .parse()
             // Not the parse error: it could echo the key.
-            .map_err(|_| anyhow::anyhow!("the api key contains characters not allowed in a header"))?;
+            .map_err(|_| {
+                anyhow::anyhow!("the api key contains characters not allowed in a header")
+            })?;
         header.set_sensitive(true);
         Ok(BearerAuth { header })
     }
@@ -120,7 +137,9 @@ impl BearerAuth {
 
 impl Interceptor for BearerAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.header.clone());
+        request
+            .metadata_mut()
+            .insert("authorization", self.header.clone());
         Ok(request)
     }
 }
@@ -183,14 +202,22 @@ mod tests {
 
     #[test]
     fn status_is_rendered_as_code_words_and_message() {
-        let err = anyhow::Error::new(Status::permission_denied("role viewer cannot reveal secrets"));
-        assert_eq!(describe_error(&err), "permission denied: role viewer cannot reveal secrets");
+        let err = anyhow::Error::new(Status::permission_denied(
+            "role viewer cannot reveal secrets",
+        ));
+        assert_eq!(
+            describe_error(&err),
+            "permission denied: role viewer cannot reveal secrets"
+        );
     }
 
     #[test]
     fn context_comes_before_the_status() {
         let err = anyhow::Error::new(Status::not_found("no application named web"))
             .context("cannot show application web");
-        assert_eq!(describe_error(&err), "cannot show application web: not found: no application named web");
+        assert_eq!(
+            describe_error(&err),
+            "cannot show application web: not found: no application named web"
+        );
     }
 }

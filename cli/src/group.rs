@@ -48,14 +48,19 @@ pub async fn run(args: GroupArgs, connect: &ConnectOptions, format: Format) -> a
             }
         }
         GroupCommand::List => {
-            let groups = client.list_groups(ListGroupsRequest {}).await?.into_inner().groups;
+            let groups = client
+                .list_groups(ListGroupsRequest {})
+                .await?
+                .into_inner()
+                .groups;
             match format {
                 Format::Json => output::print_json(&json!(groups
                     .iter()
                     .map(output::secret_group_json)
                     .collect::<Vec<_>>())),
                 Format::Table => {
-                    let mut table = Table::new(&["NAME", "SECRETS", "SYNC", "DESCRIPTION", "CREATED"]);
+                    let mut table =
+                        Table::new(&["NAME", "SECRETS", "SYNC", "DESCRIPTION", "CREATED"]);
                     for group in &groups {
                         table.row(vec![
                             group.name.clone(),
@@ -70,7 +75,10 @@ pub async fn run(args: GroupArgs, connect: &ConnectOptions, format: Format) -> a
             }
         }
         GroupCommand::Show { name } => {
-            let response = client.get_group(GetGroupRequest { name }).await?.into_inner();
+            let response = client
+                .get_group(GetGroupRequest { name })
+                .await?
+                .into_inner();
             let group = response.group.unwrap_or_default();
             match format {
                 Format::Json => output::print_json(&json!({
@@ -79,12 +87,16 @@ pub async fn run(args: GroupArgs, connect: &ConnectOptions, format: Format) -> a
                 })),
                 Format::Table => {
                     println!("Group: {}", group.name);
-                    println!("  Description:  {}", output::or_dash(group.description.as_deref()));
+                    println!(
+                        "  Description:  {}",
+                        output::or_dash(group.description.as_deref())
+                    );
                     println!("  Sync:         {}", sync_text(group.auto_sync));
                     println!("  Secrets:      {}", group.secret_count);
                     println!("  Created:      {}", output::short_time(&group.created_at));
                     println!();
-                    let mut table = Table::new(&["NAME", "PREVIEW", "SOURCE", "DESCRIPTION", "UPDATED"]);
+                    let mut table =
+                        Table::new(&["NAME", "PREVIEW", "SOURCE", "DESCRIPTION", "UPDATED"]);
                     for secret in &response.secrets {
                         table.row(vec![
                             secret.name.clone(),
@@ -99,7 +111,12 @@ pub async fn run(args: GroupArgs, connect: &ConnectOptions, format: Format) -> a
             }
         }
         GroupCommand::Delete { name, force } => {
-            client.delete_group(DeleteGroupRequest { name: name.clone(), force }).await?;
+            client
+                .delete_group(DeleteGroupRequest {
+                    name: name.clone(),
+                    force,
+                })
+                .await?;
             match format {
                 Format::Json => output::print_json(&json!({ "deleted": name })),
                 Format::Table => println!("deleted group {name}"),

@@ -1,14 +1,13 @@
 //! `berth`: the admin CLI of the control plane.
 //!
-//! `berth <noun> <verb>`, one file per noun. This file only parses the command line, sets up
-//! tracing, dispatches and maps errors to exit codes: 0 ok, 1 server or runtime error, 2 usage
-//! error. Commands that talk to the control plane connect on their own (see
+//! `berth <noun> <verb>`, one file per noun. This file only parses the command line,
+//! dispatches and maps errors to exit codes: 0 ok, 1 server or runtime error, 2 usage error. Commands that talk to the control plane connect on their own (see
 //! [`client::ConnectOptions::connect`]), so commands that need no server need no API key.
 
 #![forbid(unsafe_code)]
 
-mod apikey;
 mod allowlist;
+mod apikey;
 mod app;
 mod client;
 mod env;
@@ -18,12 +17,19 @@ mod prompt;
 mod repository;
 mod secret;
 
+use std::io::Write as _;
 use std::process::ExitCode;
+
+use anyhow::Context as _;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "Admin CLI of the berth control plane")]
+#[command(
+    name = "berth",
+    version,
+    about = "Admin CLI of the berth control plane"
+)]
 struct Cli {
     #[command(flatten)]
     connect: client::ConnectOptions,
@@ -62,14 +68,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
+    // No tracing subscriber here: the admin commands log nothing of their own, and a
+    // long-running command (`berth dev`) installs its own.
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => report(err),
@@ -87,19 +87,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Repository(args) => repository::run(args, connect, format).await,
         Command::Allowlist(args) => allowlist::run(args, connect, format).await,
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
-            Ok(())
+            // Into a buffer first: clap_complete panics when a write fails (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut script);
+            std::io::stdout()
+                .write_all(&script)
+                .context("cannot write the completion script")
         }
     }
 }
 
 /// Prints `error: ...` and picks the exit code. Usage errors found after parsing (a
-/// [`clap::Error`]) are rendered by clap, with the usage line, and exit with 2.
+/// [`clap::Error`]) are printed by clap and exit with 2, like the ones found while parsing.
 fn report(err: anyhow::Error) -> ExitCode {
     if let Some(usage) = err.downcast_ref::<clap::Error>() {
-        let _ = usage.clone().format(&mut Cli::command()).print();
+        let _ = usage.print();
         return ExitCode::from(2);
     }
     eprintln!("error: {}", client::describe_error(&err));
     ExitCode::from(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks: ids named in conflicts and groups exist, no flag clashes
+    /// with a global one, and so on.
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

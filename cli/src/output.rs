@@ -23,7 +23,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&'static str]) -> Self {
-        Table { header: header.to_vec(), rows: Vec::new() }
+        Table {
+            header: header.to_vec(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -50,8 +53,11 @@ impl Table {
         }
         let mut out = String::new();
         for line in lines {
-            let cells: Vec<String> =
-                line.iter().zip(&widths).map(|(cell, &w)| format!("{cell:<w$}")).collect();
+            let cells: Vec<String> = line
+                .iter()
+                .zip(&widths)
+                .map(|(cell, &w)| format!("{cell:<w$}"))
+                .collect();
             out.push_str(cells.join("  ").trim_end());
             out.push('\n');
         }
@@ -60,12 +66,19 @@ impl Table {
 }
 
 pub fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("a json value always serializes"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("a json value always serializes")
+    );
 }
 
 /// `2025-10-23 10:30:00` or `2025-10-23T10:30:00Z` becomes `2025-10-23 10:30`.
 pub fn short_time(timestamp: &str) -> String {
-    timestamp.chars().take(16).map(|c| if c == 'T' { ' ' } else { c }).collect()
+    timestamp
+        .chars()
+        .take(16)
+        .map(|c| if c == 'T' { ' ' } else { c })
+        .collect()
 }
 
 /// `-` for a missing optional value in a table cell.

@@ -26,7 +26,9 @@ pub fn read_secret(prompt: &str) -> anyhow::Result<String> {
 /// All of stdin, minus one trailing newline.
 pub fn read_stdin() -> anyhow::Result<String> {
     let mut value = String::new();
-    std::io::stdin().read_to_string(&mut value).context("cannot read stdin")?;
+    std::io::stdin()
+        .read_to_string(&mut value)
+        .context("cannot read stdin")?;
     strip_one_newline(&mut value);
     Ok(value)
 }
@@ -51,9 +53,13 @@ pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
         bail!("{question} needs confirmation: pass --yes (no terminal to ask on)");
     }
     eprint!("{question}? [y/N] ");
-    std::io::stderr().flush().context("cannot write to the terminal")?;
+    std::io::stderr()
+        .flush()
+        .context("cannot write to the terminal")?;
     let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer).context("cannot read from the terminal")?;
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("cannot read from the terminal")?;
     if !is_yes(&answer) {
         bail!("aborted");
     }

@@ -77,14 +77,23 @@ enum DocumentFormat {
 
 pub async fn run(args: SecretArgs, connect: &ConnectOptions, format: Format) -> anyhow::Result<()> {
     match args.command {
-        SecretCommand::Set { group, name, description } => {
+        SecretCommand::Set {
+            group,
+            name,
+            description,
+        } => {
             let value = prompt::read_secret(&format!("value of {group}/{name}: "))?;
             if value.is_empty() {
                 bail!("empty secret value: pipe it on stdin or type it at the prompt");
             }
             let mut client = connect.connect().await?.secrets();
             let secret = client
-                .set_secret(SetSecretRequest { group, name, value, description })
+                .set_secret(SetSecretRequest {
+                    group,
+                    name,
+                    value,
+                    description,
+                })
                 .await?
                 .into_inner();
             match format {
@@ -99,7 +108,9 @@ pub async fn run(args: SecretArgs, connect: &ConnectOptions, format: Format) -> 
             let connection = connect.connect().await?;
             let mut client = connection.secrets();
             let secrets = client
-                .list_secrets(ListSecretsRequest { group: group.clone() })
+                .list_secrets(ListSecretsRequest {
+                    group: group.clone(),
+                })
                 .await?
                 .into_inner()
                 .secrets;
@@ -110,7 +121,11 @@ pub async fn run(args: SecretArgs, connect: &ConnectOptions, format: Format) -> 
                     .collect::<Vec<_>>())),
                 Format::Table => {
                     // The groups too, so that empty and auto-synced groups show as such.
-                    let mut groups = client.list_groups(ListGroupsRequest {}).await?.into_inner().groups;
+                    let mut groups = client
+                        .list_groups(ListGroupsRequest {})
+                        .await?
+                        .into_inner()
+                        .groups;
                     if let Some(only) = &group {
                         groups.retain(|g| &g.name == only);
                     }
@@ -122,7 +137,11 @@ pub async fn run(args: SecretArgs, connect: &ConnectOptions, format: Format) -> 
             prompt::confirm(&format!("reveal secret {group}/{name}"), yes)?;
             let mut client = connect.connect().await?.secrets();
             let response = client
-                .reveal_secret(RevealSecretRequest { group, name, confirm: true })
+                .reveal_secret(RevealSecretRequest {
+                    group,
+                    name,
+                    confirm: true,
+                })
                 .await?
                 .into_inner();
             match format {
@@ -136,7 +155,11 @@ pub async fn run(args: SecretArgs, connect: &ConnectOptions, format: Format) -> 
         SecretCommand::Delete { group, name, force } => {
             let mut client = connect.connect().await?.secrets();
             let removed = client
-                .delete_secret(DeleteSecretRequest { group: group.clone(), name: name.clone(), force })
+                .delete_secret(DeleteSecretRequest {
+                    group: group.clone(),
+                    name: name.clone(),
+                    force,
+                })
                 .await?
                 .into_inner()
                 .removed_references;
@@ -153,7 +176,12 @@ pub async fn run(args: SecretArgs, connect: &ConnectOptions, format: Format) -> 
                 }
             }
         }
-        SecretCommand::Import { group, file, format: document_format, overwrite } => {
+        SecretCommand::Import {
+            group,
+            file,
+            format: document_format,
+            overwrite,
+        } => {
             let document_format = document_format.unwrap_or_else(|| guess_format(&file));
             let document = read_document(&file)?;
             let mut client = connect.connect().await?.secrets();
@@ -226,18 +254,29 @@ fn render_tree(groups: &[SecretGroup], secrets: &[SecretSummary]) -> String {
     if names.is_empty() {
         return "no secrets yet\n".to_string();
     }
-    let name_width = secrets.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
-    let preview_width = secrets.iter().map(|s| preview(s).chars().count()).max().unwrap_or(0);
+    let name_width = secrets
+        .iter()
+        .map(|s| s.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    let preview_width = secrets
+        .iter()
+        .map(|s| preview(s).chars().count())
+        .max()
+        .unwrap_or(0);
 
     let mut out = String::new();
     for name in names {
-        let members: Vec<&SecretSummary> = secrets.iter().filter(|s| s.group_name == name).collect();
+        let members: Vec<&SecretSummary> =
+            secrets.iter().filter(|s| s.group_name == name).collect();
         let count = match members.len() {
             1 => "1 secret".to_string(),
             n => format!("{n} secrets"),
         };
         match groups.iter().find(|g| g.name == name) {
-            Some(group) if group.auto_sync => out.push_str(&format!("🔄 {name} (auto-sync, {count})\n")),
+            Some(group) if group.auto_sync => {
+                out.push_str(&format!("🔄 {name} (auto-sync, {count})\n"))
+            }
             _ => out.push_str(&format!("📁 {name} ({count})\n")),
         }
         for secret in members {
@@ -268,8 +307,14 @@ mod tests {
 
     #[test]
     fn format_is_guessed_from_the_extension() {
-        assert_eq!(guess_format(Path::new("secrets.json")), DocumentFormat::Json);
-        assert_eq!(guess_format(Path::new("dir/SECRETS.JSON")), DocumentFormat::Json);
+        assert_eq!(
+            guess_format(Path::new("secrets.json")),
+            DocumentFormat::Json
+        );
+        assert_eq!(
+            guess_format(Path::new("dir/SECRETS.JSON")),
+            DocumentFormat::Json
+        );
         assert_eq!(guess_format(Path::new(".env")), DocumentFormat::Dotenv);
         assert_eq!(guess_format(Path::new("prod.env")), DocumentFormat::Dotenv);
         assert_eq!(guess_format(Path::new("secrets")), DocumentFormat::Dotenv);
@@ -290,9 +335,19 @@ mod tests {
     #[test]
     fn tree_has_one_block_per_group() {
         let groups = vec![
-            SecretGroup { name: "production-db".into(), ..Default::default() },
-            SecretGroup { name: "infisical".into(), auto_sync: true, ..Default::default() },
-            SecretGroup { name: "empty".into(), ..Default::default() },
+            SecretGroup {
+                name: "production-db".into(),
+                ..Default::default()
+            },
+            SecretGroup {
+                name: "infisical".into(),
+                auto_sync: true,
+                ..Default::default()
+            },
+            SecretGroup {
+                name: "empty".into(),
+                ..Default::default()
+            },
         ];
         let secrets = vec![
             secret("production-db", "DATABASE_URL", "****@****", "manual"),

@@ -4,9 +4,11 @@
 //! Architecture invariant: only this module (and `node.rs`, which serves it) knows tonic.
 //! Errors become `tonic::Status` in exactly one place, [`status`].
 
+mod agent;
 mod api_keys;
 mod applications;
 mod convert;
+mod deploy;
 mod env;
 mod registry;
 mod secrets;
@@ -18,7 +20,9 @@ use tonic::{Request, Status};
 use crate::error::{Error, ErrorCode};
 use crate::service::{Actor, Service};
 
+pub use agent::{AgentApi, AgentEnrollmentApi};
 pub use api_keys::ApiKeyApi;
+pub use deploy::{AgentAdminApi, DeployApi};
 pub use applications::ApplicationApi;
 pub use env::EnvApi;
 pub use registry::{AllowlistApi, RepositoryApi};

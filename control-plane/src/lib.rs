@@ -5,6 +5,7 @@
 
 pub mod crypto;
 pub mod error;
+pub mod fleet;
 pub mod grpc;
 pub mod model;
 pub mod node;

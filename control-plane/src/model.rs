@@ -117,6 +117,25 @@ pub struct Application {
     pub targets: Vec<Target>,
     pub created_at: String,
     pub updated_at: String,
+    /// How many targets a rolling deploy updates at once.
+    pub deploy_batch_size: i64,
+    pub health_check: Option<HealthCheckConfig>,
+    pub restart_policy: String,
+    /// Overrides the image's CMD when not empty.
+    pub command: Vec<String>,
+}
+
+/// An application's health check, stored as JSON in `applications.health_check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckConfig {
+    /// `http` or `tcp`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub port: u16,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub timeout_s: Option<u32>,
 }
 
 #[derive(Debug, Clone)]

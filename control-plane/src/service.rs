@@ -170,6 +170,10 @@ impl Service {
         &self.store
     }
 
+    pub(crate) fn key(&self) -> &MasterKey {
+        &self.key
+    }
+
     async fn audit(&self, actor: &Actor, action: &str, target: &str, details: Option<&str>) -> Result<()> {
         self.store.audit(&actor.name, action, target, details).await
     }

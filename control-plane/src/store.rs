@@ -4,9 +4,11 @@
 //! Architecture invariant: no SQL outside `store/`. A PostgreSQL backend would be a second
 //! implementation of these methods, not a change to the services.
 
+mod agents;
 mod api_keys;
 mod applications;
 mod audit;
+mod deployments;
 mod env;
 mod registry;
 mod secrets;
@@ -20,7 +22,9 @@ use sqlx::SqlitePool;
 
 use crate::error::Error;
 
+pub use agents::{AgentRow, Enrollment};
 pub use audit::AuditEntry;
+pub use deployments::{DeploymentEventRow, DeploymentTargetRow, NewDeployment};
 pub use env::ImportOutcome;
 pub use secrets::WriteCounts;
 

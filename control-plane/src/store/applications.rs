@@ -21,10 +21,15 @@ struct ApplicationRow {
     last_deployed_at: Option<String>,
     created_at: String,
     updated_at: String,
+    deploy_batch_size: i64,
+    health_check: Option<String>,
+    restart_policy: String,
+    command: Option<String>,
 }
 
 const APP_SELECT: &str = "SELECT a.id, a.name, a.image, a.version, r.name AS repository, a.ports, a.status, \
-     a.webhook_enabled, a.webhook_token_prefix, a.auto_deploy, a.last_deployed_at, a.created_at, a.updated_at \
+     a.webhook_enabled, a.webhook_token_prefix, a.auto_deploy, a.last_deployed_at, a.created_at, a.updated_at, \
+     a.deploy_batch_size, a.health_check, a.restart_policy, a.command \
      FROM applications a LEFT JOIN repositories r ON r.id = a.repository_id";
 
 impl Store {
@@ -185,6 +190,10 @@ impl Store {
             targets: targets.into_iter().map(|(kind, value)| decode_target(&kind, &value)).collect(),
             created_at: row.created_at,
             updated_at: row.updated_at,
+            deploy_batch_size: row.deploy_batch_size,
+            health_check: row.health_check.as_deref().and_then(|h| serde_json::from_str(h).ok()),
+            restart_policy: row.restart_policy,
+            command: row.command.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default(),
         })
     }
 }

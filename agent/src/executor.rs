@@ -1,0 +1,127 @@
+//! What the agent runs: a [`DeploySpec`] in, [`DeployEvent`]s and a [`DeployOutcome`] out.
+//!
+//! The Docker implementation (`docker.rs`) drives the real engine through bollard; the fake
+//! (`fake.rs`) lets the fleet simulator and fast tests run thousands of agents without Docker.
+//!
+//! Architecture invariant: nothing here logs or reports an environment value. Events carry
+//! phases and messages built from names, images and ids only.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// One application deployment on this host.
+#[derive(Clone)]
+pub struct DeploySpec {
+    /// Idempotency key: a re-sent command with the same id is not run twice.
+    pub deployment_id: String,
+    /// Application name: containers are named `berth-<app>-<short id>` and labelled
+    /// `berth.app=<app>`.
+    pub app: String,
+    /// Image without tag, e.g. `127.0.0.1:5000/team/web`.
+    pub image: String,
+    /// Tag or digest.
+    pub version: String,
+    /// The resolved environment (plaintext secrets inside: never log, never put in events).
+    pub env: BTreeMap<String, SecretString>,
+    pub ports: Vec<PortSpec>,
+    pub registry_auth: Option<RegistryAuth>,
+    pub health_check: HealthCheck,
+    /// Docker restart policy name: `no`, `always`, `unless-stopped`, `on-failure`.
+    pub restart_policy: String,
+    /// Overrides the image's CMD when not empty.
+    pub command: Vec<String>,
+}
+
+impl fmt::Debug for DeploySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeploySpec")
+            .field("deployment_id", &self.deployment_id)
+            .field("app", &self.app)
+            .field("image", &self.image)
+            .field("version", &self.version)
+            .field("env_keys", &self.env.keys().collect::<Vec<_>>())
+            .field("ports", &self.ports)
+            .field("health_check", &self.health_check)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    pub host: u16,
+    pub container: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+}
+
+#[derive(Clone)]
+pub struct RegistryAuth {
+    /// Registry host[:port], as Docker expects in `serveraddress`.
+    pub server: String,
+    pub username: String,
+    pub password: SecretString,
+}
+
+impl fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuth").field("server", &self.server).field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+/// How to decide that a new container is healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// The image's own Docker HEALTHCHECK when it has one; otherwise the container must stay
+    /// running for `grace`.
+    Default { timeout: Duration, grace: Duration },
+    /// HTTP GET `http://<container-ip>:<port><path>` must answer 2xx or 3xx.
+    Http { port: u16, path: String, timeout: Duration },
+    /// A TCP connect to `<container-ip>:<port>` must succeed.
+    Tcp { port: u16, timeout: Duration },
+}
+
+/// A step of a deployment, reported to the control plane as a `deployment_events` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployEvent {
+    /// `pull`, `create`, `start`, `health`, `swap`, `cleanup`, `rollback`, `done`, `failed`.
+    pub phase: String,
+    pub message: String,
+}
+
+/// How a deployment ended on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployOutcome {
+    pub success: bool,
+    /// The container now serving the application (the new one on success, the previous one
+    /// after a rollback), if any.
+    pub container_id: Option<String>,
+    /// Why it failed; names, never values.
+    pub error: Option<String>,
+    /// True when the previous container was put back.
+    pub rolled_back: bool,
+}
+
+/// Receives events as they happen.
+pub type EventSink = tokio::sync::mpsc::UnboundedSender<DeployEvent>;
+
+#[async_trait::async_trait]
+pub trait Executor: Send + Sync + 'static {
+    /// Runs one deployment: pull, create, start, health-gate, swap, clean up; on any failure
+    /// after the previous container was touched, put it back. Never returns before the host is
+    /// in a final state.
+    async fn deploy(&self, spec: &DeploySpec, events: &EventSink) -> DeployOutcome;
+
+    /// Makes a successful deployment final: removes the previous container(s) of `app` that
+    /// `deployment_id` superseded. Until then they are kept stopped, for [`Executor::rollback`].
+    async fn commit(&self, app: &str, deployment_id: &str, events: &EventSink);
+
+    /// Undoes a *successful* deployment `deployment_id` of `app` (a later target of the same
+    /// rolling deploy failed): the previous container serves again, the new one is removed.
+    async fn rollback(&self, app: &str, deployment_id: &str, events: &EventSink) -> DeployOutcome;
+
+    /// `Docker version` string for `berth agent list`.
+    async fn runtime_version(&self) -> String;
+}

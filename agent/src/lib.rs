@@ -1,0 +1,5 @@
+#![forbid(unsafe_code)]
+
+pub mod docker;
+pub mod executor;
+pub mod fake;

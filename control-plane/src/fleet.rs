@@ -1,0 +1,327 @@
+//! The agent side of the control plane: who is connected, what each live stream carries,
+//! and how results find the rollout waiting for them.
+//!
+//! Presence is memory only (heartbeats never touch SQLite); what must survive a crash —
+//! deployments, targets, events, results — is written through the store before it is
+//! acknowledged to anyone.
+//!
+//! Architecture invariant: this module speaks the agent protocol (berth.v1 agent messages)
+//! but knows nothing of tonic; `grpc/agent.rs` adapts streams and certificates to it.
+
+mod enroll;
+mod rollout;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::error::{Error, Result};
+use crate::pki::Pki;
+use crate::service::Service;
+use crate::store::AgentRow;
+
+pub use enroll::{IssuedCertificate, ENROLLMENT_TOKEN_PREFIX};
+pub use rollout::{DeployTrigger, RolloutConfig};
+
+/// Outbound queue depth per agent; a full queue means a stuck agent, not a reason to block.
+const OUTBOUND_QUEUE: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// host:port agents dial for the mTLS stream (returned at enrollment).
+    pub agent_endpoint: String,
+    /// Lifetime of agent certificates (default 30 days).
+    pub cert_ttl: Duration,
+    pub rollout: RolloutConfig,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            agent_endpoint: "127.0.0.1:7444".to_string(),
+            cert_ttl: Duration::from_secs(30 * 86400),
+            rollout: RolloutConfig::default(),
+        }
+    }
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    service: Service,
+    pki: Arc<Pki>,
+    config: FleetConfig,
+    live: Mutex<HashMap<String, LiveAgent>>,
+    waiters: Mutex<HashMap<WaitKey, oneshot::Sender<pb::DeployResult>>>,
+    /// Commands sent and not yet answered, re-sent when their agent reconnects.
+    inflight: Mutex<HashMap<WaitKey, pb::ControlMessage>>,
+    /// Woken on every stored event or result, for watchers.
+    changed: Notify,
+    /// Woken when an agent connects, for rollouts waiting on a target.
+    connected: Notify,
+    next_session: AtomicU64,
+}
+
+type WaitKey = (String, String, i32);
+
+struct LiveAgent {
+    session: u64,
+    tx: mpsc::Sender<pb::ControlMessage>,
+    labels: BTreeMap<String, String>,
+    last_heartbeat: Instant,
+    /// Firing this ends the stream at once (revocation, re-enrollment).
+    kill: Option<oneshot::Sender<&'static str>>,
+}
+
+/// A registered stream: the handler forwards `outbound` to the agent and ends the stream
+/// with the given reason when `killed` fires.
+pub struct Session {
+    pub id: u64,
+    pub outbound: mpsc::Receiver<pb::ControlMessage>,
+    pub killed: oneshot::Receiver<&'static str>,
+}
+
+impl Fleet {
+    pub fn new(service: Service, pki: Arc<Pki>, config: FleetConfig) -> Self {
+        Fleet {
+            inner: Arc::new(Inner {
+                service,
+                pki,
+                config,
+                live: Mutex::new(HashMap::new()),
+                waiters: Mutex::new(HashMap::new()),
+                inflight: Mutex::new(HashMap::new()),
+                changed: Notify::new(),
+                connected: Notify::new(),
+                next_session: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub fn service(&self) -> &Service {
+        &self.inner.service
+    }
+
+    fn pki(&self) -> &Pki {
+        &self.inner.pki
+    }
+
+    fn cert_ttl(&self) -> time::Duration {
+        time::Duration::try_from(self.inner.config.cert_ttl).unwrap_or(time::Duration::days(30))
+    }
+
+    pub fn agent_endpoint(&self) -> &str {
+        &self.inner.config.agent_endpoint
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.inner.pki.ca_cert_pem
+    }
+
+    pub fn ca_fingerprint(&self) -> &str {
+        &self.inner.pki.ca_fingerprint
+    }
+
+    /// Maps a client certificate (by its SHA-256 fingerprint) to an enrolled, unrevoked agent.
+    pub async fn authenticate_agent(&self, fingerprint: &str) -> Result<AgentRow> {
+        match self.service().store().agent_by_fingerprint(fingerprint).await? {
+            Some(agent) if agent.revoked_at.is_none() => Ok(agent),
+            Some(agent) => Err(Error::PermissionDenied(format!("agent {:?} is revoked", agent.name))),
+            None => Err(Error::Unauthenticated(
+                "client certificate is not the current certificate of any agent".to_string(),
+            )),
+        }
+    }
+
+    /// Registers a stream after the agent's Hello; an older stream of the same agent is
+    /// dropped.
+    pub async fn open_session(&self, agent: &AgentRow, hello: &pb::Hello) -> Result<Session> {
+        let (tx, outbound) = mpsc::channel(OUTBOUND_QUEUE);
+        let (kill, killed) = oneshot::channel();
+        let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let previous = self.inner.live.lock().expect("live lock").insert(
+            agent.name.clone(),
+            LiveAgent { session: id, tx, labels: agent.labels(), last_heartbeat: Instant::now(), kill: Some(kill) },
+        );
+        if let Some(mut previous) = previous {
+            if let Some(kill) = previous.kill.take() {
+                let _ = kill.send("replaced by a newer stream of the same agent");
+            }
+        }
+        self.service()
+            .store()
+            .agent_seen(&agent.name, "connected", Some(&hello.agent_version), Some(&hello.docker_version))
+            .await?;
+        tracing::info!(agent = %agent.name, session = id, running = hello.running.len(), "agent connected");
+        self.inner.connected.notify_waiters();
+        self.resend_inflight(&agent.name);
+        Ok(Session { id, outbound, killed })
+    }
+
+    /// Unregisters a stream that ended (if it is still the agent's current one).
+    pub async fn close_session(&self, agent: &str, session: u64) {
+        let removed = {
+            let mut live = self.inner.live.lock().expect("live lock");
+            match live.get(agent) {
+                Some(current) if current.session == session => live.remove(agent).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            tracing::info!(agent, session, "agent disconnected");
+            if let Err(e) = self.service().store().agent_seen(agent, "disconnected", None, None).await {
+                tracing::warn!(agent, error = %e, "cannot record disconnect");
+            }
+        }
+    }
+
+    /// Handles one message from an agent's stream.
+    pub async fn handle_message(&self, agent: &str, message: pb::AgentMessage) -> Result<()> {
+        match message.msg {
+            Some(pb::agent_message::Msg::Heartbeat(_)) => {
+                if let Some(live) = self.inner.live.lock().expect("live lock").get_mut(agent) {
+                    live.last_heartbeat = Instant::now();
+                }
+            }
+            Some(pb::agent_message::Msg::Event(event)) => {
+                let store = self.service().store();
+                if store.deployment(&event.deployment_id).await.is_ok() {
+                    store
+                        .add_deployment_event(&event.deployment_id, Some(agent), &truncate(&event.phase, 32), &truncate(&event.message, 2048))
+                        .await?;
+                    self.inner.changed.notify_waiters();
+                }
+            }
+            Some(pb::agent_message::Msg::Result(result)) => self.handle_result(agent, result).await?,
+            Some(pb::agent_message::Msg::Hello(_)) | None => {
+                return Err(Error::invalid("unexpected message on an open stream"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a result durably, acknowledges it, and wakes the rollout waiting for it.
+    async fn handle_result(&self, agent: &str, result: pb::DeployResult) -> Result<()> {
+        let store = self.service().store();
+        let kind = pb::CommandKind::try_from(result.kind).unwrap_or(pb::CommandKind::Unspecified);
+        if store.deployment(&result.deployment_id).await.is_ok() {
+            let container = (!result.container_id.is_empty()).then_some(result.container_id.as_str());
+            let error = (!result.error.is_empty()).then_some(truncate(&result.error, 2048));
+            match kind {
+                pb::CommandKind::Deploy => {
+                    let status = if result.success { "success" } else { "failed" };
+                    store.finish_target(&result.deployment_id, agent, status, container, error.as_deref()).await?;
+                }
+                pb::CommandKind::Rollback => {
+                    store.finish_target(&result.deployment_id, agent, "rolled_back", container, error.as_deref()).await?;
+                }
+                _ => {}
+            }
+            self.inner.changed.notify_waiters();
+        }
+        self.send(agent, ack(&result.deployment_id, result.kind));
+        let key = (result.deployment_id.clone(), agent.to_string(), result.kind);
+        if let Some(waiter) = self.inner.waiters.lock().expect("waiters lock").remove(&key) {
+            let _ = waiter.send(result);
+        }
+        Ok(())
+    }
+
+    /// Queues a message for a connected agent; false when it is not connected or stuck.
+    fn send(&self, agent: &str, message: pb::ControlMessage) -> bool {
+        let live = self.inner.live.lock().expect("live lock");
+        match live.get(agent) {
+            Some(a) => a.tx.try_send(message).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Ends an agent's live stream at once.
+    fn drop_stream(&self, agent: &str) {
+        if let Some(mut live) = self.inner.live.lock().expect("live lock").remove(agent) {
+            if let Some(kill) = live.kill.take() {
+                let _ = kill.send("agent certificate replaced or revoked");
+            }
+        }
+    }
+
+    /// `berth agent revoke`: refuses the certificate from now on and drops the live stream.
+    pub async fn revoke(&self, actor: &crate::service::Actor, name: &str) -> Result<()> {
+        actor.require(crate::service::Permission::Write)?;
+        self.service().store().revoke_agent(name).await?;
+        self.drop_stream(name);
+        self.service().store().audit(&actor.name, "agent.revoke", name, None).await
+    }
+
+    /// Agents as `berth agent list` shows them: stored rows with live presence.
+    pub async fn list_agents(&self, actor: &crate::service::Actor) -> Result<Vec<(AgentRow, bool)>> {
+        actor.require(crate::service::Permission::Read)?;
+        let rows = self.service().store().list_agents().await?;
+        let live = self.inner.live.lock().expect("live lock");
+        Ok(rows.into_iter().map(|r| {
+            let connected = live.contains_key(&r.name);
+            (r, connected)
+        }).collect())
+    }
+
+    pub fn is_connected(&self, agent: &str) -> bool {
+        self.inner.live.lock().expect("live lock").contains_key(agent)
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.inner.live.lock().expect("live lock").len()
+    }
+
+    /// Agents whose heartbeats stopped for longer than `timeout`: dropped so their stream
+    /// slot is freed and rollouts stop waiting on a dead connection.
+    pub fn reap_silent(&self, timeout: Duration) {
+        let silent: Vec<String> = self
+            .inner
+            .live
+            .lock()
+            .expect("live lock")
+            .iter()
+            .filter(|(_, a)| a.last_heartbeat.elapsed() > timeout)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in silent {
+            tracing::warn!(agent = %name, "no heartbeat; dropping stream");
+            self.drop_stream(&name);
+        }
+    }
+
+    /// Labels of a connected agent.
+    fn live_labels(&self, agent: &str) -> Option<BTreeMap<String, String>> {
+        self.inner.live.lock().expect("live lock").get(agent).map(|a| a.labels.clone())
+    }
+
+    /// Waits for the next stored event or result anywhere (watchers re-read the store).
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await
+    }
+}
+
+fn ack(deployment_id: &str, kind: i32) -> pb::ControlMessage {
+    pb::ControlMessage {
+        msg: Some(pb::control_message::Msg::Ack(pb::ResultAck { deployment_id: deployment_id.to_string(), kind })),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

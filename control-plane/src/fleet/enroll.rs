@@ -1,0 +1,121 @@
+//! Agent enrollment and certificate renewal: the control plane signs a CSR
+//! generated on the agent; the agent's private key never leaves its host.
+
+use std::collections::BTreeMap;
+
+use rcgen::{CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SerialNumber};
+use secrecy::{ExposeSecret as _, SecretString};
+use sha2::{Digest as _, Sha256};
+use time::{Duration, OffsetDateTime};
+
+use super::Fleet;
+use crate::crypto::{generate_token, token_digest};
+use crate::error::{Error, Result};
+use crate::service::{Actor, Permission};
+use crate::validate;
+
+pub const ENROLLMENT_TOKEN_PREFIX: &str = "bet_";
+const DEFAULT_TOKEN_TTL_SECONDS: i64 = 3600;
+const MAX_TOKEN_TTL_SECONDS: i64 = 7 * 86400;
+
+/// A certificate issued to an agent.
+pub struct IssuedCertificate {
+    pub pem: String,
+    pub fingerprint: String,
+    pub not_after: OffsetDateTime,
+}
+
+impl Fleet {
+    /// `berth agent token create`: a one-time, expiring token for one agent name.
+    pub async fn create_enrollment_token(
+        &self,
+        actor: &Actor,
+        agent_name: &str,
+        labels: &BTreeMap<String, String>,
+        ttl_seconds: Option<u32>,
+    ) -> Result<(SecretString, String)> {
+        actor.require(Permission::Write)?;
+        validate::name("agent", agent_name)?;
+        for (k, v) in labels {
+            validate::name("label key", k)?;
+            validate::name("label value", v)?;
+        }
+        let ttl = ttl_seconds.map(i64::from).unwrap_or(DEFAULT_TOKEN_TTL_SECONDS);
+        if !(1..=MAX_TOKEN_TTL_SECONDS).contains(&ttl) {
+            return Err(Error::invalid(format!("ttl must be between 1 and {MAX_TOKEN_TTL_SECONDS} seconds")));
+        }
+        let token = generate_token(ENROLLMENT_TOKEN_PREFIX);
+        let store = self.service().store();
+        let expires_at = store
+            .insert_enrollment_token(&token_digest(token.expose_secret()), agent_name, labels, ttl)
+            .await?;
+        store.audit(&actor.name, "agent.token.create", agent_name, Some(&format!("expires {expires_at}"))).await?;
+        Ok((token, expires_at))
+    }
+
+    /// Consumes the token and signs the agent's CSR.
+    pub async fn enroll(&self, token: &SecretString, csr_pem: &str) -> Result<(String, BTreeMap<String, String>, IssuedCertificate)> {
+        let store = self.service().store();
+        let enrollment = store.consume_enrollment_token(&token_digest(token.expose_secret())).await?;
+        if store.agent(&enrollment.agent_name).await.map(|a| a.revoked_at.is_none()).unwrap_or(false) {
+            // Re-enrolling a live name replaces its certificate (a rebuilt host).
+            tracing::info!(agent = %enrollment.agent_name, "agent re-enrolled; previous certificate replaced");
+        }
+        let issued = self.sign_csr(&enrollment.agent_name, csr_pem)?;
+        store
+            .upsert_agent(
+                &enrollment.agent_name,
+                &enrollment.labels,
+                &issued.fingerprint,
+                &issued.fingerprint[7..23],
+                &issued.not_after.unix_timestamp().to_string(),
+            )
+            .await?;
+        self.drop_stream(&enrollment.agent_name);
+        store.audit(&format!("agent:{}", enrollment.agent_name), "agent.enroll", &enrollment.agent_name, None).await?;
+        Ok((enrollment.agent_name, enrollment.labels, issued))
+    }
+
+    /// Issues a new certificate to an already authenticated agent.
+    pub async fn renew(&self, agent_name: &str, csr_pem: &str) -> Result<IssuedCertificate> {
+        let issued = self.sign_csr(agent_name, csr_pem)?;
+        let store = self.service().store();
+        store
+            .renew_agent_certificate(agent_name, &issued.fingerprint, &issued.fingerprint[7..23], &issued.not_after.unix_timestamp().to_string())
+            .await?;
+        store.audit(&format!("agent:{agent_name}"), "agent.renew", agent_name, None).await?;
+        Ok(issued)
+    }
+
+    fn sign_csr(&self, agent_name: &str, csr_pem: &str) -> Result<IssuedCertificate> {
+        if csr_pem.len() > 16 * 1024 {
+            return Err(Error::invalid("csr is too large"));
+        }
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| Error::invalid(format!("invalid certificate signing request: {e}")))?;
+        // Only the public key comes from the agent; everything else is ours.
+        let now = OffsetDateTime::now_utc();
+        let not_after = now + self.cert_ttl();
+        let params = &mut csr.params;
+        params.subject_alt_names.clear();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, agent_name);
+        params.distinguished_name.push(DnType::OrganizationName, "berth agents");
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = not_after;
+        let mut serial = [0u8; 16];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut serial[..]);
+        serial[0] &= 0x7f;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        let (ca_cert, ca_key) = self.pki().ca();
+        let cert = csr.signed_by(ca_cert, ca_key).map_err(|e| Error::Internal(format!("sign agent certificate: {e}")))?;
+        Ok(IssuedCertificate {
+            fingerprint: format!("sha256:{}", hex::encode(Sha256::digest(cert.der()))),
+            pem: cert.pem(),
+            not_after,
+        })
+    }
+}

@@ -1,0 +1,192 @@
+//! `berth.v1.DeployService` and `berth.v1.AgentAdminService` (admin port, API keys).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use berth_proto::v1 as pb;
+use secrecy::ExposeSecret as _;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{authenticate, convert, status};
+use crate::fleet::{DeployTrigger, Fleet};
+
+pub struct DeployApi {
+    fleet: Fleet,
+}
+
+impl DeployApi {
+    pub fn new(fleet: Fleet) -> Self {
+        DeployApi { fleet }
+    }
+}
+
+/// The full view of one deployment.
+pub(crate) async fn deployment_detail(fleet: &Fleet, deployment_id: &str) -> Result<pb::DeploymentDetail, Status> {
+    let store = fleet.service().store();
+    let (log, app) = store.deployment(deployment_id).await.map_err(status)?;
+    let targets = store.deployment_targets(deployment_id).await.map_err(status)?;
+    let events = store.deployment_events(deployment_id, 0).await.map_err(status)?;
+    Ok(pb::DeploymentDetail {
+        app,
+        deployment: Some(convert::deployment(log)),
+        targets: targets
+            .into_iter()
+            .map(|t| pb::DeploymentTarget {
+                agent: t.agent_name,
+                status: t.status,
+                container_id: t.container_id,
+                error_message: t.error_message,
+                started_at: t.started_at,
+                completed_at: t.completed_at,
+                duration_ms: t.duration_ms,
+            })
+            .collect(),
+        events: events.into_iter().map(event).collect(),
+    })
+}
+
+fn event(e: crate::store::DeploymentEventRow) -> pb::DeploymentEventRow {
+    pb::DeploymentEventRow { id: e.id, agent: e.agent_name, phase: e.phase, message: e.message, at: e.at }
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::DeploymentUpdate, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::deploy_service_server::DeployService for DeployApi {
+    async fn deploy(&self, request: Request<pb::DeployRequest>) -> Result<Response<pb::DeploymentDetail>, Status> {
+        let actor = authenticate(self.fleet.service(), &request).await?;
+        let r = request.into_inner();
+        let trigger = DeployTrigger { trigger_type: "manual", source: Some(actor.name.clone()) };
+        let id = self.fleet.deploy(&actor, &r.app, &r.version, trigger).await.map_err(status)?;
+        Ok(Response::new(deployment_detail(&self.fleet, &id).await?))
+    }
+
+    async fn get_deployment(&self, request: Request<pb::GetDeploymentRequest>) -> Result<Response<pb::DeploymentDetail>, Status> {
+        let actor = authenticate(self.fleet.service(), &request).await?;
+        actor.require(crate::service::Permission::Read).map_err(status)?;
+        Ok(Response::new(deployment_detail(&self.fleet, &request.get_ref().deployment_id).await?))
+    }
+
+    async fn list_deployments(&self, request: Request<pb::ListDeploymentsRequest>) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+        let actor = authenticate(self.fleet.service(), &request).await?;
+        actor.require(crate::service::Permission::Read).map_err(status)?;
+        let r = request.into_inner();
+        let store = self.fleet.service().store();
+        let app = store.application(&r.app).await.map_err(status)?;
+        let limit = if r.limit == 0 { 20 } else { r.limit.min(500) };
+        let rows = store.recent_deployments(app.id, limit.into()).await.map_err(status)?;
+        Ok(Response::new(pb::ListDeploymentsResponse { deployments: rows.into_iter().map(convert::deployment).collect() }))
+    }
+
+    type WatchDeploymentStream = UpdateStream;
+
+    async fn watch_deployment(&self, request: Request<pb::GetDeploymentRequest>) -> Result<Response<Self::WatchDeploymentStream>, Status> {
+        let actor = authenticate(self.fleet.service(), &request).await?;
+        actor.require(crate::service::Permission::Read).map_err(status)?;
+        let deployment_id = request.into_inner().deployment_id;
+        self.fleet.service().store().deployment(&deployment_id).await.map_err(status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let fleet = self.fleet.clone();
+        tokio::spawn(async move {
+            let store = fleet.service().store().clone();
+            let mut last = 0;
+            loop {
+                let notified = fleet.changed();
+                let events = match store.deployment_events(&deployment_id, last).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+                for e in events {
+                    last = e.id;
+                    if tx.send(Ok(pb::DeploymentUpdate { update: Some(pb::deployment_update::Update::Event(event(e))) })).await.is_err() {
+                        return;
+                    }
+                }
+                let Ok((log, _)) = store.deployment(&deployment_id).await else { return };
+                if !matches!(log.status.as_str(), "pending" | "running") {
+                    // Drain events written together with the final status.
+                    if let Ok(rest) = store.deployment_events(&deployment_id, last).await {
+                        for e in rest {
+                            let _ = tx.send(Ok(pb::DeploymentUpdate { update: Some(pb::deployment_update::Update::Event(event(e))) })).await;
+                        }
+                    }
+                    let _ = tx
+                        .send(Ok(pb::DeploymentUpdate { update: Some(pb::deployment_update::Update::Finished(convert::deployment(log))) }))
+                        .await;
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+pub struct AgentAdminApi {
+    fleet: Fleet,
+}
+
+impl AgentAdminApi {
+    pub fn new(fleet: Fleet) -> Self {
+        AgentAdminApi { fleet }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agent_admin_service_server::AgentAdminService for AgentAdminApi {
+    async fn create_enrollment_token(
+        &self,
+        request: Request<pb::CreateEnrollmentTokenRequest>,
+    ) -> Result<Response<pb::CreateEnrollmentTokenResponse>, Status> {
+        let actor = authenticate(self.fleet.service(), &request).await?;
+        let r = request.into_inner();
+        let labels = r.labels.into_iter().collect();
+        let ttl = (r.ttl_seconds != 0).then_some(r.ttl_seconds);
+        let (token, expires_at) = self.fleet.create_enrollment_token(&actor, &r.agent_name, &labels, ttl).await.map_err(status)?;
+        Ok(Response::new(pb::CreateEnrollmentTokenResponse {
+            token: token.expose_secret().to_string(),
+            expires_at,
+            ca_fingerprint: self.fleet.ca_fingerprint().to_string(),
+        }))
+    }
+
+    async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let actor = authenticate(self.fleet.service(), &request).await?;
+        let rows = self.fleet.list_agents(&actor).await.map_err(status)?;
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: rows
+                .into_iter()
+                .map(|(a, connected)| pb::Agent {
+                    labels: a.labels().into_iter().collect(),
+                    status: if a.revoked_at.is_some() {
+                        "revoked".into()
+                    } else if connected {
+                        "connected".into()
+                    } else {
+                        "disconnected".into()
+                    },
+                    name: a.name,
+                    version: a.version,
+                    docker_version: a.docker_version,
+                    last_seen_at: a.last_seen_at,
+                    cert_not_after: a.cert_not_after.and_then(|t| t.parse::<i64>().ok()).and_then(|t| {
+                        time::OffsetDateTime::from_unix_timestamp(t)
+                            .ok()
+                            .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+                    }),
+                    created_at: a.created_at,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_agent(&self, request: Request<pb::RevokeAgentRequest>) -> Result<Response<pb::RevokeAgentResponse>, Status> {
+        let actor = authenticate(self.fleet.service(), &request).await?;
+        self.fleet.revoke(&actor, &request.get_ref().name).await.map_err(status)?;
+        Ok(Response::new(pb::RevokeAgentResponse {}))
+    }
+}

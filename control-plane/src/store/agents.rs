@@ -1,0 +1,173 @@
+//! `agents` and `enrollment_tokens`.
+
+use std::collections::BTreeMap;
+
+use super::{conflict, internal, Store};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AgentRow {
+    pub id: i64,
+    pub name: String,
+    /// JSON object of labels.
+    pub labels: String,
+    pub cert_fingerprint: Option<String>,
+    pub cert_serial: Option<String>,
+    pub cert_not_after: Option<String>,
+    pub status: String,
+    pub version: Option<String>,
+    pub docker_version: Option<String>,
+    pub last_seen_at: Option<String>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+impl AgentRow {
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        serde_json::from_str(&self.labels).unwrap_or_default()
+    }
+}
+
+/// A consumed enrollment token: who the agent will be.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    pub agent_name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Store {
+    pub async fn insert_enrollment_token(
+        &self,
+        token_hash: &str,
+        agent_name: &str,
+        labels: &BTreeMap<String, String>,
+        ttl_seconds: i64,
+    ) -> Result<String> {
+        sqlx::query_scalar(
+            "INSERT INTO enrollment_tokens (token_hash, agent_name, labels, expires_at) \
+             VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ? || ' seconds')) RETURNING expires_at",
+        )
+        .bind(token_hash)
+        .bind(agent_name)
+        .bind(serde_json::to_string(labels).expect("labels serialize"))
+        .bind(ttl_seconds.to_string())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
+    /// Marks the token used and returns its enrollment, in one statement, so two agents racing
+    /// with one token cannot both enroll. Reuse and expiry get distinct errors.
+    pub async fn consume_enrollment_token(&self, token_hash: &str) -> Result<Enrollment> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "UPDATE enrollment_tokens SET used_at = datetime('now') \
+             WHERE token_hash = ? AND used_at IS NULL AND expires_at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now') \
+             RETURNING agent_name, labels",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)?;
+        if let Some((agent_name, labels)) = row {
+            return Ok(Enrollment { agent_name, labels: serde_json::from_str(&labels).unwrap_or_default() });
+        }
+        let state: Option<(Option<String>, String)> =
+            sqlx::query_as("SELECT used_at, expires_at FROM enrollment_tokens WHERE token_hash = ?")
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(internal)?;
+        Err(match state {
+            Some((Some(_), _)) => Error::Unauthenticated("enrollment token was already used".into()),
+            Some((None, expires)) => Error::Unauthenticated(format!("enrollment token expired at {expires}")),
+            None => Error::Unauthenticated("invalid enrollment token".into()),
+        })
+    }
+
+    /// Records an enrolled (or re-enrolled) agent and its certificate.
+    pub async fn upsert_agent(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        fingerprint: &str,
+        serial: &str,
+        not_after: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO agents (name, labels, cert_fingerprint, cert_serial, cert_not_after, status) \
+             VALUES (?, ?, ?, ?, ?, 'enrolled') \
+             ON CONFLICT(name) DO UPDATE SET labels = excluded.labels, cert_fingerprint = excluded.cert_fingerprint, \
+             cert_serial = excluded.cert_serial, cert_not_after = excluded.cert_not_after, status = 'enrolled', revoked_at = NULL",
+        )
+        .bind(name)
+        .bind(serde_json::to_string(labels).expect("labels serialize"))
+        .bind(fingerprint)
+        .bind(serial)
+        .bind(not_after)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| conflict(e, || format!("agent {name:?} already exists")))?;
+        Ok(())
+    }
+
+    pub async fn renew_agent_certificate(&self, name: &str, fingerprint: &str, serial: &str, not_after: &str) -> Result<()> {
+        sqlx::query("UPDATE agents SET cert_fingerprint = ?, cert_serial = ?, cert_not_after = ? WHERE name = ? AND revoked_at IS NULL")
+            .bind(fingerprint)
+            .bind(serial)
+            .bind(not_after)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    pub async fn agent_by_fingerprint(&self, fingerprint: &str) -> Result<Option<AgentRow>> {
+        sqlx::query_as("SELECT * FROM agents WHERE cert_fingerprint = ?")
+            .bind(fingerprint)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(internal)
+    }
+
+    pub async fn agent(&self, name: &str) -> Result<AgentRow> {
+        sqlx::query_as("SELECT * FROM agents WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Error::not_found(format!("agent {name:?} not found")))
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentRow>> {
+        sqlx::query_as("SELECT * FROM agents ORDER BY name").fetch_all(&self.pool).await.map_err(internal)
+    }
+
+    pub async fn revoke_agent(&self, name: &str) -> Result<()> {
+        let done = sqlx::query("UPDATE agents SET revoked_at = datetime('now'), status = 'revoked' WHERE name = ? AND revoked_at IS NULL")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(internal)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found(format!("active agent {name:?} not found")));
+        }
+        Ok(())
+    }
+
+    /// Written on connect and disconnect only: heartbeats stay in memory (R-5.4).
+    pub async fn agent_seen(&self, name: &str, status: &str, version: Option<&str>, docker_version: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "UPDATE agents SET status = ?, last_seen_at = datetime('now'), version = COALESCE(?, version), \
+             docker_version = COALESCE(?, docker_version) WHERE name = ? AND revoked_at IS NULL",
+        )
+        .bind(status)
+        .bind(version)
+        .bind(docker_version)
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(internal)?;
+        Ok(())
+    }
+}

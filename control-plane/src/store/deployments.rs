@@ -1,0 +1,229 @@
+//! `deployment_logs` (the seed's aggregate), `deployment_targets` (one row per host) and
+//! `deployment_events` (the ordered step log).
+
+use super::{internal, Store};
+use crate::error::{Error, Result};
+use crate::model::DeploymentLog;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeploymentTargetRow {
+    pub agent_name: String,
+    pub status: String,
+    pub container_id: Option<String>,
+    pub error_message: Option<String>,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub duration_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeploymentEventRow {
+    pub id: i64,
+    pub agent_name: Option<String>,
+    pub phase: String,
+    pub message: String,
+    pub at: String,
+}
+
+/// What a new deployment row needs.
+pub struct NewDeployment<'a> {
+    pub deployment_id: &'a str,
+    pub application_id: i64,
+    pub version: &'a str,
+    pub trigger_type: &'a str,
+    pub trigger_source: Option<&'a str>,
+    pub targets: &'a [String],
+}
+
+const NOW_MS: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+impl Store {
+    /// Inserts the aggregate row (pending), one target row per agent, and marks the
+    /// application `deploying`, in one transaction (durable before anything is dispatched).
+    pub async fn insert_deployment(&self, d: &NewDeployment<'_>) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        sqlx::query(
+            "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
+             VALUES (?, ?, ?, ?, ?, 'pending')",
+        )
+        .bind(d.application_id)
+        .bind(d.version)
+        .bind(d.deployment_id)
+        .bind(d.trigger_type)
+        .bind(d.trigger_source)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?;
+        for agent in d.targets {
+            sqlx::query("INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES (?, ?, 'pending')")
+                .bind(d.deployment_id)
+                .bind(agent)
+                .execute(&mut *tx)
+                .await
+                .map_err(internal)?;
+        }
+        sqlx::query("UPDATE applications SET status = 'deploying', updated_at = datetime('now') WHERE id = ?")
+            .bind(d.application_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
+        tx.commit().await.map_err(internal)
+    }
+
+    pub async fn add_deployment_event(&self, deployment_id: &str, agent: Option<&str>, phase: &str, message: &str) -> Result<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(deployment_id)
+        .bind(agent)
+        .bind(phase)
+        .bind(message)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
+    pub async fn mark_deployment_running(&self, deployment_id: &str) -> Result<()> {
+        sqlx::query("UPDATE deployment_logs SET status = 'running' WHERE deployment_id = ? AND status = 'pending'")
+            .bind(deployment_id)
+            .execute(&self.pool)
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    pub async fn mark_target_dispatched(&self, deployment_id: &str, agent: &str) -> Result<()> {
+        sqlx::query(&format!(
+            "UPDATE deployment_targets SET status = 'running', started_at = {NOW_MS} WHERE deployment_id = ? AND agent_name = ?"
+        ))
+        .bind(deployment_id)
+        .bind(agent)
+        .execute(&self.pool)
+        .await
+        .map_err(internal)?;
+        Ok(())
+    }
+
+    /// Records a target's final state. Returns false when it already had one (a re-sent result).
+    pub async fn finish_target(
+        &self,
+        deployment_id: &str,
+        agent: &str,
+        status: &str,
+        container_id: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<bool> {
+        let done = sqlx::query(&format!(
+            "UPDATE deployment_targets SET status = ?, container_id = COALESCE(?, container_id), error_message = ?, \
+             completed_at = {NOW_MS}, \
+             duration_ms = CAST((julianday({NOW_MS}) - julianday(COALESCE(started_at, {NOW_MS}))) * 86400000 AS INTEGER) \
+             WHERE deployment_id = ? AND agent_name = ? AND status IN ('pending', 'running', 'success')"
+        ))
+        .bind(status)
+        .bind(container_id)
+        .bind(error)
+        .bind(deployment_id)
+        .bind(agent)
+        .execute(&self.pool)
+        .await
+        .map_err(internal)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Completes the aggregate row and moves the application to `running` (updating version
+    /// and last_deployed_at) or `error` (R-5.6b). Idempotent: a finished row stays as it is.
+    pub async fn finish_deployment(&self, deployment_id: &str, success: bool, error: Option<&str>) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "SELECT application_id, version FROM deployment_logs WHERE deployment_id = ? AND status IN ('pending', 'running')",
+        )
+        .bind(deployment_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(internal)?;
+        let Some((app_id, version)) = row else {
+            return Ok(false);
+        };
+        sqlx::query(&format!(
+            "UPDATE deployment_logs SET status = ?, error_message = ?, completed_at = datetime('now'), \
+             duration_ms = CAST((julianday({NOW_MS}) - julianday(started_at)) * 86400000 AS INTEGER) WHERE deployment_id = ?"
+        ))
+        .bind(if success { "success" } else { "failed" })
+        .bind(error)
+        .bind(deployment_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?;
+        if success {
+            sqlx::query(
+                "UPDATE applications SET status = 'running', version = ?, last_deployed_at = datetime('now'), \
+                 updated_at = datetime('now') WHERE id = ?",
+            )
+            .bind(&version)
+            .bind(app_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
+        } else {
+            // A failed deploy that rolled back leaves the previous version serving: the app is
+            // still running if it was before. `error` only when nothing serves it.
+            let serving: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM deployment_logs WHERE application_id = ? AND status = 'success'",
+            )
+            .bind(app_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(internal)?;
+            sqlx::query("UPDATE applications SET status = ?, updated_at = datetime('now') WHERE id = ?")
+                .bind(if serving > 0 { "running" } else { "error" })
+                .bind(app_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(internal)?;
+        }
+        tx.commit().await.map_err(internal)?;
+        Ok(true)
+    }
+
+    pub async fn deployment(&self, deployment_id: &str) -> Result<(DeploymentLog, String)> {
+        let log: DeploymentLog = sqlx::query_as("SELECT * FROM deployment_logs WHERE deployment_id = ?")
+            .bind(deployment_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Error::not_found(format!("deployment {deployment_id} not found")))?;
+        let app: String = sqlx::query_scalar("SELECT name FROM applications WHERE id = ?")
+            .bind(log.application_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(internal)?;
+        Ok((log, app))
+    }
+
+    pub async fn deployment_targets(&self, deployment_id: &str) -> Result<Vec<DeploymentTargetRow>> {
+        sqlx::query_as("SELECT agent_name, status, container_id, error_message, started_at, completed_at, duration_ms \
+                        FROM deployment_targets WHERE deployment_id = ? ORDER BY id")
+            .bind(deployment_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(internal)
+    }
+
+    pub async fn deployment_events(&self, deployment_id: &str, after_id: i64) -> Result<Vec<DeploymentEventRow>> {
+        sqlx::query_as("SELECT id, agent_name, phase, message, at FROM deployment_events \
+                        WHERE deployment_id = ? AND id > ? ORDER BY id")
+            .bind(deployment_id)
+            .bind(after_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(internal)
+    }
+
+    /// Deployments a previous run of the control plane left unfinished.
+    pub async fn unfinished_deployments(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT deployment_id FROM deployment_logs WHERE status IN ('pending', 'running') ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(internal)
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole berth test suite on a fresh machine: installs what the tests need, builds the
+# binaries the end-to-end tests start, and runs every test. README.md and .ci/run call this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+# Debian packages the suites use (installed only when missing):
+#   docker-registry  a real private registry for pulls with credentials (agents suite)
+#   busybox-static   the static busybox test images are built from (agents suite)
+#   apache2-utils    htpasswd, for the registry's basic auth
+#   curl             the webhook CI-script test
+need_pkgs=()
+command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)
+[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || need_pkgs+=(busybox-static)
+command -v htpasswd >/dev/null 2>&1 || need_pkgs+=(apache2-utils)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v file >/dev/null 2>&1 || need_pkgs+=(file)
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+log "building the binaries the end-to-end tests start"
+cargo build --workspace --bins
+
+log "running every test"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+  # nextest does not run doctests
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast
+fi
