@@ -69,13 +69,20 @@ pub struct DockerExecutor {
 impl DockerExecutor {
     /// Wraps a client whose API version is already one the engine speaks.
     pub fn new(docker: Docker) -> Self {
-        Self { docker, stop_timeout: Duration::from_secs(10), poll_interval: Duration::from_millis(200) }
+        Self {
+            docker,
+            stop_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(200),
+        }
     }
 
     /// Connects to the local engine (`DOCKER_HOST=unix://…` or the default socket) and
     /// negotiates the API version down to the engine's.
     pub async fn connect() -> Result<Self, DockerError> {
-        let docker = Docker::connect_with_local_defaults()?.with_timeout(ENGINE_TIMEOUT).negotiate_version().await?;
+        let docker = Docker::connect_with_local_defaults()?
+            .with_timeout(ENGINE_TIMEOUT)
+            .negotiate_version()
+            .await?;
         Ok(Self::new(docker))
     }
 
@@ -93,13 +100,19 @@ impl DockerExecutor {
     /// Every container of `app` (running or not), newest first.
     async fn app_containers(&self, app: &str, all: bool) -> Result<Vec<AppContainer>, String> {
         let filters = HashMap::from([("label", vec![format!("{LABEL_APP}={app}")])]);
-        let options = ListContainersOptionsBuilder::new().all(all).filters(&filters).build();
+        let options = ListContainersOptionsBuilder::new()
+            .all(all)
+            .filters(&filters)
+            .build();
         let summaries = self
             .docker
             .list_containers(Some(options))
             .await
             .map_err(|e| format!("listing containers of {app} failed: {}", engine_message(&e)))?;
-        let mut containers: Vec<_> = summaries.into_iter().filter_map(AppContainer::from_summary).collect();
+        let mut containers: Vec<_> = summaries
+            .into_iter()
+            .filter_map(AppContainer::from_summary)
+            .collect();
         containers.sort_by(|a, b| b.created.cmp(&a.created));
         Ok(containers)
     }
@@ -107,7 +120,9 @@ impl DockerExecutor {
     async fn remove(&self, id: &str) -> Result<(), DockerError> {
         let options = RemoveContainerOptionsBuilder::new().force(true).build();
         match self.docker.remove_container(id, Some(options)).await {
-            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
             other => other,
         }
     }
@@ -115,7 +130,10 @@ impl DockerExecutor {
     /// Stops a superseded container, first setting its restart policy to `no` so that a
     /// daemon restart does not bring it back next to its successor.
     async fn stop_superseded(&self, container: &AppContainer) -> Result<(), String> {
-        let update = ContainerUpdateBody { restart_policy: Some(restart_policy(RestartPolicyNameEnum::NO)), ..Default::default() };
+        let update = ContainerUpdateBody {
+            restart_policy: Some(restart_policy(RestartPolicyNameEnum::NO)),
+            ..Default::default()
+        };
         if let Err(e) = self.docker.update_container(&container.id, update).await {
             warn!(container = %container.name, error = %engine_message(&e), "could not clear restart policy");
         }
@@ -132,9 +150,22 @@ impl DockerExecutor {
         self.docker
             .start_container(&container.id, None)
             .await
-            .map_err(|e| format!("starting {} again failed: {}", container.name, engine_message(&e)))?;
-        if let Some(policy) = container.restart_policy.as_deref().and_then(|p| parse_restart_policy(p).ok()) {
-            let update = ContainerUpdateBody { restart_policy: Some(restart_policy(policy)), ..Default::default() };
+            .map_err(|e| {
+                format!(
+                    "starting {} again failed: {}",
+                    container.name,
+                    engine_message(&e)
+                )
+            })?;
+        if let Some(policy) = container
+            .restart_policy
+            .as_deref()
+            .and_then(|p| parse_restart_policy(p).ok())
+        {
+            let update = ContainerUpdateBody {
+                restart_policy: Some(restart_policy(policy)),
+                ..Default::default()
+            };
             if let Err(e) = self.docker.update_container(&container.id, update).await {
                 warn!(container = %container.name, error = %engine_message(&e), "could not restore restart policy");
             }
@@ -147,7 +178,13 @@ impl DockerExecutor {
 impl Executor for DockerExecutor {
     #[instrument(skip_all, fields(app = %spec.app, deployment_id = %spec.deployment_id))]
     async fn deploy(&self, spec: &DeploySpec, events: &EventSink) -> DeployOutcome {
-        Deploy { exec: self, spec, events }.run().await
+        Deploy {
+            exec: self,
+            spec,
+            events,
+        }
+        .run()
+        .await
     }
 
     #[instrument(skip_all, fields(app = %app, deployment_id = %deployment_id))]
@@ -163,13 +200,23 @@ impl Executor for DockerExecutor {
         // Only what this deployment superseded: never a container created after it (a commit
         // arriving late must not remove a newer deployment).
         let Some(current) = containers.iter().find(|c| c.deployment == deployment_id) else {
-            emit(events, "cleanup", format!("no container of deployment {deployment_id}; nothing removed"));
+            emit(
+                events,
+                "cleanup",
+                format!("no container of deployment {deployment_id}; nothing removed"),
+            );
             return;
         };
-        let superseded: Vec<_> =
-            containers.iter().filter(|c| c.deployment != deployment_id && c.created <= current.created).collect();
+        let superseded: Vec<_> = containers
+            .iter()
+            .filter(|c| c.deployment != deployment_id && c.created <= current.created)
+            .collect();
         if superseded.is_empty() {
-            emit(events, "cleanup", "no previous container to remove".to_owned());
+            emit(
+                events,
+                "cleanup",
+                "no previous container to remove".to_owned(),
+            );
         }
         for container in superseded {
             let message = match self.remove(&container.id).await {
@@ -186,24 +233,43 @@ impl Executor for DockerExecutor {
             Ok(containers) => containers,
             Err(error) => return failed(events, format!("rollback failed: {error}"), None, false),
         };
-        let (ours, others): (Vec<_>, Vec<_>) = containers.into_iter().partition(|c| c.deployment == deployment_id);
+        let (ours, others): (Vec<_>, Vec<_>) = containers
+            .into_iter()
+            .partition(|c| c.deployment == deployment_id);
         // Ours first: the host ports must be free before the previous container starts.
         for container in &ours {
             if let Err(e) = self.remove(&container.id).await {
-                let error = format!("rollback failed: removing {} failed: {}", container.name, engine_message(&e));
+                let error = format!(
+                    "rollback failed: removing {} failed: {}",
+                    container.name,
+                    engine_message(&e)
+                );
                 return failed(events, error, Some(container.id.clone()), false);
             }
-            emit(events, "rollback", format!("removed {} ({})", container.name, container.version));
+            emit(
+                events,
+                "rollback",
+                format!("removed {} ({})", container.name, container.version),
+            );
         }
         let Some(previous) = others.into_iter().next() else {
-            return failed(events, format!("rollback failed: no previous container of {app} to restore"), None, false);
+            return failed(
+                events,
+                format!("rollback failed: no previous container of {app} to restore"),
+                None,
+                false,
+            );
         };
         if !previous.running {
             if let Err(error) = self.restart(&previous).await {
                 return failed(events, format!("rollback failed: {error}"), None, false);
             }
         }
-        emit(events, "rollback", format!("{} ({}) serves again", previous.name, previous.version));
+        emit(
+            events,
+            "rollback",
+            format!("{} ({}) serves again", previous.name, previous.version),
+        );
         DeployOutcome {
             success: false,
             container_id: Some(previous.id),
@@ -246,7 +312,10 @@ impl Deploy<'_> {
             return failed(self.events, error, None, false);
         }
         let previous: Vec<_> = match self.exec.app_containers(&spec.app, false).await {
-            Ok(running) => running.into_iter().filter(|c| c.deployment != spec.deployment_id).collect(),
+            Ok(running) => running
+                .into_iter()
+                .filter(|c| c.deployment != spec.deployment_id)
+                .collect(),
             Err(error) => return failed(self.events, error, None, false),
         };
         let serving = previous.first().map(|c| c.id.clone());
@@ -258,25 +327,44 @@ impl Deploy<'_> {
 
         let publishes = spec.ports.iter().any(|p| p.host != 0);
         let final_name = container_name(&spec.app, &spec.deployment_id);
-        let candidate_name = if publishes { format!("{final_name}-candidate") } else { final_name.clone() };
+        let candidate_name = if publishes {
+            format!("{final_name}-candidate")
+        } else {
+            final_name.clone()
+        };
 
-        self.emit("create", format!("creating {candidate_name} from {}", image_reference(spec)));
+        self.emit(
+            "create",
+            format!("creating {candidate_name} from {}", image_reference(spec)),
+        );
         let candidate = match self.create(&candidate_name, false).await {
             Ok(id) => id,
             Err(error) => return self.abandon(None, error, &previous).await,
         };
         self.emit("start", format!("starting {candidate_name}"));
         if let Err(e) = self.exec.docker.start_container(&candidate, None).await {
-            let error = format!("starting {candidate_name} failed: {}", self.redact(engine_message(&e)));
+            let error = format!(
+                "starting {candidate_name} failed: {}",
+                self.redact(engine_message(&e))
+            );
             return self.abandon(Some(&candidate), error, &previous).await;
         }
-        self.emit("health", format!("checking {candidate_name}: {}", describe(&spec.health_check)));
+        self.emit(
+            "health",
+            format!(
+                "checking {candidate_name}: {}",
+                describe(&spec.health_check)
+            ),
+        );
         if let Err(error) = self.check_health(&candidate, Gate::Candidate).await {
             return self.abandon(Some(&candidate), error, &previous).await;
         }
 
         if !publishes {
-            self.emit("swap", format!("{candidate_name} is healthy; stopping {} previous container(s)", previous.len()));
+            self.emit(
+                "swap",
+                format!("{candidate_name} is healthy; {}", stopping(&previous)),
+            );
             for container in &previous {
                 if let Err(error) = self.exec.stop_superseded(container).await {
                     self.emit("swap", error);
@@ -285,7 +373,13 @@ impl Deploy<'_> {
             return self.succeed(candidate, &final_name, previous.len());
         }
 
-        self.emit("swap", format!("{candidate_name} is healthy; moving the host ports from {} previous container(s)", previous.len()));
+        self.emit(
+            "swap",
+            format!(
+                "{candidate_name} is healthy; {}, then publishing the host ports",
+                stopping(&previous)
+            ),
+        );
         let mut stopped = Vec::new();
         for container in &previous {
             if let Err(error) = self.exec.stop_superseded(container).await {
@@ -296,7 +390,13 @@ impl Deploy<'_> {
         }
         self.remove_quietly(&candidate).await;
 
-        self.emit("create", format!("creating {final_name} with host ports {}", host_ports(&spec.ports)));
+        self.emit(
+            "create",
+            format!(
+                "creating {final_name} with host ports {}",
+                host_ports(&spec.ports)
+            ),
+        );
         let final_id = match self.create(&final_name, true).await {
             Ok(id) => id,
             Err(error) => return self.put_back(&previous, error, &previous).await,
@@ -304,10 +404,16 @@ impl Deploy<'_> {
         self.emit("start", format!("starting {final_name}"));
         if let Err(e) = self.exec.docker.start_container(&final_id, None).await {
             self.remove_quietly(&final_id).await;
-            let error = format!("starting {final_name} failed: {}", self.redact(engine_message(&e)));
+            let error = format!(
+                "starting {final_name} failed: {}",
+                self.redact(engine_message(&e))
+            );
             return self.put_back(&previous, error, &previous).await;
         }
-        self.emit("health", format!("checking {final_name}: {}", describe(&spec.health_check)));
+        self.emit(
+            "health",
+            format!("checking {final_name}: {}", describe(&spec.health_check)),
+        );
         if let Err(error) = self.check_health(&final_id, Gate::Final).await {
             self.remove_quietly(&final_id).await;
             return self.put_back(&previous, error, &previous).await;
@@ -318,23 +424,37 @@ impl Deploy<'_> {
     async fn pull(&self) -> Result<(), String> {
         let spec = self.spec;
         let reference = image_reference(spec);
-        let with = spec.registry_auth.as_ref().map(|a| format!(" as {} on {}", a.username, a.server)).unwrap_or_default();
+        let with = spec
+            .registry_auth
+            .as_ref()
+            .map(|a| format!(" as {} on {}", a.username, a.server))
+            .unwrap_or_default();
         self.emit("pull", format!("pulling {reference}{with}"));
 
-        let options = CreateImageOptionsBuilder::new().from_image(&spec.image).tag(&spec.version).build();
+        let options = CreateImageOptionsBuilder::new()
+            .from_image(&spec.image)
+            .tag(&spec.version)
+            .build();
         let credentials = spec.registry_auth.as_ref().map(|auth| DockerCredentials {
             username: Some(auth.username.clone()),
             password: Some(auth.password.expose_secret().to_owned()),
             serveraddress: Some(auth.server.clone()),
             ..Default::default()
         });
-        let mut progress = self.exec.docker.create_image(Some(options), None, credentials);
+        let mut progress = self
+            .exec
+            .docker
+            .create_image(Some(options), None, credentials);
         let mut digest = None;
         let mut failure = None;
         while let Some(item) = progress.next().await {
             match item {
                 Ok(info) => {
-                    if let Some(d) = info.status.as_deref().and_then(|s| s.strip_prefix("Digest: ")) {
+                    if let Some(d) = info
+                        .status
+                        .as_deref()
+                        .and_then(|s| s.strip_prefix("Digest: "))
+                    {
                         digest = Some(d.to_owned());
                     }
                 }
@@ -345,14 +465,30 @@ impl Deploy<'_> {
             }
         }
         let Some(e) = failure else {
-            self.emit("pull", format!("pulled {reference}{}", digest.map(|d| format!(" ({d})")).unwrap_or_default()));
+            self.emit(
+                "pull",
+                format!(
+                    "pulled {reference}{}",
+                    digest.map(|d| format!(" ({d})")).unwrap_or_default()
+                ),
+            );
             return Ok(());
         };
-        let error = format!("pull {reference} failed: {}", self.redact(engine_message(&e)));
+        let error = format!(
+            "pull {reference} failed: {}",
+            self.redact(engine_message(&e))
+        );
         // A tag may have moved on the registry, so a local copy of it is no answer; a digest
-        // cannot have, so a local copy of it is exactly the image asked for.
-        if is_digest(&spec.version) && self.exec.docker.inspect_image(&reference).await.is_ok() {
-            self.emit("pull", format!("{error}; using the local copy of this digest"));
+        // cannot have, so a local copy of it is exactly the image asked for when the registry
+        // is out of reach. Refused credentials still fail: they must be fixed, not bypassed.
+        if is_digest(&spec.version)
+            && !is_refusal(&error)
+            && self.exec.docker.inspect_image(&reference).await.is_ok()
+        {
+            self.emit(
+                "pull",
+                format!("{error}; using the local copy of this digest"),
+            );
             return Ok(());
         }
         Err(error)
@@ -363,7 +499,11 @@ impl Deploy<'_> {
         let spec = self.spec;
         self.remove_leftover(name).await;
 
-        let env = spec.env.iter().map(|(key, value)| format!("{key}={}", value.expose_secret())).collect();
+        let env = spec
+            .env
+            .iter()
+            .map(|(key, value)| format!("{key}={}", value.expose_secret()))
+            .collect();
         let labels = HashMap::from([
             (LABEL_APP.to_owned(), spec.app.clone()),
             (LABEL_DEPLOYMENT.to_owned(), spec.deployment_id.clone()),
@@ -374,8 +514,15 @@ impl Deploy<'_> {
         let port_bindings = publish.then(|| {
             let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
             for port in spec.ports.iter().filter(|p| p.host != 0) {
-                let binding = PortBinding { host_ip: None, host_port: Some(port.host.to_string()) };
-                bindings.entry(port_key(port)).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(binding);
+                let binding = PortBinding {
+                    host_ip: None,
+                    host_port: Some(port.host.to_string()),
+                };
+                bindings
+                    .entry(port_key(port))
+                    .or_insert_with(|| Some(Vec::new()))
+                    .get_or_insert_with(Vec::new)
+                    .push(binding);
             }
             bindings
         });
@@ -386,24 +533,40 @@ impl Deploy<'_> {
             labels: Some(labels),
             exposed_ports: (!exposed.is_empty()).then(|| exposed.into_iter().collect()),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
-            host_config: Some(HostConfig { port_bindings, restart_policy: Some(restart_policy(policy)), ..Default::default() }),
+            host_config: Some(HostConfig {
+                port_bindings,
+                restart_policy: Some(restart_policy(policy)),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         match self.exec.docker.create_container(Some(options), body).await {
             Ok(created) => Ok(created.id),
-            Err(e) => Err(format!("creating {name} failed: {}", self.redact(engine_message(&e)))),
+            Err(e) => Err(format!(
+                "creating {name} failed: {}",
+                self.redact(engine_message(&e))
+            )),
         }
     }
 
     /// Removes a container of this very deployment left under `name` by an interrupted
     /// attempt; a container of anything else makes the create fail with a name conflict.
     async fn remove_leftover(&self, name: &str) {
-        let Ok(info) = self.exec.docker.inspect_container(name, None).await else { return };
-        let deployment = info.config.as_ref().and_then(|c| c.labels.as_ref()).and_then(|l| l.get(LABEL_DEPLOYMENT));
+        let Ok(info) = self.exec.docker.inspect_container(name, None).await else {
+            return;
+        };
+        let deployment = info
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_DEPLOYMENT));
         if deployment == Some(&self.spec.deployment_id) {
             if let Some(id) = info.id {
-                info!(container = name, "removing leftover of an interrupted attempt");
+                info!(
+                    container = name,
+                    "removing leftover of an interrupted attempt"
+                );
                 self.remove_quietly(&id).await;
             }
         }
@@ -416,41 +579,84 @@ impl Deploy<'_> {
     }
 
     /// The new version failed before any previous container was touched: they kept serving.
-    async fn abandon(&self, candidate: Option<&str>, error: String, previous: &[AppContainer]) -> DeployOutcome {
+    async fn abandon(
+        &self,
+        candidate: Option<&str>,
+        error: String,
+        previous: &[AppContainer],
+    ) -> DeployOutcome {
         if let Some(id) = candidate {
             self.remove_quietly(id).await;
         }
         let (serving, note) = match previous.first() {
-            Some(c) => (Some(c.id.clone()), format!("; {} ({}) kept serving", c.name, c.version)),
+            Some(c) => (
+                Some(c.id.clone()),
+                format!("; {} ({}) kept serving", c.name, c.version),
+            ),
             None => (None, String::new()),
         };
         self.emit("failed", format!("{error}{note}"));
-        DeployOutcome { success: false, container_id: serving, error: Some(error), rolled_back: !previous.is_empty() }
+        DeployOutcome {
+            success: false,
+            container_id: serving,
+            error: Some(error),
+            rolled_back: !previous.is_empty(),
+        }
     }
 
     /// The swap failed after `stopped` were stopped: start them again.
-    async fn put_back(&self, stopped: &[AppContainer], error: String, previous: &[AppContainer]) -> DeployOutcome {
+    async fn put_back(
+        &self,
+        stopped: &[AppContainer],
+        error: String,
+        previous: &[AppContainer],
+    ) -> DeployOutcome {
         let mut restart_errors = Vec::new();
         for container in stopped {
             match self.exec.restart(container).await {
-                Ok(()) => self.emit("rollback", format!("{} ({}) serves again", container.name, container.version)),
+                Ok(()) => self.emit(
+                    "rollback",
+                    format!("{} ({}) serves again", container.name, container.version),
+                ),
                 Err(e) => restart_errors.push(e),
             }
         }
         let serving = previous.first().map(|c| c.id.clone());
         if restart_errors.is_empty() {
             self.emit("failed", error.clone());
-            return DeployOutcome { success: false, container_id: serving, error: Some(error), rolled_back: !previous.is_empty() };
+            return DeployOutcome {
+                success: false,
+                container_id: serving,
+                error: Some(error),
+                rolled_back: !previous.is_empty(),
+            };
         }
         let error = format!("{error}; rollback failed: {}", restart_errors.join("; "));
         self.emit("failed", error.clone());
-        DeployOutcome { success: false, container_id: None, error: Some(error), rolled_back: false }
+        DeployOutcome {
+            success: false,
+            container_id: None,
+            error: Some(error),
+            rolled_back: false,
+        }
     }
 
     fn succeed(&self, id: String, name: &str, superseded: usize) -> DeployOutcome {
-        let kept = if superseded == 0 { String::new() } else { format!("; {superseded} previous container(s) stopped, kept until commit") };
-        self.emit("done", format!("{name} serves {}{kept}", image_reference(self.spec)));
-        DeployOutcome { success: true, container_id: Some(id), error: None, rolled_back: false }
+        let kept = if superseded == 0 {
+            String::new()
+        } else {
+            format!("; {superseded} previous container(s) stopped, kept until commit")
+        };
+        self.emit(
+            "done",
+            format!("{name} serves {}{kept}", image_reference(self.spec)),
+        );
+        DeployOutcome {
+            success: true,
+            container_id: Some(id),
+            error: None,
+            rolled_back: false,
+        }
     }
 
     async fn check_health(&self, id: &str, gate: Gate) -> Result<(), String> {
@@ -460,18 +666,36 @@ impl Deploy<'_> {
                 if has_docker_healthcheck(&info) {
                     self.wait_healthy(id, *timeout).await
                 } else {
-                    let grace = if gate == Gate::Final { *grace / 2 } else { *grace };
+                    let grace = if gate == Gate::Final {
+                        *grace / 2
+                    } else {
+                        *grace
+                    };
                     self.wait_running(id, grace).await
                 }
             }
-            HealthCheck::Http { port, path, timeout } => self.wait_probe(id, *timeout, Probe::Http { port: *port, path }).await,
-            HealthCheck::Tcp { port, timeout } => self.wait_probe(id, *timeout, Probe::Tcp { port: *port }).await,
+            HealthCheck::Http {
+                port,
+                path,
+                timeout,
+            } => {
+                self.wait_probe(id, *timeout, Probe::Http { port: *port, path })
+                    .await
+            }
+            HealthCheck::Tcp { port, timeout } => {
+                self.wait_probe(id, *timeout, Probe::Tcp { port: *port })
+                    .await
+            }
         };
         result.map_err(|e| format!("health check failed: {e}"))
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, String> {
-        self.exec.docker.inspect_container(id, None).await.map_err(|e| format!("inspect failed: {}", self.redact(engine_message(&e))))
+        self.exec
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| format!("inspect failed: {}", self.redact(engine_message(&e))))
     }
 
     /// The image's own HEALTHCHECK decides.
@@ -484,14 +708,22 @@ impl Deploy<'_> {
             match health.and_then(|h| h.status) {
                 Some(HealthStatusEnum::HEALTHY) => return Ok(()),
                 Some(HealthStatusEnum::UNHEALTHY) => {
-                    let code = health.and_then(|h| h.log.as_ref()).and_then(|l| l.last()).and_then(|r| r.exit_code);
-                    let probe = code.map(|c| format!(" (last probe exited with code {c})")).unwrap_or_default();
+                    let code = health
+                        .and_then(|h| h.log.as_ref())
+                        .and_then(|l| l.last())
+                        .and_then(|r| r.exit_code);
+                    let probe = code
+                        .map(|c| format!(" (last probe exited with code {c})"))
+                        .unwrap_or_default();
                     return Err(format!("docker HEALTHCHECK reports unhealthy{probe}"));
                 }
                 _ => {}
             }
             if Instant::now() >= deadline {
-                return Err(format!("docker HEALTHCHECK not healthy after {}", seconds(timeout)));
+                return Err(format!(
+                    "docker HEALTHCHECK not healthy after {}",
+                    seconds(timeout)
+                ));
             }
             sleep(self.exec.poll_interval).await;
         }
@@ -511,13 +743,19 @@ impl Deploy<'_> {
     }
 
     /// Probes the container's bridge address until it answers, it dies, or `timeout` passes.
-    async fn wait_probe(&self, id: &str, timeout: Duration, probe: Probe<'_>) -> Result<(), String> {
+    async fn wait_probe(
+        &self,
+        id: &str,
+        timeout: Duration,
+        probe: Probe<'_>,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         let mut last = format!("{probe}: no answer within {}", seconds(timeout));
         loop {
             let info = self.inspect(id).await?;
             still_running(&info)?;
-            let ip = container_ip(&info).ok_or_else(|| "the container has no address on a docker network".to_owned())?;
+            let ip = container_ip(&info)
+                .ok_or_else(|| "the container has no address on a docker network".to_owned())?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(last);
@@ -525,9 +763,19 @@ impl Deploy<'_> {
             match tokio::time::timeout(left.min(PROBE_TIMEOUT), probe.run(ip)).await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(error)) => last = error,
-                Err(_) => last = format!("{probe}: no answer within {}", seconds(left.min(PROBE_TIMEOUT))),
+                Err(_) => {
+                    last = format!(
+                        "{probe}: no answer within {}",
+                        seconds(left.min(PROBE_TIMEOUT))
+                    )
+                }
             }
-            sleep(self.exec.poll_interval.min(deadline.saturating_duration_since(Instant::now()))).await;
+            sleep(
+                self.exec
+                    .poll_interval
+                    .min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
         }
     }
 
@@ -558,7 +806,10 @@ impl AppContainer {
     fn from_summary(summary: ContainerSummary) -> Option<Self> {
         let labels = summary.labels.unwrap_or_default();
         let id = summary.id?;
-        let name = summary.names.and_then(|n| n.into_iter().next()).map(|n| n.trim_start_matches('/').to_owned());
+        let name = summary
+            .names
+            .and_then(|n| n.into_iter().next())
+            .map(|n| n.trim_start_matches('/').to_owned());
         Some(Self {
             name: name.unwrap_or_else(|| id.chars().take(12).collect()),
             id,
@@ -582,7 +833,10 @@ enum Probe<'a> {
 impl Probe<'_> {
     async fn run(&self, ip: IpAddr) -> Result<(), String> {
         match *self {
-            Probe::Tcp { port } => TcpStream::connect((ip, port)).await.map(drop).map_err(|e| format!("{self} failed: {}", e.kind())),
+            Probe::Tcp { port } => TcpStream::connect((ip, port))
+                .await
+                .map(drop)
+                .map_err(|e| format!("{self} failed: {}", e.kind())),
             Probe::Http { port, path } => match http_status(ip, port, path).await {
                 Ok(status) if (200..400).contains(&status) => Ok(()),
                 Ok(status) => Err(format!("{self} answered {status}")),
@@ -604,8 +858,15 @@ impl std::fmt::Display for Probe<'_> {
 /// The status code of `GET path` over HTTP/1.0.
 async fn http_status(ip: IpAddr, port: u16, path: &str) -> std::io::Result<u16> {
     let mut stream = TcpStream::connect((ip, port)).await?;
-    let host = if ip.is_ipv6() { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") };
-    let request = format!("GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: berth-agent\r\nConnection: close\r\n\r\n", normalized_path(path));
+    let host = if ip.is_ipv6() {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    };
+    let request = format!(
+        "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: berth-agent\r\nConnection: close\r\n\r\n",
+        normalized_path(path)
+    );
     stream.write_all(request.as_bytes()).await?;
     let mut head = Vec::with_capacity(64);
     let mut buf = [0u8; 256];
@@ -616,7 +877,8 @@ async fn http_status(ip: IpAddr, port: u16, path: &str) -> std::io::Result<u16> 
         }
         head.extend_from_slice(&buf[..n]);
     }
-    parse_status_line(&head).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an http response"))
+    parse_status_line(&head)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an http response"))
 }
 
 fn parse_status_line(head: &[u8]) -> Option<u16> {
@@ -637,7 +899,9 @@ fn normalized_path(path: &str) -> String {
 
 /// `Err` with the reason when the container no longer runs, or crashed and is restarting.
 fn still_running(info: &ContainerInspectResponse) -> Result<(), String> {
-    let Some(state) = info.state.as_ref() else { return Err("the container has no state".to_owned()) };
+    let Some(state) = info.state.as_ref() else {
+        return Err("the container has no state".to_owned());
+    };
     let code = state.exit_code.unwrap_or(0);
     if state.oom_killed == Some(true) {
         return Err("container was killed: out of memory".to_owned());
@@ -646,20 +910,31 @@ fn still_running(info: &ContainerInspectResponse) -> Result<(), String> {
         return Err(format!("container exited with code {code}"));
     }
     if state.restarting == Some(true) || info.restart_count.unwrap_or(0) > 0 {
-        return Err(format!("container exited with code {code} and is being restarted"));
+        return Err(format!(
+            "container exited with code {code} and is being restarted"
+        ));
     }
     Ok(())
 }
 
 fn has_docker_healthcheck(info: &ContainerInspectResponse) -> bool {
-    let test = info.config.as_ref().and_then(|c| c.healthcheck.as_ref()).and_then(|h| h.test.as_ref());
+    let test = info
+        .config
+        .as_ref()
+        .and_then(|c| c.healthcheck.as_ref())
+        .and_then(|h| h.test.as_ref());
     let declared = test.is_some_and(|t| !t.is_empty() && t[0] != "NONE");
     declared || info.state.as_ref().is_some_and(|s| s.health.is_some())
 }
 
 fn container_ip(info: &ContainerInspectResponse) -> Option<IpAddr> {
     let networks = info.network_settings.as_ref()?.networks.as_ref()?;
-    networks.values().filter_map(|n| n.ip_address.as_deref()).find(|ip| !ip.is_empty())?.parse().ok()
+    networks
+        .values()
+        .filter_map(|n| n.ip_address.as_deref())
+        .find(|ip| !ip.is_empty())?
+        .parse()
+        .ok()
 }
 
 /// `berth-<app>-<first 8 characters of the deployment id>`.
@@ -682,13 +957,42 @@ fn is_digest(version: &str) -> bool {
     version.contains(':')
 }
 
+/// The registry refused the credentials (as opposed to being out of reach).
+fn is_refusal(error: &str) -> bool {
+    let error = error.to_lowercase();
+    [
+        "unauthorized",
+        "authentication required",
+        "denied",
+        "no basic auth credentials",
+    ]
+    .iter()
+    .any(|m| error.contains(m))
+}
+
+fn stopping(previous: &[AppContainer]) -> String {
+    match previous {
+        [] => "no previous container to stop".to_owned(),
+        [one] => format!("stopping {} ({})", one.name, one.version),
+        many => format!("stopping {} previous containers", many.len()),
+    }
+}
+
 fn port_key(port: &PortSpec) -> String {
-    let protocol = if port.protocol.is_empty() { "tcp" } else { port.protocol.as_str() };
+    let protocol = if port.protocol.is_empty() {
+        "tcp"
+    } else {
+        port.protocol.as_str()
+    };
     format!("{}/{protocol}", port.container)
 }
 
 fn host_ports(ports: &[PortSpec]) -> String {
-    let mapped: Vec<_> = ports.iter().filter(|p| p.host != 0).map(|p| format!("{}->{}", p.host, port_key(p))).collect();
+    let mapped: Vec<_> = ports
+        .iter()
+        .filter(|p| p.host != 0)
+        .map(|p| format!("{}->{}", p.host, port_key(p)))
+        .collect();
     mapped.join(", ")
 }
 
@@ -698,21 +1002,42 @@ fn parse_restart_policy(name: &str) -> Result<RestartPolicyNameEnum, String> {
         "always" => Ok(RestartPolicyNameEnum::ALWAYS),
         "unless-stopped" => Ok(RestartPolicyNameEnum::UNLESS_STOPPED),
         "on-failure" => Ok(RestartPolicyNameEnum::ON_FAILURE),
-        other => Err(format!("unknown restart policy {other:?} (expected no, always, unless-stopped or on-failure)")),
+        other => Err(format!(
+            "unknown restart policy {other:?} (expected no, always, unless-stopped or on-failure)"
+        )),
     }
 }
 
 fn restart_policy(name: RestartPolicyNameEnum) -> RestartPolicy {
-    RestartPolicy { name: Some(name), maximum_retry_count: None }
+    RestartPolicy {
+        name: Some(name),
+        maximum_retry_count: None,
+    }
 }
 
 fn describe(check: &HealthCheck) -> String {
     match check {
         HealthCheck::Default { timeout, grace } => {
-            format!("docker HEALTHCHECK within {}, else still running after {}", seconds(*timeout), seconds(*grace))
+            format!(
+                "docker HEALTHCHECK within {}, else still running after {}",
+                seconds(*timeout),
+                seconds(*grace)
+            )
         }
-        HealthCheck::Http { port, path, timeout } => format!("{} within {}", Probe::Http { port: *port, path }, seconds(*timeout)),
-        HealthCheck::Tcp { port, timeout } => format!("{} within {}", Probe::Tcp { port: *port }, seconds(*timeout)),
+        HealthCheck::Http {
+            port,
+            path,
+            timeout,
+        } => format!(
+            "{} within {}",
+            Probe::Http { port: *port, path },
+            seconds(*timeout)
+        ),
+        HealthCheck::Tcp { port, timeout } => format!(
+            "{} within {}",
+            Probe::Tcp { port: *port },
+            seconds(*timeout)
+        ),
     }
 }
 
@@ -733,7 +1058,10 @@ fn engine_message(error: &DockerError) -> String {
 /// could echo part of a request). Values shorter than 4 characters are left alone: they would
 /// mangle every message and are no secret anyway.
 fn redact(spec: &DeploySpec, mut message: String) -> String {
-    let values = spec.env.values().chain(spec.registry_auth.as_ref().map(|a| &a.password));
+    let values = spec
+        .env
+        .values()
+        .chain(spec.registry_auth.as_ref().map(|a| &a.password));
     for value in values {
         let value = value.expose_secret();
         if value.len() >= 4 && message.contains(value) {
@@ -743,15 +1071,28 @@ fn redact(spec: &DeploySpec, mut message: String) -> String {
     message
 }
 
-fn failed(events: &EventSink, error: String, serving: Option<String>, rolled_back: bool) -> DeployOutcome {
+fn failed(
+    events: &EventSink,
+    error: String,
+    serving: Option<String>,
+    rolled_back: bool,
+) -> DeployOutcome {
     emit(events, "failed", error.clone());
-    DeployOutcome { success: false, container_id: serving, error: Some(error), rolled_back }
+    DeployOutcome {
+        success: false,
+        container_id: serving,
+        error: Some(error),
+        rolled_back,
+    }
 }
 
 fn emit(events: &EventSink, phase: &str, message: String) {
     info!(phase, %message, "deploy step");
     // The receiver may be gone (stream dropped): the deploy still runs to a final state.
-    let _ = events.send(DeployEvent { phase: phase.to_owned(), message });
+    let _ = events.send(DeployEvent {
+        phase: phase.to_owned(),
+        message,
+    });
 }
 
 #[cfg(test)]
@@ -769,14 +1110,20 @@ mod tests {
             app: "web".to_owned(),
             image: "127.0.0.1:5000/team/web".to_owned(),
             version: version.to_owned(),
-            env: BTreeMap::from([("DATABASE_URL".to_owned(), SecretString::from("postgres://u:hunter22@db"))]),
+            env: BTreeMap::from([(
+                "DATABASE_URL".to_owned(),
+                SecretString::from("postgres://u:hunter22@db"),
+            )]),
             ports: vec![],
             registry_auth: Some(RegistryAuth {
                 server: "127.0.0.1:5000".to_owned(),
                 username: "ci".to_owned(),
                 password: SecretString::from("registry-pass"),
             }),
-            health_check: HealthCheck::Tcp { port: 80, timeout: Duration::from_secs(1) },
+            health_check: HealthCheck::Tcp {
+                port: 80,
+                timeout: Duration::from_secs(1),
+            },
             restart_policy: "no".to_owned(),
             command: vec![],
         }
@@ -784,11 +1131,25 @@ mod tests {
 
     #[test]
     fn names_and_references() {
-        assert_eq!(container_name("web", "0123456789abcdef"), "berth-web-01234567");
+        assert_eq!(
+            container_name("web", "0123456789abcdef"),
+            "berth-web-01234567"
+        );
         assert_eq!(image_reference(&spec("v1")), "127.0.0.1:5000/team/web:v1");
-        assert_eq!(image_reference(&spec("sha256:abc")), "127.0.0.1:5000/team/web@sha256:abc");
-        let udp = PortSpec { host: 53, container: 5353, protocol: "udp".to_owned() };
-        let tcp = PortSpec { host: 0, container: 80, protocol: String::new() };
+        assert_eq!(
+            image_reference(&spec("sha256:abc")),
+            "127.0.0.1:5000/team/web@sha256:abc"
+        );
+        let udp = PortSpec {
+            host: 53,
+            container: 5353,
+            protocol: "udp".to_owned(),
+        };
+        let tcp = PortSpec {
+            host: 0,
+            container: 80,
+            protocol: String::new(),
+        };
         assert_eq!(port_key(&udp), "5353/udp");
         assert_eq!(port_key(&tcp), "80/tcp");
         assert_eq!(host_ports(&[udp, tcp]), "53->5353/udp");
@@ -796,28 +1157,62 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        assert_eq!(parse_status_line(b"HTTP/1.0 200 OK\r\nServer: x\r\n"), Some(200));
-        assert_eq!(parse_status_line(b"HTTP/1.1 500 Internal Server Error\r\n"), Some(500));
+        assert_eq!(
+            parse_status_line(b"HTTP/1.0 200 OK\r\nServer: x\r\n"),
+            Some(200)
+        );
+        assert_eq!(
+            parse_status_line(b"HTTP/1.1 500 Internal Server Error\r\n"),
+            Some(500)
+        );
         assert_eq!(parse_status_line(b"SSH-2.0-OpenSSH\r\n"), None);
         assert_eq!(parse_status_line(b""), None);
     }
 
     #[test]
+    fn refused_credentials_are_told_apart_from_an_unreachable_registry() {
+        assert!(is_refusal(
+            "pull x:v1 failed: unauthorized: authentication required"
+        ));
+        assert!(is_refusal(
+            "pull x:v1 failed: Head \"http://r/v2/x/manifests/v1\": no basic auth credentials"
+        ));
+        assert!(!is_refusal(
+            "pull x@sha256:1 failed: Get \"http://r/v2/\": dial tcp r: connect: connection refused"
+        ));
+    }
+
+    #[test]
     fn restart_policies() {
-        assert_eq!(parse_restart_policy("unless-stopped"), Ok(RestartPolicyNameEnum::UNLESS_STOPPED));
+        assert_eq!(
+            parse_restart_policy("unless-stopped"),
+            Ok(RestartPolicyNameEnum::UNLESS_STOPPED)
+        );
         assert_eq!(parse_restart_policy(""), Ok(RestartPolicyNameEnum::NO));
-        assert!(parse_restart_policy("sometimes").unwrap_err().contains("sometimes"));
+        assert!(parse_restart_policy("sometimes")
+            .unwrap_err()
+            .contains("sometimes"));
     }
 
     #[test]
     fn redaction_hides_env_values_and_registry_password() {
         let message = "bad value postgres://u:hunter22@db and registry-pass, code 1".to_owned();
-        assert_eq!(redact(&spec("v1"), message), "bad value [redacted] and [redacted], code 1");
+        assert_eq!(
+            redact(&spec("v1"), message),
+            "bad value [redacted] and [redacted], code 1"
+        );
     }
 
     #[test]
     fn probes_describe_themselves() {
-        assert_eq!(Probe::Http { port: 80, path: "health" }.to_string(), "http GET :80/health");
+        assert_eq!(
+            Probe::Http {
+                port: 80,
+                path: "health"
+            }
+            .to_string(),
+            "http GET :80/health"
+        );
         assert_eq!(Probe::Tcp { port: 5432 }.to_string(), "tcp connect :5432");
     }
 }

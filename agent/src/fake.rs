@@ -47,17 +47,34 @@ struct FakeContainer {
 impl FakeExecutor {
     /// Every deploy succeeds at once.
     pub fn new() -> Self {
-        Self { failure: None, delay: Duration::ZERO, apps: Mutex::new(HashMap::new()), deploys: AtomicUsize::new(0) }
+        Self {
+            failure: None,
+            delay: Duration::ZERO,
+            apps: Mutex::new(HashMap::new()),
+            deploys: AtomicUsize::new(0),
+        }
     }
 
     /// Every deploy fails its health gate with `reason`; a previous version keeps serving.
     pub fn failing(reason: impl Into<String>) -> Self {
-        Self { failure: Some(Failure { version: None, reason: reason.into() }), ..Self::new() }
+        Self {
+            failure: Some(Failure {
+                version: None,
+                reason: reason.into(),
+            }),
+            ..Self::new()
+        }
     }
 
     /// Deploys of `version` fail with `reason`; others succeed.
     pub fn failing_version(version: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { failure: Some(Failure { version: Some(version.into()), reason: reason.into() }), ..Self::new() }
+        Self {
+            failure: Some(Failure {
+                version: Some(version.into()),
+                reason: reason.into(),
+            }),
+            ..Self::new()
+        }
     }
 
     /// Each deploy takes `delay`.
@@ -68,17 +85,26 @@ impl FakeExecutor {
 
     /// The container serving `app`, if any.
     pub fn current(&self, app: &str) -> Option<String> {
-        self.apps().get(app).and_then(|s| s.current.as_ref()).map(|c| c.id.clone())
+        self.apps()
+            .get(app)
+            .and_then(|s| s.current.as_ref())
+            .map(|c| c.id.clone())
     }
 
     /// The version serving `app`, if any.
     pub fn current_version(&self, app: &str) -> Option<String> {
-        self.apps().get(app).and_then(|s| s.current.as_ref()).map(|c| c.version.clone())
+        self.apps()
+            .get(app)
+            .and_then(|s| s.current.as_ref())
+            .map(|c| c.version.clone())
     }
 
     /// The superseded containers of `app` still kept for a rollback, oldest first.
     pub fn previous(&self, app: &str) -> Vec<String> {
-        self.apps().get(app).map(|s| s.previous.iter().map(|c| c.id.clone()).collect()).unwrap_or_default()
+        self.apps()
+            .get(app)
+            .map(|s| s.previous.iter().map(|c| c.id.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// How many deploys ran.
@@ -88,7 +114,9 @@ impl FakeExecutor {
 
     fn apps(&self) -> std::sync::MutexGuard<'_, HashMap<String, AppState>> {
         // A panic while holding the lock leaves plain data behind: keep going.
-        self.apps.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.apps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn failure_for(&self, version: &str) -> Option<&str> {
@@ -111,9 +139,17 @@ impl Executor for FakeExecutor {
     async fn deploy(&self, spec: &DeploySpec, events: &EventSink) -> DeployOutcome {
         self.deploys.fetch_add(1, Ordering::Relaxed);
         let reference = format!("{}:{}", spec.image, spec.version);
-        let name = format!("berth-{}-{}", spec.app, spec.deployment_id.chars().take(8).collect::<String>());
+        let name = format!(
+            "berth-{}-{}",
+            spec.app,
+            spec.deployment_id.chars().take(8).collect::<String>()
+        );
         emit(events, "pull", format!("pulled {reference}"));
-        emit(events, "create", format!("creating {name} from {reference}"));
+        emit(
+            events,
+            "create",
+            format!("creating {name} from {reference}"),
+        );
         emit(events, "start", format!("starting {name}"));
         emit(events, "health", format!("checking {name}"));
         if !self.delay.is_zero() {
@@ -126,7 +162,12 @@ impl Executor for FakeExecutor {
         if let Some(reason) = self.failure_for(&spec.version) {
             let error = format!("health check failed: {reason}");
             emit(events, "failed", error.clone());
-            return DeployOutcome { success: false, rolled_back: serving.is_some(), container_id: serving, error: Some(error) };
+            return DeployOutcome {
+                success: false,
+                rolled_back: serving.is_some(),
+                container_id: serving,
+                error: Some(error),
+            };
         }
         let container = FakeContainer {
             id: format!("fake-{}", uuid::Uuid::new_v4().simple()),
@@ -134,36 +175,73 @@ impl Executor for FakeExecutor {
             version: spec.version.clone(),
         };
         let superseded = state.current.replace(container.clone());
-        emit(events, "swap", format!("{name} is healthy; stopping {} previous container(s)", usize::from(superseded.is_some())));
+        emit(
+            events,
+            "swap",
+            format!(
+                "{name} is healthy; stopping {} previous container(s)",
+                usize::from(superseded.is_some())
+            ),
+        );
         state.previous.extend(superseded);
         emit(events, "done", format!("{name} serves {reference}"));
-        DeployOutcome { success: true, container_id: Some(container.id), error: None, rolled_back: false }
+        DeployOutcome {
+            success: true,
+            container_id: Some(container.id),
+            error: None,
+            rolled_back: false,
+        }
     }
 
     async fn commit(&self, app: &str, deployment_id: &str, events: &EventSink) {
         let mut apps = self.apps();
         let state = apps.entry(app.to_owned()).or_default();
-        if state.current.as_ref().is_some_and(|c| c.deployment_id == deployment_id) {
+        if state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.deployment_id == deployment_id)
+        {
             let removed = std::mem::take(&mut state.previous);
-            emit(events, "cleanup", format!("removed {} previous container(s)", removed.len()));
+            emit(
+                events,
+                "cleanup",
+                format!("removed {} previous container(s)", removed.len()),
+            );
         } else {
-            emit(events, "cleanup", format!("no container of deployment {deployment_id}; nothing removed"));
+            emit(
+                events,
+                "cleanup",
+                format!("no container of deployment {deployment_id}; nothing removed"),
+            );
         }
     }
 
     async fn rollback(&self, app: &str, deployment_id: &str, events: &EventSink) -> DeployOutcome {
         let mut apps = self.apps();
         let state = apps.entry(app.to_owned()).or_default();
-        if !state.current.as_ref().is_some_and(|c| c.deployment_id == deployment_id) {
+        if !state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.deployment_id == deployment_id)
+        {
             let error = format!("rollback failed: deployment {deployment_id} does not serve {app}");
             emit(events, "failed", error.clone());
             let serving = state.current.as_ref().map(|c| c.id.clone());
-            return DeployOutcome { success: false, container_id: serving, error: Some(error), rolled_back: false };
+            return DeployOutcome {
+                success: false,
+                container_id: serving,
+                error: Some(error),
+                rolled_back: false,
+            };
         }
         state.current = state.previous.pop();
         match &state.current {
             Some(container) => {
-                emit(events, "rollback", format!("{} ({}) serves again", container.id, container.version));
+                emit(
+                    events,
+                    "rollback",
+                    format!("{} ({}) serves again", container.id, container.version),
+                );
                 DeployOutcome {
                     success: false,
                     container_id: Some(container.id.clone()),
@@ -174,7 +252,12 @@ impl Executor for FakeExecutor {
             None => {
                 let error = format!("rollback failed: no previous container of {app} to restore");
                 emit(events, "failed", error.clone());
-                DeployOutcome { success: false, container_id: None, error: Some(error), rolled_back: false }
+                DeployOutcome {
+                    success: false,
+                    container_id: None,
+                    error: Some(error),
+                    rolled_back: false,
+                }
             }
         }
     }
@@ -185,7 +268,10 @@ impl Executor for FakeExecutor {
 }
 
 fn emit(events: &EventSink, phase: &str, message: String) {
-    let _ = events.send(DeployEvent { phase: phase.to_owned(), message });
+    let _ = events.send(DeployEvent {
+        phase: phase.to_owned(),
+        message,
+    });
 }
 
 #[cfg(test)]
@@ -206,7 +292,10 @@ mod tests {
             env: BTreeMap::new(),
             ports: vec![],
             registry_auth: None,
-            health_check: HealthCheck::Tcp { port: 80, timeout: Duration::from_secs(1) },
+            health_check: HealthCheck::Tcp {
+                port: 80,
+                timeout: Duration::from_secs(1),
+            },
             restart_policy: "no".to_owned(),
             command: vec![],
         }
@@ -228,7 +317,10 @@ mod tests {
         let exec = FakeExecutor::new();
         let (first, phases) = deploy(&exec, "d1", "v1").await;
         assert!(first.success);
-        assert_eq!(phases, ["pull", "create", "start", "health", "swap", "done"]);
+        assert_eq!(
+            phases,
+            ["pull", "create", "start", "health", "swap", "done"]
+        );
 
         let (second, _) = deploy(&exec, "d2", "v2").await;
         assert!(second.success);
@@ -246,7 +338,10 @@ mod tests {
         assert!(!second.success);
         assert!(second.rolled_back);
         assert_eq!(second.container_id, first.container_id);
-        assert_eq!(second.error.as_deref(), Some("health check failed: container exited with code 1"));
+        assert_eq!(
+            second.error.as_deref(),
+            Some("health check failed: container exited with code 1")
+        );
         assert_eq!(phases.last().map(String::as_str), Some("failed"));
         assert_eq!(exec.current_version("web").as_deref(), Some("v1"));
 

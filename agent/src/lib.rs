@@ -1,5 +1,15 @@
+//! The berth agent as a library: enrollment, the control-plane stream, and the executors.
+//! `berth-agent` (and `berth dev`'s local agent, and the fleet simulator) call [`run`].
+
 #![forbid(unsafe_code)]
 
+pub mod connection;
 pub mod docker;
+pub mod enroll;
 pub mod executor;
 pub mod fake;
+pub mod identity;
+pub mod journal;
+
+pub use connection::{run, AgentRuntime};
+pub use identity::Identity;

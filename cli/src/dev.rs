@@ -20,6 +20,9 @@ pub struct DevArgs {
     /// Public base URL of the webhook shim, shown by `berth app show`.
     #[arg(long)]
     pub webhook_public_url: Option<String>,
+    /// Address of the agent API (mTLS).
+    #[arg(long, default_value = node::DEFAULT_AGENT_ADDR)]
+    pub agent_listen: SocketAddr,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -36,6 +39,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         master_key: MasterKeySource::from_vars(|k| std::env::var(k).ok()),
         write_admin_token_file: true,
         webhook_public_url: args.webhook_public_url,
+        agent_listen: args.agent_listen,
+        agent_endpoint: None,
+        fleet: Default::default(),
     })
     .await?;
 

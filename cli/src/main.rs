@@ -10,6 +10,7 @@ mod allowlist;
 mod apikey;
 mod app;
 mod client;
+mod dev;
 mod env;
 mod group;
 mod output;
@@ -44,6 +45,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run an all-in-one node: control plane and local agent, SQLite and PKI in one directory
+    Dev(dev::DevArgs),
     /// Secret groups
     Group(group::GroupArgs),
     /// Secrets inside groups
@@ -79,6 +82,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (connect, format) = (&cli.connect, cli.output);
     match cli.command {
+        Command::Dev(args) => dev::run(args).await,
         Command::Group(args) => group::run(args, connect, format).await,
         Command::Secret(args) => secret::run(args, connect, format).await,
         Command::App(args) => app::run(args, connect, format).await,

@@ -23,6 +23,18 @@ struct Args {
     /// Public base URL of the webhook shim, shown by `berth app show`.
     #[arg(long, env = "BERTH_WEBHOOK_PUBLIC_URL")]
     webhook_public_url: Option<String>,
+    /// Address of the agent API (mTLS).
+    #[arg(long, env = "BERTH_AGENT_LISTEN", default_value = node::DEFAULT_AGENT_ADDR)]
+    agent_listen: SocketAddr,
+    /// host:port agents dial (defaults to the agent listen address).
+    #[arg(long, env = "BERTH_AGENT_ENDPOINT")]
+    agent_endpoint: Option<String>,
+    /// Lifetime of agent certificates, in seconds (agents renew at two thirds).
+    #[arg(long, env = "BERTH_AGENT_CERT_TTL", default_value_t = 30 * 86400)]
+    agent_cert_ttl: u64,
+    /// After a restart, seconds to wait for agents to report unfinished deployments.
+    #[arg(long, env = "BERTH_RECONCILE_TIMEOUT", default_value_t = 120)]
+    reconcile_timeout: u64,
 }
 
 #[tokio::main]
@@ -39,6 +51,9 @@ async fn main() -> anyhow::Result<()> {
         master_key: MasterKeySource::from_vars(|k| std::env::var(k).ok()),
         write_admin_token_file: false,
         webhook_public_url: args.webhook_public_url,
+        agent_listen: args.agent_listen,
+        agent_endpoint: args.agent_endpoint,
+        fleet: fleet_config(args.agent_cert_ttl, args.reconcile_timeout),
     };
     let node = node::start(config).await?;
     if let Some(key) = &node.initial_admin_key {
@@ -47,6 +62,13 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("CA fingerprint: {}", node.ca_fingerprint);
     node.serve(shutdown_signal()).await
+}
+
+fn fleet_config(cert_ttl: u64, reconcile_timeout: u64) -> berth_control_plane::fleet::FleetConfig {
+    let mut config = berth_control_plane::fleet::FleetConfig::default();
+    config.cert_ttl = std::time::Duration::from_secs(cert_ttl);
+    config.rollout.reconcile_timeout = std::time::Duration::from_secs(reconcile_timeout);
+    config
 }
 
 async fn shutdown_signal() {

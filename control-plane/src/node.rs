@@ -10,15 +10,25 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::v1 as pb;
+use tonic::transport::Certificate;
+
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
-use crate::grpc::AdminServices;
+use crate::fleet::{Fleet, FleetConfig};
+use crate::grpc::{AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi};
 use crate::pki::{write_private, Pki};
 use crate::service::applications::WEBHOOK_URL_SETTING;
 use crate::service::Service;
 use crate::store::Store;
 
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7443";
+pub const DEFAULT_AGENT_ADDR: &str = "127.0.0.1:7444";
+/// Streams silent for this long are dropped (agents heartbeat every 10 s).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
 const DATABASE_FILE: &str = "berth.db";
 const MASTER_KEY_FILE: &str = "master.key";
 /// Where the all-in-one node leaves the first admin key (mode 0600).
@@ -60,6 +70,12 @@ pub struct NodeConfig {
     pub write_admin_token_file: bool,
     /// Public base URL of the webhook shim, shown in `berth app show`.
     pub webhook_public_url: Option<String>,
+    /// Agent API (mTLS). Port 0 picks a free port.
+    pub agent_listen: SocketAddr,
+    /// host:port agents are told to dial; defaults to the agent listen address.
+    pub agent_endpoint: Option<String>,
+    /// Certificate lifetime, rollout and reconcile timeouts.
+    pub fleet: FleetConfig,
 }
 
 impl NodeConfig {
@@ -71,6 +87,9 @@ impl NodeConfig {
             master_key: MasterKeySource::DataDir,
             write_admin_token_file: false,
             webhook_public_url: None,
+            agent_listen: DEFAULT_AGENT_ADDR.parse().expect("valid default"),
+            agent_endpoint: None,
+            fleet: FleetConfig::default(),
         }
     }
 }
@@ -78,6 +97,8 @@ impl NodeConfig {
 /// A started node, not yet serving.
 pub struct Node {
     pub grpc_addr: SocketAddr,
+    pub agent_addr: SocketAddr,
+    pub fleet: Fleet,
     pub ca_cert_path: PathBuf,
     pub ca_fingerprint: String,
     /// The first admin key, on the very first start only.
@@ -86,7 +107,8 @@ pub struct Node {
     pub admin_token_file: Option<PathBuf>,
     pub service: Service,
     listener: TcpListener,
-    pki: Pki,
+    agent_listener: TcpListener,
+    pki: Arc<Pki>,
 }
 
 /// Prepares a node: everything that can fail at start fails here, before anything listens.
@@ -120,8 +142,19 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
     let listener = TcpListener::bind(config.grpc_listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_listen))?;
+    let agent_listener = TcpListener::bind(config.agent_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.agent_listen))?;
+    let agent_addr = agent_listener.local_addr()?;
+    let pki = Arc::new(pki);
+    let mut fleet_config = config.fleet.clone();
+    fleet_config.agent_endpoint = config.agent_endpoint.clone().unwrap_or_else(|| agent_addr.to_string());
+    let fleet = Fleet::new(service.clone(), pki.clone(), fleet_config);
     Ok(Node {
         grpc_addr: listener.local_addr()?,
+        agent_addr,
+        fleet,
+        agent_listener,
         ca_cert_path: pki.paths.ca_cert.clone(),
         ca_fingerprint: pki.ca_fingerprint.clone(),
         initial_admin_key,
@@ -133,8 +166,44 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
 }
 
 impl Node {
-    /// Serves the admin API until `shutdown` resolves, then drains and closes the store.
+    /// Serves the admin API and the agent API until `shutdown` resolves, then drains and
+    /// closes the store. Deployments a previous run left unfinished are reconciled first.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        self.fleet.reconcile().await?;
+        let reaper = {
+            let fleet = self.fleet.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(15));
+                loop {
+                    tick.tick().await;
+                    fleet.reap_silent(HEARTBEAT_TIMEOUT);
+                }
+            })
+        };
+        // The admin port presents the CA with the server certificate, so an enrolling agent
+        // can verify it against the pinned CA fingerprint.
+        let chain = format!("{}{}", self.pki.server_cert_pem, self.pki.ca_cert_pem);
+        let agent_tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&chain, &self.pki.server_key_pem))
+            .client_ca_root(Certificate::from_pem(&self.pki.ca_cert_pem));
+        let agent_server = Server::builder()
+            .tls_config(agent_tls)?
+            // Dead peers behind NAT are found by keepalive, not only by missing heartbeats.
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(pb::agent_service_server::AgentServiceServer::new(AgentApi::new(self.fleet.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.agent_listener), stopped(stop_rx.clone()));
+        tracing::info!(addr = %self.agent_addr, "agent api listening (mtls)");
+        let agent_task = tokio::spawn(agent_server);
+        let shutdown = stopped(stop_rx);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         let admin = AdminServices::new(self.service.clone());
         health_reporter.set_serving::<berth_proto::v1::secret_service_server::SecretServiceServer<crate::grpc::SecretApi>>().await;
@@ -143,7 +212,7 @@ impl Node {
             .register_encoded_file_descriptor_set(berth_proto::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let tls = ServerTlsConfig::new().identity(Identity::from_pem(&self.pki.server_cert_pem, &self.pki.server_key_pem));
+        let tls = ServerTlsConfig::new().identity(Identity::from_pem(&chain, &self.pki.server_key_pem));
 
         tracing::info!(addr = %self.grpc_addr, ca_fingerprint = %self.ca_fingerprint, "admin api listening");
         Server::builder()
@@ -158,8 +227,13 @@ impl Node {
             .add_service(admin.api_keys)
             .add_service(admin.repositories)
             .add_service(admin.allowlist)
+            .add_service(pb::deploy_service_server::DeployServiceServer::new(DeployApi::new(self.fleet.clone())))
+            .add_service(pb::agent_admin_service_server::AgentAdminServiceServer::new(AgentAdminApi::new(self.fleet.clone())))
+            .add_service(pb::agent_enrollment_server::AgentEnrollmentServer::new(AgentEnrollmentApi::new(self.fleet.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
+        agent_task.await??;
+        reaper.abort();
         self.service.store().close().await;
         tracing::info!("control plane stopped");
         Ok(())
