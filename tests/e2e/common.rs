@@ -45,7 +45,7 @@ impl DevNode {
         let mut cmd = Command::new(bin("berth"));
         cmd.args(["dev", "--data-dir"])
             .arg(data_dir)
-            .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
+            .args(["--grpc-listen", &format!("127.0.0.1:{port}"), "--agent-listen", "127.0.0.1:0"])
             .env_remove("BERTH_MASTER_KEY")
             .env_remove("BERTH_MASTER_KEY_FILE")
             .env("RUST_LOG", "info")
