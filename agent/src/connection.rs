@@ -31,6 +31,9 @@ pub struct AgentRuntime {
     /// Called with (deployment id, latency in ns since the control plane sent it) on every
     /// deploy command: the fleet simulator's dispatch-latency probe.
     pub on_command: Option<mpsc::UnboundedSender<(String, i64)>>,
+    /// Dial this host:port instead of the one recorded at enrollment (`berth dev`, whose
+    /// agent port may change between starts).
+    pub endpoint_override: Option<String>,
 }
 
 struct Shared {
@@ -43,7 +46,10 @@ struct Shared {
 
 /// Runs until `shutdown` resolves. The agent must already be enrolled.
 pub async fn run(runtime: AgentRuntime, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let identity = Identity::load(&runtime.data_dir)?;
+    let mut identity = Identity::load(&runtime.data_dir)?;
+    if let Some(endpoint) = &runtime.endpoint_override {
+        identity.endpoint = endpoint.clone();
+    }
     let journal = Journal::open(&runtime.data_dir)?;
     // Commands a previous process was running when it died: their outcome is unknown here,
     // so they are reported failed rather than run a second time.

@@ -15,7 +15,7 @@
 //! version next to the new one).
 //!
 //! Architecture invariant: environment values reach the engine in the create body and go
-//! nowhere else; every message built from an engine error is passed through [`redact`].
+//! nowhere else; every message built from an engine error is passed through `redact`.
 //! (bollard itself logs request bodies at `debug`/`trace` through the `log` crate: the
 //! agent's log filter must keep `bollard` at `info` or quieter.)
 
@@ -113,7 +113,7 @@ impl DockerExecutor {
             .into_iter()
             .filter_map(AppContainer::from_summary)
             .collect();
-        containers.sort_by(|a, b| b.created.cmp(&a.created));
+        containers.sort_by_key(|c| std::cmp::Reverse(c.created));
         Ok(containers)
     }
 

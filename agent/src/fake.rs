@@ -219,10 +219,10 @@ impl Executor for FakeExecutor {
     async fn rollback(&self, app: &str, deployment_id: &str, events: &EventSink) -> DeployOutcome {
         let mut apps = self.apps();
         let state = apps.entry(app.to_owned()).or_default();
-        if !state
+        if state
             .current
             .as_ref()
-            .is_some_and(|c| c.deployment_id == deployment_id)
+            .is_none_or(|c| c.deployment_id != deployment_id)
         {
             let error = format!("rollback failed: deployment {deployment_id} does not serve {app}");
             emit(events, "failed", error.clone());

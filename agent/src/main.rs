@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach the docker engine: {e}"))?,
     );
-    let runtime = AgentRuntime { data_dir: args.data_dir, executor, version, on_command: None };
+    let runtime = AgentRuntime { data_dir: args.data_dir, executor, version, on_command: None, endpoint_override: None };
     berth_agent::run(runtime, shutdown_signal()).await
 }
 

@@ -95,7 +95,7 @@ async fn a_failing_version_never_interrupts_the_serving_one() {
         .into_iter()
         .filter_map(|c| c.id)
         .collect();
-    assert_eq!(ids, [v2.outcome.container_id.clone()]);
+    assert_eq!(ids, [v2.outcome.container_id.as_str()]);
 
     // v3 dies after a second: the gate fails on the candidate and v2 never stops serving.
     let default = HealthCheck::Default {
@@ -131,7 +131,7 @@ async fn a_failing_version_never_interrupts_the_serving_one() {
         .collect();
     assert_eq!(
         ids,
-        [v2.outcome.container_id.clone()],
+        [v2.outcome.container_id.as_str()],
         "the candidate is removed"
     );
 
@@ -184,7 +184,7 @@ async fn rollback_after_a_successful_deploy_restores_the_previous_container() {
         .into_iter()
         .filter_map(|c| c.id)
         .collect();
-    assert_eq!(ids, [v1.outcome.container_id.clone()]);
+    assert_eq!(ids, [v1.outcome.container_id.as_str()]);
     // Stopping set its restart policy to `no`; serving again gives it back its own.
     let restored = app
         .docker
@@ -196,6 +196,58 @@ async fn rollback_after_a_successful_deploy_restores_the_previous_container() {
         .and_then(|h| h.restart_policy)
         .and_then(|p| p.name);
     assert_eq!(policy, Some(RestartPolicyNameEnum::UNLESS_STOPPED));
+}
+
+#[tokio::test]
+async fn a_final_container_that_cannot_start_puts_the_previous_one_back() {
+    let Some(app) = TestApp::start().await else {
+        return;
+    };
+    let tcp = HealthCheck::Tcp {
+        port: 80,
+        timeout: Duration::from_secs(10),
+    };
+    let port = free_port();
+    let v1 = app
+        .deploy(app.spec("v1", Some(port), tcp.clone()).await)
+        .await;
+    assert!(v1.outcome.success, "{:?}", v1.outcome);
+
+    // The candidate passes on its bridge address; the final container cannot get its port.
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").expect("bind a port");
+    let taken_port = taken.local_addr().unwrap().port();
+    let v2 = app
+        .deploy(app.spec("v2", Some(taken_port), tcp).await)
+        .await;
+    drop(taken);
+    assert!(!v2.outcome.success);
+    assert!(v2.outcome.rolled_back);
+    assert_eq!(v2.outcome.container_id, v1.outcome.container_id);
+    let error = v2.outcome.error.clone().unwrap();
+    assert!(error.starts_with("starting berth-"), "{error}");
+    assert!(error.contains("address already in use"), "{error}");
+    let phases = v2.phases();
+    let tail: Vec<_> = phases
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(tail, ["start", "rollback", "failed"], "{phases:?}");
+
+    assert_eq!(
+        host_page(port).await,
+        format!("version=v1 secret={}", app.secret)
+    );
+    let ids: Vec<_> = app
+        .containers()
+        .await
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect();
+    assert_eq!(ids, [v1.outcome.container_id.as_str()]);
+    app.assert_no_secret(&v2);
 }
 
 #[tokio::test]
@@ -263,7 +315,7 @@ async fn private_registry_pulls_need_the_right_credentials() {
         .into_iter()
         .filter_map(|c| c.id)
         .collect();
-    assert_eq!(ids, [v1.outcome.container_id.clone()]);
+    assert_eq!(ids, [v1.outcome.container_id.as_str()]);
     app.assert_no_secret(&v1);
     app.assert_no_secret(&v2);
 }
@@ -622,7 +674,12 @@ fn engine_missing(error: &str) -> Option<TestApp> {
     if std::env::var_os("CI").is_some() {
         panic!("the Docker Engine is unreachable and CI is set: {error}");
     }
-    eprintln!("\n!!!!!!!!!! DOCKER ENGINE UNREACHABLE: docker executor test NOT RUN ({error}) !!!!!!!!!!\n");
+    // Straight to the process's stderr: the test harness captures `eprintln!` of passing tests.
+    let notice = format!(
+        "\n!!!!!!!!!! DOCKER ENGINE UNREACHABLE: docker executor test NOT RUN ({error}); \
+         set CI=1 to make this a failure !!!!!!!!!!\n"
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), notice.as_bytes());
     None
 }
 

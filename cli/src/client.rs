@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use berth_proto::v1::agent_admin_service_client::AgentAdminServiceClient;
 use berth_proto::v1::allowlist_service_client::AllowlistServiceClient;
 use berth_proto::v1::api_key_service_client::ApiKeyServiceClient;
 use berth_proto::v1::application_service_client::ApplicationServiceClient;
+use berth_proto::v1::deploy_service_client::DeployServiceClient;
 use berth_proto::v1::env_service_client::EnvServiceClient;
 use berth_proto::v1::repository_service_client::RepositoryServiceClient;
 use berth_proto::v1::secret_service_client::SecretServiceClient;
@@ -45,6 +47,11 @@ pub struct ConnectOptions {
 }
 
 impl ConnectOptions {
+    /// The admin API address as given (`--addr` or `BERTH_ADDR`).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// Connects now; called by each command that needs the server, never up front.
     pub async fn connect(&self) -> anyhow::Result<Connection> {
         let Some(token) = self.token.as_deref().filter(|t| !t.is_empty()) else {
@@ -112,6 +119,14 @@ impl Connection {
 
     pub fn allowlist(&self) -> AllowlistServiceClient<AuthChannel> {
         AllowlistServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn deployments(&self) -> DeployServiceClient<AuthChannel> {
+        DeployServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn agents(&self) -> AgentAdminServiceClient<AuthChannel> {
+        AgentAdminServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 }
 

@@ -23,11 +23,22 @@ pub struct DevArgs {
     /// Address of the agent API (mTLS).
     #[arg(long, default_value = node::DEFAULT_AGENT_ADDR)]
     pub agent_listen: SocketAddr,
+    /// host:port agents are told to dial (defaults to the agent listen address).
+    #[arg(long)]
+    pub agent_endpoint: Option<String>,
+    /// After a restart, seconds to wait for agents to report unfinished deployments.
+    #[arg(long, default_value_t = 120)]
+    pub reconcile_timeout: u64,
+    /// Do not run the local agent (no Docker on this machine).
+    #[arg(long)]
+    pub no_agent: bool,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     std::fs::create_dir_all(&args.data_dir)?;
@@ -40,8 +51,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         write_admin_token_file: true,
         webhook_public_url: args.webhook_public_url,
         agent_listen: args.agent_listen,
-        agent_endpoint: None,
-        fleet: Default::default(),
+        agent_endpoint: args.agent_endpoint,
+        fleet: {
+            let mut fleet = berth_control_plane::fleet::FleetConfig::default();
+            fleet.rollout.reconcile_timeout =
+                std::time::Duration::from_secs(args.reconcile_timeout);
+            fleet
+        },
     })
     .await?;
 
@@ -51,7 +67,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  admin api:       {addr}");
     println!("  ca fingerprint:  {}", node.ca_fingerprint);
     match (&node.initial_admin_key, &node.admin_token_file) {
-        (Some(_), Some(path)) => println!("  admin api key:   new, written to {} (mode 0600)", path.display()),
+        (Some(_), Some(path)) => println!(
+            "  admin api key:   new, written to {} (mode 0600)",
+            path.display()
+        ),
         (None, Some(path)) => println!("  admin api key:   {}", path.display()),
         _ => println!("  admin api key:   created on first start (admin.token was removed)"),
     }
@@ -64,11 +83,95 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("  export BERTH_TOKEN=$(cat {})", path.display());
     }
     println!();
-    node.serve(shutdown_signal()).await
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let local_agent = if args.no_agent {
+        None
+    } else {
+        Some(LocalAgent {
+            data_dir: data_dir.join("agent"),
+            admin_url: addr.clone(),
+            endpoint: node.agent_addr.to_string(),
+            ca_fingerprint: node.ca_fingerprint.clone(),
+            fleet: node.fleet.clone(),
+        })
+    };
+    let server = tokio::spawn(node.serve(async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    let agent = local_agent.map(|a| tokio::spawn(a.run()));
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    if let Some(agent) = agent {
+        agent.abort();
+    }
+    server.await?
+}
+
+/// The node's own agent, on the local Docker socket, enrolled through the same path as any
+/// other agent (token, pinned CA, CSR, mTLS).
+struct LocalAgent {
+    data_dir: PathBuf,
+    admin_url: String,
+    endpoint: String,
+    ca_fingerprint: String,
+    fleet: berth_control_plane::fleet::Fleet,
+}
+
+impl LocalAgent {
+    async fn run(self) {
+        if let Err(e) = self.try_run().await {
+            tracing::error!(error = %e, "local agent stopped");
+        }
+    }
+
+    async fn try_run(self) -> anyhow::Result<()> {
+        let executor = match berth_agent::docker::DockerExecutor::connect().await {
+            Ok(executor) => std::sync::Arc::new(executor),
+            Err(e) => {
+                tracing::warn!(error = %e, "local agent disabled: cannot reach the docker engine");
+                return Ok(());
+            }
+        };
+        let version = env!("CARGO_PKG_VERSION").to_string();
+        if !berth_agent::Identity::exists(&self.data_dir) {
+            let labels = [("host".to_string(), "local".to_string())]
+                .into_iter()
+                .collect();
+            let (token, _) = self
+                .fleet
+                .create_enrollment_token(
+                    &berth_control_plane::service::Actor::system(),
+                    "local",
+                    &labels,
+                    Some(300),
+                )
+                .await?;
+            let identity = berth_agent::enroll::enroll(
+                &self.admin_url,
+                &token,
+                &self.ca_fingerprint,
+                &version,
+            )
+            .await?;
+            identity.save(&self.data_dir)?;
+            tracing::info!(agent = %identity.name, "local agent enrolled");
+        }
+        let runtime = berth_agent::AgentRuntime {
+            data_dir: self.data_dir,
+            executor,
+            version,
+            on_command: None,
+            endpoint_override: Some(self.endpoint),
+        };
+        berth_agent::run(runtime, std::future::pending()).await
+    }
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -6,10 +6,12 @@
 
 #![forbid(unsafe_code)]
 
+mod agent;
 mod allowlist;
 mod apikey;
 mod app;
 mod client;
+mod deploy;
 mod dev;
 mod env;
 mod group;
@@ -61,6 +63,10 @@ enum Command {
     Repository(repository::RepositoryArgs),
     /// The image allowlist
     Allowlist(allowlist::AllowlistArgs),
+    /// Deploy an application at a version; list and show deployments
+    Deploy(deploy::DeployArgs),
+    /// Agents: enrollment tokens, list, revoke
+    Agent(agent::AgentArgs),
     /// Print a shell completion script
     Completion {
         /// The shell to generate the script for
@@ -90,6 +96,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apikey(args) => apikey::run(args, connect, format).await,
         Command::Repository(args) => repository::run(args, connect, format).await,
         Command::Allowlist(args) => allowlist::run(args, connect, format).await,
+        Command::Deploy(args) => deploy::run(args, connect, format).await,
+        Command::Agent(args) => agent::run(args, connect, format).await,
         Command::Completion { shell } => {
             // Into a buffer first: clap_complete panics when a write fails (`| head`).
             let mut script = Vec::new();
@@ -107,6 +115,10 @@ fn report(err: anyhow::Error) -> ExitCode {
     if let Some(usage) = err.downcast_ref::<clap::Error>() {
         let _ = usage.print();
         return ExitCode::from(2);
+    }
+    if err.downcast_ref::<deploy::DeploymentFailed>().is_some() {
+        // The command's own output already said how the deployment ended.
+        return ExitCode::from(1);
     }
     eprintln!("error: {}", client::describe_error(&err));
     ExitCode::from(1)

@@ -3,9 +3,12 @@
 //! prost messages do not derive `Serialize`, so each message type has one function here that
 //! builds its JSON value explicitly; the field names follow the proto.
 
+use std::collections::{BTreeMap, HashMap};
+
 use berth_proto::v1::{
-    target, ApiKey, Application, ApplicationDetail, DeploymentSummary, EnvVar, ImagePattern,
-    PortMapping, Repository, SecretGroup, SecretSummary, Target,
+    target, Agent, ApiKey, Application, ApplicationDetail, DeploymentDetail, DeploymentEventRow,
+    DeploymentSummary, DeploymentTarget, EnvVar, ImagePattern, PortMapping, Repository,
+    SecretGroup, SecretSummary, Target,
 };
 use serde_json::{json, Value};
 
@@ -42,7 +45,7 @@ impl Table {
         }
     }
 
-    fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
         let lines: Vec<&Vec<String>> = std::iter::once(&header).chain(&self.rows).collect();
         let mut widths = vec![0; self.header.len()];
@@ -84,6 +87,35 @@ pub fn short_time(timestamp: &str) -> String {
 /// `-` for a missing optional value in a table cell.
 pub fn or_dash(value: Option<&str>) -> String {
     value.filter(|v| !v.is_empty()).unwrap_or("-").to_string()
+}
+
+/// `1.2s`, `45s` or `3m07s`; `-` when there is no duration yet.
+pub fn duration_text(duration_ms: Option<i64>) -> String {
+    let Some(ms) = duration_ms.filter(|ms| *ms >= 0) else {
+        return "-".to_string();
+    };
+    match ms {
+        0..=9_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        10_000..=59_999 => format!("{}s", ms / 1000),
+        _ => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+    }
+}
+
+/// `env=prod,zone=a`, sorted by key; `-` when there are none.
+pub fn labels_text(labels: &HashMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".to_string();
+    }
+    sorted(labels)
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A map with a stable order, for tables and JSON alike.
+fn sorted(labels: &HashMap<String, String>) -> BTreeMap<&String, &String> {
+    labels.iter().collect()
 }
 
 /// `agent:web-1` or `label:env=prod`, the same syntax `--target` accepts.
@@ -239,6 +271,50 @@ pub fn image_pattern_json(pattern: &ImagePattern) -> Value {
     })
 }
 
+pub fn agent_json(agent: &Agent) -> Value {
+    json!({
+        "name": agent.name,
+        "labels": sorted(&agent.labels),
+        "status": agent.status,
+        "version": agent.version,
+        "docker_version": agent.docker_version,
+        "last_seen_at": agent.last_seen_at,
+        "cert_not_after": agent.cert_not_after,
+        "created_at": agent.created_at,
+    })
+}
+
+pub fn deployment_target_json(target: &DeploymentTarget) -> Value {
+    json!({
+        "agent": target.agent,
+        "status": target.status,
+        "container_id": target.container_id,
+        "error_message": target.error_message,
+        "started_at": target.started_at,
+        "completed_at": target.completed_at,
+        "duration_ms": target.duration_ms,
+    })
+}
+
+pub fn deployment_event_json(event: &DeploymentEventRow) -> Value {
+    json!({
+        "id": event.id,
+        "agent": event.agent,
+        "phase": event.phase,
+        "message": event.message,
+        "at": event.at,
+    })
+}
+
+pub fn deployment_detail_json(detail: &DeploymentDetail) -> Value {
+    json!({
+        "app": detail.app,
+        "deployment": detail.deployment.as_ref().map(deployment_summary_json),
+        "targets": detail.targets.iter().map(deployment_target_json).collect::<Vec<_>>(),
+        "events": detail.events.iter().map(deployment_event_json).collect::<Vec<_>>(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +328,24 @@ mod tests {
             table.render(),
             "NAME         ROLE\nci-deployer  deployer\nme           admin\n"
         );
+    }
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(duration_text(None), "-");
+        assert_eq!(duration_text(Some(1234)), "1.2s");
+        assert_eq!(duration_text(Some(45_900)), "45s");
+        assert_eq!(duration_text(Some(187_000)), "3m07s");
+    }
+
+    #[test]
+    fn labels_are_sorted_by_key() {
+        let labels: HashMap<String, String> = [("zone", "a"), ("env", "prod")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(labels_text(&labels), "env=prod,zone=a");
+        assert_eq!(labels_text(&HashMap::new()), "-");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct DevNode {
     pub addr: String,
     pub ca_cert: PathBuf,
     pub log_path: PathBuf,
+    /// host:port of the agent API, when the test chose it.
+    pub agent_addr: Option<String>,
     child: Option<Child>,
 }
 
@@ -39,13 +41,18 @@ impl DevNode {
     /// Starts a node on `data_dir`, waiting until its admin port accepts connections.
     /// Returns the node's combined output when it exits before that.
     pub fn start(data_dir: &Path, log_dir: &Path, env: &[(&str, &str)]) -> Result<DevNode, String> {
-        let port = free_port();
+        Self::start_with(data_dir, log_dir, env, &["--agent-listen", "127.0.0.1:0"], free_port())
+    }
+
+    /// Starts a node with extra `berth dev` arguments on a given admin port.
+    pub fn start_with(data_dir: &Path, log_dir: &Path, env: &[(&str, &str)], args: &[&str], port: u16) -> Result<DevNode, String> {
         let log_path = log_dir.join(format!("node-{port}.log"));
-        let log = std::fs::File::create(&log_path).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let mut cmd = Command::new(bin("berth"));
         cmd.args(["dev", "--data-dir"])
             .arg(data_dir)
-            .args(["--grpc-listen", &format!("127.0.0.1:{port}"), "--agent-listen", "127.0.0.1:0"])
+            .args(["--grpc-listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env_remove("BERTH_MASTER_KEY")
             .env_remove("BERTH_MASTER_KEY_FILE")
             .env("RUST_LOG", "info")
@@ -73,6 +80,7 @@ impl DevNode {
             addr: format!("https://127.0.0.1:{port}"),
             ca_cert: data_dir.join("pki/ca.crt"),
             log_path,
+            agent_addr: None,
             child: Some(child),
         })
     }
@@ -226,4 +234,175 @@ pub async fn dump_database(path: &Path) -> String {
     }
     pool.close().await;
     out
+}
+
+/// Docker is required: with `CI` set an unreachable engine fails the suite; otherwise the
+/// Docker tests say loudly that they did not run.
+pub fn docker_available() -> bool {
+    let ok = Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "CI is set but the Docker Engine is unreachable");
+        eprintln!("!!! Docker Engine unreachable: Docker tests NOT RUN (set CI=1 to make this an error)");
+    }
+    ok
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Builds the local test images (idempotent; see tests/images/build.sh).
+pub fn build_test_images() {
+    let out = Command::new("sh").arg(repo_root().join("tests/images/build.sh")).output().unwrap();
+    assert!(out.status.success(), "tests/images/build.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1:port; the body, or None when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    if !response.starts_with("HTTP/1.") {
+        return None;
+    }
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// Names of containers (running or not) with a label.
+pub fn containers_with_label(label: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "--filter", &format!("label={label}"), "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// Removes every container of an application (test cleanup).
+pub fn remove_app_containers(app: &str) {
+    for name in containers_with_label(&format!("berth.app={app}")) {
+        let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+    }
+}
+
+/// A `berth-agent` process with its own data dir, name and labels.
+pub struct AgentProcess {
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    /// Enrolls (first start) and runs an agent against `node`.
+    pub async fn start(node: &DevNode, name: &str, labels: &[(&str, &str)], data_dir: &Path, log_dir: &Path) -> AgentProcess {
+        use berth_proto::v1 as pb;
+        let mut admin = pb::agent_admin_service_client::AgentAdminServiceClient::new(node.channel().await);
+        let created = admin
+            .create_enrollment_token(authed(
+                pb::CreateEnrollmentTokenRequest {
+                    agent_name: name.into(),
+                    labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    ttl_seconds: 600,
+                },
+                &node.admin_token(),
+            ))
+            .await
+            .expect("create enrollment token")
+            .into_inner();
+        let mut agent = AgentProcess { data_dir: data_dir.into(), log_path: log_dir.join(format!("agent-{name}.log")), child: None };
+        agent.spawn(&[
+            "--control-plane",
+            &node.addr,
+            "--enroll-token",
+            &created.token,
+            "--ca-fingerprint",
+            &created.ca_fingerprint,
+        ]);
+        agent
+    }
+
+    /// (Re)starts the process on its data dir (enrolled already unless `args` enroll it).
+    pub fn spawn(&mut self, args: &[&str]) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        let child = Command::new(bin("berth-agent"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn berth-agent");
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `agent` shows as connected.
+pub async fn wait_connected(node: &DevNode, agent: &str) {
+    use berth_proto::v1 as pb;
+    let mut admin = pb::agent_admin_service_client::AgentAdminServiceClient::new(node.channel().await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let agents = admin.list_agents(authed(pb::ListAgentsRequest {}, &node.admin_token())).await.unwrap().into_inner().agents;
+        if agents.iter().any(|a| a.name == agent && a.status == "connected") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "agent {agent} did not connect: {agents:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for a deployment to finish and returns its detail.
+pub async fn wait_deployment(node: &DevNode, id: &str, timeout: Duration) -> berth_proto::v1::DeploymentDetail {
+    use berth_proto::v1 as pb;
+    let mut deploys = pb::deploy_service_client::DeployServiceClient::new(node.channel().await);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let detail = deploys
+            .get_deployment(authed(pb::GetDeploymentRequest { deployment_id: id.into() }, &node.admin_token()))
+            .await
+            .unwrap()
+            .into_inner();
+        let status = detail.deployment.as_ref().unwrap().status.clone();
+        if status != "pending" && status != "running" {
+            return detail;
+        }
+        assert!(Instant::now() < deadline, "deployment {id} still {status}: {detail:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Starts a deployment through the admin API and returns its id.
+pub async fn deploy(node: &DevNode, app: &str, version: &str) -> String {
+    use berth_proto::v1 as pb;
+    let mut deploys = pb::deploy_service_client::DeployServiceClient::new(node.channel().await);
+    deploys
+        .deploy(authed(pb::DeployRequest { app: app.into(), version: version.into() }, &node.admin_token()))
+        .await
+        .expect("deploy accepted")
+        .into_inner()
+        .deployment
+        .unwrap()
+        .deployment_id
 }

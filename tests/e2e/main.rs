@@ -3,4 +3,6 @@
 //! the README's test command does.
 
 mod common;
+mod agents;
 mod foundation;
+mod registry;
