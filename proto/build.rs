@@ -5,7 +5,13 @@ use std::path::PathBuf;
 
 use prost::Message as _;
 
-const PROTOS: &[&str] = &["berth/v1/berth.proto", "berth/v1/agent.proto", "berth/v1/deploy.proto"];
+const PROTOS: &[&str] = &[
+    "berth/v1/berth.proto",
+    "berth/v1/agent.proto",
+    "berth/v1/deploy.proto",
+    "berth/v1/webhook.proto",
+    "berth/v1/notify.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

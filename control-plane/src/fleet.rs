@@ -67,10 +67,15 @@ struct Inner {
     changed: Notify,
     /// Woken when an agent connects, for rollouts waiting on a target.
     connected: Notify,
+    /// Called once per finished deployment (outgoing notifications subscribe here).
+    on_finished: Mutex<Vec<FinishedHook>>,
     next_session: AtomicU64,
 }
 
 type WaitKey = (String, String, i32);
+
+/// A subscriber to finished deployments: gets the final `deployment_logs` row and the app name.
+pub type FinishedHook = Arc<dyn Fn(&crate::model::DeploymentLog, &str) + Send + Sync>;
 
 struct LiveAgent {
     session: u64,
@@ -101,6 +106,7 @@ impl Fleet {
                 inflight: Mutex::new(HashMap::new()),
                 changed: Notify::new(),
                 connected: Notify::new(),
+                on_finished: Mutex::new(Vec::new()),
                 next_session: AtomicU64::new(1),
             }),
         }
@@ -301,6 +307,19 @@ impl Fleet {
     /// Labels of a connected agent.
     fn live_labels(&self, agent: &str) -> Option<BTreeMap<String, String>> {
         self.inner.live.lock().expect("live lock").get(agent).map(|a| a.labels.clone())
+    }
+
+    /// Subscribes to finished deployments (called after the final status is stored).
+    pub fn on_finished(&self, hook: FinishedHook) {
+        self.inner.on_finished.lock().expect("hooks lock").push(hook);
+    }
+
+    pub(crate) async fn notify_finished(&self, deployment_id: &str) {
+        let Ok((log, app)) = self.service().store().deployment(deployment_id).await else { return };
+        let hooks: Vec<FinishedHook> = self.inner.on_finished.lock().expect("hooks lock").clone();
+        for hook in hooks {
+            hook(&log, &app);
+        }
     }
 
     /// Waits for the next stored event or result anywhere (watchers re-read the store).

@@ -28,7 +28,7 @@ fi
 LOCK=${TMPDIR:-/tmp}/berth-test-images.lock
 if command -v flock >/dev/null 2>&1 && [ -z "${BERTH_IMAGES_LOCKED:-}" ]; then
   export BERTH_IMAGES_LOCKED=1
-  exec flock "$LOCK" "$0" "$@"
+  exec flock "$LOCK" sh "$0" "$@"
 fi
 
 # Everything that shapes the images feeds the recipe hash, so an edit rebuilds them.

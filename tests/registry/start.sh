@@ -65,7 +65,7 @@ echo $! >"$DIR/pid"
 if [ -n "${BERTH_REGISTRY_WATCH_PID:-}" ]; then
   setsid sh -c '
     while kill -0 "$1" 2>/dev/null; do sleep 1; done
-    "$2/stop.sh" "$3"
+    sh "$2/stop.sh" "$3"
     rm -rf "$3"
   ' watcher "$BERTH_REGISTRY_WATCH_PID" "$HERE" "$DIR" </dev/null >/dev/null 2>&1 &
 fi
@@ -73,9 +73,9 @@ fi
 # Ready when the API asks for credentials.
 i=0
 while :; do
-  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/v2/" 2>/dev/null || true)
+  code=$(curl -s --max-time 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/v2/" 2>/dev/null || true)
   [ "$code" = 401 ] && exit 0
-  if ! kill -0 "$(cat "$DIR/pid")" 2>/dev/null; then
+  if ! ps -o stat= -p "$(cat "$DIR/pid")" 2>/dev/null | grep -qv '^Z'; then
     echo "start.sh: the registry exited; its log:" >&2
     cat "$DIR/registry.log" >&2
     exit 1
@@ -83,7 +83,7 @@ while :; do
   i=$((i + 1))
   if [ "$i" -ge 100 ]; then
     echo "start.sh: the registry did not answer on 127.0.0.1:$PORT within 10 s (last HTTP code $code)" >&2
-    "$HERE/stop.sh" "$DIR"
+    sh "$HERE/stop.sh" "$DIR"
     exit 1
   fi
   sleep 0.1

@@ -9,9 +9,13 @@ fi
 PIDFILE=$1/pid
 [ -f "$PIDFILE" ] || exit 0
 pid=$(cat "$PIDFILE")
+
+# Alive and not a zombie waiting for whoever adopted it to reap it.
+alive() { ps -o stat= -p "$1" 2>/dev/null | grep -qv '^Z'; }
+
 if kill "$pid" 2>/dev/null; then
   i=0
-  while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 50 ]; do
+  while alive "$pid" && [ "$i" -lt 50 ]; do
     sleep 0.1
     i=$((i + 1))
   done

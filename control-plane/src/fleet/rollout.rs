@@ -107,6 +107,7 @@ impl Fleet {
                 store.finish_deployment(&deployment_id, false, Some(&reason)).await?;
                 store.audit(actor_name, "deployment.refused", &app.name, Some(&reason)).await?;
                 self.inner.changed.notify_waiters();
+                self.notify_finished(&deployment_id).await;
             }
         }
         Ok(deployment_id)
@@ -306,6 +307,7 @@ impl Fleet {
             }
         }
         self.inner.changed.notify_waiters();
+        self.notify_finished(deployment_id).await;
         Ok(())
     }
 

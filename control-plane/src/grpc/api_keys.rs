@@ -22,9 +22,6 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyApi {
     async fn create_api_key(&self, request: Request<pb::CreateApiKeyRequest>) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
         let r = request.into_inner();
-        if r.role == "webhook" {
-            return Err(Status::invalid_argument("the webhook role is reserved for the webhook shim"));
-        }
         let created = self.service.create_api_key(&actor, &r.name, &r.role).await.map_err(status)?;
         Ok(Response::new(pb::CreateApiKeyResponse {
             api_key: Some(convert::api_key(created.api_key)),
