@@ -49,6 +49,8 @@ const LABEL_APP: &str = "berth.app";
 const LABEL_DEPLOYMENT: &str = "berth.deployment";
 const LABEL_VERSION: &str = "berth.version";
 const LABEL_RESTART_POLICY: &str = "berth.restart-policy";
+/// The agent that owns a container, when several agents share one engine.
+const LABEL_AGENT: &str = "berth.agent";
 
 /// One request to the engine may take this long: pulls of large images are single requests.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -64,6 +66,9 @@ pub struct DockerExecutor {
     stop_timeout: Duration,
     /// Pause between two looks at a container during a health gate.
     poll_interval: Duration,
+    /// The agent's name: its containers are labelled `berth.agent=<name>` and named after it,
+    /// and it only ever sees its own, so several agents can share one engine.
+    scope: Option<String>,
 }
 
 impl DockerExecutor {
@@ -73,6 +78,7 @@ impl DockerExecutor {
             docker,
             stop_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(200),
+            scope: None,
         }
     }
 
@@ -84,6 +90,19 @@ impl DockerExecutor {
             .negotiate_version()
             .await?;
         Ok(Self::new(docker))
+    }
+
+    /// Scopes every container to one agent (see the `scope` field).
+    pub fn with_scope(mut self, agent: impl Into<String>) -> Self {
+        self.scope = Some(agent.into());
+        self
+    }
+
+    fn container_name(&self, app: &str, deployment_id: &str) -> String {
+        match &self.scope {
+            Some(agent) => container_name(&format!("{agent}-{app}"), deployment_id),
+            None => container_name(app, deployment_id),
+        }
     }
 
     /// How long a superseded container may take to stop before it is killed.
@@ -99,7 +118,11 @@ impl DockerExecutor {
 
     /// Every container of `app` (running or not), newest first.
     async fn app_containers(&self, app: &str, all: bool) -> Result<Vec<AppContainer>, String> {
-        let filters = HashMap::from([("label", vec![format!("{LABEL_APP}={app}")])]);
+        let mut labels = vec![format!("{LABEL_APP}={app}")];
+        if let Some(agent) = &self.scope {
+            labels.push(format!("{LABEL_AGENT}={agent}"));
+        }
+        let filters = HashMap::from([("label", labels)]);
         let options = ListContainersOptionsBuilder::new()
             .all(all)
             .filters(&filters)
@@ -326,7 +349,7 @@ impl Deploy<'_> {
         }
 
         let publishes = spec.ports.iter().any(|p| p.host != 0);
-        let final_name = container_name(&spec.app, &spec.deployment_id);
+        let final_name = self.exec.container_name(&spec.app, &spec.deployment_id);
         let candidate_name = if publishes {
             format!("{final_name}-candidate")
         } else {
@@ -481,6 +504,15 @@ impl Deploy<'_> {
         // A tag may have moved on the registry, so a local copy of it is no answer; a digest
         // cannot have, so a local copy of it is exactly the image asked for when the registry
         // is out of reach. Refused credentials still fail: they must be fixed, not bypassed.
+        // An application without a registry of its own (no credentials) may run an image
+        // built on this host, as `docker run` would when the pull fails.
+        if spec.registry_auth.is_none()
+            && !is_refusal(&error)
+            && self.exec.docker.inspect_image(&reference).await.is_ok()
+        {
+            self.emit("pull", format!("{error}; using the image present on this host"));
+            return Ok(());
+        }
         if is_digest(&spec.version)
             && !is_refusal(&error)
             && self.exec.docker.inspect_image(&reference).await.is_ok()
@@ -504,12 +536,15 @@ impl Deploy<'_> {
             .iter()
             .map(|(key, value)| format!("{key}={}", value.expose_secret()))
             .collect();
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (LABEL_APP.to_owned(), spec.app.clone()),
             (LABEL_DEPLOYMENT.to_owned(), spec.deployment_id.clone()),
             (LABEL_VERSION.to_owned(), spec.version.clone()),
             (LABEL_RESTART_POLICY.to_owned(), spec.restart_policy.clone()),
         ]);
+        if let Some(agent) = &self.exec.scope {
+            labels.insert(LABEL_AGENT.to_owned(), agent.clone());
+        }
         let exposed: BTreeSet<String> = spec.ports.iter().map(port_key).collect();
         let port_bindings = publish.then(|| {
             let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();

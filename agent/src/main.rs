@@ -30,7 +30,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // bollard logs request bodies (with the container env) at debug: never below info.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into())
+                .add_directive("bollard=info".parse().expect("valid directive"))
+                .add_directive("hyper=info".parse().expect("valid directive")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -49,7 +55,8 @@ async fn main() -> anyhow::Result<()> {
     let executor = Arc::new(
         DockerExecutor::connect()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the docker engine: {e}"))?,
+            .map_err(|e| anyhow::anyhow!("cannot reach the docker engine: {e}"))?
+            .with_scope(Identity::load(&args.data_dir)?.name),
     );
     let runtime = AgentRuntime { data_dir: args.data_dir, executor, version, on_command: None, endpoint_override: None };
     berth_agent::run(runtime, shutdown_signal()).await

@@ -37,7 +37,11 @@ pub struct DevArgs {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // bollard logs request bodies (with the container env) at debug: never below info.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into())
+                .add_directive("bollard=info".parse().expect("valid directive"))
+                .add_directive("hyper=info".parse().expect("valid directive")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -128,7 +132,7 @@ impl LocalAgent {
 
     async fn try_run(self) -> anyhow::Result<()> {
         let executor = match berth_agent::docker::DockerExecutor::connect().await {
-            Ok(executor) => std::sync::Arc::new(executor),
+            Ok(executor) => std::sync::Arc::new(executor.with_scope("local")),
             Err(e) => {
                 tracing::warn!(error = %e, "local agent disabled: cannot reach the docker engine");
                 return Ok(());

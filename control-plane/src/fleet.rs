@@ -10,6 +10,7 @@
 
 mod enroll;
 mod rollout;
+pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -12,6 +12,7 @@ mod deploy;
 mod env;
 mod registry;
 mod secrets;
+mod webhook;
 
 use berth_proto::v1 as pb;
 use secrecy::SecretString;
@@ -27,6 +28,7 @@ pub use applications::ApplicationApi;
 pub use env::EnvApi;
 pub use registry::{AllowlistApi, RepositoryApi};
 pub use secrets::SecretApi;
+pub use webhook::{WebhookApi, CALLER_REFUSED_METADATA};
 
 /// Maps a domain error to a gRPC status: the one place this happens.
 pub fn status(error: Error) -> Status {

@@ -19,7 +19,7 @@ use tonic::transport::Certificate;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::fleet::{Fleet, FleetConfig};
-use crate::grpc::{AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi};
+use crate::grpc::{AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi, WebhookApi};
 use crate::pki::{write_private, Pki};
 use crate::service::applications::WEBHOOK_URL_SETTING;
 use crate::service::Service;
@@ -230,6 +230,7 @@ impl Node {
             .add_service(pb::deploy_service_server::DeployServiceServer::new(DeployApi::new(self.fleet.clone())))
             .add_service(pb::agent_admin_service_server::AgentAdminServiceServer::new(AgentAdminApi::new(self.fleet.clone())))
             .add_service(pb::agent_enrollment_server::AgentEnrollmentServer::new(AgentEnrollmentApi::new(self.fleet.clone())))
+            .add_service(pb::webhook_service_server::WebhookServiceServer::new(WebhookApi::new(self.fleet.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
         agent_task.await??;

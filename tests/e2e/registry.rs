@@ -34,7 +34,11 @@ pub fn shared() -> &'static Registry {
             .output()
             .unwrap();
         assert!(out.status.success(), "registry start failed: {}", String::from_utf8_lossy(&out.stderr));
-        let mut login = Command::new("docker")
+        // Credentials for the push go to a private docker config, not the user's.
+        let config = dir.join("docker-config");
+        std::fs::create_dir_all(&config).unwrap();
+        DOCKER_CONFIG.set(config).unwrap();
+        let mut login = docker()
             .args(["login", "--username", &registry.username, "--password-stdin", &registry.server])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
@@ -57,7 +61,17 @@ pub fn shared() -> &'static Registry {
     })
 }
 
+static DOCKER_CONFIG: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+fn docker() -> Command {
+    let mut cmd = Command::new("docker");
+    if let Some(config) = DOCKER_CONFIG.get() {
+        cmd.env("DOCKER_CONFIG", config);
+    }
+    cmd
+}
+
 fn run(args: &[&str]) {
-    let out = Command::new("docker").args(args).output().unwrap();
+    let out = docker().args(args).output().unwrap();
     assert!(out.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }

@@ -1,0 +1,126 @@
+//! One HTTP/1.1 POST per attempt, over a fresh connection (plain TCP for `http://`, rustls
+//! with the system's root certificates for `https://`). Deliveries are rare, so there is no
+//! pool; redirects are not followed (a 3xx is an unsuccessful answer).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Uri};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+/// Bounds the whole attempt: connect, TLS, request and response head.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an attempt got no HTTP answer. Messages name the step, never the URL (its path or
+/// query may hold a credential of the receiver).
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("invalid webhook url")]
+    InvalidUrl,
+    #[error("no answer within {}s", ATTEMPT_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("http: {0}")]
+    Http(String),
+}
+
+/// Sends webhook requests. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct HttpSender {
+    /// Built on the first `https://` delivery (loads the system's root certificates).
+    tls: Arc<OnceLock<tokio_rustls::TlsConnector>>,
+}
+
+impl HttpSender {
+    /// POSTs `body` with `headers` to `url` and returns the response status code.
+    pub async fn post(&self, url: &str, headers: &[(&'static str, String)], body: Vec<u8>) -> Result<u16, SendError> {
+        tokio::time::timeout(ATTEMPT_TIMEOUT, self.post_inner(url, headers, body))
+            .await
+            .unwrap_or(Err(SendError::Timeout))
+    }
+
+    async fn post_inner(&self, url: &str, headers: &[(&'static str, String)], body: Vec<u8>) -> Result<u16, SendError> {
+        let uri: Uri = url.parse().map_err(|_| SendError::InvalidUrl)?;
+        let https = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
+            _ => return Err(SendError::InvalidUrl),
+        };
+        let authority = uri.authority().ok_or(SendError::InvalidUrl)?.clone();
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::HOST, authority.as_str())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, body.len())
+            .header(header::USER_AGENT, concat!("berth-notify/", env!("CARGO_PKG_VERSION")));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request.body(Full::new(Bytes::from(body))).map_err(|e| SendError::Http(e.to_string()))?;
+
+        let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(SendError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        if https {
+            let name = ServerName::try_from(host).map_err(|_| SendError::InvalidUrl)?;
+            let stream = self.tls().connect(name, tcp).await.map_err(|e| SendError::Tls(e.to_string()))?;
+            exchange(TokioIo::new(stream), request).await
+        } else {
+            exchange(TokioIo::new(tcp), request).await
+        }
+    }
+
+    fn tls(&self) -> &tokio_rustls::TlsConnector {
+        self.tls.get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                tracing::warn!("no system root certificates found; https webhooks will fail verification");
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        })
+    }
+}
+
+/// One request on a fresh HTTP/1.1 connection; the connection is dropped with the response
+/// (its body is not read), or when the attempt is abandoned (timeout, shutdown).
+async fn exchange<I>(io: I, request: Request<Full<Bytes>>) -> Result<u16, SendError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|e| SendError::Http(e.to_string()))?;
+    let _connection = AbortOnDrop(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    let response = sender.send_request(request).await.map_err(|e| SendError::Http(e.to_string()))?;
+    Ok(response.status().as_u16())
+}
+
+/// Ends the task driving a connection when the attempt that owns it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
