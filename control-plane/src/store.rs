@@ -25,7 +25,7 @@ use crate::error::Error;
 pub use agents::{AgentRow, Enrollment};
 pub use audit::AuditEntry;
 pub use deployments::{DeploymentEventRow, DeploymentTargetRow, NewDeployment};
-pub use env::ImportOutcome;
+pub use env::{EnvResolutionRow, ImportOutcome};
 pub use secrets::WriteCounts;
 
 /// The database handle. Cheap to clone.

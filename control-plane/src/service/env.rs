@@ -8,7 +8,7 @@ use super::{Actor, Permission, Service};
 use crate::crypto::Aad;
 use crate::error::{Error, Result};
 use crate::model::{EnvScope, EnvVar, NewEnvVar, Secret};
-use crate::store::ImportOutcome;
+use crate::store::{EnvResolutionRow, ImportOutcome};
 use crate::validate;
 
 /// What a variable is set to.
@@ -154,33 +154,26 @@ impl Service {
     /// and two groups defining the same name are an error naming both. Any unresolvable
     /// reference is an error naming the variable.
     pub async fn resolve_environment(&self, app_id: i64) -> Result<ResolvedEnvironment> {
-        let app = self.store.application_by_id(app_id).await?;
-        let global = self.store.list_env(EnvScope::Global).await?;
-        let project = self.store.list_env(EnvScope::Project(app_id)).await?;
-
-        let secret_ids: Vec<i64> = global.iter().chain(&project).filter_map(|v| v.secret_id).collect();
-        let group_names: Vec<String> = global
+        let rows = self.store.env_for_resolution(app_id).await?;
+        let group_names: Vec<String> = rows
             .iter()
-            .chain(&project)
-            .filter_map(|v| v.value.strip_prefix("@group:").filter(|_| v.value_type == "group_ref"))
+            .filter(|r| r.value_type == "group_ref")
+            .filter_map(|r| r.value.strip_prefix("@group:"))
             .map(str::to_string)
             .collect();
-        let by_id: HashMap<i64, Secret> =
-            self.store.secrets_by_ids(&secret_ids).await?.into_iter().map(|s| (s.id, s)).collect();
         let mut by_group: HashMap<String, Vec<Secret>> = HashMap::new();
-        for secret in self.store.secrets_of_groups(&group_names).await? {
-            by_group.entry(secret.group_name.clone()).or_default().push(secret);
+        let mut existing_groups = std::collections::HashSet::new();
+        if !group_names.is_empty() {
+            for secret in self.store.secrets_of_groups(&group_names).await? {
+                by_group.entry(secret.group_name.clone()).or_default().push(secret);
+            }
+            existing_groups = self.store.list_groups().await?.into_iter().map(|g| g.name).collect();
         }
-        let existing_groups: std::collections::HashSet<String> = if group_names.is_empty() {
-            Default::default()
-        } else {
-            self.store.list_groups().await?.into_iter().map(|g| g.name).collect()
-        };
-
-        let mut env = ResolvedEnvironment::new();
-        for (scope_name, vars) in [("global", &global), (app.name.as_str(), &project)] {
-            let resolved = self.resolve_scope(scope_name, vars, &by_id, &by_group, &existing_groups)?;
-            env.extend(resolved);
+        let (project, global): (Vec<EnvResolutionRow>, Vec<EnvResolutionRow>) = rows.into_iter().partition(|r| r.project);
+        let mut env = self.resolve_scope("global", &global, &by_group, &existing_groups)?;
+        if !project.is_empty() {
+            let app = self.store.application_by_id(app_id).await?;
+            env.extend(self.resolve_scope(&app.name, &project, &by_group, &existing_groups)?);
         }
         Ok(env)
     }
@@ -188,8 +181,7 @@ impl Service {
     fn resolve_scope(
         &self,
         scope_name: &str,
-        vars: &[EnvVar],
-        by_id: &HashMap<i64, Secret>,
+        vars: &[EnvResolutionRow],
         by_group: &HashMap<String, Vec<Secret>>,
         existing_groups: &std::collections::HashSet<String>,
     ) -> Result<ResolvedEnvironment> {
@@ -223,12 +215,12 @@ impl Service {
             let value = match var.value_type.as_str() {
                 "plain" => SecretString::from(var.value.clone()),
                 "secret_ref" => {
-                    let secret = var
-                        .secret_id
-                        .and_then(|id| by_id.get(&id))
-                        .ok_or_else(|| unresolvable(&var.key, format!("{} does not exist", var.value)))?;
+                    let (Some(group_id), Some(name), Some(ciphertext)) = (var.secret_group_id, &var.secret_name, &var.secret_value)
+                    else {
+                        return Err(unresolvable(&var.key, format!("{} does not exist", var.value)));
+                    };
                     self.key
-                        .decrypt_string(&secret.value, &Aad::secret(secret.group_id, &secret.name))
+                        .decrypt_string(ciphertext, &Aad::secret(group_id, name))
                         .map_err(|e| unresolvable(&var.key, e.to_string()))?
                 }
                 _ => continue,

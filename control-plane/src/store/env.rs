@@ -19,6 +19,21 @@ fn scope_parts(scope: EnvScope) -> (&'static str, Option<i64>) {
     }
 }
 
+/// One row of an application's environment as resolution needs it: the variable and, for a
+/// `secret_ref`, the referenced secret's ciphertext and AAD parts, from one query.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EnvResolutionRow {
+    /// True for project rows, false for global ones.
+    pub project: bool,
+    pub key: String,
+    pub value: String,
+    pub value_type: String,
+    pub secret_id: Option<i64>,
+    pub secret_group_id: Option<i64>,
+    pub secret_name: Option<String>,
+    pub secret_value: Option<String>,
+}
+
 /// Outcome of importing a group into an application.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ImportOutcome {
@@ -27,6 +42,21 @@ pub struct ImportOutcome {
 }
 
 impl Store {
+    /// Global and project variables of an application with their referenced secrets, in one
+    /// query (the hot path of every deploy).
+    pub async fn env_for_resolution(&self, app_id: i64) -> Result<Vec<EnvResolutionRow>> {
+        sqlx::query_as(
+            "SELECT e.scope = 'project' AS project, e.key, e.value, e.value_type, e.secret_id, \
+             s.group_id AS secret_group_id, s.name AS secret_name, s.value AS secret_value \
+             FROM environment_variables e LEFT JOIN secrets s ON s.id = e.secret_id \
+             WHERE e.scope = 'global' OR e.project_id = ?",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
     /// Creates the variable or replaces the one with the same key in the same scope.
     pub async fn upsert_env(&self, scope: EnvScope, var: &NewEnvVar) -> Result<EnvVar> {
         let (scope_name, project_id) = scope_parts(scope);

@@ -132,6 +132,16 @@ impl Store {
             .ok_or_else(|| Error::not_found(format!("webhook {id} not found")))
     }
 
+    /// The ciphertext of a webhook's signing secret.
+    pub async fn webhook_secret(&self, id: i64) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT secret FROM webhooks WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Error::not_found(format!("webhook {id} not found")))
+    }
+
     /// The id of a webhook with exactly this URL, if any.
     pub async fn webhook_id_by_url(&self, url: &str) -> Result<Option<i64>> {
         sqlx::query_scalar("SELECT id FROM webhooks WHERE url = ? ORDER BY id LIMIT 1")
@@ -202,6 +212,22 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(internal)
+    }
+
+    /// Claims a due delivery for one attempt: its next attempt moves `seconds` ahead, so it is
+    /// not claimed again while the attempt runs (and is retried after a crash). False when it
+    /// is no longer pending.
+    pub async fn lease_delivery(&self, id: &str, seconds: f64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET next_attempt_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) \
+             WHERE id = ? AND status = 'pending'",
+        )
+        .bind(format!("+{:.3} seconds", seconds.max(0.0)))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(internal)?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Seconds until the next pending delivery is due (0 when one is due now), or `None` when
@@ -285,6 +311,8 @@ mod tests {
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].secret.as_deref(), Some(format!("sealed-{}", hook.id).as_str()));
         assert_eq!(store.seconds_until_next_delivery().await.unwrap(), Some(0.0));
+        assert!(store.lease_delivery("a", 30.0).await.unwrap());
+        assert!(store.due_deliveries(10).await.unwrap().is_empty(), "a leased delivery is due again");
 
         let retry = AttemptRecord {
             attempt: 1,
