@@ -1,7 +1,7 @@
 //! `berth app`: applications, their webhook and deploy targets (ApplicationService).
 
 use berth_proto::v1::{
-    target, Application, ApplicationDetail, CreateApplicationRequest, DeleteApplicationRequest,
+    target, Application, HealthCheckConfig, ApplicationDetail, CreateApplicationRequest, DeleteApplicationRequest,
     GetApplicationRequest, ListApplicationsRequest, PortMapping, RotateWebhookTokenRequest, Target,
     UpdateApplicationRequest,
 };
@@ -37,12 +37,25 @@ enum AppCommand {
         /// Refuse webhook deploys for this application
         #[arg(long)]
         no_webhook: bool,
-        /// Deploy automatically when a synced secret changes
+        /// Deploy automatically when a new tag of the image is pushed to its registry
         #[arg(long)]
         auto_deploy: bool,
-        /// agent:NAME or label:KEY=VALUE, repeatable; none means the local agent
+        /// agent:NAME or label:KEY=VALUE, repeatable; none means the only enrolled agent
         #[arg(long = "target", value_name = "TARGET", value_parser = parse_target)]
         targets: Vec<Target>,
+        /// Targets a rolling deploy updates at once (default 1)
+        #[arg(long)]
+        batch_size: Option<u32>,
+        /// http:PORT[/PATH] or tcp:PORT (container port), checked on the new container before
+        /// it replaces the old one; default: the image's HEALTHCHECK, else still running after 3s
+        #[arg(long, value_name = "CHECK", value_parser = parse_health_check)]
+        health_check: Option<HealthCheckConfig>,
+        /// Seconds the health check may take (default 60)
+        #[arg(long, requires = "health_check")]
+        health_timeout: Option<u32>,
+        /// Docker restart policy: no, always, unless-stopped (default), on-failure
+        #[arg(long)]
+        restart_policy: Option<String>,
     },
     /// List applications
     List,
@@ -81,9 +94,24 @@ struct Changes {
     /// Accept or refuse webhook deploys
     #[arg(long, value_enum)]
     webhook: Option<WebhookSwitch>,
-    /// Deploy automatically when a synced secret changes
+    /// Deploy automatically when a new tag of the image is pushed to its registry
     #[arg(long, value_enum)]
     auto_deploy: Option<OnOff>,
+    /// Targets a rolling deploy updates at once
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// http:PORT[/PATH] or tcp:PORT (container port)
+    #[arg(long, value_name = "CHECK", value_parser = parse_health_check, conflicts_with = "clear_health_check")]
+    health_check: Option<HealthCheckConfig>,
+    /// Seconds the health check may take (with --health-check)
+    #[arg(long, requires = "health_check")]
+    health_timeout: Option<u32>,
+    /// Go back to the default health check
+    #[arg(long)]
+    clear_health_check: bool,
+    /// Docker restart policy: no, always, unless-stopped, on-failure
+    #[arg(long)]
+    restart_policy: Option<String>,
     /// Replaces all targets, repeatable
     #[arg(long = "target", value_name = "TARGET", value_parser = parse_target)]
     targets: Vec<Target>,
@@ -116,6 +144,10 @@ pub async fn run(args: AppArgs, connect: &ConnectOptions, format: Format) -> any
             no_webhook,
             auto_deploy,
             targets,
+            batch_size,
+            health_check,
+            health_timeout,
+            restart_policy,
         } => {
             let response = client
                 .create_application(CreateApplicationRequest {
@@ -127,6 +159,9 @@ pub async fn run(args: AppArgs, connect: &ConnectOptions, format: Format) -> any
                     webhook_enabled: Some(!no_webhook),
                     auto_deploy,
                     targets,
+                    deploy_batch_size: batch_size,
+                    health_check: health_check.map(|h| with_timeout(h, health_timeout)),
+                    restart_policy,
                 })
                 .await?
                 .into_inner();
@@ -246,6 +281,55 @@ fn update_request(name: String, changes: Changes) -> UpdateApplicationRequest {
         auto_deploy: changes.auto_deploy.map(|a| matches!(a, OnOff::On)),
         set_targets: changes.clear_targets || !changes.targets.is_empty(),
         targets: changes.targets,
+        deploy_batch_size: changes.batch_size,
+        health_check: changes.health_check.map(|h| with_timeout(h, changes.health_timeout)),
+        clear_health_check: changes.clear_health_check,
+        restart_policy: changes.restart_policy,
+    }
+}
+
+fn with_timeout(mut check: HealthCheckConfig, timeout: Option<u32>) -> HealthCheckConfig {
+    check.timeout_seconds = timeout.unwrap_or(0);
+    check
+}
+
+/// `http:PORT[/PATH]` or `tcp:PORT`.
+fn parse_health_check(s: &str) -> Result<HealthCheckConfig, String> {
+    let (kind, rest) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected http:PORT[/PATH] or tcp:PORT"))?;
+    let (port, path) = match rest.split_once('/') {
+        Some((port, path)) => (port, format!("/{path}")),
+        None => (rest, String::new()),
+    };
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{s:?}: the port must be a number from 1 to 65535"))?;
+    match kind {
+        "http" => Ok(HealthCheckConfig { r#type: "http".into(), port: port.into(), path, timeout_seconds: 0 }),
+        "tcp" if path.is_empty() => Ok(HealthCheckConfig { r#type: "tcp".into(), port: port.into(), path, timeout_seconds: 0 }),
+        "tcp" => Err(format!("{s:?}: a tcp check has no path")),
+        _ => Err(format!("{s:?}: the check type must be http or tcp")),
+    }
+}
+
+#[cfg(test)]
+mod health_check_tests {
+    use super::parse_health_check;
+
+    #[test]
+    fn health_checks_parse() {
+        let h = parse_health_check("http:80/healthz").unwrap();
+        assert_eq!((h.r#type.as_str(), h.port, h.path.as_str()), ("http", 80, "/healthz"));
+        let h = parse_health_check("http:8080").unwrap();
+        assert_eq!(h.path, "");
+        let h = parse_health_check("tcp:5432").unwrap();
+        assert_eq!((h.r#type.as_str(), h.port), ("tcp", 5432));
+        for bad in ["http", "http:0", "http:x/y", "udp:53", "tcp:53/x", "http:70000"] {
+            assert!(parse_health_check(bad).is_err(), "{bad}");
+        }
     }
 }
 

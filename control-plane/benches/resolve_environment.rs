@@ -26,6 +26,9 @@ async fn setup(secrets: usize) -> (Service, i64) {
                 webhook_enabled: true,
                 auto_deploy: false,
                 targets: vec![],
+                deploy_batch_size: None,
+                health_check: None,
+                restart_policy: None,
             },
         )
         .await

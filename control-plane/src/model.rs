@@ -150,6 +150,9 @@ pub struct NewApplication {
     pub webhook_token_prefix: String,
     pub auto_deploy: bool,
     pub targets: Vec<Target>,
+    pub deploy_batch_size: i64,
+    pub health_check: Option<HealthCheckConfig>,
+    pub restart_policy: String,
 }
 
 /// A partial update; `None` leaves a field as it is.
@@ -162,6 +165,10 @@ pub struct ApplicationPatch {
     pub webhook_enabled: Option<bool>,
     pub auto_deploy: Option<bool>,
     pub targets: Option<Vec<Target>>,
+    pub deploy_batch_size: Option<i64>,
+    /// `Some(None)` removes the health check.
+    pub health_check: Option<Option<HealthCheckConfig>>,
+    pub restart_policy: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

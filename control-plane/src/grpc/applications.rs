@@ -43,6 +43,9 @@ impl pb::application_service_server::ApplicationService for ApplicationApi {
             webhook_enabled: r.webhook_enabled.unwrap_or(true),
             auto_deploy: r.auto_deploy,
             targets: targets(r.targets)?,
+            deploy_batch_size: r.deploy_batch_size,
+            health_check: r.health_check.map(convert::health_check_from_proto).transpose().map_err(status)?,
+            restart_policy: r.restart_policy,
         };
         let created = self.service.create_application(&actor, spec).await.map_err(status)?;
         Ok(Response::new(pb::CreateApplicationResponse {
@@ -84,6 +87,13 @@ impl pb::application_service_server::ApplicationService for ApplicationApi {
             webhook_enabled: r.webhook_enabled,
             auto_deploy: r.auto_deploy,
             targets: if r.set_targets { Some(targets(r.targets)?) } else { None },
+            deploy_batch_size: r.deploy_batch_size,
+            health_check: if r.clear_health_check {
+                Some(None)
+            } else {
+                r.health_check.map(convert::health_check_from_proto).transpose().map_err(status)?.map(Some)
+            },
+            restart_policy: r.restart_policy,
         };
         let app = self.service.update_application(&actor, &r.name, update).await.map_err(status)?;
         Ok(Response::new(convert::application(app)))

@@ -100,7 +100,28 @@ pub fn application(a: model::Application) -> pb::Application {
         targets: a.targets.into_iter().map(target_to_proto).collect(),
         created_at: a.created_at,
         updated_at: a.updated_at,
+        deploy_batch_size: a.deploy_batch_size.try_into().unwrap_or(1),
+        health_check: a.health_check.map(health_check_to_proto),
+        restart_policy: a.restart_policy,
     }
+}
+
+pub fn health_check_to_proto(h: model::HealthCheckConfig) -> pb::HealthCheckConfig {
+    pb::HealthCheckConfig {
+        r#type: h.kind,
+        port: h.port.into(),
+        path: h.path.unwrap_or_default(),
+        timeout_seconds: h.timeout_s.unwrap_or(0),
+    }
+}
+
+pub fn health_check_from_proto(h: pb::HealthCheckConfig) -> Result<model::HealthCheckConfig, crate::error::Error> {
+    Ok(model::HealthCheckConfig {
+        kind: h.r#type,
+        port: u16::try_from(h.port).map_err(|_| crate::error::Error::invalid("health check port is out of range"))?,
+        path: (!h.path.is_empty()).then_some(h.path),
+        timeout_s: (h.timeout_seconds != 0).then_some(h.timeout_seconds),
+    })
 }
 
 pub fn deployment(d: model::DeploymentLog) -> pb::DeploymentSummary {

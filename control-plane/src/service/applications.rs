@@ -6,7 +6,9 @@ use secrecy::{ExposeSecret as _, SecretString};
 use super::{Actor, Permission, Service};
 use crate::crypto::{generate_token, token_digest, token_preview};
 use crate::error::{Error, Result};
-use crate::model::{Application, ApplicationPatch, DeploymentLog, EnvScope, EnvVar, NewApplication, PortMapping, Target};
+use crate::model::{
+    Application, ApplicationPatch, DeploymentLog, EnvScope, EnvVar, HealthCheckConfig, NewApplication, PortMapping, Target,
+};
 use crate::validate;
 
 pub const WEBHOOK_TOKEN_PREFIX: &str = "whk_";
@@ -27,6 +29,10 @@ pub struct ApplicationSpec {
     pub webhook_enabled: bool,
     pub auto_deploy: bool,
     pub targets: Vec<Target>,
+    /// Targets updated at once by a rolling deploy (default 1).
+    pub deploy_batch_size: Option<u32>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub restart_policy: Option<String>,
 }
 
 /// A partial update, by names (the service turns them into ids).
@@ -40,6 +46,10 @@ pub struct ApplicationUpdate {
     pub webhook_enabled: Option<bool>,
     pub auto_deploy: Option<bool>,
     pub targets: Option<Vec<Target>>,
+    pub deploy_batch_size: Option<u32>,
+    /// `Some(None)` removes the health check.
+    pub health_check: Option<Option<HealthCheckConfig>>,
+    pub restart_policy: Option<String>,
 }
 
 pub struct CreatedApplication {
@@ -66,6 +76,7 @@ impl Service {
         }
         validate_ports(&spec.ports)?;
         validate_targets(&spec.targets)?;
+        validate_rollout(spec.deploy_batch_size, spec.health_check.as_ref(), spec.restart_policy.as_deref())?;
         let repository_id = match &spec.repository {
             Some(name) => Some(self.store.repository_id(name).await?),
             None => None,
@@ -84,6 +95,9 @@ impl Service {
                 webhook_token_prefix: token_preview(token.expose_secret(), TOKEN_PREVIEW_CHARS),
                 auto_deploy: spec.auto_deploy,
                 targets: spec.targets,
+                deploy_batch_size: spec.deploy_batch_size.unwrap_or(1).into(),
+                health_check: spec.health_check,
+                restart_policy: spec.restart_policy.unwrap_or_else(|| "unless-stopped".to_string()),
             })
             .await?;
         self.audit(actor, "application.create", &spec.name, None).await?;
@@ -127,6 +141,7 @@ impl Service {
         if let Some(targets) = &update.targets {
             validate_targets(targets)?;
         }
+        validate_rollout(update.deploy_batch_size, update.health_check.clone().flatten().as_ref(), update.restart_policy.as_deref())?;
         let repository_id = match &update.repository {
             Some(Some(repo)) => Some(Some(self.store.repository_id(repo).await?)),
             Some(None) => Some(None),
@@ -140,6 +155,9 @@ impl Service {
             webhook_enabled: update.webhook_enabled,
             auto_deploy: update.auto_deploy,
             targets: update.targets,
+            deploy_batch_size: update.deploy_batch_size.map(i64::from),
+            health_check: update.health_check,
+            restart_policy: update.restart_policy,
         };
         let updated = self.store.update_application(app.id, &patch).await?;
         self.audit(actor, "application.update", name, None).await?;
@@ -186,6 +204,36 @@ fn validate_ports(ports: &[PortMapping]) -> Result<()> {
     Ok(())
 }
 
+fn validate_rollout(batch: Option<u32>, health: Option<&HealthCheckConfig>, restart: Option<&str>) -> Result<()> {
+    if let Some(b) = batch {
+        if !(1..=10_000).contains(&b) {
+            return Err(Error::invalid("deploy batch size must be between 1 and 10000"));
+        }
+    }
+    if let Some(h) = health {
+        if h.kind != "http" && h.kind != "tcp" {
+            return Err(Error::invalid(format!("health check type must be http or tcp, got {:?}", h.kind)));
+        }
+        if h.port == 0 {
+            return Err(Error::invalid("health check port must be between 1 and 65535"));
+        }
+        if let Some(path) = &h.path {
+            if !path.starts_with('/') || path.len() > 512 || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(Error::invalid("health check path must start with / and contain no spaces"));
+            }
+        }
+        if matches!(h.timeout_s, Some(t) if t == 0 || t > 3600) {
+            return Err(Error::invalid("health check timeout must be between 1 and 3600 seconds"));
+        }
+    }
+    if let Some(r) = restart {
+        if !matches!(r, "no" | "always" | "unless-stopped" | "on-failure") {
+            return Err(Error::invalid(format!("restart policy must be no, always, unless-stopped or on-failure, got {r:?}")));
+        }
+    }
+    Ok(())
+}
+
 fn validate_targets(targets: &[Target]) -> Result<()> {
     for t in targets {
         match t {
@@ -215,6 +263,9 @@ pub(crate) mod tests {
             webhook_enabled: true,
             auto_deploy: false,
             targets: vec![],
+            deploy_batch_size: None,
+            health_check: None,
+            restart_policy: None,
         }
     }
 

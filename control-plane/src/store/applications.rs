@@ -38,7 +38,8 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(internal)?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO applications (name, image, version, repository_id, ports, webhook_enabled, \
-             webhook_token, webhook_token_prefix, auto_deploy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             webhook_token, webhook_token_prefix, auto_deploy, deploy_batch_size, health_check, restart_policy) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&app.name)
         .bind(&app.image)
@@ -49,6 +50,9 @@ impl Store {
         .bind(&app.webhook_token_digest)
         .bind(&app.webhook_token_prefix)
         .bind(app.auto_deploy)
+        .bind(app.deploy_batch_size)
+        .bind(app.health_check.as_ref().map(|h| serde_json::to_string(h).expect("health check serializes")))
+        .bind(&app.restart_policy)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| conflict(e, || format!("application {:?} already exists", app.name)))?;
@@ -105,6 +109,9 @@ impl Store {
             "UPDATE applications SET image = COALESCE(?, image), version = COALESCE(?, version), \
              repository_id = CASE WHEN ? THEN ? ELSE repository_id END, ports = COALESCE(?, ports), \
              webhook_enabled = COALESCE(?, webhook_enabled), auto_deploy = COALESCE(?, auto_deploy), \
+             deploy_batch_size = COALESCE(?, deploy_batch_size), \
+             health_check = CASE WHEN ? THEN ? ELSE health_check END, \
+             restart_policy = COALESCE(?, restart_policy), \
              updated_at = datetime('now') WHERE id = ?",
         )
         .bind(&patch.image)
@@ -114,6 +121,10 @@ impl Store {
         .bind(ports)
         .bind(patch.webhook_enabled)
         .bind(patch.auto_deploy)
+        .bind(patch.deploy_batch_size)
+        .bind(patch.health_check.is_some())
+        .bind(patch.health_check.clone().flatten().map(|h| serde_json::to_string(&h).expect("health check serializes")))
+        .bind(&patch.restart_policy)
         .bind(id)
         .execute(&mut *tx)
         .await
