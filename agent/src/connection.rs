@@ -23,14 +23,22 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// When a deploy command reached the agent, by the wall clock (unix nanoseconds).
+#[derive(Debug, Clone)]
+pub struct CommandReceipt {
+    pub deployment_id: String,
+    pub received_unix_nanos: i64,
+    /// When the control plane queued it on the stream.
+    pub sent_unix_nanos: i64,
+}
+
 /// Everything a running agent needs.
 pub struct AgentRuntime {
     pub data_dir: PathBuf,
     pub executor: Arc<dyn Executor>,
     pub version: String,
-    /// Called with (deployment id, latency in ns since the control plane sent it) on every
-    /// deploy command: the fleet simulator's dispatch-latency probe.
-    pub on_command: Option<mpsc::UnboundedSender<(String, i64)>>,
+    /// Told of every deploy command as it arrives: the fleet simulator's dispatch probe.
+    pub on_command: Option<mpsc::UnboundedSender<CommandReceipt>>,
     /// Dial this host:port instead of the one recorded at enrollment (`berth dev`, whose
     /// agent port may change between starts).
     pub endpoint_override: Option<String>,
@@ -194,7 +202,11 @@ fn handle(shared: &Arc<Shared>, message: pb::ControlMessage) {
     match message.msg {
         Some(Msg::Deploy(cmd)) => {
             if let Some(probe) = &shared.runtime.on_command {
-                let _ = probe.send((cmd.deployment_id.clone(), now_nanos() - cmd.sent_at_unix_nanos));
+                let _ = probe.send(CommandReceipt {
+                    deployment_id: cmd.deployment_id.clone(),
+                    received_unix_nanos: now_nanos(),
+                    sent_unix_nanos: cmd.sent_at_unix_nanos,
+                });
             }
             let (id, app) = (cmd.deployment_id.clone(), cmd.app.clone());
             start(shared, id, pb::CommandKind::Deploy, app, move |shared, events| async move {

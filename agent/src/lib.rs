@@ -11,5 +11,5 @@ pub mod fake;
 pub mod identity;
 pub mod journal;
 
-pub use connection::{run, AgentRuntime};
+pub use connection::{run, AgentRuntime, CommandReceipt};
 pub use identity::Identity;

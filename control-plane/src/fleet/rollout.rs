@@ -82,10 +82,8 @@ impl Fleet {
                 trigger_type: trigger.trigger_type,
                 trigger_source: trigger.source.as_deref(),
                 targets: &targets,
+                actor: actor_name,
             })
-            .await?;
-        store
-            .audit(actor_name, "deployment.start", &app.name, Some(&format!("{deployment_id} version {version}")))
             .await?;
         let prepared = match target_error {
             Some(e) => Err(Error::FailedPrecondition(e)),
@@ -223,7 +221,6 @@ impl Fleet {
 
     async fn rollout(&self, deployment_id: &str, app: &Application, command: pb::DeployCommand, targets: &[String]) -> Result<()> {
         let store = self.service().store();
-        store.mark_deployment_running(deployment_id).await?;
         let batch_size = usize::try_from(app.deploy_batch_size.max(1)).unwrap_or(1);
         let mut succeeded = Vec::new();
         let mut failure: Option<String> = None;
@@ -324,10 +321,9 @@ impl Fleet {
         let key = (deployment_id.to_string(), agent.to_string(), kind as i32);
         self.inner.waiters.lock().expect("waiters lock").insert(key.clone(), tx);
         self.inner.inflight.lock().expect("inflight lock").insert(key.clone(), msg.clone());
-        if kind == pb::CommandKind::Deploy {
-            store.mark_target_dispatched(deployment_id, agent).await?;
-        }
-        store.add_deployment_event(deployment_id, Some(agent), "dispatch", &format!("{} sent to {agent}", kind.as_str_name())).await?;
+        store
+            .dispatch_target(deployment_id, agent, kind == pb::CommandKind::Deploy, &format!("{} sent to {agent}", kind.as_str_name()))
+            .await?;
         self.inner.changed.notify_waiters();
         self.send(agent, msg);
         let outcome = tokio::time::timeout(self.inner.config.rollout.result_timeout, rx).await;

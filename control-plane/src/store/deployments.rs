@@ -33,6 +33,8 @@ pub struct NewDeployment<'a> {
     pub trigger_type: &'a str,
     pub trigger_source: Option<&'a str>,
     pub targets: &'a [String],
+    /// Who started it, for the audit row written in the same transaction.
+    pub actor: &'a str,
 }
 
 const NOW_MS: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -67,6 +69,45 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(internal)?;
+        sqlx::query(
+            "INSERT INTO audit_log (actor, action, target, details) \
+             SELECT ?, 'deployment.start', name, ? FROM applications WHERE id = ?",
+        )
+        .bind(d.actor)
+        .bind(format!("{} version {}", d.deployment_id, d.version))
+        .bind(d.application_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?;
+        tx.commit().await.map_err(internal)
+    }
+
+    /// Records, in one transaction (one fsync), that a command is about to be sent to an
+    /// agent: the deployment is running, the target is running, and the event.
+    pub async fn dispatch_target(&self, deployment_id: &str, agent: &str, deploy: bool, message: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        sqlx::query("UPDATE deployment_logs SET status = 'running' WHERE deployment_id = ? AND status = 'pending'")
+            .bind(deployment_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
+        if deploy {
+            sqlx::query(&format!(
+                "UPDATE deployment_targets SET status = 'running', started_at = {NOW_MS} WHERE deployment_id = ? AND agent_name = ?"
+            ))
+            .bind(deployment_id)
+            .bind(agent)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
+        }
+        sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, ?, 'dispatch', ?)")
+            .bind(deployment_id)
+            .bind(agent)
+            .bind(message)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
         tx.commit().await.map_err(internal)
     }
 
@@ -81,27 +122,6 @@ impl Store {
         .fetch_one(&self.pool)
         .await
         .map_err(internal)
-    }
-
-    pub async fn mark_deployment_running(&self, deployment_id: &str) -> Result<()> {
-        sqlx::query("UPDATE deployment_logs SET status = 'running' WHERE deployment_id = ? AND status = 'pending'")
-            .bind(deployment_id)
-            .execute(&self.pool)
-            .await
-            .map_err(internal)?;
-        Ok(())
-    }
-
-    pub async fn mark_target_dispatched(&self, deployment_id: &str, agent: &str) -> Result<()> {
-        sqlx::query(&format!(
-            "UPDATE deployment_targets SET status = 'running', started_at = {NOW_MS} WHERE deployment_id = ? AND agent_name = ?"
-        ))
-        .bind(deployment_id)
-        .bind(agent)
-        .execute(&self.pool)
-        .await
-        .map_err(internal)?;
-        Ok(())
     }
 
     /// Records a target's final state. Returns false when it already had one (a re-sent result).
