@@ -26,12 +26,19 @@ pub struct DevArgs {
     /// host:port agents are told to dial (defaults to the agent listen address).
     #[arg(long)]
     pub agent_endpoint: Option<String>,
+    /// Lifetime of agent certificates in seconds (agents renew at two thirds).
+    #[arg(long, default_value_t = 30 * 86400)]
+    pub agent_cert_ttl: u64,
     /// After a restart, seconds to wait for agents to report unfinished deployments.
     #[arg(long, default_value_t = 120)]
     pub reconcile_timeout: u64,
     /// Do not run the local agent (no Docker on this machine).
     #[arg(long)]
     pub no_agent: bool,
+    /// Address of the webhook shim for CI callers (HTTP) [default: 127.0.0.1:7480, or a
+    /// free port when that one is taken].
+    #[arg(long)]
+    pub webhook_listen: Option<SocketAddr>,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -47,19 +54,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .init();
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let webhook_listener = berth_control_plane::webhook::bind(args.webhook_listen).await?;
+    let webhook_url = format!("http://{}", webhook_listener.local_addr()?);
+    let webhook_public_url = args.webhook_public_url.clone().unwrap_or_else(|| webhook_url.clone());
     let node = node::start(NodeConfig {
         data_dir: data_dir.clone(),
         grpc_listen: args.grpc_listen,
         server_names: vec!["localhost".to_string(), "127.0.0.1".to_string()],
         master_key: MasterKeySource::from_vars(|k| std::env::var(k).ok()),
         write_admin_token_file: true,
-        webhook_public_url: args.webhook_public_url,
+        webhook_public_url: Some(webhook_public_url.clone()),
         agent_listen: args.agent_listen,
         agent_endpoint: args.agent_endpoint,
         fleet: {
             let mut fleet = berth_control_plane::fleet::FleetConfig::default();
             fleet.rollout.reconcile_timeout =
                 std::time::Duration::from_secs(args.reconcile_timeout);
+            fleet.cert_ttl = std::time::Duration::from_secs(args.agent_cert_ttl);
             fleet
         },
     })
@@ -70,6 +81,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("  admin api:       {addr}");
     println!("  ca fingerprint:  {}", node.ca_fingerprint);
+    println!("  webhook:         {webhook_url}/webhook/deploy");
     match (&node.initial_admin_key, &node.admin_token_file) {
         (Some(_), Some(path)) => println!(
             "  admin api key:   new, written to {} (mode 0600)",
@@ -89,6 +101,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The node's own webhook shim, with its own narrow key (role webhook), over the admin API.
+    let mut shim_config = berth_control_plane::webhook::ShimConfig::new(
+        addr.clone(),
+        Some(std::fs::read_to_string(&node.ca_cert_path)?),
+        berth_control_plane::webhook::dev_api_key(&node.service, &data_dir).await?,
+    );
+    shim_config.public_url = Some(webhook_public_url);
+    let mut shim_stop = stop_rx.clone();
     let local_agent = if args.no_agent {
         None
     } else {
@@ -105,8 +125,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     }));
     let agent = local_agent.map(|a| tokio::spawn(a.run()));
+    let shim = tokio::spawn(berth_control_plane::webhook::serve(shim_config, webhook_listener, async move {
+        let _ = shim_stop.wait_for(|s| *s).await;
+    }));
     shutdown_signal().await;
     let _ = stop_tx.send(true);
+    shim.abort();
     if let Some(agent) = agent {
         agent.abort();
     }
