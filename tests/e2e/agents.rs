@@ -509,3 +509,69 @@ async fn kill_9_of_the_control_plane_mid_deploy_leaves_nothing_pending_and_runs_
     assert!(all.iter().all(|d| d.status != "pending" && d.status != "running"), "{all:#?}");
     remove_app_containers(&app);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_renew_their_certificate_over_the_stream_without_a_restart() {
+    let d = dirs();
+    let agent_port = free_port();
+    // 15 s certificates: the agent renews after 10 s.
+    let node = DevNode::start_with(
+        d.data.path(),
+        d.logs.path(),
+        &[],
+        &["--no-agent", "--agent-listen", &format!("127.0.0.1:{agent_port}"), "--agent-cert-ttl", "15"],
+        free_port(),
+    )
+    .unwrap_or_else(|l| panic!("{l}"));
+    let a_dir = tempfile::tempdir().unwrap();
+    let name = unique("renew");
+    let agent = AgentProcess::start(&node, &name, &[], a_dir.path(), d.logs.path()).await;
+    wait_connected(&node, &name).await;
+    let first = std::fs::read_to_string(a_dir.path().join("agent.crt")).unwrap();
+    let first_key = std::fs::read_to_string(a_dir.path().join("agent.key")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let now = std::fs::read_to_string(a_dir.path().join("agent.crt")).unwrap_or_default();
+        if !now.is_empty() && now != first {
+            break;
+        }
+        assert!(Instant::now() < deadline, "certificate not renewed: {}", agent.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The same process reconnects with the new certificate; the old one is refused.
+    wait_connected(&node, &name).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_connected(&node, &name).await;
+    assert!(agent.log().contains("certificate renewed"), "{}", agent.log());
+    let ca = std::fs::read_to_string(&node.ca_cert).unwrap();
+    let old_key_cert = Identity::from_pem(&first, &first_key);
+    let refused = match agent_channel(&ca, &format!("127.0.0.1:{agent_port}"), Some(old_key_cert)).await {
+        Err(_) => true,
+        Ok(channel) => try_connect(channel).await.is_err(),
+    };
+    assert!(refused, "the superseded certificate still works");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_off_the_allowlist_is_refused_before_dispatch_and_audited() {
+    let d = dirs();
+    let node = DevNode::start_with(d.data.path(), d.logs.path(), &[], &["--no-agent", "--agent-listen", "127.0.0.1:0"], free_port())
+        .unwrap_or_else(|l| panic!("{l}"));
+    let admin = node.admin_token();
+    let channel = node.channel().await;
+    pb::allowlist_service_client::AllowlistServiceClient::new(channel.clone())
+        .add_image_pattern(authed(pb::AddImagePatternRequest { pattern: "registry.internal/team/*".into(), description: None }, &admin))
+        .await
+        .unwrap();
+    ApplicationServiceClient::new(channel.clone())
+        .create_application(authed(pb::CreateApplicationRequest { name: "rogue".into(), image: "evil/miner".into(), ..Default::default() }, &admin))
+        .await
+        .unwrap();
+    let detail = wait_deployment(&node, &deploy(&node, "rogue", "v1").await, Duration::from_secs(30)).await;
+    assert_eq!(status(&detail), "failed");
+    let reason = detail.deployment.clone().unwrap().error_message.unwrap_or_default();
+    assert!(reason.contains("not on the image allowlist"), "{reason}");
+    assert!(detail.events.iter().all(|e| e.phase != "dispatch"), "nothing may reach an agent: {detail:#?}");
+    let out = node.cli(&["app", "show", "rogue"], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("failed"));
+}

@@ -70,9 +70,18 @@ impl Fleet {
         validate::version(version)?;
         let store = self.service().store();
         let deployment_id = uuid::Uuid::new_v4().to_string();
-        let (targets, target_error) = match self.select_targets(&app).await {
-            Ok(t) => (t, None),
-            Err(e) => (Vec::new(), Some(e.to_string())),
+        // Everything that can refuse a deployment is decided before anything is dispatched:
+        // the allowlist and the environment first, then the targets.
+        let mut prepared = self.prepare_command(&app, version, &deployment_id).await;
+        let targets = match &prepared {
+            Ok(_) => match self.select_targets(&app).await {
+                Ok(targets) => targets,
+                Err(e) => {
+                    prepared = Err(e);
+                    Vec::new()
+                }
+            },
+            Err(_) => Vec::new(),
         };
         store
             .insert_deployment(&NewDeployment {
@@ -85,10 +94,6 @@ impl Fleet {
                 actor: actor_name,
             })
             .await?;
-        let prepared = match target_error {
-            Some(e) => Err(Error::FailedPrecondition(e)),
-            None => self.prepare_command(&app, version, &deployment_id).await,
-        };
         match prepared {
             Ok(command) => {
                 let fleet = self.clone();
