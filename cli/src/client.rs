@@ -128,6 +128,13 @@ impl Connection {
     pub fn agents(&self) -> AgentAdminServiceClient<AuthChannel> {
         AgentAdminServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
+
+    pub fn notifications(&self) -> berth_proto::v1::notification_service_client::NotificationServiceClient<AuthChannel> {
+        berth_proto::v1::notification_service_client::NotificationServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
 }
 
 /// Adds `authorization: Bearer <api key>` to every request. The header value is marked

@@ -19,6 +19,7 @@ mod output;
 mod prompt;
 mod repository;
 mod secret;
+mod webhook;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -67,6 +68,8 @@ enum Command {
     Deploy(deploy::DeployArgs),
     /// Agents: enrollment tokens, list, revoke
     Agent(agent::AgentArgs),
+    /// Outgoing deployment notifications: signed webhooks and their delivery history
+    Webhook(webhook::WebhookArgs),
     /// Print a shell completion script
     Completion {
         /// The shell to generate the script for
@@ -98,6 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Allowlist(args) => allowlist::run(args, connect, format).await,
         Command::Deploy(args) => deploy::run(args, connect, format).await,
         Command::Agent(args) => agent::run(args, connect, format).await,
+        Command::Webhook(args) => webhook::run(args, connect, format).await,
         Command::Completion { shell } => {
             // Into a buffer first: clap_complete panics when a write fails (`| head`).
             let mut script = Vec::new();

@@ -315,6 +315,35 @@ pub fn deployment_detail_json(detail: &DeploymentDetail) -> Value {
     })
 }
 
+pub fn notification_webhook_json(webhook: &berth_proto::v1::NotificationWebhook) -> Value {
+    json!({
+        "id": webhook.id,
+        "url": webhook.url,
+        "events": webhook.events,
+        "enabled": webhook.enabled,
+        "created_at": webhook.created_at,
+        "last_delivery_status": webhook.last_delivery_status,
+        "last_delivery_at": webhook.last_delivery_at,
+    })
+}
+
+pub fn webhook_delivery_json(delivery: &berth_proto::v1::WebhookDelivery) -> Value {
+    json!({
+        "id": delivery.id,
+        "webhook_id": delivery.webhook_id,
+        "url": delivery.url,
+        "event": delivery.event,
+        "deployment_id": delivery.deployment_id,
+        "attempt": delivery.attempt,
+        "status": delivery.status,
+        "response_code": delivery.response_code,
+        "error": delivery.error,
+        "next_attempt_at": delivery.next_attempt_at,
+        "created_at": delivery.created_at,
+        "delivered_at": delivery.delivered_at,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

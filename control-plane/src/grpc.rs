@@ -10,6 +10,7 @@ mod applications;
 mod convert;
 mod deploy;
 mod env;
+mod notify;
 mod registry;
 mod secrets;
 mod webhook;
@@ -28,6 +29,7 @@ pub use applications::ApplicationApi;
 pub use env::EnvApi;
 pub use registry::{AllowlistApi, RepositoryApi};
 pub use secrets::SecretApi;
+pub use notify::NotifyApi;
 pub use webhook::{WebhookApi, CALLER_REFUSED_METADATA};
 
 /// Maps a domain error to a gRPC status: the one place this happens.

@@ -9,9 +9,11 @@ pub mod fleet;
 pub mod grpc;
 pub mod model;
 pub mod node;
+pub mod notify;
 pub mod pki;
 pub mod service;
 pub mod store;
 pub mod validate;
+pub mod webhook;
 
 pub use error::{Error, ErrorCode, Result};

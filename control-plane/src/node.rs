@@ -177,6 +177,11 @@ impl Node {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        // Outgoing notifications: subscribed before reconcile so no finished deployment is
+        // missed; one notifier per node, its queue is the webhook_deliveries table.
+        let notifier = crate::notify::Notifier::new(self.service.clone());
+        self.fleet.on_finished(notifier.finished_hook());
+        let notifier_task = tokio::spawn(notifier.run(stopped(stop_rx.clone())));
         self.fleet.reconcile().await?;
         let reaper = {
             let fleet = self.fleet.clone();
@@ -231,10 +236,12 @@ impl Node {
             .add_service(pb::agent_admin_service_server::AgentAdminServiceServer::new(AgentAdminApi::new(self.fleet.clone())))
             .add_service(pb::agent_enrollment_server::AgentEnrollmentServer::new(AgentEnrollmentApi::new(self.fleet.clone())))
             .add_service(pb::webhook_service_server::WebhookServiceServer::new(WebhookApi::new(self.fleet.clone())))
+            .add_service(pb::notification_service_server::NotificationServiceServer::new(crate::grpc::NotifyApi::new(self.service.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
         agent_task.await??;
         reaper.abort();
+        let _ = notifier_task.await;
         self.service.store().close().await;
         tracing::info!("control plane stopped");
         Ok(())

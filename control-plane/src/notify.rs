@@ -33,7 +33,10 @@ use crate::store::{AttemptRecord, DueDelivery, NewDelivery};
 
 pub use http::{HttpSender, SendError, ATTEMPT_TIMEOUT};
 pub use payload::{event_body, signature, DeploymentPayload};
-pub use webhooks::{CreatedWebhook, DEFAULT_DELIVERY_LIMIT, MAX_DELIVERY_LIMIT, MAX_WEBHOOK_URL_LEN, WEBHOOK_SECRET_PREFIX};
+pub use webhooks::{
+    CreatedWebhook, DEFAULT_DELIVERY_LIMIT, MAX_DELIVERY_LIMIT, MAX_WEBHOOK_URL_LEN,
+    WEBHOOK_SECRET_PREFIX,
+};
 
 /// Subscribes to both outcomes.
 pub const EVENT_FINISHED: &str = "deployment.finished";
@@ -96,14 +99,25 @@ pub struct Notifier {
 impl Notifier {
     pub fn new(service: Service) -> Self {
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
-        Notifier { service, sender: HttpSender::default(), queue_tx, queue_rx }
+        Notifier {
+            service,
+            sender: HttpSender::default(),
+            queue_tx,
+            queue_rx,
+        }
     }
 
     /// The `Fleet::on_finished` subscriber: queues and returns at once.
     pub fn finished_hook(&self) -> FinishedHook {
         let tx = self.queue_tx.clone();
         std::sync::Arc::new(move |log: &DeploymentLog, app: &str| {
-            if tx.send(Finished { log: log.clone(), app: app.to_string() }).is_err() {
+            if tx
+                .send(Finished {
+                    log: log.clone(),
+                    app: app.to_string(),
+                })
+                .is_err()
+            {
                 tracing::warn!(deployment = %log.deployment_id, "notifier stopped; no notification for this deployment");
             }
         })
@@ -181,7 +195,11 @@ impl Notifier {
     }
 
     /// Starts attempts for due deliveries while there is room; returns how long to sleep.
-    async fn launch_due(&self, tasks: &mut JoinSet<()>, running: &mut HashMap<tokio::task::Id, String>) -> Result<Duration> {
+    async fn launch_due(
+        &self,
+        tasks: &mut JoinSet<()>,
+        running: &mut HashMap<tokio::task::Id, String>,
+    ) -> Result<Duration> {
         let store = self.service.store();
         let room = MAX_IN_FLIGHT.saturating_sub(tasks.len());
         if room == 0 {
@@ -201,7 +219,10 @@ impl Notifier {
             return Ok(IDLE_POLL);
         }
         let next = store.seconds_until_next_delivery().await?;
-        Ok(next.map(Duration::from_secs_f64).unwrap_or(IDLE_POLL).clamp(Duration::from_millis(10), IDLE_POLL))
+        Ok(next
+            .map(Duration::from_secs_f64)
+            .unwrap_or(IDLE_POLL)
+            .clamp(Duration::from_millis(10), IDLE_POLL))
     }
 }
 
@@ -214,7 +235,11 @@ async fn attempt(service: &Service, sender: &HttpSender, due: DueDelivery) {
         Ok(code) => (Some(*code), Some(format!("receiver answered {code}"))),
         Err(e) => (None, Some(e.to_string())),
     };
-    let retry = if error.is_some() { retry_delay(u32::try_from(number).unwrap_or(u32::MAX)) } else { None };
+    let retry = if error.is_some() {
+        retry_delay(u32::try_from(number).unwrap_or(u32::MAX))
+    } else {
+        None
+    };
     let status = match (&error, retry) {
         (None, _) => "delivered",
         (Some(_), Some(_)) => "pending",
@@ -222,36 +247,69 @@ async fn attempt(service: &Service, sender: &HttpSender, due: DueDelivery) {
     };
     let fields = (due.webhook_id, due.id.as_str(), number);
     match (status, &error) {
-        ("delivered", _) => tracing::info!(webhook = fields.0, delivery = fields.1, attempt = fields.2, code = ?response_code, "notification delivered"),
-        ("failed", Some(e)) => tracing::warn!(webhook = fields.0, delivery = fields.1, attempt = fields.2, error = %e, "notification failed; giving up"),
+        ("delivered", _) => {
+            tracing::info!(webhook = fields.0, delivery = fields.1, attempt = fields.2, code = ?response_code, "notification delivered")
+        }
+        ("failed", Some(e)) => {
+            tracing::warn!(webhook = fields.0, delivery = fields.1, attempt = fields.2, error = %e, "notification failed; giving up")
+        }
         // Retries are logged once, at the first failure.
-        (_, Some(e)) if number == 1 => tracing::warn!(webhook = fields.0, delivery = fields.1, error = %e, "notification not delivered; retrying with backoff"),
-        _ => tracing::debug!(webhook = fields.0, delivery = fields.1, attempt = fields.2, "notification retry failed"),
+        (_, Some(e)) if number == 1 => {
+            tracing::warn!(webhook = fields.0, delivery = fields.1, error = %e, "notification not delivered; retrying with backoff")
+        }
+        _ => tracing::debug!(
+            webhook = fields.0,
+            delivery = fields.1,
+            attempt = fields.2,
+            "notification retry failed"
+        ),
     }
-    let record = AttemptRecord { attempt: number, status, response_code, error, retry_in_seconds: retry.map(|d| d.as_secs_f64()) };
-    if let Err(e) = service.store().record_delivery_attempt(&due.id, &record).await {
+    let record = AttemptRecord {
+        attempt: number,
+        status,
+        response_code,
+        error,
+        retry_in_seconds: retry.map(|d| d.as_secs_f64()),
+    };
+    if let Err(e) = service
+        .store()
+        .record_delivery_attempt(&due.id, &record)
+        .await
+    {
         tracing::error!(delivery = %due.id, error = %e, "cannot record a delivery attempt");
     }
 }
 
 /// Signs and POSTs one delivery; the HTTP status, or why there was none.
-async fn send(service: &Service, sender: &HttpSender, due: &DueDelivery) -> std::result::Result<u16, String> {
-    let ciphertext = due
-        .secret
-        .as_deref()
-        .ok_or_else(|| "the webhook has no signing secret: remove it and add it again".to_string())?;
+async fn send(
+    service: &Service,
+    sender: &HttpSender,
+    due: &DueDelivery,
+) -> std::result::Result<u16, String> {
+    let ciphertext = due.secret.as_deref().ok_or_else(|| {
+        "the webhook has no signing secret: remove it and add it again".to_string()
+    })?;
     let secret = service
         .key()
         .decrypt(ciphertext, &webhooks::secret_aad(due.webhook_id))
         .map_err(|e| e.to_string())?;
-    let body = event_body(&due.id, &due.event, &due.payload, time::OffsetDateTime::now_utc()).map_err(|e| e.to_string())?;
+    let body = event_body(
+        &due.id,
+        &due.event,
+        &due.payload,
+        time::OffsetDateTime::now_utc(),
+    )
+    .map_err(|e| e.to_string())?;
     let headers = [
         ("x-berth-event", due.event.clone()),
         ("x-berth-delivery", due.id.clone()),
         ("x-berth-signature-256", signature(&secret, &body)),
     ];
     drop(secret);
-    sender.post(&due.url, &headers, body).await.map_err(|e| e.to_string())
+    sender
+        .post(&due.url, &headers, body)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod applications;
 mod audit;
 mod deployments;
 mod env;
+mod notifications;
 mod registry;
 mod secrets;
 
@@ -27,6 +28,7 @@ pub use audit::AuditEntry;
 pub use deployments::{DeploymentEventRow, DeploymentTargetRow, NewDeployment};
 pub use env::{EnvResolutionRow, ImportOutcome};
 pub use secrets::WriteCounts;
+pub use notifications::{AttemptRecord, DeliveryRow, DueDelivery, NewDelivery, WebhookRow};
 
 /// The database handle. Cheap to clone.
 #[derive(Clone)]
@@ -79,7 +81,8 @@ impl Store {
     /// Number of rows holding ciphertext, to know whether a master key is required.
     pub async fn count_encrypted_rows(&self) -> Result<i64, Error> {
         sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM secrets) + (SELECT COUNT(*) FROM repositories WHERE password IS NOT NULL)",
+            "SELECT (SELECT COUNT(*) FROM secrets) + (SELECT COUNT(*) FROM repositories WHERE password IS NOT NULL) \
+             + (SELECT COUNT(*) FROM webhooks WHERE secret IS NOT NULL)",
         )
         .fetch_one(&self.pool)
         .await

@@ -406,3 +406,26 @@ pub async fn deploy(node: &DevNode, app: &str, version: &str) -> String {
         .unwrap()
         .deployment_id
 }
+
+/// Waits until something accepts connections on 127.0.0.1:port.
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port} within 30s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts a `berth dev` node whose webhook shim listens on a port of its own (with the
+/// local agent, or `--no-agent`); returns the node and the shim's port once both answer.
+pub fn start_with_webhook(data_dir: &Path, log_dir: &Path, agent: bool) -> (DevNode, u16) {
+    let webhook_port = free_port();
+    let webhook_listen = format!("127.0.0.1:{webhook_port}");
+    let mut args = vec!["--agent-listen", "127.0.0.1:0", "--webhook-listen", webhook_listen.as_str()];
+    if !agent {
+        args.push("--no-agent");
+    }
+    let node = DevNode::start_with(data_dir, log_dir, &[], &args, free_port()).unwrap_or_else(|l| panic!("{l}"));
+    wait_listening(webhook_port, "the webhook shim");
+    (node, webhook_port)
+}

@@ -5,4 +5,6 @@
 mod common;
 mod agents;
 mod foundation;
+mod notify;
 mod registry;
+mod webhook;

@@ -2,23 +2,27 @@
 # Starts a private Docker registry (Debian's docker-registry, i.e. distribution) with basic
 # auth, for tests that deploy by really pulling with credentials.
 #
-#   tests/registry/start.sh DIR PORT USER PASSWORD
+#   tests/registry/start.sh DIR PORT USER PASSWORD [NOTIFY_URL]
 #
 # Listens on 127.0.0.1:PORT over plain HTTP (the Docker Engine allows insecure registries on
 # 127.0.0.0/8 by default), stores blobs in DIR/storage, writes DIR/config.yml, DIR/htpasswd,
 # DIR/registry.log and the registry's pid to DIR/pid, and returns once /v2/ answers 401.
 # Stop it with tests/registry/stop.sh DIR.
 #
+# With NOTIFY_URL, the registry sends its event notifications (pushes, pulls) there, with
+# `Authorization: Bearer $BERTH_REGISTRY_NOTIFY_SECRET` when that variable is set (the secret
+# stays off argv).
+#
 # With BERTH_REGISTRY_WATCH_PID=<pid> set, a watcher stops the registry and deletes DIR once
 # that process has exited, so a test binary that dies without cleaning up leaves nothing
 # running.
 set -eu
 
-if [ $# -ne 4 ]; then
-  echo "usage: $0 DIR PORT USER PASSWORD" >&2
+if [ $# -ne 4 ] && [ $# -ne 5 ]; then
+  echo "usage: $0 DIR PORT USER PASSWORD [NOTIFY_URL]" >&2
   exit 2
 fi
-DIR=$1 PORT=$2 USER=$3 PASSWORD=$4
+DIR=$1 PORT=$2 USER=$3 PASSWORD=$4 NOTIFY_URL=${5:-}
 REGISTRY=${REGISTRY:-/usr/bin/docker-registry}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
@@ -58,6 +62,25 @@ auth:
     realm: berth-test
     path: $DIR/htpasswd
 YAML
+
+if [ -n "$NOTIFY_URL" ]; then
+  cat >>"$DIR/config.yml" <<YAML
+notifications:
+  endpoints:
+    - name: notify
+      url: $NOTIFY_URL
+      timeout: 5s
+      threshold: 10
+      backoff: 1s
+YAML
+  if [ -n "${BERTH_REGISTRY_NOTIFY_SECRET:-}" ]; then
+    cat >>"$DIR/config.yml" <<YAML
+      headers:
+        Authorization: [Bearer $BERTH_REGISTRY_NOTIFY_SECRET]
+YAML
+  fi
+  chmod 600 "$DIR/config.yml"
+fi
 
 setsid "$REGISTRY" serve "$DIR/config.yml" </dev/null >"$DIR/registry.log" 2>&1 &
 echo $! >"$DIR/pid"

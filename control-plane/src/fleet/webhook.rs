@@ -21,9 +21,11 @@ use crate::service::{Actor, Permission};
 use crate::validate;
 
 /// The seed's 400 message, word for word.
-pub const MISSING_FIELDS: &str = "Missing required fields: (applicationId or applicationName), version, token";
+pub const MISSING_FIELDS: &str =
+    "Missing required fields: (applicationId or applicationName), version, token";
 /// The seed's 404 message, word for word.
-pub const APPLICATION_NOT_FOUND: &str = "Application not found. Please register the application first.";
+pub const APPLICATION_NOT_FOUND: &str =
+    "Application not found. Please register the application first.";
 /// The seed's 401 message, word for word.
 pub const INVALID_TOKEN: &str = "Invalid webhook token";
 pub const DEPLOYMENT_NOT_FOUND: &str = "Deployment not found";
@@ -90,7 +92,11 @@ pub struct RegistryOutcome {
 impl Fleet {
     /// The seed's webhook deploy: 400 missing fields, 404 unknown application, 403 webhook
     /// disabled, 401 wrong token, then a deployment with `trigger_type = webhook`.
-    pub async fn webhook_deploy(&self, actor: &Actor, request: WebhookDeploy) -> Result<WebhookDeployment> {
+    pub async fn webhook_deploy(
+        &self,
+        actor: &Actor,
+        request: WebhookDeploy,
+    ) -> Result<WebhookDeployment> {
         actor.require(Permission::WebhookDeploy)?;
         let named = match &request.application {
             Some(ApplicationRef::Id(id)) => *id > 0,
@@ -101,16 +107,31 @@ impl Fleet {
             return Err(Error::invalid(MISSING_FIELDS));
         }
         validate::version(&request.version)?;
-        let app = self.webhook_application(request.application.as_ref().expect("checked above")).await?;
-        self.check_webhook_token(&app, &request.token, request.client_ip).await?;
-        let trigger = DeployTrigger { trigger_type: "webhook", source: Some(request.client_ip.to_string()) };
+        let app = self
+            .webhook_application(request.application.as_ref().expect("checked above"))
+            .await?;
+        self.check_webhook_token(&app, &request.token, request.client_ip)
+            .await?;
+        let trigger = DeployTrigger {
+            trigger_type: "webhook",
+            source: Some(request.client_ip.to_string()),
+        };
         let actor_name = format!("webhook:{}", request.client_ip);
-        let deployment_id = self.start_deployment(&actor_name, app.clone(), &request.version, trigger).await?;
+        let deployment_id = self
+            .start_deployment(&actor_name, app.clone(), &request.version, trigger)
+            .await?;
         let log = match request.wait {
-            Some(wait) => self.wait_finished(&deployment_id, wait.min(MAX_WAIT)).await?,
+            Some(wait) => {
+                self.wait_finished(&deployment_id, wait.min(MAX_WAIT))
+                    .await?
+            }
             None => self.service().store().deployment(&deployment_id).await?.0,
         };
-        Ok(WebhookDeployment { log, application_id: app.id, application_name: app.name })
+        Ok(WebhookDeployment {
+            log,
+            application_id: app.id,
+            application_name: app.name,
+        })
     }
 
     /// `GET /webhook/deployments/{id}`: readable with the token of the deployment's
@@ -124,7 +145,9 @@ impl Fleet {
     ) -> Result<WebhookDeployment> {
         actor.require(Permission::WebhookDeploy)?;
         if deployment_id.is_empty() || token.expose_secret().is_empty() {
-            return Err(Error::invalid("Missing required fields: deploymentId, token"));
+            return Err(Error::invalid(
+                "Missing required fields: deploymentId, token",
+            ));
         }
         let store = self.service().store();
         let log = match store.deployment(deployment_id).await {
@@ -134,20 +157,36 @@ impl Fleet {
         };
         let app = store.application_by_id(log.application_id).await?;
         self.check_webhook_token(&app, token, client_ip).await?;
-        Ok(WebhookDeployment { log, application_id: app.id, application_name: app.name })
+        Ok(WebhookDeployment {
+            log,
+            application_id: app.id,
+            application_name: app.name,
+        })
     }
 
     /// deploys each pushed tag to the `auto_deploy` applications whose image is the
     /// pushed repository. Tags that are not valid versions, repositories nothing uses, and
     /// repeats of a deployment still in progress are counted as ignored.
-    pub async fn registry_push(&self, actor: &Actor, pushes: &[RegistryPush], client_ip: IpAddr) -> Result<RegistryOutcome> {
+    pub async fn registry_push(
+        &self,
+        actor: &Actor,
+        pushes: &[RegistryPush],
+        client_ip: IpAddr,
+    ) -> Result<RegistryOutcome> {
         actor.require(Permission::WebhookDeploy)?;
         if pushes.len() > MAX_REGISTRY_EVENTS {
-            return Err(Error::invalid(format!("a notification may carry at most {MAX_REGISTRY_EVENTS} push events")));
+            return Err(Error::invalid(format!(
+                "a notification may carry at most {MAX_REGISTRY_EVENTS} push events"
+            )));
         }
         let store = self.service().store();
         let mut candidates = Vec::new();
-        for app in store.list_applications().await?.into_iter().filter(|a| a.auto_deploy) {
+        for app in store
+            .list_applications()
+            .await?
+            .into_iter()
+            .filter(|a| a.auto_deploy)
+        {
             let registry = match &app.repository {
                 Some(name) => Some(registry_host(&store.repository(name).await?.url)),
                 None => None,
@@ -164,11 +203,18 @@ impl Fleet {
             }
             let mut matched = false;
             for (app, registry) in &candidates {
-                if !image_matches(&app.image, registry.as_deref(), &push.host, &push.repository) {
+                if !image_matches(
+                    &app.image,
+                    registry.as_deref(),
+                    &push.host,
+                    &push.repository,
+                ) {
                     continue;
                 }
                 matched = true;
-                if !seen.insert((app.id, push.tag.clone())) || self.deploying(app.id, &push.tag).await? {
+                if !seen.insert((app.id, push.tag.clone()))
+                    || self.deploying(app.id, &push.tag).await?
+                {
                     outcome.ignored += 1;
                     continue;
                 }
@@ -176,9 +222,20 @@ impl Fleet {
                     trigger_type: "registry",
                     source: Some(format!("{}/{}:{}", push.host, push.repository, push.tag)),
                 };
-                let id = self.start_deployment(&format!("registry:{client_ip}"), app.clone(), &push.tag, trigger).await?;
+                let id = self
+                    .start_deployment(
+                        &format!("registry:{client_ip}"),
+                        app.clone(),
+                        &push.tag,
+                        trigger,
+                    )
+                    .await?;
                 let log = store.deployment(&id).await?.0;
-                outcome.started.push(WebhookDeployment { log, application_id: app.id, application_name: app.name.clone() });
+                outcome.started.push(WebhookDeployment {
+                    log,
+                    application_id: app.id,
+                    application_name: app.name.clone(),
+                });
             }
             if !matched {
                 outcome.ignored += 1;
@@ -193,7 +250,9 @@ impl Fleet {
         let store = self.service().store();
         let found = match reference {
             ApplicationRef::Id(id) => store.application_by_id(*id).await,
-            ApplicationRef::Name(name) if validate::name("application", name).is_ok() => store.application(name).await,
+            ApplicationRef::Name(name) if validate::name("application", name).is_ok() => {
+                store.application(name).await
+            }
             ApplicationRef::Name(_) => Err(Error::not_found(APPLICATION_NOT_FOUND)),
         };
         let app = match found {
@@ -210,16 +269,30 @@ impl Fleet {
     /// Compares the presented token with the application's stored digest in constant time.
     /// A refusal is audited with the client IP and logged with at most the token's first
     /// eight characters.
-    async fn check_webhook_token(&self, app: &Application, token: &SecretString, client_ip: IpAddr) -> Result<()> {
+    async fn check_webhook_token(
+        &self,
+        app: &Application,
+        token: &SecretString,
+        client_ip: IpAddr,
+    ) -> Result<()> {
         let store = self.service().store();
         let digest = store.webhook_token_digest(app.id).await?;
         if digest.is_some_and(|d| token_matches(token, &d)) {
             return Ok(());
         }
-        let prefix: String = token.expose_secret().chars().take(LOGGED_TOKEN_CHARS).collect();
+        let prefix: String = token
+            .expose_secret()
+            .chars()
+            .take(LOGGED_TOKEN_CHARS)
+            .collect();
         tracing::warn!(app = %app.name, %client_ip, token_prefix = %prefix, "webhook token refused");
         store
-            .audit(&format!("webhook:{client_ip}"), "webhook.token_refused", &app.name, Some(&format!("client {client_ip}")))
+            .audit(
+                &format!("webhook:{client_ip}"),
+                "webhook.token_refused",
+                &app.name,
+                Some(&format!("client {client_ip}")),
+            )
             .await?;
         Err(Error::Unauthenticated(INVALID_TOKEN.to_string()))
     }
@@ -228,13 +301,18 @@ impl Fleet {
     /// (a registry re-sending the same notification).
     async fn deploying(&self, app_id: i64, version: &str) -> Result<bool> {
         let latest = self.service().store().recent_deployments(app_id, 1).await?;
-        Ok(latest.first().is_some_and(|d| d.version == version && matches!(d.status.as_str(), "pending" | "running")))
+        Ok(latest.first().is_some_and(|d| {
+            d.version == version && matches!(d.status.as_str(), "pending" | "running")
+        }))
     }
 }
 
 /// `https://reg.example.com:5000/` -> `reg.example.com:5000`.
 fn registry_host(url: &str) -> String {
-    url.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_string()
+    url.trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// Whether an application's image is the pushed repository: its image is `repository` in a
@@ -243,7 +321,9 @@ fn image_matches(image: &str, registry: Option<&str>, host: &str, repository: &s
     if registry.is_some_and(|r| r.eq_ignore_ascii_case(host)) && image == repository {
         return true;
     }
-    image.split_once('/').is_some_and(|(h, rest)| h.eq_ignore_ascii_case(host) && rest == repository)
+    image
+        .split_once('/')
+        .is_some_and(|(h, rest)| h.eq_ignore_ascii_case(host) && rest == repository)
 }
 
 #[cfg(test)]
@@ -262,11 +342,17 @@ mod tests {
     async fn fleet() -> (Fleet, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(dir.path(), &["localhost".to_string()]).unwrap();
-        (Fleet::new(service().await, Arc::new(pki), FleetConfig::default()), dir)
+        (
+            Fleet::new(service().await, Arc::new(pki), FleetConfig::default()),
+            dir,
+        )
     }
 
     fn shim() -> Actor {
-        Actor { name: "apikey:shim".into(), role: Role::Webhook }
+        Actor {
+            name: "apikey:shim".into(),
+            role: Role::Webhook,
+        }
     }
 
     fn request(app: ApplicationRef, version: &str, token: &str) -> WebhookDeploy {
@@ -288,47 +374,113 @@ mod tests {
     async fn the_seed_checks_come_in_the_seed_order_with_the_seed_messages() {
         let (fleet, _dir) = fleet().await;
         let svc = fleet.service().clone();
-        let a = svc.create_application(&admin(), new_app("app-a")).await.unwrap();
-        let b = svc.create_application(&admin(), new_app("app-b")).await.unwrap();
+        let a = svc
+            .create_application(&admin(), new_app("app-a"))
+            .await
+            .unwrap();
+        let b = svc
+            .create_application(&admin(), new_app("app-b"))
+            .await
+            .unwrap();
         let token_a = a.webhook_token.expose_secret().to_string();
         let token_b = b.webhook_token.expose_secret().to_string();
 
         let mut missing = request(ApplicationRef::Name("app-a".into()), "v1", &token_a);
         missing.application = None;
-        assert_eq!(code(fleet.webhook_deploy(&shim(), missing).await), (ErrorCode::InvalidArgument, MISSING_FIELDS.into()));
+        assert_eq!(
+            code(fleet.webhook_deploy(&shim(), missing).await),
+            (ErrorCode::InvalidArgument, MISSING_FIELDS.into())
+        );
         let empty = request(ApplicationRef::Name("app-a".into()), "", &token_a);
-        assert_eq!(code(fleet.webhook_deploy(&shim(), empty).await).0, ErrorCode::InvalidArgument);
+        assert_eq!(
+            code(fleet.webhook_deploy(&shim(), empty).await).0,
+            ErrorCode::InvalidArgument
+        );
         for bad in ["v1;rm -rf /", "../etc", "v1\n", "-v1"] {
-            let r = fleet.webhook_deploy(&shim(), request(ApplicationRef::Name("app-a".into()), bad, &token_a)).await;
+            let r = fleet
+                .webhook_deploy(
+                    &shim(),
+                    request(ApplicationRef::Name("app-a".into()), bad, &token_a),
+                )
+                .await;
             assert_eq!(code(r).0, ErrorCode::InvalidArgument, "{bad:?}");
         }
-        for unknown in [ApplicationRef::Name("nope".into()), ApplicationRef::Name("приложение".into()), ApplicationRef::Id(999)] {
-            let r = fleet.webhook_deploy(&shim(), request(unknown, "v1", &token_a)).await;
+        for unknown in [
+            ApplicationRef::Name("nope".into()),
+            ApplicationRef::Name("приложение".into()),
+            ApplicationRef::Id(999),
+        ] {
+            let r = fleet
+                .webhook_deploy(&shim(), request(unknown, "v1", &token_a))
+                .await;
             assert_eq!(code(r), (ErrorCode::NotFound, APPLICATION_NOT_FOUND.into()));
         }
         // App A's token does not open app B.
-        let r = fleet.webhook_deploy(&shim(), request(ApplicationRef::Id(b.application.id), "v1", &token_a)).await;
+        let r = fleet
+            .webhook_deploy(
+                &shim(),
+                request(ApplicationRef::Id(b.application.id), "v1", &token_a),
+            )
+            .await;
         assert_eq!(code(r), (ErrorCode::Unauthenticated, INVALID_TOKEN.into()));
         let audit = svc.store().list_audit(10).await.unwrap();
-        let refusal = audit.iter().find(|e| e.action == "webhook.token_refused").expect("refusal audited");
+        let refusal = audit
+            .iter()
+            .find(|e| e.action == "webhook.token_refused")
+            .expect("refusal audited");
         assert_eq!(refusal.actor, format!("webhook:{IP}"));
-        assert!(!format!("{audit:?}").contains(&token_a[4..]), "no token in the audit log");
+        assert!(
+            !format!("{audit:?}").contains(&token_a[4..]),
+            "no token in the audit log"
+        );
 
-        let update = crate::service::applications::ApplicationUpdate { webhook_enabled: Some(false), ..Default::default() };
-        svc.update_application(&admin(), "app-b", update).await.unwrap();
-        let r = fleet.webhook_deploy(&shim(), request(ApplicationRef::Name("app-b".into()), "v1", &token_b)).await;
-        assert_eq!(code(r), (ErrorCode::PermissionDenied, "Webhook deployment is disabled for application \"app-b\"".into()));
+        let update = crate::service::applications::ApplicationUpdate {
+            webhook_enabled: Some(false),
+            ..Default::default()
+        };
+        svc.update_application(&admin(), "app-b", update)
+            .await
+            .unwrap();
+        let r = fleet
+            .webhook_deploy(
+                &shim(),
+                request(ApplicationRef::Name("app-b".into()), "v1", &token_b),
+            )
+            .await;
+        assert_eq!(
+            code(r),
+            (
+                ErrorCode::PermissionDenied,
+                "Webhook deployment is disabled for application \"app-b\"".into()
+            )
+        );
 
         // Only the shim's role (or an admin) may call it.
-        let r = fleet.webhook_deploy(&viewer(), request(ApplicationRef::Name("app-a".into()), "v1", &token_a)).await;
+        let r = fleet
+            .webhook_deploy(
+                &viewer(),
+                request(ApplicationRef::Name("app-a".into()), "v1", &token_a),
+            )
+            .await;
         assert_eq!(code(r).0, ErrorCode::PermissionDenied);
-        assert!(svc.store().recent_deployments(a.application.id, 10).await.unwrap().is_empty(), "nothing written");
+        assert!(
+            svc.store()
+                .recent_deployments(a.application.id, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "nothing written"
+        );
     }
 
     #[tokio::test]
     async fn a_valid_token_starts_a_webhook_deployment_from_the_client_ip() {
         let (fleet, _dir) = fleet().await;
-        let a = fleet.service().create_application(&admin(), new_app("app-a")).await.unwrap();
+        let a = fleet
+            .service()
+            .create_application(&admin(), new_app("app-a"))
+            .await
+            .unwrap();
         let token = a.webhook_token.expose_secret().to_string();
         // No agent is enrolled: the deployment is recorded and fails before dispatch.
         let mut r = request(ApplicationRef::Name("app-a".into()), "v1.2.3", &token);
@@ -338,15 +490,31 @@ mod tests {
         assert_eq!(done.log.status, "failed");
         assert_eq!(done.log.trigger_type, "webhook");
         assert_eq!(done.log.trigger_source.as_deref(), Some("203.0.113.7"));
-        assert_eq!((done.application_id, done.application_name.as_str()), (a.application.id, "app-a"));
+        assert_eq!(
+            (done.application_id, done.application_name.as_str()),
+            (a.application.id, "app-a")
+        );
 
         let id = done.log.deployment_id.clone();
-        let status = fleet.webhook_status(&shim(), &id, &SecretString::from(token.clone()), IP).await.unwrap();
+        let status = fleet
+            .webhook_status(&shim(), &id, &SecretString::from(token.clone()), IP)
+            .await
+            .unwrap();
         assert_eq!(status.log.deployment_id, id);
-        let other = fleet.service().create_application(&admin(), new_app("app-b")).await.unwrap();
-        let wrong = fleet.webhook_status(&shim(), &id, &other.webhook_token, IP).await.unwrap_err();
+        let other = fleet
+            .service()
+            .create_application(&admin(), new_app("app-b"))
+            .await
+            .unwrap();
+        let wrong = fleet
+            .webhook_status(&shim(), &id, &other.webhook_token, IP)
+            .await
+            .unwrap_err();
         assert_eq!(wrong.code(), ErrorCode::Unauthenticated);
-        let missing = fleet.webhook_status(&shim(), "nope", &other.webhook_token, IP).await.unwrap_err();
+        let missing = fleet
+            .webhook_status(&shim(), "nope", &other.webhook_token, IP)
+            .await
+            .unwrap_err();
         assert_eq!(missing.code(), ErrorCode::NotFound);
     }
 
@@ -354,7 +522,9 @@ mod tests {
     async fn registry_pushes_deploy_auto_deploy_applications_of_that_image_only() {
         let (fleet, _dir) = fleet().await;
         let svc = fleet.service().clone();
-        svc.add_repository(&admin(), "reg", "http://127.0.0.1:5000", None, None).await.unwrap();
+        svc.add_repository(&admin(), "reg", "http://127.0.0.1:5000", None, None)
+            .await
+            .unwrap();
         let mut auto = new_app("auto");
         auto.image = "web".into();
         auto.repository = Some("reg".into());
@@ -369,27 +539,75 @@ mod tests {
         full.auto_deploy = true;
         svc.create_application(&admin(), full).await.unwrap();
 
-        let push = |repository: &str, tag: &str| RegistryPush { host: "127.0.0.1:5000".into(), repository: repository.into(), tag: tag.into() };
+        let push = |repository: &str, tag: &str| RegistryPush {
+            host: "127.0.0.1:5000".into(),
+            repository: repository.into(),
+            tag: tag.into(),
+        };
         let outcome = fleet
-            .registry_push(&shim(), &[push("web", "v7"), push("web", "v7"), push("other", "v1"), push("web", "bad;tag")], IP)
+            .registry_push(
+                &shim(),
+                &[
+                    push("web", "v7"),
+                    push("web", "v7"),
+                    push("other", "v1"),
+                    push("web", "bad;tag"),
+                ],
+                IP,
+            )
             .await
             .unwrap();
-        let mut names: Vec<&str> = outcome.started.iter().map(|d| d.application_name.as_str()).collect();
+        let mut names: Vec<&str> = outcome
+            .started
+            .iter()
+            .map(|d| d.application_name.as_str())
+            .collect();
         names.sort();
         assert_eq!(names, ["auto", "full"]);
-        assert!(outcome.started.iter().all(|d| d.log.trigger_type == "registry" && d.log.version == "v7"));
+        assert!(outcome
+            .started
+            .iter()
+            .all(|d| d.log.trigger_type == "registry" && d.log.version == "v7"));
         assert_eq!(outcome.ignored, 4);
         let manual_id = svc.store().application("manual").await.unwrap().id;
-        assert!(svc.store().recent_deployments(manual_id, 10).await.unwrap().is_empty());
+        assert!(svc
+            .store()
+            .recent_deployments(manual_id, 10)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn images_match_by_registry_and_repository() {
-        assert!(image_matches("web", Some("127.0.0.1:5000"), "127.0.0.1:5000", "web"));
-        assert!(image_matches("127.0.0.1:5000/team/web", None, "127.0.0.1:5000", "team/web"));
+        assert!(image_matches(
+            "web",
+            Some("127.0.0.1:5000"),
+            "127.0.0.1:5000",
+            "web"
+        ));
+        assert!(image_matches(
+            "127.0.0.1:5000/team/web",
+            None,
+            "127.0.0.1:5000",
+            "team/web"
+        ));
         assert!(!image_matches("web", None, "127.0.0.1:5000", "web"));
-        assert!(!image_matches("web", Some("127.0.0.1:5001"), "127.0.0.1:5000", "web"));
-        assert!(!image_matches("webx", Some("127.0.0.1:5000"), "127.0.0.1:5000", "web"));
-        assert_eq!(registry_host("https://Reg.example.com:5000/"), "Reg.example.com:5000");
+        assert!(!image_matches(
+            "web",
+            Some("127.0.0.1:5001"),
+            "127.0.0.1:5000",
+            "web"
+        ));
+        assert!(!image_matches(
+            "webx",
+            Some("127.0.0.1:5000"),
+            "127.0.0.1:5000",
+            "web"
+        ));
+        assert_eq!(
+            registry_host("https://Reg.example.com:5000/"),
+            "Reg.example.com:5000"
+        );
     }
 }

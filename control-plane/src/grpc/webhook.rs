@@ -27,19 +27,25 @@ impl WebhookApi {
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<Actor, Status> {
-        let actor = authenticate(self.fleet.service(), request).await.map_err(caller_refused)?;
-        actor.require(Permission::WebhookDeploy).map_err(|e| caller_refused(status(e)))?;
+        let actor = authenticate(self.fleet.service(), request)
+            .await
+            .map_err(caller_refused)?;
+        actor
+            .require(Permission::WebhookDeploy)
+            .map_err(|e| caller_refused(status(e)))?;
         Ok(actor)
     }
 }
 
 fn caller_refused(mut s: Status) -> Status {
-    s.metadata_mut().insert(CALLER_REFUSED_METADATA, "1".parse().expect("ascii"));
+    s.metadata_mut()
+        .insert(CALLER_REFUSED_METADATA, "1".parse().expect("ascii"));
     s
 }
 
 fn client_ip(text: &str) -> Result<IpAddr, Status> {
-    text.parse().map_err(|_| Status::invalid_argument(format!("client_ip {text:?} is not an ip address")))
+    text.parse()
+        .map_err(|_| Status::invalid_argument(format!("client_ip {text:?} is not an ip address")))
 }
 
 fn deployment(d: WebhookDeployment) -> pb::WebhookDeployResponse {
@@ -48,7 +54,10 @@ fn deployment(d: WebhookDeployment) -> pb::WebhookDeployResponse {
     pb::WebhookDeployResponse {
         deployment: Some(pb::WebhookDeployment {
             deployment_id: log.deployment_id,
-            application: Some(pb::WebhookApplication { id: d.application_id, name: d.application_name }),
+            application: Some(pb::WebhookApplication {
+                id: d.application_id,
+                name: d.application_name,
+            }),
             version: log.version,
             status: log.status,
             error_message: log.error_message,
@@ -64,7 +73,10 @@ fn deployment(d: WebhookDeployment) -> pb::WebhookDeployResponse {
 
 #[tonic::async_trait]
 impl pb::webhook_service_server::WebhookService for WebhookApi {
-    async fn deploy(&self, request: Request<pb::WebhookDeployRequest>) -> Result<Response<pb::WebhookDeployResponse>, Status> {
+    async fn deploy(
+        &self,
+        request: Request<pb::WebhookDeployRequest>,
+    ) -> Result<Response<pb::WebhookDeployResponse>, Status> {
         let actor = self.caller(&request).await?;
         let r = request.into_inner();
         let application = match (r.application_id, r.application_name) {
@@ -77,13 +89,22 @@ impl pb::webhook_service_server::WebhookService for WebhookApi {
             version: r.version,
             token: SecretString::from(r.token),
             client_ip: client_ip(&r.client_ip)?,
-            wait: r.wait.then(|| Duration::from_millis(r.wait_timeout_ms.into())),
+            wait: r
+                .wait
+                .then(|| Duration::from_millis(r.wait_timeout_ms.into())),
         };
-        let done = self.fleet.webhook_deploy(&actor, deploy).await.map_err(status)?;
+        let done = self
+            .fleet
+            .webhook_deploy(&actor, deploy)
+            .await
+            .map_err(status)?;
         Ok(Response::new(deployment(done)))
     }
 
-    async fn get_status(&self, request: Request<pb::WebhookStatusRequest>) -> Result<Response<pb::WebhookDeployResponse>, Status> {
+    async fn get_status(
+        &self,
+        request: Request<pb::WebhookStatusRequest>,
+    ) -> Result<Response<pb::WebhookDeployResponse>, Status> {
         let actor = self.caller(&request).await?;
         let r = request.into_inner();
         let ip = client_ip(&r.client_ip)?;
@@ -95,18 +116,33 @@ impl pb::webhook_service_server::WebhookService for WebhookApi {
         Ok(Response::new(deployment(found)))
     }
 
-    async fn registry_push(&self, request: Request<pb::RegistryPushRequest>) -> Result<Response<pb::RegistryPushResponse>, Status> {
+    async fn registry_push(
+        &self,
+        request: Request<pb::RegistryPushRequest>,
+    ) -> Result<Response<pb::RegistryPushResponse>, Status> {
         let actor = self.caller(&request).await?;
         let r = request.into_inner();
         let ip = client_ip(&r.client_ip)?;
         let pushes: Vec<RegistryPush> = r
             .events
             .into_iter()
-            .map(|e| RegistryPush { host: e.host, repository: e.repository, tag: e.tag })
+            .map(|e| RegistryPush {
+                host: e.host,
+                repository: e.repository,
+                tag: e.tag,
+            })
             .collect();
-        let outcome = self.fleet.registry_push(&actor, &pushes, ip).await.map_err(status)?;
+        let outcome = self
+            .fleet
+            .registry_push(&actor, &pushes, ip)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RegistryPushResponse {
-            started: outcome.started.into_iter().filter_map(|d| deployment(d).deployment).collect(),
+            started: outcome
+                .started
+                .into_iter()
+                .filter_map(|d| deployment(d).deployment)
+                .collect(),
             ignored: outcome.ignored,
         }))
     }

@@ -40,13 +40,23 @@ pub struct HttpSender {
 
 impl HttpSender {
     /// POSTs `body` with `headers` to `url` and returns the response status code.
-    pub async fn post(&self, url: &str, headers: &[(&'static str, String)], body: Vec<u8>) -> Result<u16, SendError> {
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: &[(&'static str, String)],
+        body: Vec<u8>,
+    ) -> Result<u16, SendError> {
         tokio::time::timeout(ATTEMPT_TIMEOUT, self.post_inner(url, headers, body))
             .await
             .unwrap_or(Err(SendError::Timeout))
     }
 
-    async fn post_inner(&self, url: &str, headers: &[(&'static str, String)], body: Vec<u8>) -> Result<u16, SendError> {
+    async fn post_inner(
+        &self,
+        url: &str,
+        headers: &[(&'static str, String)],
+        body: Vec<u8>,
+    ) -> Result<u16, SendError> {
         let uri: Uri = url.parse().map_err(|_| SendError::InvalidUrl)?;
         let https = match uri.scheme_str() {
             Some(s) if s.eq_ignore_ascii_case("https") => true,
@@ -54,7 +64,11 @@ impl HttpSender {
             _ => return Err(SendError::InvalidUrl),
         };
         let authority = uri.authority().ok_or(SendError::InvalidUrl)?.clone();
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
 
@@ -64,17 +78,28 @@ impl HttpSender {
             .header(header::HOST, authority.as_str())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::CONTENT_LENGTH, body.len())
-            .header(header::USER_AGENT, concat!("berth-notify/", env!("CARGO_PKG_VERSION")));
+            .header(
+                header::USER_AGENT,
+                concat!("berth-notify/", env!("CARGO_PKG_VERSION")),
+            );
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        let request = request.body(Full::new(Bytes::from(body))).map_err(|e| SendError::Http(e.to_string()))?;
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| SendError::Http(e.to_string()))?;
 
-        let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(SendError::Connect)?;
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(SendError::Connect)?;
         let _ = tcp.set_nodelay(true);
         if https {
             let name = ServerName::try_from(host).map_err(|_| SendError::InvalidUrl)?;
-            let stream = self.tls().connect(name, tcp).await.map_err(|e| SendError::Tls(e.to_string()))?;
+            let stream = self
+                .tls()
+                .connect(name, tcp)
+                .await
+                .map_err(|e| SendError::Tls(e.to_string()))?;
             exchange(TokioIo::new(stream), request).await
         } else {
             exchange(TokioIo::new(tcp), request).await
@@ -89,13 +114,17 @@ impl HttpSender {
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                tracing::warn!("no system root certificates found; https webhooks will fail verification");
+                tracing::warn!(
+                    "no system root certificates found; https webhooks will fail verification"
+                );
             }
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
             tokio_rustls::TlsConnector::from(Arc::new(config))
         })
     }
@@ -107,12 +136,16 @@ async fn exchange<I>(io: I, request: Request<Full<Bytes>>) -> Result<u16, SendEr
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(io).await.map_err(|e| SendError::Http(e.to_string()))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| SendError::Http(e.to_string()))?;
     let _connection = AbortOnDrop(tokio::spawn(async move {
         let _ = connection.await;
     }));
-    let response = sender.send_request(request).await.map_err(|e| SendError::Http(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| SendError::Http(e.to_string()))?;
     Ok(response.status().as_u16())
 }
 

@@ -68,16 +68,29 @@ struct EventBody<'a> {
 
 /// The body of one attempt: the stored `deployment` object wrapped with the delivery id, the
 /// event and the time of sending.
-pub fn event_body(delivery_id: &str, event: &str, deployment_json: &str, sent_at: OffsetDateTime) -> Result<Vec<u8>> {
-    let deployment: DeploymentPayload = serde_json::from_str(deployment_json)
-        .map_err(|e| Error::Internal(format!("stored payload of delivery {delivery_id} is not valid: {e}")))?;
+pub fn event_body(
+    delivery_id: &str,
+    event: &str,
+    deployment_json: &str,
+    sent_at: OffsetDateTime,
+) -> Result<Vec<u8>> {
+    let deployment: DeploymentPayload = serde_json::from_str(deployment_json).map_err(|e| {
+        Error::Internal(format!(
+            "stored payload of delivery {delivery_id} is not valid: {e}"
+        ))
+    })?;
     let sent_at = sent_at
         .replace_nanosecond(sent_at.millisecond() as u32 * 1_000_000)
         .unwrap_or(sent_at)
         .format(&Rfc3339)
         .map_err(|e| Error::Internal(format!("cannot format time: {e}")))?;
-    serde_json::to_vec(&EventBody { id: delivery_id, event, deployment, sent_at })
-        .map_err(|e| Error::Internal(format!("cannot encode event: {e}")))
+    serde_json::to_vec(&EventBody {
+        id: delivery_id,
+        event,
+        deployment,
+        sent_at,
+    })
+    .map_err(|e| Error::Internal(format!("cannot encode event: {e}")))
 }
 
 /// `sha256=<hex of HMAC-SHA256(secret, body)>`, the `X-Berth-Signature-256` header.
@@ -131,7 +144,13 @@ mod tests {
         };
         let stored = serde_json::to_string(&DeploymentPayload::new(&log, "web")).unwrap();
         let sent_at = OffsetDateTime::from_unix_timestamp_nanos(1_761_215_402_120_999_999).unwrap();
-        let body = event_body("11111111-2222-3333-4444-555555555555", "deployment.failed", &stored, sent_at).unwrap();
+        let body = event_body(
+            "11111111-2222-3333-4444-555555555555",
+            "deployment.failed",
+            &stored,
+            sent_at,
+        )
+        .unwrap();
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             value,

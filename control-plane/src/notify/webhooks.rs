@@ -17,6 +17,8 @@ const MAX_SECRET_LEN: usize = 1024;
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
 pub const MAX_DELIVERY_LIMIT: u32 = 500;
 
+/// `Debug` is safe: `SecretString` prints as redacted.
+#[derive(Debug)]
 pub struct CreatedWebhook {
     pub webhook: WebhookRow,
     /// Shown once; stored encrypted.
@@ -31,7 +33,13 @@ pub(crate) fn secret_aad(webhook_id: i64) -> Aad {
 impl Service {
     /// Registers a receiver. With no `secret`, one is generated; either way it is returned
     /// once and stored encrypted.
-    pub async fn add_webhook(&self, actor: &Actor, url: &str, events: &[String], secret: Option<SecretString>) -> Result<CreatedWebhook> {
+    pub async fn add_webhook(
+        &self,
+        actor: &Actor,
+        url: &str,
+        events: &[String],
+        secret: Option<SecretString>,
+    ) -> Result<CreatedWebhook> {
         actor.require(Permission::Write)?;
         let url = url.trim();
         validate_url(url)?;
@@ -44,16 +52,27 @@ impl Service {
             None => generate_token(WEBHOOK_SECRET_PREFIX),
         };
         if let Some(id) = self.store().webhook_id_by_url(url).await? {
-            return Err(Error::AlreadyExists(format!("a webhook for this url already exists (id {id})")));
+            return Err(Error::AlreadyExists(format!(
+                "a webhook for this url already exists (id {id})"
+            )));
         }
         let events_json = serde_json::to_string(&events).expect("strings serialize");
         let key = self.key();
         let webhook = self
             .store()
-            .insert_webhook(url, &events_json, |id| key.encrypt(secret.expose_secret().as_bytes(), &secret_aad(id)))
+            .insert_webhook(url, &events_json, |id| {
+                key.encrypt(secret.expose_secret().as_bytes(), &secret_aad(id))
+            })
             .await?;
         let details = format!("{} {}", origin(url), events.join(","));
-        self.store().audit(&actor.name, "webhook.add", &format!("webhook:{}", webhook.id), Some(&details)).await?;
+        self.store()
+            .audit(
+                &actor.name,
+                "webhook.add",
+                &format!("webhook:{}", webhook.id),
+                Some(&details),
+            )
+            .await?;
         Ok(CreatedWebhook { webhook, secret })
     }
 
@@ -68,12 +87,22 @@ impl Service {
         let webhook = self.store().webhook(id).await?;
         self.store().delete_webhook(id).await?;
         self.store()
-            .audit(&actor.name, "webhook.remove", &format!("webhook:{id}"), Some(&origin(&webhook.url)))
+            .audit(
+                &actor.name,
+                "webhook.remove",
+                &format!("webhook:{id}"),
+                Some(&origin(&webhook.url)),
+            )
             .await
     }
 
     /// Delivery history, newest first; `limit` 0 means the default.
-    pub async fn list_webhook_deliveries(&self, actor: &Actor, webhook_id: Option<i64>, limit: u32) -> Result<Vec<DeliveryRow>> {
+    pub async fn list_webhook_deliveries(
+        &self,
+        actor: &Actor,
+        webhook_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>> {
         actor.require(Permission::Read)?;
         if let Some(id) = webhook_id {
             self.store().webhook(id).await?;
@@ -82,7 +111,9 @@ impl Service {
             0 => DEFAULT_DELIVERY_LIMIT,
             n => n.min(MAX_DELIVERY_LIMIT),
         };
-        self.store().list_deliveries(webhook_id, i64::from(limit)).await
+        self.store()
+            .list_deliveries(webhook_id, i64::from(limit))
+            .await
     }
 }
 
@@ -92,17 +123,25 @@ fn validate_url(url: &str) -> Result<()> {
         return Err(Error::invalid("webhook url is empty"));
     }
     if url.len() > MAX_WEBHOOK_URL_LEN {
-        return Err(Error::invalid(format!("webhook url is longer than {MAX_WEBHOOK_URL_LEN} characters")));
+        return Err(Error::invalid(format!(
+            "webhook url is longer than {MAX_WEBHOOK_URL_LEN} characters"
+        )));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Error::invalid("webhook url must not contain spaces or control characters"));
+        return Err(Error::invalid(
+            "webhook url must not contain spaces or control characters",
+        ));
     }
     if url.contains('#') {
-        return Err(Error::invalid("webhook url must not contain a fragment (#…)"));
+        return Err(Error::invalid(
+            "webhook url must not contain a fragment (#…)",
+        ));
     }
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| Error::invalid("webhook url is not a valid absolute url (e.g. https://example.com/hooks/berth)"))?;
+    let uri: http::Uri = url.parse().map_err(|_| {
+        Error::invalid(
+            "webhook url is not a valid absolute url (e.g. https://example.com/hooks/berth)",
+        )
+    })?;
     match uri.scheme_str() {
         Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {}
         Some(s) => {
@@ -111,9 +150,15 @@ fn validate_url(url: &str) -> Result<()> {
                 s.chars().take(16).collect::<String>()
             )))
         }
-        None => return Err(Error::invalid("webhook url must start with http:// or https://")),
+        None => {
+            return Err(Error::invalid(
+                "webhook url must start with http:// or https://",
+            ))
+        }
     }
-    let authority = uri.authority().ok_or_else(|| Error::invalid("webhook url has no host"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| Error::invalid("webhook url has no host"))?;
     if authority.as_str().contains('@') {
         return Err(Error::invalid(
             "webhook url must not contain credentials (user:password@); requests are signed with the webhook secret",
@@ -123,7 +168,9 @@ fn validate_url(url: &str) -> Result<()> {
         return Err(Error::invalid("webhook url has no host"));
     }
     if authority.port_u16() == Some(0) {
-        return Err(Error::invalid("webhook url port must be between 1 and 65535"));
+        return Err(Error::invalid(
+            "webhook url port must be between 1 and 65535",
+        ));
     }
     Ok(())
 }
@@ -131,7 +178,10 @@ fn validate_url(url: &str) -> Result<()> {
 /// At least one known event; duplicates dropped, order kept.
 fn validate_events(events: &[String]) -> Result<Vec<String>> {
     if events.is_empty() {
-        return Err(Error::invalid(format!("give at least one event: {}", EVENTS.join(", "))));
+        return Err(Error::invalid(format!(
+            "give at least one event: {}",
+            EVENTS.join(", ")
+        )));
     }
     let mut out: Vec<String> = Vec::new();
     for event in events {
@@ -162,10 +212,14 @@ fn validate_secret(secret: &str) -> Result<()> {
         )));
     }
     if secret.len() > MAX_SECRET_LEN {
-        return Err(Error::invalid(format!("webhook secret is longer than {MAX_SECRET_LEN} bytes")));
+        return Err(Error::invalid(format!(
+            "webhook secret is longer than {MAX_SECRET_LEN} bytes"
+        )));
     }
     if secret.chars().any(char::is_control) {
-        return Err(Error::invalid("webhook secret must not contain control characters"));
+        return Err(Error::invalid(
+            "webhook secret must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -197,30 +251,60 @@ mod tests {
     async fn secrets_are_generated_shown_once_and_stored_encrypted_for_their_row() {
         let svc = service().await;
         let created = svc
-            .add_webhook(&admin(), "https://ci.example.com/hooks?token=abc", &events(&["deployment.failed"]), None)
+            .add_webhook(
+                &admin(),
+                "https://ci.example.com/hooks?token=abc",
+                &events(&["deployment.failed"]),
+                None,
+            )
             .await
             .unwrap();
         let secret = created.secret.expose_secret().to_string();
-        assert!(secret.starts_with(WEBHOOK_SECRET_PREFIX) && secret.len() == 4 + 32, "{secret}");
+        assert!(
+            secret.starts_with(WEBHOOK_SECRET_PREFIX) && secret.len() == 4 + 32,
+            "{secret}"
+        );
         assert_eq!(created.webhook.events(), events(&["deployment.failed"]));
 
-        let stored = svc.store().webhook_secret(created.webhook.id).await.unwrap().unwrap();
+        let stored = svc
+            .store()
+            .webhook_secret(created.webhook.id)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(!stored.contains(&secret[4..]));
-        let plain = svc.key().decrypt_string(&stored, &secret_aad(created.webhook.id)).unwrap();
+        let plain = svc
+            .key()
+            .decrypt_string(&stored, &secret_aad(created.webhook.id))
+            .unwrap();
         assert_eq!(plain.expose_secret(), secret);
-        assert!(svc.key().decrypt_string(&stored, &secret_aad(created.webhook.id + 1)).is_err());
+        assert!(svc
+            .key()
+            .decrypt_string(&stored, &secret_aad(created.webhook.id + 1))
+            .is_err());
 
         let audit = svc.store().list_audit(1).await.unwrap();
         assert_eq!(audit[0].action, "webhook.add");
         let details = audit[0].details.clone().unwrap_or_default();
-        assert!(details.contains("https://ci.example.com") && !details.contains("token=abc"), "{details}");
+        assert!(
+            details.contains("https://ci.example.com") && !details.contains("token=abc"),
+            "{details}"
+        );
 
         let given = SecretString::from("a-shared-secret-of-the-receiver".to_string());
         let second = svc
-            .add_webhook(&admin(), "http://127.0.0.1:9/x", &events(&["deployment.finished", "deployment.failed"]), Some(given))
+            .add_webhook(
+                &admin(),
+                "http://127.0.0.1:9/x",
+                &events(&["deployment.finished", "deployment.failed"]),
+                Some(given),
+            )
             .await
             .unwrap();
-        assert_eq!(second.secret.expose_secret(), "a-shared-secret-of-the-receiver");
+        assert_eq!(
+            second.secret.expose_secret(),
+            "a-shared-secret-of-the-receiver"
+        );
         assert_eq!(second.webhook.events(), events(&["deployment.finished"]));
     }
 
@@ -240,21 +324,49 @@ mod tests {
             ("http://example.com:0/", "port"),
             (long.as_str(), "longer"),
         ] {
-            let err = svc.add_webhook(&admin(), url, &finished, None).await.unwrap_err();
+            let err = svc
+                .add_webhook(&admin(), url, &finished, None)
+                .await
+                .unwrap_err();
             assert_eq!(err.code(), ErrorCode::InvalidArgument, "{url}");
             assert!(err.to_string().contains(needle), "{url}: {err}");
         }
-        let err = svc.add_webhook(&admin(), "https://example.com/", &[], None).await.unwrap_err();
+        let err = svc
+            .add_webhook(&admin(), "https://example.com/", &[], None)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("at least one event"), "{err}");
-        let err = svc.add_webhook(&admin(), "https://example.com/", &events(&["deploy.done"]), None).await.unwrap_err();
+        let err = svc
+            .add_webhook(
+                &admin(),
+                "https://example.com/",
+                &events(&["deploy.done"]),
+                None,
+            )
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("unknown event"), "{err}");
         let short = SecretString::from("short".to_string());
-        let err = svc.add_webhook(&admin(), "https://example.com/", &finished, Some(short)).await.unwrap_err();
-        assert!(err.to_string().contains("too short") && !err.to_string().contains("short\""), "{err}");
-        assert!(svc.list_webhooks(&admin()).await.unwrap().is_empty(), "a refused webhook was stored");
+        let err = svc
+            .add_webhook(&admin(), "https://example.com/", &finished, Some(short))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("too short") && !err.to_string().contains("short\""),
+            "{err}"
+        );
+        assert!(
+            svc.list_webhooks(&admin()).await.unwrap().is_empty(),
+            "a refused webhook was stored"
+        );
 
-        svc.add_webhook(&admin(), "https://example.com/", &finished, None).await.unwrap();
-        let err = svc.add_webhook(&admin(), "https://example.com/", &finished, None).await.unwrap_err();
+        svc.add_webhook(&admin(), "https://example.com/", &finished, None)
+            .await
+            .unwrap();
+        let err = svc
+            .add_webhook(&admin(), "https://example.com/", &finished, None)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), ErrorCode::AlreadyExists);
     }
 
@@ -262,18 +374,42 @@ mod tests {
     async fn viewers_read_but_only_writers_add_and_remove() {
         let svc = service().await;
         let finished = events(&["deployment.finished"]);
-        let err = svc.add_webhook(&viewer(), "https://example.com/", &finished, None).await.unwrap_err();
+        let err = svc
+            .add_webhook(&viewer(), "https://example.com/", &finished, None)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), ErrorCode::PermissionDenied);
-        let created = svc.add_webhook(&admin(), "https://example.com/", &finished, None).await.unwrap();
+        let created = svc
+            .add_webhook(&admin(), "https://example.com/", &finished, None)
+            .await
+            .unwrap();
         assert_eq!(svc.list_webhooks(&viewer()).await.unwrap().len(), 1);
-        assert!(svc.list_webhook_deliveries(&viewer(), Some(created.webhook.id), 0).await.unwrap().is_empty());
-        let err = svc.remove_webhook(&viewer(), created.webhook.id).await.unwrap_err();
+        assert!(svc
+            .list_webhook_deliveries(&viewer(), Some(created.webhook.id), 0)
+            .await
+            .unwrap()
+            .is_empty());
+        let err = svc
+            .remove_webhook(&viewer(), created.webhook.id)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), ErrorCode::PermissionDenied);
-        svc.remove_webhook(&admin(), created.webhook.id).await.unwrap();
-        assert_eq!(svc.store().list_audit(1).await.unwrap()[0].action, "webhook.remove");
-        let err = svc.remove_webhook(&admin(), created.webhook.id).await.unwrap_err();
+        svc.remove_webhook(&admin(), created.webhook.id)
+            .await
+            .unwrap();
+        assert_eq!(
+            svc.store().list_audit(1).await.unwrap()[0].action,
+            "webhook.remove"
+        );
+        let err = svc
+            .remove_webhook(&admin(), created.webhook.id)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), ErrorCode::NotFound);
-        let err = svc.list_webhook_deliveries(&admin(), Some(created.webhook.id), 0).await.unwrap_err();
+        let err = svc
+            .list_webhook_deliveries(&admin(), Some(created.webhook.id), 0)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), ErrorCode::NotFound);
     }
 }

@@ -105,14 +105,21 @@ const WEBHOOK_COLUMNS: &str = "w.id, w.url, w.events, w.enabled, w.created_at, \
 impl Store {
     /// Inserts a webhook and its encrypted secret in one transaction. `seal` encrypts the secret
     /// for the new row's id (the AAD binds the ciphertext to that row).
-    pub async fn insert_webhook(&self, url: &str, events_json: &str, seal: impl FnOnce(i64) -> String) -> Result<WebhookRow> {
+    pub async fn insert_webhook(
+        &self,
+        url: &str,
+        events_json: &str,
+        seal: impl FnOnce(i64) -> String,
+    ) -> Result<WebhookRow> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
-        let id: i64 = sqlx::query_scalar("INSERT INTO webhooks (url, events, enabled) VALUES (?, ?, 1) RETURNING id")
-            .bind(url)
-            .bind(events_json)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(internal)?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO webhooks (url, events, enabled) VALUES (?, ?, 1) RETURNING id",
+        )
+        .bind(url)
+        .bind(events_json)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(internal)?;
         sqlx::query("UPDATE webhooks SET secret = ? WHERE id = ?")
             .bind(seal(id))
             .bind(id)
@@ -124,12 +131,14 @@ impl Store {
     }
 
     pub async fn webhook(&self, id: i64) -> Result<WebhookRow> {
-        sqlx::query_as(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Error::not_found(format!("webhook {id} not found")))
+        sqlx::query_as(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| Error::not_found(format!("webhook {id} not found")))
     }
 
     /// The ciphertext of a webhook's signing secret.
@@ -152,10 +161,12 @@ impl Store {
     }
 
     pub async fn list_webhooks(&self) -> Result<Vec<WebhookRow>> {
-        sqlx::query_as(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks w ORDER BY w.id"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(internal)
+        sqlx::query_as(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks w ORDER BY w.id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)
     }
 
     /// Deletes a webhook; its deliveries go with it (ON DELETE CASCADE).
@@ -173,11 +184,15 @@ impl Store {
 
     /// Enabled webhooks with their subscribed events.
     pub async fn enabled_webhooks(&self) -> Result<Vec<(i64, Vec<String>)>> {
-        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, events FROM webhooks WHERE enabled = 1 ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(internal)?;
-        Ok(rows.into_iter().map(|(id, events)| (id, parse_events(&events))).collect())
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, events FROM webhooks WHERE enabled = 1 ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(internal)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, events)| (id, parse_events(&events)))
+            .collect())
     }
 
     /// Writes pending deliveries, due now, in one transaction.
@@ -246,7 +261,9 @@ impl Store {
     /// Records one attempt of a pending delivery. False when the row is gone (its webhook was
     /// removed meanwhile) or no longer pending.
     pub async fn record_delivery_attempt(&self, id: &str, record: &AttemptRecord) -> Result<bool> {
-        let next = record.retry_in_seconds.map(|s| format!("+{:.3} seconds", s.max(0.0)));
+        let next = record
+            .retry_in_seconds
+            .map(|s| format!("+{:.3} seconds", s.max(0.0)));
         let done = sqlx::query(&format!(
             "UPDATE webhook_deliveries SET attempt = ?, status = ?, response_code = ?, error = ?, \
              next_attempt_at = CASE WHEN ? IS NULL THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) END, \
@@ -268,7 +285,11 @@ impl Store {
     }
 
     /// Delivery history, newest first, of one webhook or of all.
-    pub async fn list_deliveries(&self, webhook_id: Option<i64>, limit: i64) -> Result<Vec<DeliveryRow>> {
+    pub async fn list_deliveries(
+        &self,
+        webhook_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
         sqlx::query_as(
             "SELECT d.id, d.webhook_id, w.url, d.event, d.deployment_id, d.attempt, d.status, d.response_code, \
              d.error, d.next_attempt_at, d.created_at, d.delivered_at \
@@ -302,17 +323,36 @@ mod tests {
     #[tokio::test]
     async fn deliveries_are_due_at_once_then_retried_later_and_removed_with_their_webhook() {
         let store = Store::open_in_memory().await.unwrap();
-        let hook = store.insert_webhook("http://127.0.0.1:1/hook", r#"["deployment.finished"]"#, |id| format!("sealed-{id}")).await.unwrap();
+        let hook = store
+            .insert_webhook(
+                "http://127.0.0.1:1/hook",
+                r#"["deployment.finished"]"#,
+                |id| format!("sealed-{id}"),
+            )
+            .await
+            .unwrap();
         assert_eq!(hook.events(), vec!["deployment.finished".to_string()]);
         assert_eq!(hook.last_delivery_status, None);
-        store.insert_deliveries(&[delivery("a", hook.id)]).await.unwrap();
+        store
+            .insert_deliveries(&[delivery("a", hook.id)])
+            .await
+            .unwrap();
 
         let due = store.due_deliveries(10).await.unwrap();
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].secret.as_deref(), Some(format!("sealed-{}", hook.id).as_str()));
-        assert_eq!(store.seconds_until_next_delivery().await.unwrap(), Some(0.0));
+        assert_eq!(
+            due[0].secret.as_deref(),
+            Some(format!("sealed-{}", hook.id).as_str())
+        );
+        assert_eq!(
+            store.seconds_until_next_delivery().await.unwrap(),
+            Some(0.0)
+        );
         assert!(store.lease_delivery("a", 30.0).await.unwrap());
-        assert!(store.due_deliveries(10).await.unwrap().is_empty(), "a leased delivery is due again");
+        assert!(
+            store.due_deliveries(10).await.unwrap().is_empty(),
+            "a leased delivery is due again"
+        );
 
         let retry = AttemptRecord {
             attempt: 1,
@@ -322,22 +362,52 @@ mod tests {
             retry_in_seconds: Some(60.0),
         };
         assert!(store.record_delivery_attempt("a", &retry).await.unwrap());
-        assert!(store.due_deliveries(10).await.unwrap().is_empty(), "retried before its time");
+        assert!(
+            store.due_deliveries(10).await.unwrap().is_empty(),
+            "retried before its time"
+        );
         let wait = store.seconds_until_next_delivery().await.unwrap().unwrap();
         assert!((58.0..=60.5).contains(&wait), "{wait}");
 
-        let done = AttemptRecord { attempt: 2, status: "delivered", response_code: Some(204), error: None, retry_in_seconds: None };
+        let done = AttemptRecord {
+            attempt: 2,
+            status: "delivered",
+            response_code: Some(204),
+            error: None,
+            retry_in_seconds: None,
+        };
         assert!(store.record_delivery_attempt("a", &done).await.unwrap());
-        assert!(!store.record_delivery_attempt("a", &done).await.unwrap(), "a finished delivery changed again");
+        assert!(
+            !store.record_delivery_attempt("a", &done).await.unwrap(),
+            "a finished delivery changed again"
+        );
         let rows = store.list_deliveries(Some(hook.id), 10).await.unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].attempt, rows[0].status.as_str(), rows[0].response_code), (2, "delivered", Some(204)));
+        assert_eq!(
+            (
+                rows[0].attempt,
+                rows[0].status.as_str(),
+                rows[0].response_code
+            ),
+            (2, "delivered", Some(204))
+        );
         assert!(rows[0].delivered_at.is_some() && rows[0].next_attempt_at.is_none());
-        assert_eq!(store.webhook(hook.id).await.unwrap().last_delivery_status.as_deref(), Some("delivered"));
+        assert_eq!(
+            store
+                .webhook(hook.id)
+                .await
+                .unwrap()
+                .last_delivery_status
+                .as_deref(),
+            Some("delivered")
+        );
         assert_eq!(store.seconds_until_next_delivery().await.unwrap(), None);
 
         store.delete_webhook(hook.id).await.unwrap();
         assert!(store.list_deliveries(None, 10).await.unwrap().is_empty());
-        assert_eq!(store.delete_webhook(hook.id).await.unwrap_err().code(), crate::ErrorCode::NotFound);
+        assert_eq!(
+            store.delete_webhook(hook.id).await.unwrap_err().code(),
+            crate::ErrorCode::NotFound
+        );
     }
 }

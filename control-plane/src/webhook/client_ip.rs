@@ -23,10 +23,9 @@ impl TrustedProxies {
             }
             let net = match entry.parse::<IpNet>() {
                 Ok(net) => net,
-                Err(_) => entry
-                    .parse::<IpAddr>()
-                    .map(IpNet::from)
-                    .map_err(|_| format!("trusted proxy {entry:?} is neither an ip address nor a cidr"))?,
+                Err(_) => entry.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+                    format!("trusted proxy {entry:?} is neither an ip address nor a cidr")
+                })?,
             };
             nets.push(net);
         }
@@ -70,7 +69,10 @@ impl TrustedProxies {
 /// `::ffff:1.2.3.4` (a dual-stack listener) is `1.2.3.4`.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     }
 }
@@ -94,17 +96,41 @@ mod tests {
     #[test]
     fn forwarded_for_is_honoured_only_from_trusted_proxies() {
         let none = TrustedProxies::default();
-        assert_eq!(none.client_ip(ip("10.0.0.5"), &headers(&["1.2.3.4"])), ip("10.0.0.5"));
+        assert_eq!(
+            none.client_ip(ip("10.0.0.5"), &headers(&["1.2.3.4"])),
+            ip("10.0.0.5")
+        );
 
         let proxies = TrustedProxies::parse(&["10.0.0.0/8", "127.0.0.1"]).unwrap();
-        assert_eq!(proxies.client_ip(ip("10.0.0.5"), &headers(&["1.2.3.4"])), ip("1.2.3.4"));
-        assert_eq!(proxies.client_ip(ip("127.0.0.1"), &headers(&[])), ip("127.0.0.1"));
-        assert_eq!(proxies.client_ip(ip("192.0.2.1"), &headers(&["1.2.3.4"])), ip("192.0.2.1"));
+        assert_eq!(
+            proxies.client_ip(ip("10.0.0.5"), &headers(&["1.2.3.4"])),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            proxies.client_ip(ip("127.0.0.1"), &headers(&[])),
+            ip("127.0.0.1")
+        );
+        assert_eq!(
+            proxies.client_ip(ip("192.0.2.1"), &headers(&["1.2.3.4"])),
+            ip("192.0.2.1")
+        );
         // A spoofed left-most entry is not believed: the nearest untrusted hop is the client.
-        assert_eq!(proxies.client_ip(ip("10.0.0.5"), &headers(&["6.6.6.6, 1.2.3.4, 10.0.0.9"])), ip("1.2.3.4"));
-        assert_eq!(proxies.client_ip(ip("10.0.0.5"), &headers(&["6.6.6.6", "1.2.3.4"])), ip("1.2.3.4"));
-        assert_eq!(proxies.client_ip(ip("10.0.0.5"), &headers(&["garbage"])), ip("10.0.0.5"));
-        assert_eq!(proxies.client_ip(ip("::ffff:192.0.2.1"), &headers(&[])), ip("192.0.2.1"));
+        assert_eq!(
+            proxies.client_ip(ip("10.0.0.5"), &headers(&["6.6.6.6, 1.2.3.4, 10.0.0.9"])),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            proxies.client_ip(ip("10.0.0.5"), &headers(&["6.6.6.6", "1.2.3.4"])),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            proxies.client_ip(ip("10.0.0.5"), &headers(&["garbage"])),
+            ip("10.0.0.5")
+        );
+        assert_eq!(
+            proxies.client_ip(ip("::ffff:192.0.2.1"), &headers(&[])),
+            ip("192.0.2.1")
+        );
         assert!(TrustedProxies::parse(&["nope"]).is_err());
     }
 }

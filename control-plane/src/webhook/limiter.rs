@@ -1,8 +1,10 @@
 //! Failed-authentication limit per client: a token bucket in memory, one per client
 //! address (an IPv6 client is keyed by its /64, which one host usually owns whole). Every
-//! refused token takes one attempt; attempts refill at the configured rate. A client with no
-//! attempts left is answered 429 before anything reaches the control plane, whatever token
-//! it sends, so a guessing run costs the control plane nothing.
+//! authenticated call takes one attempt before it is forwarded and gives it back unless its
+//! credential was refused, so concurrent guesses cannot overrun the limit; attempts refill
+//! at the configured rate. A client with no attempts left is answered 429 before anything
+//! reaches the control plane, whatever token it sends, so a guessing run costs the control
+//! plane nothing.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -31,32 +33,45 @@ impl FailedAuthLimiter {
     /// `per_minute` failed attempts, as a burst and as the refill rate.
     pub fn new(per_minute: u32) -> Self {
         let per_minute = f64::from(per_minute.max(1));
-        FailedAuthLimiter { capacity: per_minute, refill_per_second: per_minute / 60.0, buckets: Mutex::new(HashMap::new()) }
-    }
-
-    /// `Err(retry_after)` when `ip` has no attempt left.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let mut buckets = self.buckets.lock().expect("limiter lock");
-        let Some(bucket) = buckets.get_mut(&key(ip)) else { return Ok(()) };
-        self.refill(bucket, now);
-        if bucket.attempts >= 1.0 {
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.attempts) / self.refill_per_second))
+        FailedAuthLimiter {
+            capacity: per_minute,
+            refill_per_second: per_minute / 60.0,
+            buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes one attempt from `ip` (a refused token or secret).
-    pub fn record_failure(&self, ip: IpAddr, now: Instant) {
+    /// Takes one attempt from `ip`; `Err(retry_after)` when it has none left.
+    pub fn acquire(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().expect("limiter lock");
         if buckets.len() >= PRUNE_ABOVE {
             let capacity = self.capacity;
             let rate = self.refill_per_second;
-            buckets.retain(|_, b| b.attempts + now.saturating_duration_since(b.updated).as_secs_f64() * rate < capacity);
+            buckets.retain(|_, b| {
+                b.attempts + now.saturating_duration_since(b.updated).as_secs_f64() * rate
+                    < capacity
+            });
         }
-        let bucket = buckets.entry(key(ip)).or_insert(Bucket { attempts: self.capacity, updated: now });
+        let bucket = buckets.entry(key(ip)).or_insert(Bucket {
+            attempts: self.capacity,
+            updated: now,
+        });
         self.refill(bucket, now);
-        bucket.attempts = (bucket.attempts - 1.0).max(0.0);
+        if bucket.attempts >= 1.0 {
+            bucket.attempts -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - bucket.attempts) / self.refill_per_second,
+            ))
+        }
+    }
+
+    /// Gives back the attempt of a call whose credential was not refused.
+    pub fn refund(&self, ip: IpAddr, now: Instant) {
+        if let Some(bucket) = self.buckets.lock().expect("limiter lock").get_mut(&key(ip)) {
+            self.refill(bucket, now);
+            bucket.attempts = (bucket.attempts + 1.0).min(self.capacity);
+        }
     }
 
     fn refill(&self, bucket: &mut Bucket, now: Instant) {
@@ -85,24 +100,39 @@ mod tests {
         let limiter = FailedAuthLimiter::new(20);
         let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         let t0 = Instant::now();
-        for _ in 0..20 {
-            assert!(limiter.check(a, t0).is_ok());
-            limiter.record_failure(a, t0);
+        // Successful calls give their attempt back.
+        for _ in 0..100 {
+            limiter.acquire(a, t0).unwrap();
+            limiter.refund(a, t0);
         }
-        let wait = limiter.check(a, t0).unwrap_err();
-        assert_eq!(wait.as_secs(), 3, "one attempt back every 3 s at 20 per minute");
-        assert!(limiter.check(b, t0).is_ok(), "other clients are not affected");
-        assert!(limiter.check(a, t0 + Duration::from_secs(3)).is_ok());
-        assert!(limiter.check(a, t0 + Duration::from_secs(60)).is_ok());
+        // Refused ones (in flight at once or not) do not.
+        for _ in 0..20 {
+            limiter.acquire(a, t0).unwrap();
+        }
+        let wait = limiter.acquire(a, t0).unwrap_err();
+        assert_eq!(
+            wait.as_secs(),
+            3,
+            "one attempt back every 3 s at 20 per minute"
+        );
+        assert!(
+            limiter.acquire(b, t0).is_ok(),
+            "other clients are not affected"
+        );
+        assert!(limiter.acquire(a, t0 + Duration::from_secs(3)).is_ok());
+        assert!(limiter.acquire(a, t0 + Duration::from_secs(3)).is_err());
+        assert!(limiter.acquire(a, t0 + Duration::from_secs(60)).is_ok());
     }
 
     #[test]
     fn an_ipv6_client_is_one_slash_64() {
         let limiter = FailedAuthLimiter::new(1);
         let t0 = Instant::now();
-        limiter.record_failure("2001:db8::1".parse().unwrap(), t0);
-        assert!(limiter.check("2001:db8::2".parse().unwrap(), t0).is_err());
-        assert!(limiter.check("2001:db8:0:1::1".parse().unwrap(), t0).is_ok());
+        limiter.acquire("2001:db8::1".parse().unwrap(), t0).unwrap();
+        assert!(limiter.acquire("2001:db8::2".parse().unwrap(), t0).is_err());
+        assert!(limiter
+            .acquire("2001:db8:0:1::1".parse().unwrap(), t0)
+            .is_ok());
     }
 
     #[test]
@@ -110,9 +140,9 @@ mod tests {
         let limiter = FailedAuthLimiter::new(20);
         let t0 = Instant::now();
         for i in 0..(PRUNE_ABOVE as u32 + 10) {
-            limiter.record_failure(IpAddr::from(i.to_be_bytes()), t0);
+            let _ = limiter.acquire(IpAddr::from(i.to_be_bytes()), t0);
         }
-        limiter.record_failure("192.0.2.1".parse().unwrap(), t0 + Duration::from_secs(10));
+        let _ = limiter.acquire("192.0.2.1".parse().unwrap(), t0 + Duration::from_secs(10));
         assert!(limiter.buckets.lock().unwrap().len() < 100);
     }
 }

@@ -19,7 +19,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(status: StatusCode, body: Value) -> Self {
-        Reply { status, body, headers: Vec::new() }
+        Reply {
+            status,
+            body,
+            headers: Vec::new(),
+        }
     }
 
     /// `{ "success": false, "error": message }`, the seed's error body.
@@ -30,8 +34,11 @@ impl Reply {
     /// 429 with `Retry-After` in whole seconds (at least one).
     pub fn too_many_attempts(retry_after: Duration) -> Self {
         let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        Self::error(StatusCode::TOO_MANY_REQUESTS, "too many failed authentication attempts from this address; retry later")
-            .header(axum::http::header::RETRY_AFTER, &secs.max(1).to_string())
+        Self::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed authentication attempts from this address; retry later",
+        )
+        .header(axum::http::header::RETRY_AFTER, &secs.max(1).to_string())
     }
 
     pub fn header(mut self, name: HeaderName, value: &str) -> Self {
@@ -52,20 +59,34 @@ impl Reply {
         use tonic::Code;
         if caller_refused(status) {
             tracing::error!(message = %status.message(), "the control plane refused the shim's api key (role webhook needed)");
-            return Self::error(StatusCode::BAD_GATEWAY, "the webhook shim cannot authenticate to the control plane");
+            return Self::error(
+                StatusCode::BAD_GATEWAY,
+                "the webhook shim cannot authenticate to the control plane",
+            );
         }
         let (code, message) = match status.code() {
             Code::InvalidArgument | Code::OutOfRange => (StatusCode::BAD_REQUEST, status.message()),
             Code::NotFound => (StatusCode::NOT_FOUND, status.message()),
             Code::PermissionDenied => (StatusCode::FORBIDDEN, status.message()),
             Code::Unauthenticated => (StatusCode::UNAUTHORIZED, status.message()),
-            Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => (StatusCode::CONFLICT, status.message()),
+            Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => {
+                (StatusCode::CONFLICT, status.message())
+            }
             Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, status.message()),
-            Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "the control plane is unavailable; retry later"),
-            Code::DeadlineExceeded | Code::Cancelled => (StatusCode::GATEWAY_TIMEOUT, "the control plane did not answer in time"),
+            Code::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the control plane is unavailable; retry later",
+            ),
+            Code::DeadlineExceeded | Code::Cancelled => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the control plane did not answer in time",
+            ),
             _ => {
                 tracing::error!(code = ?status.code(), message = %status.message(), "control plane error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the control plane log")
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the control plane log",
+                )
             }
         };
         Self::error(code, message)
@@ -107,10 +128,14 @@ mod tests {
             assert!(!reply.body.to_string().contains("secret detail"));
         }
         let mut refused = tonic::Status::unauthenticated("invalid or revoked api key");
-        refused.metadata_mut().insert(CALLER_REFUSED_METADATA, "1".parse().unwrap());
+        refused
+            .metadata_mut()
+            .insert(CALLER_REFUSED_METADATA, "1".parse().unwrap());
         assert_eq!(Reply::from_status(&refused).status, StatusCode::BAD_GATEWAY);
         assert!(!Reply::is_refused_token(&refused));
-        assert!(Reply::is_refused_token(&tonic::Status::unauthenticated("Invalid webhook token")));
+        assert!(Reply::is_refused_token(&tonic::Status::unauthenticated(
+            "Invalid webhook token"
+        )));
     }
 
     #[test]

@@ -1,0 +1,1175 @@
+//! The webhook issue's acceptance: the seed's contract of `POST /webhook/deploy` through the
+//! real shim (in `berth dev` and the standalone `berth-webhook`), the CI script, hostile
+//! input, client IPs behind proxies, the legacy route, and registry push auto-deploys.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_proto::v1 as pb;
+use pb::api_key_service_client::ApiKeyServiceClient;
+use pb::application_service_client::ApplicationServiceClient;
+use pb::deploy_service_client::DeployServiceClient;
+use pb::repository_service_client::RepositoryServiceClient;
+use pb::webhook_service_client::WebhookServiceClient;
+use serde_json::{json, Value};
+
+use crate::common::{
+    authed, bin, build_test_images, docker_available, free_port, remove_app_containers, repo_root,
+    start_with_webhook, wait_connected, wait_deployment, wait_listening, DevNode,
+};
+use crate::registry;
+
+const MISSING: &str = "Missing required fields: (applicationId or applicationName), version, token";
+const NOT_FOUND: &str = "Application not found. Please register the application first.";
+const INVALID_TOKEN: &str = "Invalid webhook token";
+
+struct Dirs {
+    data: tempfile::TempDir,
+    logs: tempfile::TempDir,
+}
+
+fn dirs() -> Dirs {
+    Dirs {
+        data: tempfile::tempdir().unwrap(),
+        logs: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{:08x}",
+        (nanos as u32) ^ std::process::id().rotate_left(16)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// A plain HTTP/1.1 client: every request on its own connection, every byte under our control.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the shim");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    // The shim may answer (413) before reading everything: write errors are not failures.
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|_| stream.write_all(body));
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// `POST path` with a JSON body and an optional bearer token.
+fn post(port: u16, path: &str, body: &Value, bearer: Option<&str>) -> Response {
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    http(port, "POST", path, &headers, body.to_string().as_bytes())
+}
+
+fn get(port: u16, path: &str, bearer: &str) -> Response {
+    http(
+        port,
+        "GET",
+        path,
+        &[("Authorization", &format!("Bearer {bearer}"))],
+        b"",
+    )
+}
+
+/// The path of an absolute or relative status URL.
+fn url_path(url: &str) -> String {
+    match url.find("/webhook/") {
+        Some(i) => url[i..].to_string(),
+        None => panic!("not a status url: {url}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin-side helpers (gRPC, as the admin)
+// ---------------------------------------------------------------------------------------------
+
+struct App {
+    id: i64,
+    name: String,
+    token: String,
+}
+
+struct AppSpec<'a> {
+    image: &'a str,
+    repository: Option<String>,
+    auto_deploy: bool,
+    webhook_enabled: bool,
+}
+
+impl Default for AppSpec<'_> {
+    fn default() -> Self {
+        AppSpec {
+            image: "web",
+            repository: None,
+            auto_deploy: false,
+            webhook_enabled: true,
+        }
+    }
+}
+
+async fn create_app(node: &DevNode, name: &str, spec: AppSpec<'_>) -> App {
+    let created = ApplicationServiceClient::new(node.channel().await)
+        .create_application(authed(
+            pb::CreateApplicationRequest {
+                name: name.into(),
+                image: spec.image.into(),
+                repository: spec.repository,
+                webhook_enabled: Some(spec.webhook_enabled),
+                auto_deploy: spec.auto_deploy,
+                ..Default::default()
+            },
+            &node.admin_token(),
+        ))
+        .await
+        .expect("create application")
+        .into_inner();
+    App {
+        id: created.application.unwrap().id,
+        name: name.into(),
+        token: created.webhook_token,
+    }
+}
+
+async fn add_repository(node: &DevNode, name: &str, server: &str, username: &str, password: &str) {
+    RepositoryServiceClient::new(node.channel().await)
+        .add_repository(authed(
+            pb::AddRepositoryRequest {
+                name: name.into(),
+                url: server.into(),
+                username: Some(username.into()),
+                password: Some(password.into()),
+            },
+            &node.admin_token(),
+        ))
+        .await
+        .expect("add repository");
+}
+
+/// An application of the shared test registry's `web` image.
+async fn registry_app(node: &DevNode, name: &str) -> App {
+    let reg = registry::shared();
+    let repo = format!("reg-{name}");
+    add_repository(node, &repo, &reg.server, &reg.username, &reg.password).await;
+    create_app(
+        node,
+        name,
+        AppSpec {
+            repository: Some(repo),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+async fn deployments(node: &DevNode, app: &str) -> Vec<pb::DeploymentSummary> {
+    DeployServiceClient::new(node.channel().await)
+        .list_deployments(authed(
+            pb::ListDeploymentsRequest {
+                app: app.into(),
+                limit: 500,
+            },
+            &node.admin_token(),
+        ))
+        .await
+        .expect("list deployments")
+        .into_inner()
+        .deployments
+}
+
+/// Every `deployment_logs` row of every application, through the admin API.
+async fn deployment_count(node: &DevNode) -> usize {
+    let apps = ApplicationServiceClient::new(node.channel().await)
+        .list_applications(authed(pb::ListApplicationsRequest {}, &node.admin_token()))
+        .await
+        .expect("list applications")
+        .into_inner()
+        .applications;
+    let mut n = 0;
+    for app in apps {
+        n += deployments(node, &app.name).await.len();
+    }
+    n
+}
+
+async fn create_api_key(node: &DevNode, name: &str, role: &str) -> String {
+    ApiKeyServiceClient::new(node.channel().await)
+        .create_api_key(authed(
+            pb::CreateApiKeyRequest {
+                name: name.into(),
+                role: role.into(),
+            },
+            &node.admin_token(),
+        ))
+        .await
+        .expect("create api key")
+        .into_inner()
+        .key
+}
+
+/// A standalone `berth-webhook` process in front of `node`.
+struct StandaloneShim {
+    port: u16,
+    log_path: PathBuf,
+    child: Child,
+}
+
+impl StandaloneShim {
+    fn start(
+        node: &DevNode,
+        api_key: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> StandaloneShim {
+        let port = free_port();
+        let log_path = log_dir.join(format!("shim-{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(bin("berth-webhook"));
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--control-plane",
+            &node.addr,
+            "--ca-cert",
+        ])
+        .arg(&node.ca_cert)
+        .args(args)
+        .env("BERTH_WEBHOOK_API_KEY", api_key)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn berth-webhook");
+        wait_listening(port, "berth-webhook");
+        StandaloneShim {
+            port,
+            log_path,
+            child,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for StandaloneShim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The seed's contract
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_seed_status_with_the_token_in_the_body_or_the_header() {
+    if !docker_available() {
+        return;
+    }
+    let d = dirs();
+    let (node, shim) = start_with_webhook(d.data.path(), d.logs.path(), true);
+    wait_connected(&node, "local").await;
+    let app = registry_app(&node, &unique("hook")).await;
+    let other = registry_app(&node, &unique("hookb")).await;
+    let off = create_app(
+        &node,
+        &unique("hookoff"),
+        AppSpec {
+            webhook_enabled: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    let deploy = "/webhook/deploy";
+
+    // 400: each required field missing (an empty string or 0 counts as missing, as in the seed).
+    for body in [
+        json!({"version": "v1", "token": app.token}),
+        json!({"applicationName": app.name, "token": app.token}),
+        json!({"applicationName": app.name, "version": "v1"}),
+        json!({"applicationId": 0, "applicationName": "", "version": "v1", "token": app.token}),
+        json!({"applicationName": app.name, "version": "", "token": app.token}),
+    ] {
+        let r = post(shim, deploy, &body, None);
+        assert_eq!((r.status, r.error()), (400, MISSING.to_string()), "{body}");
+        assert_eq!(r.json()["success"], false);
+    }
+    // 404: unknown name and unknown id.
+    for body in [
+        json!({"applicationName": "never-registered", "version": "v1", "token": app.token}),
+        json!({"applicationId": 999_999, "version": "v1", "token": app.token}),
+    ] {
+        let r = post(shim, deploy, &body, None);
+        assert_eq!(
+            (r.status, r.error()),
+            (404, NOT_FOUND.to_string()),
+            "{body}"
+        );
+    }
+    // 403: webhook disabled, with the seed's message naming the application.
+    let r = post(
+        shim,
+        deploy,
+        &json!({"applicationName": off.name, "version": "v1", "token": off.token}),
+        None,
+    );
+    assert_eq!(
+        (r.status, r.error()),
+        (
+            403,
+            format!(
+                "Webhook deployment is disabled for application \"{}\"",
+                off.name
+            )
+        )
+    );
+    // 401: a wrong token, and app A's token for app B (in the body and in the header).
+    let r = post(
+        shim,
+        deploy,
+        &json!({"applicationName": app.name, "version": "v1", "token": "whk_wrong"}),
+        None,
+    );
+    assert_eq!((r.status, r.error()), (401, INVALID_TOKEN.to_string()));
+    let r = post(
+        shim,
+        deploy,
+        &json!({"applicationName": other.name, "version": "v1", "token": app.token}),
+        None,
+    );
+    assert_eq!((r.status, r.error()), (401, INVALID_TOKEN.to_string()));
+    let r = post(
+        shim,
+        deploy,
+        &json!({"applicationId": other.id, "version": "v1"}),
+        Some(&app.token),
+    );
+    assert_eq!((r.status, r.error()), (401, INVALID_TOKEN.to_string()));
+    assert!(
+        deployments(&node, &other.name).await.is_empty(),
+        "a refused token deploys nothing"
+    );
+
+    // 200: the token in the body, by name; the seed's success body.
+    let r = post(
+        shim,
+        deploy,
+        &json!({"applicationName": app.name, "version": "v1", "token": app.token}),
+        None,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let body = r.json();
+    assert_eq!(body["success"], true);
+    assert_eq!(body["message"], "Deployment completed successfully");
+    assert_eq!(
+        body["application"],
+        json!({"id": app.id, "name": app.name, "version": "v1"})
+    );
+    assert!(body["deploymentId"]
+        .as_str()
+        .is_some_and(|id| id.len() == 36));
+    // 200: the token in the header, by id.
+    let r = post(
+        shim,
+        deploy,
+        &json!({"applicationId": app.id, "version": "v2"}),
+        Some(&app.token),
+    );
+    assert_eq!(
+        (r.status, r.json()["success"].clone()),
+        (200, json!(true)),
+        "{r:?}"
+    );
+    // 500: a deployment that fails its health gate, success:false.
+    let r = post(
+        shim,
+        deploy,
+        &json!({"applicationName": app.name, "version": "bad", "token": app.token}),
+        None,
+    );
+    assert_eq!(r.status, 500, "{r:?}");
+    let body = r.json();
+    assert_eq!(
+        (body["success"].clone(), body["message"].clone()),
+        (json!(false), json!("Deployment failed"))
+    );
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "the reason is given: {body}"
+    );
+
+    // Every row: trigger_type webhook, trigger_source the client IP.
+    let rows = deployments(&node, &app.name).await;
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        assert_eq!(
+            (row.trigger_type.as_str(), row.trigger_source.as_deref()),
+            ("webhook", Some("127.0.0.1")),
+            "{row:?}"
+        );
+    }
+
+    // A rotated token: the old one is refused, the new one works; ?wait=false answers 202.
+    let rotated = ApplicationServiceClient::new(node.channel().await)
+        .rotate_webhook_token(authed(
+            pb::RotateWebhookTokenRequest {
+                name: app.name.clone(),
+            },
+            &node.admin_token(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .webhook_token;
+    let r = post(
+        shim,
+        deploy,
+        &json!({"applicationName": app.name, "version": "v1"}),
+        Some(&app.token),
+    );
+    assert_eq!((r.status, r.error()), (401, INVALID_TOKEN.to_string()));
+    let r = post(
+        shim,
+        "/webhook/deploy?wait=false",
+        &json!({"applicationName": app.name, "version": "v1"}),
+        Some(&rotated),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let body = r.json();
+    assert_eq!(body["success"], true);
+    let id = body["deploymentId"].as_str().unwrap().to_string();
+    let status_path = url_path(body["statusUrl"].as_str().unwrap());
+    assert_eq!(status_path, format!("/webhook/deployments/{id}"));
+    // The status URL: only with this application's current token.
+    assert_eq!(get(shim, &status_path, &other.token).status, 401);
+    assert_eq!(get(shim, &status_path, &app.token).status, 401);
+    assert_eq!(http(shim, "GET", &status_path, &[], b"").status, 401);
+    assert_eq!(
+        get(
+            shim,
+            "/webhook/deployments/00000000-0000-0000-0000-000000000000",
+            &rotated
+        )
+        .status,
+        404
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let r = get(shim, &status_path, &rotated);
+        if r.status != 202 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "deployment {id} did not finish");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(done.status, 200, "{done:?}");
+    let body = done.json();
+    assert_eq!(
+        (body["status"].clone(), body["deploymentId"].clone()),
+        (json!("success"), json!(id))
+    );
+
+    // The token never reaches the log beyond its first eight characters.
+    let log = node.log();
+    for token in [&app.token, &other.token, &rotated] {
+        assert!(!log.contains(&token[..12]), "token in the node log");
+    }
+    remove_app_containers(&app.name);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ci_script_fails_on_a_failed_deployment_and_passes_on_a_successful_one() {
+    if !docker_available() {
+        return;
+    }
+    let d = dirs();
+    let (node, shim) = start_with_webhook(d.data.path(), d.logs.path(), true);
+    wait_connected(&node, "local").await;
+    let app = registry_app(&node, &unique("ci")).await;
+    // A second shim that never waits: the script has to poll the status URL.
+    let key = create_api_key(&node, "ci-shim", "webhook").await;
+    let polling = StandaloneShim::start(&node, &key, &["--wait-timeout", "0"], &[], d.logs.path());
+
+    let script = |port: u16, token: &str, version: &str| -> Output {
+        Command::new("sh")
+            .arg(repo_root().join("tests/webhook/ci-deploy.sh"))
+            .args([app.name.as_str(), version])
+            .env("BERTH_WEBHOOK_URL", format!("http://127.0.0.1:{port}"))
+            .env("BERTH_WEBHOOK_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let show = |o: &Output| {
+        format!(
+            "stdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    let ok = script(shim, &app.token, "v1");
+    assert!(ok.status.success(), "{}", show(&ok));
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("Deployment completed successfully"),
+        "{}",
+        show(&ok)
+    );
+    let failed = script(shim, &app.token, "bad");
+    assert!(
+        !failed.status.success(),
+        "a failed deployment fails the job: {}",
+        show(&failed)
+    );
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("Deployment failed"),
+        "{}",
+        show(&failed)
+    );
+    let refused = script(shim, "whk_not-the-token", "v1");
+    assert!(!refused.status.success(), "{}", show(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(INVALID_TOKEN),
+        "{}",
+        show(&refused)
+    );
+
+    // Through the 202 + status URL path.
+    let ok = script(polling.port, &app.token, "v2");
+    assert!(ok.status.success(), "{}", show(&ok));
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("\"status\":\"success\""),
+        "{}",
+        show(&ok)
+    );
+    let failed = script(polling.port, &app.token, "bad");
+    assert!(!failed.status.success(), "{}", show(&failed));
+    assert!(!polling.log().contains(&app.token[..12]));
+    remove_app_containers(&app.name);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile input (R-7.4, security invariant 6)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_input_gets_a_clear_error_writes_nothing_and_the_servers_keep_serving() {
+    let d = dirs();
+    let (node, shim) = start_with_webhook(d.data.path(), d.logs.path(), false);
+    let app = create_app(&node, &unique("hostile"), AppSpec::default()).await;
+    let before = deployment_count(&node).await;
+    let deploy = "/webhook/deploy";
+    let valid = |version: Value| json!({"applicationName": app.name, "version": version, "token": app.token});
+    let check = |what: &str, r: Response, status: u16, message: &str| {
+        assert_eq!(r.status, status, "{what}: {r:?}");
+        let error = r.error();
+        assert!(
+            error.contains(message),
+            "{what}: {error:?} should say {message:?}"
+        );
+        assert_eq!(r.json()["success"], false, "{what}");
+        assert_eq!(
+            http(shim, "GET", "/healthz", &[], b"").status,
+            200,
+            "the shim keeps serving after {what}"
+        );
+    };
+
+    // An oversized body (valid JSON, valid token).
+    let mut big = valid(json!("v1"));
+    big["padding"] = json!("x".repeat(100 * 1024));
+    check(
+        "oversized body",
+        post(shim, deploy, &big, None),
+        413,
+        "larger than 65536 bytes",
+    );
+    // Wrong or missing content types.
+    let body = valid(json!("v1")).to_string();
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let r = http(
+            shim,
+            "POST",
+            deploy,
+            &[("Content-Type", content_type)],
+            body.as_bytes(),
+        );
+        check(content_type, r, 415, "must be JSON");
+    }
+    check(
+        "no content type",
+        http(shim, "POST", deploy, &[], body.as_bytes()),
+        415,
+        "must be JSON",
+    );
+    // Deeply nested JSON, and JSON that is not an object.
+    let deep = format!(
+        "{{\"applicationName\":\"{}\",\"version\":\"v1\",\"token\":\"{}\",\"x\":{}{}}}",
+        app.name,
+        app.token,
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
+    let r = http(
+        shim,
+        "POST",
+        deploy,
+        &[("Content-Type", "application/json")],
+        deep.as_bytes(),
+    );
+    check("deeply nested JSON", r, 400, "nested too deeply");
+    for bad in ["{", "[]", "null", "\"v1\"", "{\"version\": \"v1\",}"] {
+        let r = http(
+            shim,
+            "POST",
+            deploy,
+            &[("Content-Type", "application/json")],
+            bad.as_bytes(),
+        );
+        check(bad, r, 400, "");
+    }
+    // A version that is not a string.
+    for version in [
+        json!(1),
+        json!(1.5),
+        json!(["v1"]),
+        json!({"tag": "v1"}),
+        json!(true),
+    ] {
+        check(
+            &format!("version {version}"),
+            post(shim, deploy, &valid(version.clone()), None),
+            400,
+            "version must be a string",
+        );
+    }
+    check(
+        "name as a number",
+        post(
+            shim,
+            deploy,
+            &json!({"applicationName": 7, "version": "v1", "token": app.token}),
+            None,
+        ),
+        400,
+        "applicationName must be a string",
+    );
+    // Versions that are not Docker tags: shell metacharacters, path traversal, newlines.
+    for version in [
+        "v1;rm -rf /",
+        "$(id)",
+        "`id`",
+        "v1 && curl x",
+        "v1|sh",
+        "../../etc/passwd",
+        "..",
+        "v1/../v2",
+        "v1\nv2",
+        "v1\r\n",
+        "-v1",
+        ".v1",
+        "v1:latest",
+        "v1@sha256:abc",
+        &"a".repeat(129),
+    ] {
+        check(
+            &format!("version {version:?}"),
+            post(shim, deploy, &valid(json!(version)), None),
+            400,
+            "invalid version",
+        );
+    }
+    // Unicode names: not found, no crash.
+    for name in [
+        "приложение",
+        "應用程式",
+        "🚀",
+        "app\u{0}",
+        "a\u{202e}ppa",
+        "ＷＥＢ",
+        &"ü".repeat(10_000),
+    ] {
+        let r = post(
+            shim,
+            deploy,
+            &json!({"applicationName": name, "version": "v1", "token": app.token}),
+            None,
+        );
+        check(&format!("name {name:?}"), r, 404, NOT_FOUND);
+    }
+    // Odd routes and methods.
+    assert_eq!(http(shim, "GET", deploy, &[], b"").status, 405);
+    assert_eq!(
+        http(
+            shim,
+            "POST",
+            "/webhook/deploy?wait=maybe",
+            &[("Content-Type", "application/json")],
+            body.as_bytes()
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        get(
+            shim,
+            &format!("/webhook/deployments/{}", "x".repeat(500)),
+            &app.token
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        get(shim, "/webhook/deployments/%ZZ", &app.token).status,
+        404
+    );
+    assert_eq!(http(shim, "GET", "/nope", &[], b"").status, 404);
+    assert_eq!(
+        http(
+            shim,
+            "POST",
+            "/deploy",
+            &[("Content-Type", "application/json")],
+            body.as_bytes()
+        )
+        .status,
+        404,
+        "legacy route off by default"
+    );
+    assert_eq!(
+        deployment_count(&node).await,
+        before,
+        "nothing written by hostile input"
+    );
+
+    // 10,000 failed tokens from one address: 401 until the limit, then 429 with Retry-After,
+    // without the control plane seeing them.
+    let counts = std::sync::Mutex::new(std::collections::BTreeMap::<u16, usize>::new());
+    let retry_after = std::sync::Mutex::new(None::<String>);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (counts, retry_after, app) = (&counts, &retry_after, &app);
+            s.spawn(move || {
+                for i in 0..1250 {
+                    let body = json!({"applicationName": app.name, "version": "v1", "token": format!("whk_guess-{t}-{i}")});
+                    let r = post(shim, deploy, &body, None);
+                    if r.status == 429 {
+                        *retry_after.lock().unwrap() = r.header("retry-after").map(str::to_string);
+                    }
+                    *counts.lock().unwrap().entry(r.status).or_default() += 1;
+                }
+            });
+        }
+    });
+    let counts = counts.into_inner().unwrap();
+    eprintln!(
+        "10,000 failed tokens in {:?}: {counts:?}",
+        started.elapsed()
+    );
+    assert_eq!(counts.values().sum::<usize>(), 10_000);
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        vec![401, 429],
+        "{counts:?}"
+    );
+    assert!(
+        counts[&401] <= 30,
+        "the limit stops guessing early: {counts:?}"
+    );
+    let retry: u64 = retry_after
+        .into_inner()
+        .unwrap()
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // A limited client is limited even with the right token; the servers keep serving.
+    assert_eq!(post(shim, deploy, &valid(json!("v1")), None).status, 429);
+    assert_eq!(http(shim, "GET", "/healthz", &[], b"").status, 200);
+    assert_eq!(
+        deployment_count(&node).await,
+        before,
+        "nothing written by failed tokens"
+    );
+    let refusals = node.log().matches("webhook token refused").count();
+    assert!(
+        refusals <= 30,
+        "the control plane saw {refusals} refused tokens, not 10,000"
+    );
+    assert!(
+        !node.log().contains(&app.token[..12]),
+        "the token is not logged"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client IPs, the legacy route, and the RPC itself
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_for_is_honoured_only_from_trusted_proxies_and_the_legacy_route_is_deprecated() {
+    let d = dirs();
+    let (node, dev_shim) = start_with_webhook(d.data.path(), d.logs.path(), false);
+    let app = create_app(&node, &unique("xff"), AppSpec::default()).await;
+    let key = create_api_key(&node, "edge-shim", "webhook").await;
+    let behind_proxy = StandaloneShim::start(
+        &node,
+        &key,
+        &[
+            "--trusted-proxy",
+            "127.0.0.1/32,10.0.0.0/8",
+            "--enable-legacy-deploy",
+        ],
+        &[],
+        d.logs.path(),
+    );
+    let xff = |port: u16, forwarded: &str| {
+        let body =
+            json!({"applicationName": app.name, "version": "v1", "token": app.token}).to_string();
+        http(
+            port,
+            "POST",
+            "/webhook/deploy",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Forwarded-For", forwarded),
+            ],
+            body.as_bytes(),
+        )
+    };
+    // No agent runs: each deployment is recorded and fails before dispatch (500).
+    assert_eq!(xff(behind_proxy.port, "198.51.100.23").status, 500);
+    assert_eq!(
+        xff(behind_proxy.port, "203.0.113.9, 198.51.100.24, 10.1.2.3").status,
+        500
+    );
+    assert_eq!(xff(dev_shim, "198.51.100.25").status, 500);
+    let mut sources: Vec<String> = deployments(&node, &app.name)
+        .await
+        .into_iter()
+        .map(|r| r.trigger_source.unwrap_or_default())
+        .collect();
+    sources.sort();
+    assert_eq!(
+        sources,
+        ["127.0.0.1", "198.51.100.23", "198.51.100.24"],
+        "a forged header from an untrusted peer is ignored"
+    );
+
+    // Legacy POST /deploy: registered applications by name, with their token; the caller's
+    // image and ports are never applied; deprecation headers on every answer.
+    let legacy =
+        |body: Value, bearer: Option<&str>| post(behind_proxy.port, "/deploy", &body, bearer);
+    let r = legacy(
+        json!({"name": app.name, "image": "evil/image", "version": "v1", "port": 22, "containerPort": 22}),
+        None,
+    );
+    assert_eq!(r.status, 401, "no token: {r:?}");
+    for r in [&r] {
+        assert_eq!(r.header("deprecation"), Some("true"));
+        assert!(r.header("sunset").is_some_and(|s| s.ends_with("GMT")));
+    }
+    let r = legacy(
+        json!({"name": app.name, "image": "evil/image", "version": "v1", "port": 22, "containerPort": 22, "secret": app.token}),
+        None,
+    );
+    assert_eq!(
+        r.status, 500,
+        "deployed the registered app (no agent, so it failed): {r:?}"
+    );
+    assert_eq!(r.header("deprecation"), Some("true"));
+    assert_eq!(
+        r.json()["ignored"],
+        json!(["image", "port", "containerPort"])
+    );
+    assert_eq!(r.json()["application"]["name"], json!(app.name));
+    let r = legacy(
+        json!({"name": "not-registered", "version": "v1"}),
+        Some(&app.token),
+    );
+    assert_eq!((r.status, r.error()), (404, NOT_FOUND.to_string()));
+    assert!(r.header("sunset").is_some());
+    let r = legacy(
+        json!({"name": app.name, "version": "v1", "secret": "whk_wrong"}),
+        None,
+    );
+    assert_eq!((r.status, r.error()), (401, INVALID_TOKEN.to_string()));
+    assert_eq!(deployments(&node, &app.name).await.len(), 4);
+
+    // The shim with a key of the wrong role does not blame its caller: 502.
+    let viewer = create_api_key(&node, "not-a-shim", "viewer").await;
+    let wrong_key = StandaloneShim::start(&node, &viewer, &[], &[], d.logs.path());
+    let r = post(
+        wrong_key.port,
+        "/webhook/deploy",
+        &json!({"applicationName": app.name, "version": "v1", "token": app.token}),
+        None,
+    );
+    assert_eq!(r.status, 502, "{r:?}");
+
+    // Calling the RPC directly skips nothing: a viewer key is refused, and the webhook key
+    // still needs the application's token.
+    let mut rpc = WebhookServiceClient::new(node.channel().await);
+    let request = |token: &str| pb::WebhookDeployRequest {
+        application_name: Some(app.name.clone()),
+        version: "v1".into(),
+        token: token.into(),
+        client_ip: "192.0.2.1".into(),
+        ..Default::default()
+    };
+    let e = rpc
+        .deploy(authed(request(&app.token), &viewer))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    let e = rpc
+        .deploy(authed(request("whk_wrong"), &key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = rpc
+        .deploy(authed(request(&app.token), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        deployments(&node, &app.name).await.len(),
+        4,
+        "refused calls write nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry push -> auto-deploy
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_push_deploys_the_auto_deploy_application_and_leaves_the_others_alone() {
+    if !docker_available() {
+        return;
+    }
+    // The shared registry first: its docker login/logout must not race ours.
+    registry::shared();
+    build_test_images();
+    let d = dirs();
+    let (node, _) = start_with_webhook(d.data.path(), d.logs.path(), true);
+    wait_connected(&node, "local").await;
+    let secret = format!("notify-{}", std::process::id());
+    let key = create_api_key(&node, "registry-shim", "webhook").await;
+    let shim = StandaloneShim::start(
+        &node,
+        &key,
+        &[],
+        &[("BERTH_REGISTRY_NOTIFY_SECRET", &secret)],
+        d.logs.path(),
+    );
+
+    // The wrong secret is refused.
+    let envelope = json!({"events": [{"action": "push", "target": {"repository": "web", "tag": "v9"}, "request": {"host": "x"}}]});
+    assert_eq!(
+        post(shim.port, "/webhook/registry", &envelope, Some("wrong")).status,
+        401
+    );
+    assert_eq!(
+        post(shim.port, "/webhook/registry", &envelope, None).status,
+        401
+    );
+
+    // A second registry that notifies the shim.
+    let reg_dir = tempfile::tempdir().unwrap();
+    let reg_port = free_port();
+    let server = format!("127.0.0.1:{reg_port}");
+    let (user, password) = ("ci", format!("pw2-{}", std::process::id()));
+    let out = Command::new("sh")
+        .arg(repo_root().join("tests/registry/start.sh"))
+        .arg(reg_dir.path())
+        .arg(reg_port.to_string())
+        .args([user, password.as_str()])
+        .arg(format!("http://127.0.0.1:{}/webhook/registry", shim.port))
+        .env("BERTH_REGISTRY_NOTIFY_SECRET", &secret)
+        .env("BERTH_REGISTRY_WATCH_PID", std::process::id().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "registry start failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _stop = StopRegistry(reg_dir.path().to_path_buf());
+
+    add_repository(&node, "reg2", &server, user, &password).await;
+    let auto = create_app(
+        &node,
+        &unique("auto"),
+        AppSpec {
+            repository: Some("reg2".into()),
+            auto_deploy: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let manual = create_app(
+        &node,
+        &unique("manual"),
+        AppSpec {
+            repository: Some("reg2".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // Push web:v2 as web:v7.
+    docker(
+        &["login", "--username", user, "--password-stdin", &server],
+        Some(&password),
+    );
+    let target = format!("{server}/web:v7");
+    docker(&["tag", "berth-test/web:v2", &target], None);
+    docker(&["push", &target], None);
+    docker(&["rmi", &target], None);
+    docker(&["logout", &server], None);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let row = loop {
+        if let Some(row) = deployments(&node, &auto.name).await.into_iter().next() {
+            break row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no deployment after the push; shim log:\n{}",
+            shim.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(
+        (row.version.as_str(), row.trigger_type.as_str()),
+        ("v7", "registry")
+    );
+    assert_eq!(
+        row.trigger_source.as_deref(),
+        Some(format!("{server}/web:v7").as_str())
+    );
+    let done = wait_deployment(&node, &row.deployment_id, Duration::from_secs(120)).await;
+    assert_eq!(done.deployment.unwrap().status, "success");
+    // The pull by the agent notifies too; nothing deploys twice, the manual app never.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(deployments(&node, &auto.name).await.len(), 1);
+    assert!(
+        deployments(&node, &manual.name).await.is_empty(),
+        "auto_deploy off: untouched"
+    );
+    assert!(!shim.log().contains(&secret));
+    remove_app_containers(&auto.name);
+}
+
+struct StopRegistry(PathBuf);
+
+impl Drop for StopRegistry {
+    fn drop(&mut self) {
+        let _ = Command::new("sh")
+            .arg(repo_root().join("tests/registry/stop.sh"))
+            .arg(&self.0)
+            .output();
+    }
+}
+
+fn docker(args: &[&str], stdin: Option<&str>) {
+    let mut child = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(input) = stdin {
+        pipe.write_all(input.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
