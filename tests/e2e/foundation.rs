@@ -21,6 +21,12 @@ fn dirs() -> Dirs {
     Dirs { data: tempfile::tempdir().unwrap(), logs: tempfile::tempdir().unwrap() }
 }
 
+/// A node without its local agent, for tests that compare the whole database.
+fn start_without_agent(d: &Dirs) -> DevNode {
+    DevNode::start_with(d.data.path(), d.logs.path(), &[], &["--no-agent", "--agent-listen", "127.0.0.1:0"], crate::common::free_port())
+        .unwrap_or_else(|log| panic!("{log}"))
+}
+
 fn start(d: &Dirs) -> DevNode {
     DevNode::start(d.data.path(), d.logs.path(), &[]).unwrap_or_else(|log| panic!("{log}"))
 }
@@ -225,7 +231,7 @@ fn deleting_a_referenced_secret_needs_force_and_lists_the_references() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_a_clear_error_and_stores_nothing() {
     let d = dirs();
-    let mut node = start(&d);
+    let mut node = start_without_agent(&d);
     let admin = node.admin_token();
     let channel = node.channel().await;
     let mut secrets = SecretServiceClient::new(channel.clone());
@@ -240,7 +246,7 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
     node.stop();
     let db = d.data.path().join("berth.db");
     let before = dump_database(&db).await;
-    let node = start(&d);
+    let node = start_without_agent(&d);
     let channel = node.channel().await;
     let mut secrets = SecretServiceClient::new(channel.clone());
     let mut env = EnvServiceClient::new(channel.clone());

@@ -232,6 +232,8 @@ impl Fleet {
         let mut reached = 0;
         for batch in targets.chunks(batch_size) {
             reached += batch.len();
+            // One durable record for the whole batch, then every command goes out at once.
+            store.dispatch_targets(deployment_id, batch, true, pb::CommandKind::Deploy.as_str_name()).await?;
             let mut set = JoinSet::new();
             for agent in batch {
                 let fleet = self.clone();
@@ -241,7 +243,7 @@ impl Fleet {
                 set.spawn(async move {
                     cmd.sent_at_unix_nanos = now_nanos();
                     let msg = pb::ControlMessage { msg: Some(pb::control_message::Msg::Deploy(cmd)) };
-                    let result = fleet.dispatch(&id, &agent, pb::CommandKind::Deploy, msg).await;
+                    let result = fleet.dispatch(&id, &agent, pb::CommandKind::Deploy, msg, false).await;
                     (agent, result)
                 });
             }
@@ -284,7 +286,7 @@ impl Fleet {
                             app: app.clone(),
                         })),
                     };
-                    if let Err(e) = self.dispatch(deployment_id, agent, pb::CommandKind::Rollback, msg).await {
+                    if let Err(e) = self.dispatch(deployment_id, agent, pb::CommandKind::Rollback, msg, true).await {
                         store.add_deployment_event(deployment_id, None, "rollback", &format!("rollback of {agent} failed: {e}")).await?;
                     }
                 }
@@ -316,7 +318,14 @@ impl Fleet {
     /// Sends one command to one agent and waits for its result. The command is re-sent when
     /// the agent reconnects (agents run a deployment id once and answer re-sends with the
     /// recorded result).
-    async fn dispatch(&self, deployment_id: &str, agent: &str, kind: pb::CommandKind, msg: pb::ControlMessage) -> Result<pb::DeployResult> {
+    async fn dispatch(
+        &self,
+        deployment_id: &str,
+        agent: &str,
+        kind: pb::CommandKind,
+        msg: pb::ControlMessage,
+        record: bool,
+    ) -> Result<pb::DeployResult> {
         let store = self.service().store();
         let waited = self.wait_connected(agent).await;
         if !waited {
@@ -326,9 +335,11 @@ impl Fleet {
         let key = (deployment_id.to_string(), agent.to_string(), kind as i32);
         self.inner.waiters.lock().expect("waiters lock").insert(key.clone(), tx);
         self.inner.inflight.lock().expect("inflight lock").insert(key.clone(), msg.clone());
-        store
-            .dispatch_target(deployment_id, agent, kind == pb::CommandKind::Deploy, &format!("{} sent to {agent}", kind.as_str_name()))
-            .await?;
+        if record {
+            store
+                .dispatch_targets(deployment_id, &[agent.to_string()], kind == pb::CommandKind::Deploy, kind.as_str_name())
+                .await?;
+        }
         self.inner.changed.notify_waiters();
         self.send(agent, msg);
         let outcome = tokio::time::timeout(self.inner.config.rollout.result_timeout, rx).await;

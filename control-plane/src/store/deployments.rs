@@ -82,35 +82,38 @@ impl Store {
         tx.commit().await.map_err(internal)
     }
 
-    /// Records, in one transaction (one fsync), that a command is about to be sent to an
-    /// agent: the deployment is running, the target is running, and the event.
-    pub async fn dispatch_target(&self, deployment_id: &str, agent: &str, deploy: bool, message: &str) -> Result<()> {
+    /// Records, in one transaction (one fsync), that a command is about to be sent to a batch
+    /// of agents: the deployment is running, the targets are running, and the events.
+    pub async fn dispatch_targets(&self, deployment_id: &str, agents: &[String], deploy: bool, command: &str) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
         sqlx::query("UPDATE deployment_logs SET status = 'running' WHERE deployment_id = ? AND status = 'pending'")
             .bind(deployment_id)
             .execute(&mut *tx)
             .await
             .map_err(internal)?;
-        if deploy {
-            sqlx::query(&format!(
-                "UPDATE deployment_targets SET status = 'running', started_at = {NOW_MS} WHERE deployment_id = ? AND agent_name = ?"
-            ))
-            .bind(deployment_id)
-            .bind(agent)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
+        for agent in agents {
+            if deploy {
+                sqlx::query(&format!(
+                    "UPDATE deployment_targets SET status = 'running', started_at = {NOW_MS} WHERE deployment_id = ? AND agent_name = ?"
+                ))
+                .bind(deployment_id)
+                .bind(agent)
+                .execute(&mut *tx)
+                .await
+                .map_err(internal)?;
+            }
+            sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, ?, 'dispatch', ?)")
+                .bind(deployment_id)
+                .bind(agent)
+                .bind(format!("{command} sent to {agent}"))
+                .execute(&mut *tx)
+                .await
+                .map_err(internal)?;
         }
-        sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, ?, 'dispatch', ?)")
-            .bind(deployment_id)
-            .bind(agent)
-            .bind(message)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
         tx.commit().await.map_err(internal)
     }
 
+    /// Appends to the step log (through the no-fsync pool: see `Store::log_pool`).
     pub async fn add_deployment_event(&self, deployment_id: &str, agent: Option<&str>, phase: &str, message: &str) -> Result<i64> {
         sqlx::query_scalar(
             "INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, ?, ?, ?) RETURNING id",
@@ -119,7 +122,7 @@ impl Store {
         .bind(agent)
         .bind(phase)
         .bind(message)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.log_pool)
         .await
         .map_err(internal)
     }
