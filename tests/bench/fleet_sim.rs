@@ -325,7 +325,7 @@ async fn main() -> anyhow::Result<()> {
     let dispatched = started.elapsed();
     let status = wait_finished(&mut deploys, &key, &id).await;
     println!(
-        "fan-out to {} agents: every agent had the command after {:.0?}; deployment {status} after {:.0?}",
+        "fan-out to {} agents: every agent had the command after {:.2?}; deployment {status} after {:.2?}",
         args.agents,
         dispatched,
         started.elapsed()

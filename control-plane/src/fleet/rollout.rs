@@ -119,44 +119,32 @@ impl Fleet {
     /// The agents an application runs on: named agents and label selectors; with no targets
     /// configured, the only enrolled agent (a single-host install).
     async fn select_targets(&self, app: &Application) -> Result<Vec<String>> {
-        let agents: Vec<_> = self
-            .service()
-            .store()
-            .list_agents()
-            .await?
-            .into_iter()
-            .filter(|a| a.revoked_at.is_none())
-            .collect();
+        let store = self.service().store();
         if app.targets.is_empty() {
+            let agents = store.target_agents(None, None).await?;
             return match agents.as_slice() {
-                [only] => Ok(vec![only.name.clone()]),
+                [only] => Ok(vec![only.clone()]),
                 [] => Err(Error::FailedPrecondition("no agent is enrolled: enroll one with `berth agent token create`".into())),
                 _ => Err(Error::FailedPrecondition(format!(
-                    "application {:?} has no targets and {} agents are enrolled: set --target agent:NAME or label:k=v",
-                    app.name,
-                    agents.len()
+                    "application {:?} has no targets and several agents are enrolled: set --target agent:NAME or label:k=v",
+                    app.name
                 ))),
             };
         }
         let mut selected: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for target in &app.targets {
-            let matched: Vec<String> = agents
-                .iter()
-                .filter(|a| match target {
-                    Target::Agent(name) => &a.name == name,
-                    Target::Label { key, value } => a.labels().get(key) == Some(value),
-                })
-                .map(|a| a.name.clone())
-                .collect();
+            let (matched, what) = match target {
+                Target::Agent(name) => (store.target_agents(Some(name), None).await?, format!("agent {name:?}")),
+                Target::Label { key, value } => {
+                    (store.target_agents(None, Some((key, value))).await?, format!("label {key}={value}"))
+                }
+            };
             if matched.is_empty() {
-                let what = match target {
-                    Target::Agent(n) => format!("agent {n:?}"),
-                    Target::Label { key, value } => format!("label {key}={value}"),
-                };
                 return Err(Error::FailedPrecondition(format!("target {what} matches no enrolled agent")));
             }
             for name in matched {
-                if !selected.contains(&name) {
+                if seen.insert(name.clone()) {
                     selected.push(name);
                 }
             }

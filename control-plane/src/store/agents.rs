@@ -139,6 +139,30 @@ impl Store {
             .ok_or_else(|| Error::not_found(format!("agent {name:?} not found")))
     }
 
+    /// Names of unrevoked agents with this name, or with this label (one indexed lookup or
+    /// one scan in SQLite, without loading every row into the process).
+    pub async fn target_agents(&self, name: Option<&str>, label: Option<(&str, &str)>) -> Result<Vec<String>> {
+        match (name, label) {
+            (Some(name), _) => sqlx::query_scalar("SELECT name FROM agents WHERE name = ? AND revoked_at IS NULL")
+                .bind(name)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(internal),
+            (None, Some((key, value))) => sqlx::query_scalar(
+                "SELECT name FROM agents WHERE revoked_at IS NULL AND json_extract(labels, '$.\"' || ? || '\"') = ? ORDER BY name",
+            )
+            .bind(key)
+            .bind(value)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(internal),
+            (None, None) => sqlx::query_scalar("SELECT name FROM agents WHERE revoked_at IS NULL ORDER BY name LIMIT 2")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(internal),
+        }
+    }
+
     pub async fn list_agents(&self) -> Result<Vec<AgentRow>> {
         sqlx::query_as("SELECT * FROM agents ORDER BY name").fetch_all(&self.pool).await.map_err(internal)
     }
