@@ -180,9 +180,11 @@ async fn main() -> anyhow::Result<()> {
     let key = key.expect("initial admin key on stdout");
     let ca = cp_dir.join("pki/ca.crt");
     let channel = admin_channel(&cp.admin, &ca).await;
-    let mut admin = pb::agent_admin_service_client::AgentAdminServiceClient::new(channel.clone());
+    let mut admin = pb::agent_admin_service_client::AgentAdminServiceClient::new(channel.clone()).max_decoding_message_size(256 << 20);
     let mut apps = pb::application_service_client::ApplicationServiceClient::new(channel.clone());
-    let mut deploys = pb::deploy_service_client::DeployServiceClient::new(channel.clone());
+    // A deployment to 10,000 agents has 10,000 target rows and more events than the default
+    // 4 MiB message limit allows.
+    let mut deploys = pb::deploy_service_client::DeployServiceClient::new(channel.clone()).max_decoding_message_size(256 << 20);
     println!("fleet simulator: {} agents, control plane pid {}", args.agents, cp.child.id());
 
     // Enrollment, through the real path (token, CSR, pinned CA), 16 at a time.
@@ -340,7 +342,7 @@ async fn main() -> anyhow::Result<()> {
         let (new_cp, _) = start_control_plane(&cp_dir, admin_port, agent_port);
         cp = new_cp;
         let channel = admin_channel(&cp.admin, &ca).await;
-        let mut admin = pb::agent_admin_service_client::AgentAdminServiceClient::new(channel);
+        let mut admin = pb::agent_admin_service_client::AgentAdminServiceClient::new(channel).max_decoding_message_size(256 << 20);
         let back = wait_connected(&mut admin, &key, args.agents, Duration::from_secs(600)).await;
         println!(
             "reconnect storm: {} agents back {:.1?} after the control plane restarted ({:.1?} including its start)",
