@@ -53,7 +53,10 @@ struct Shared {
 }
 
 /// Runs until `shutdown` resolves. The agent must already be enrolled.
-pub async fn run(runtime: AgentRuntime, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    runtime: AgentRuntime,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let mut identity = Identity::load(&runtime.data_dir)?;
     if let Some(endpoint) = &runtime.endpoint_override {
         identity.endpoint = endpoint.clone();
@@ -63,14 +66,23 @@ pub async fn run(runtime: AgentRuntime, shutdown: impl std::future::Future<Outpu
     // so they are reported failed rather than run a second time.
     for (id, kind, app) in journal.unfinished()? {
         tracing::warn!(deployment = %id, %app, "command interrupted by an agent restart");
-        journal.finish(&id, kind, &StoredResult {
-            success: false,
-            container_id: String::new(),
-            error: "the agent restarted while running this command".into(),
-            rolled_back: false,
-        })?;
+        journal.finish(
+            &id,
+            kind,
+            &StoredResult {
+                success: false,
+                container_id: String::new(),
+                error: "the agent restarted while running this command".into(),
+                rolled_back: false,
+            },
+        )?;
     }
-    let shared = Arc::new(Shared { runtime, journal, outbound: Mutex::new(None), identity: Mutex::new(identity) });
+    let shared = Arc::new(Shared {
+        runtime,
+        journal,
+        outbound: Mutex::new(None),
+        identity: Mutex::new(identity),
+    });
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
@@ -107,25 +119,42 @@ pub async fn run(runtime: AgentRuntime, shutdown: impl std::future::Future<Outpu
 }
 
 fn channel_for(identity: &Identity) -> anyhow::Result<Endpoint> {
-    let host = identity.endpoint.rsplit_once(':').map(|(h, _)| h).unwrap_or(&identity.endpoint).trim_matches(['[', ']']);
+    let host = identity
+        .endpoint
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(&identity.endpoint)
+        .trim_matches(['[', ']']);
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&identity.ca_pem))
-        .identity(TlsIdentity::from_pem(&identity.cert_pem, secrecy::ExposeSecret::expose_secret(&identity.key_pem)))
+        .identity(TlsIdentity::from_pem(
+            &identity.cert_pem,
+            secrecy::ExposeSecret::expose_secret(&identity.key_pem),
+        ))
         .domain_name(host.to_string());
-    Ok(Endpoint::from_shared(format!("https://{}", identity.endpoint))?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10)))
+    Ok(
+        Endpoint::from_shared(format!("https://{}", identity.endpoint))?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10)),
+    )
 }
 
 /// One connection, until it breaks (Err) or a renewed certificate needs a new one (Ok).
 async fn session(shared: &Arc<Shared>) -> anyhow::Result<()> {
     let endpoint = channel_for(&shared.identity.lock().expect("identity lock"))?;
-    let channel = endpoint.connect().await.map_err(|e| anyhow::anyhow!("connect: {}", error_chain(&e)))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("connect: {}", error_chain(&e)))?;
     let mut client = pb::agent_service_client::AgentServiceClient::new(channel.clone());
 
-    let renew_at = shared.identity.lock().expect("identity lock").renewal_due_at_unix();
+    let renew_at = shared
+        .identity
+        .lock()
+        .expect("identity lock")
+        .renewal_due_at_unix();
     if time::OffsetDateTime::now_utc().unix_timestamp() >= renew_at {
         renew(shared, &channel).await?;
         return Ok(());
@@ -133,7 +162,12 @@ async fn session(shared: &Arc<Shared>) -> anyhow::Result<()> {
 
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
     let docker_version = shared.runtime.executor.runtime_version().await;
-    let running = shared.journal.unfinished()?.into_iter().map(|(id, _, _)| id).collect();
+    let running = shared
+        .journal
+        .unfinished()?
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
     tx.send(msg(pb::agent_message::Msg::Hello(pb::Hello {
         agent_version: shared.runtime.version.clone(),
         docker_version,
@@ -154,7 +188,9 @@ async fn session(shared: &Arc<Shared>) -> anyhow::Result<()> {
 
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await;
-    let renew_in = Duration::from_secs((renew_at - time::OffsetDateTime::now_utc().unix_timestamp()).max(1) as u64);
+    let renew_in = Duration::from_secs(
+        (renew_at - time::OffsetDateTime::now_utc().unix_timestamp()).max(1) as u64,
+    );
     let renewal = tokio::time::sleep(renew_in);
     tokio::pin!(renewal);
     loop {
@@ -209,22 +245,55 @@ fn handle(shared: &Arc<Shared>, message: pb::ControlMessage) {
                 });
             }
             let (id, app) = (cmd.deployment_id.clone(), cmd.app.clone());
-            start(shared, id, pb::CommandKind::Deploy, app, move |shared, events| async move {
-                let spec = spec_from(cmd);
-                let outcome = shared.runtime.executor.deploy(&spec, &events).await;
-                stored(outcome)
-            });
+            start(
+                shared,
+                id,
+                pb::CommandKind::Deploy,
+                app,
+                move |shared, events| async move {
+                    let spec = spec_from(cmd);
+                    let outcome = shared.runtime.executor.deploy(&spec, &events).await;
+                    stored(outcome)
+                },
+            );
         }
         Some(Msg::Commit(c)) => {
-            start(shared, c.deployment_id.clone(), pb::CommandKind::Commit, c.app.clone(), move |shared, events| async move {
-                shared.runtime.executor.commit(&c.app, &c.deployment_id, &events).await;
-                StoredResult { success: true, container_id: String::new(), error: String::new(), rolled_back: false }
-            });
+            start(
+                shared,
+                c.deployment_id.clone(),
+                pb::CommandKind::Commit,
+                c.app.clone(),
+                move |shared, events| async move {
+                    shared
+                        .runtime
+                        .executor
+                        .commit(&c.app, &c.deployment_id, &events)
+                        .await;
+                    StoredResult {
+                        success: true,
+                        container_id: String::new(),
+                        error: String::new(),
+                        rolled_back: false,
+                    }
+                },
+            );
         }
         Some(Msg::Rollback(r)) => {
-            start(shared, r.deployment_id.clone(), pb::CommandKind::Rollback, r.app.clone(), move |shared, events| async move {
-                stored(shared.runtime.executor.rollback(&r.app, &r.deployment_id, &events).await)
-            });
+            start(
+                shared,
+                r.deployment_id.clone(),
+                pb::CommandKind::Rollback,
+                r.app.clone(),
+                move |shared, events| async move {
+                    stored(
+                        shared
+                            .runtime
+                            .executor
+                            .rollback(&r.app, &r.deployment_id, &events)
+                            .await,
+                    )
+                },
+            );
         }
         Some(Msg::Ack(ack)) => {
             if let Err(e) = shared.journal.ack(&ack.deployment_id, ack.kind) {
@@ -236,8 +305,13 @@ fn handle(shared: &Arc<Shared>, message: pb::ControlMessage) {
 }
 
 /// Runs a command once per (deployment, kind): a re-sent command gets the recorded result.
-fn start<F, Fut>(shared: &Arc<Shared>, deployment_id: String, kind: pb::CommandKind, app: String, work: F)
-where
+fn start<F, Fut>(
+    shared: &Arc<Shared>,
+    deployment_id: String,
+    kind: pb::CommandKind,
+    app: String,
+    work: F,
+) where
     F: FnOnce(Arc<Shared>, mpsc::UnboundedSender<DeployEvent>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = StoredResult> + Send + 'static,
 {
@@ -262,11 +336,14 @@ where
             let id = deployment_id.clone();
             tokio::spawn(async move {
                 while let Some(event) = events_rx.recv().await {
-                    send(&shared, msg(pb::agent_message::Msg::Event(pb::DeployEvent {
-                        deployment_id: id.clone(),
-                        phase: event.phase,
-                        message: event.message,
-                    })));
+                    send(
+                        &shared,
+                        msg(pb::agent_message::Msg::Event(pb::DeployEvent {
+                            deployment_id: id.clone(),
+                            phase: event.phase,
+                            message: event.message,
+                        })),
+                    );
                 }
             })
         };
@@ -313,34 +390,74 @@ fn stored(o: crate::executor::DeployOutcome) -> StoredResult {
 
 fn spec_from(cmd: pb::DeployCommand) -> DeploySpec {
     let hc = cmd.health_check.unwrap_or_default();
-    let timeout = Duration::from_secs(u64::from(if hc.timeout_seconds == 0 { 60 } else { hc.timeout_seconds }));
+    let timeout = Duration::from_secs(u64::from(if hc.timeout_seconds == 0 {
+        60
+    } else {
+        hc.timeout_seconds
+    }));
     let health_check = match hc.kind.as_str() {
-        "http" => HealthCheck::Http { port: hc.port as u16, path: if hc.path.is_empty() { "/".into() } else { hc.path }, timeout },
-        "tcp" => HealthCheck::Tcp { port: hc.port as u16, timeout },
-        _ => HealthCheck::Default { timeout, grace: Duration::from_secs(u64::from(hc.grace_seconds)) },
+        "http" => HealthCheck::Http {
+            port: hc.port as u16,
+            path: if hc.path.is_empty() {
+                "/".into()
+            } else {
+                hc.path
+            },
+            timeout,
+        },
+        "tcp" => HealthCheck::Tcp {
+            port: hc.port as u16,
+            timeout,
+        },
+        _ => HealthCheck::Default {
+            timeout,
+            grace: Duration::from_secs(u64::from(hc.grace_seconds)),
+        },
     };
     DeploySpec {
         deployment_id: cmd.deployment_id,
         app: cmd.app,
         image: cmd.image,
         version: cmd.version,
-        env: cmd.env.into_iter().map(|(k, v)| (k, SecretString::from(v))).collect::<BTreeMap<_, _>>(),
+        env: cmd
+            .env
+            .into_iter()
+            .map(|(k, v)| (k, SecretString::from(v)))
+            .collect::<BTreeMap<_, _>>(),
         ports: cmd
             .ports
             .into_iter()
-            .map(|p| PortSpec { host: p.host as u16, container: p.container as u16, protocol: if p.protocol.is_empty() { "tcp".into() } else { p.protocol } })
+            .map(|p| PortSpec {
+                host: p.host as u16,
+                container: p.container as u16,
+                protocol: if p.protocol.is_empty() {
+                    "tcp".into()
+                } else {
+                    p.protocol
+                },
+            })
             .collect(),
-        registry_auth: cmd.registry.filter(|r| !r.username.is_empty()).map(|r| RegistryAuth {
-            server: r.server,
-            username: r.username,
-            password: SecretString::from(r.password),
-        }),
+        registry_auth: cmd
+            .registry
+            .filter(|r| !r.username.is_empty())
+            .map(|r| RegistryAuth {
+                server: r.server,
+                username: r.username,
+                password: SecretString::from(r.password),
+            }),
         health_check,
-        restart_policy: if cmd.restart_policy.is_empty() { "unless-stopped".into() } else { cmd.restart_policy },
+        restart_policy: if cmd.restart_policy.is_empty() {
+            "unless-stopped".into()
+        } else {
+            cmd.restart_policy
+        },
         command: cmd.command,
     }
 }
 
 fn now_nanos() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }

@@ -510,7 +510,10 @@ impl Deploy<'_> {
             && !is_refusal(&error)
             && self.exec.docker.inspect_image(&reference).await.is_ok()
         {
-            self.emit("pull", format!("{error}; using the image present on this host"));
+            self.emit(
+                "pull",
+                format!("{error}; using the image present on this host"),
+            );
             return Ok(());
         }
         if is_digest(&spec.version)

@@ -46,41 +46,79 @@ impl ServerCertVerifier for PinnedCa {
                 ))
             })?;
         let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned()).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         verifier.verify_server_cert(end_entity, &[], server_name, ocsp, now)
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 /// Enrolls with the control plane at `control_plane` (its admin URL, `https://host:port`).
-pub async fn enroll(control_plane: &str, token: &SecretString, ca_fingerprint: &str, version: &str) -> anyhow::Result<Identity> {
+pub async fn enroll(
+    control_plane: &str,
+    token: &SecretString,
+    ca_fingerprint: &str,
+    version: &str,
+) -> anyhow::Result<Identity> {
     let ca_fingerprint = ca_fingerprint.trim().to_ascii_lowercase();
     if !ca_fingerprint.starts_with("sha256:") || ca_fingerprint.len() != 7 + 64 {
         anyhow::bail!("--ca-fingerprint must be sha256:<64 hex characters>, as `berth agent token create` prints it");
     }
-    let uri: Uri = control_plane.parse().map_err(|_| anyhow::anyhow!("invalid control plane url {control_plane:?}"))?;
-    let host = uri.host().ok_or_else(|| anyhow::anyhow!("control plane url has no host"))?.to_string();
+    let uri: Uri = control_plane
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid control plane url {control_plane:?}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow::anyhow!("control plane url has no host"))?
+        .to_string();
     let port = uri.port_u16().unwrap_or(443);
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCa { fingerprint: ca_fingerprint.clone(), provider }))
+        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+            fingerprint: ca_fingerprint.clone(),
+            provider,
+        }))
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
@@ -98,7 +136,12 @@ pub async fn enroll(control_plane: &str, token: &SecretString, ca_fingerprint: &
             }
         }))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the control plane at {control_plane}: {}", error_chain(&e)))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the control plane at {control_plane}: {}",
+                error_chain(&e)
+            )
+        })?;
 
     let (key_pem, csr_pem) = new_key_and_csr()?;
     let mut client = pb::agent_enrollment_client::AgentEnrollmentClient::new(channel);

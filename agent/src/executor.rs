@@ -67,7 +67,10 @@ pub struct RegistryAuth {
 
 impl fmt::Debug for RegistryAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegistryAuth").field("server", &self.server).field("username", &self.username).finish_non_exhaustive()
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,7 +81,11 @@ pub enum HealthCheck {
     /// running for `grace`.
     Default { timeout: Duration, grace: Duration },
     /// HTTP GET `http://<container-ip>:<port><path>` must answer 2xx or 3xx.
-    Http { port: u16, path: String, timeout: Duration },
+    Http {
+        port: u16,
+        path: String,
+        timeout: Duration,
+    },
     /// A TCP connect to `<container-ip>:<port>` must succeed.
     Tcp { port: u16, timeout: Duration },
 }

@@ -27,12 +27,20 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("name", &self.name).field("endpoint", &self.endpoint).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
     }
 }
 
 fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
-    (dir.join("agent.json"), dir.join("ca.crt"), dir.join("agent.crt"), dir.join("agent.key"))
+    (
+        dir.join("agent.json"),
+        dir.join("ca.crt"),
+        dir.join("agent.crt"),
+        dir.join("agent.key"),
+    )
 }
 
 impl Identity {

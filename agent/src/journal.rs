@@ -53,7 +53,12 @@ impl Journal {
     }
 
     fn path(&self, deployment_id: &str, kind: i32) -> anyhow::Result<PathBuf> {
-        if deployment_id.is_empty() || deployment_id.len() > 64 || !deployment_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if deployment_id.is_empty()
+            || deployment_id.len() > 64
+            || !deployment_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
             anyhow::bail!("invalid deployment id");
         }
         Ok(self.dir.join(format!("{deployment_id}.{kind}.json")))
@@ -63,10 +68,20 @@ impl Journal {
     /// two deliveries racing cannot both get `Run`.
     pub fn begin(&self, deployment_id: &str, kind: i32, app: &str) -> anyhow::Result<Begin> {
         let path = self.path(deployment_id, kind)?;
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
             Ok(mut file) => {
                 use std::io::Write as _;
-                let entry = Entry { deployment_id: deployment_id.into(), kind, app: app.into(), result: None, acked: false };
+                let entry = Entry {
+                    deployment_id: deployment_id.into(),
+                    kind,
+                    app: app.into(),
+                    result: None,
+                    acked: false,
+                };
                 file.write_all(serde_json::to_string(&entry)?.as_bytes())?;
                 file.sync_all()?;
                 Ok(Begin::Run)
@@ -86,7 +101,10 @@ impl Journal {
         // A crash between create_new and the first write leaves an empty file: still running.
         let text = std::fs::read_to_string(path)?;
         if text.is_empty() {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             let mut parts = name.split('.');
             return Ok(Entry {
                 deployment_id: parts.next().unwrap_or_default().to_string(),
@@ -100,7 +118,12 @@ impl Journal {
     }
 
     /// Records the result (durably, before it is sent).
-    pub fn finish(&self, deployment_id: &str, kind: i32, result: &StoredResult) -> anyhow::Result<()> {
+    pub fn finish(
+        &self,
+        deployment_id: &str,
+        kind: i32,
+        result: &StoredResult,
+    ) -> anyhow::Result<()> {
         let path = self.path(deployment_id, kind)?;
         let mut entry = self.read(&path)?;
         entry.result = Some(result.clone());
@@ -145,7 +168,12 @@ impl Journal {
 
     /// Commands started and not finished.
     pub fn unfinished(&self) -> anyhow::Result<Vec<(String, i32, String)>> {
-        Ok(self.entries()?.into_iter().filter(|e| e.result.is_none()).map(|e| (e.deployment_id, e.kind, e.app)).collect())
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter(|e| e.result.is_none())
+            .map(|e| (e.deployment_id, e.kind, e.app))
+            .collect())
     }
 }
 
@@ -160,12 +188,23 @@ mod tests {
         assert_eq!(journal.begin("d-1", 1, "web").unwrap(), Begin::Run);
         assert_eq!(journal.begin("d-1", 1, "web").unwrap(), Begin::Running);
         assert_eq!(journal.unfinished().unwrap().len(), 1);
-        let result = StoredResult { success: true, container_id: "c".into(), error: String::new(), rolled_back: false };
+        let result = StoredResult {
+            success: true,
+            container_id: "c".into(),
+            error: String::new(),
+            rolled_back: false,
+        };
         journal.finish("d-1", 1, &result).unwrap();
-        assert_eq!(journal.begin("d-1", 1, "web").unwrap(), Begin::Done(result.clone()));
+        assert_eq!(
+            journal.begin("d-1", 1, "web").unwrap(),
+            Begin::Done(result.clone())
+        );
         // A fresh journal on the same directory (an agent restart) remembers.
         let reopened = Journal::open(dir.path()).unwrap();
-        assert_eq!(reopened.unacked().unwrap(), vec![("d-1".to_string(), 1, result)]);
+        assert_eq!(
+            reopened.unacked().unwrap(),
+            vec![("d-1".to_string(), 1, result)]
+        );
         reopened.ack("d-1", 1).unwrap();
         assert!(reopened.unacked().unwrap().is_empty());
         assert!(journal.begin("../etc/passwd", 1, "web").is_err());

@@ -23,7 +23,11 @@ struct Args {
     #[arg(long, env = "BERTH_CA_FINGERPRINT")]
     ca_fingerprint: Option<String>,
     /// Directory for the agent's key, certificate and command journal.
-    #[arg(long, env = "BERTH_AGENT_DATA_DIR", default_value = "/var/lib/berth-agent")]
+    #[arg(
+        long,
+        env = "BERTH_AGENT_DATA_DIR",
+        default_value = "/var/lib/berth-agent"
+    )]
     data_dir: PathBuf,
 }
 
@@ -42,13 +46,23 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let version = env!("CARGO_PKG_VERSION").to_string();
     if !Identity::exists(&args.data_dir) {
-        let (Some(url), Some(token), Some(fingerprint)) = (&args.control_plane, &args.enroll_token, &args.ca_fingerprint) else {
+        let (Some(url), Some(token), Some(fingerprint)) = (
+            &args.control_plane,
+            &args.enroll_token,
+            &args.ca_fingerprint,
+        ) else {
             anyhow::bail!(
                 "{} holds no identity: enroll with --control-plane URL --enroll-token TOKEN --ca-fingerprint sha256:…",
                 args.data_dir.display()
             );
         };
-        let identity = enroll::enroll(url, &SecretString::from(token.clone()), fingerprint, &version).await?;
+        let identity = enroll::enroll(
+            url,
+            &SecretString::from(token.clone()),
+            fingerprint,
+            &version,
+        )
+        .await?;
         identity.save(&args.data_dir)?;
         tracing::info!(agent = %identity.name, endpoint = %identity.endpoint, "enrolled");
     }
@@ -58,12 +72,19 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot reach the docker engine: {e}"))?
             .with_scope(Identity::load(&args.data_dir)?.name),
     );
-    let runtime = AgentRuntime { data_dir: args.data_dir, executor, version, on_command: None, endpoint_override: None };
+    let runtime = AgentRuntime {
+        data_dir: args.data_dir,
+        executor,
+        version,
+        on_command: None,
+        endpoint_override: None,
+    };
     berth_agent::run(runtime, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -1,9 +1,9 @@
 //! `berth app`: applications, their webhook and deploy targets (ApplicationService).
 
 use berth_proto::v1::{
-    target, Application, HealthCheckConfig, ApplicationDetail, CreateApplicationRequest, DeleteApplicationRequest,
-    GetApplicationRequest, ListApplicationsRequest, PortMapping, RotateWebhookTokenRequest, Target,
-    UpdateApplicationRequest,
+    target, Application, ApplicationDetail, CreateApplicationRequest, DeleteApplicationRequest,
+    GetApplicationRequest, HealthCheckConfig, ListApplicationsRequest, PortMapping,
+    RotateWebhookTokenRequest, Target, UpdateApplicationRequest,
 };
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
@@ -282,7 +282,9 @@ fn update_request(name: String, changes: Changes) -> UpdateApplicationRequest {
         set_targets: changes.clear_targets || !changes.targets.is_empty(),
         targets: changes.targets,
         deploy_batch_size: changes.batch_size,
-        health_check: changes.health_check.map(|h| with_timeout(h, changes.health_timeout)),
+        health_check: changes
+            .health_check
+            .map(|h| with_timeout(h, changes.health_timeout)),
         clear_health_check: changes.clear_health_check,
         restart_policy: changes.restart_policy,
     }
@@ -308,8 +310,18 @@ fn parse_health_check(s: &str) -> Result<HealthCheckConfig, String> {
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("{s:?}: the port must be a number from 1 to 65535"))?;
     match kind {
-        "http" => Ok(HealthCheckConfig { r#type: "http".into(), port: port.into(), path, timeout_seconds: 0 }),
-        "tcp" if path.is_empty() => Ok(HealthCheckConfig { r#type: "tcp".into(), port: port.into(), path, timeout_seconds: 0 }),
+        "http" => Ok(HealthCheckConfig {
+            r#type: "http".into(),
+            port: port.into(),
+            path,
+            timeout_seconds: 0,
+        }),
+        "tcp" if path.is_empty() => Ok(HealthCheckConfig {
+            r#type: "tcp".into(),
+            port: port.into(),
+            path,
+            timeout_seconds: 0,
+        }),
         "tcp" => Err(format!("{s:?}: a tcp check has no path")),
         _ => Err(format!("{s:?}: the check type must be http or tcp")),
     }
@@ -322,12 +334,22 @@ mod health_check_tests {
     #[test]
     fn health_checks_parse() {
         let h = parse_health_check("http:80/healthz").unwrap();
-        assert_eq!((h.r#type.as_str(), h.port, h.path.as_str()), ("http", 80, "/healthz"));
+        assert_eq!(
+            (h.r#type.as_str(), h.port, h.path.as_str()),
+            ("http", 80, "/healthz")
+        );
         let h = parse_health_check("http:8080").unwrap();
         assert_eq!(h.path, "");
         let h = parse_health_check("tcp:5432").unwrap();
         assert_eq!((h.r#type.as_str(), h.port), ("tcp", 5432));
-        for bad in ["http", "http:0", "http:x/y", "udp:53", "tcp:53/x", "http:70000"] {
+        for bad in [
+            "http",
+            "http:0",
+            "http:x/y",
+            "udp:53",
+            "tcp:53/x",
+            "http:70000",
+        ] {
             assert!(parse_health_check(bad).is_err(), "{bad}");
         }
     }

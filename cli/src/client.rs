@@ -129,7 +129,9 @@ impl Connection {
         AgentAdminServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
-    pub fn notifications(&self) -> berth_proto::v1::notification_service_client::NotificationServiceClient<AuthChannel> {
+    pub fn notifications(
+        &self,
+    ) -> berth_proto::v1::notification_service_client::NotificationServiceClient<AuthChannel> {
         berth_proto::v1::notification_service_client::NotificationServiceClient::with_interceptor(
             self.channel.clone(),
             self.auth.clone(),

@@ -56,14 +56,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let webhook_listener = berth_control_plane::webhook::bind(args.webhook_listen).await?;
     let webhook_url = format!("http://{}", webhook_listener.local_addr()?);
-    let webhook_public_url = args.webhook_public_url.clone().unwrap_or_else(|| webhook_url.clone());
+    let webhook_public_url = args
+        .webhook_public_url
+        .clone()
+        .unwrap_or_else(|| webhook_url.clone());
     let node = node::start(NodeConfig {
         data_dir: data_dir.clone(),
         grpc_listen: args.grpc_listen,
         server_names: vec!["localhost".to_string(), "127.0.0.1".to_string()],
         master_key: MasterKeySource::from_vars(|k| std::env::var(k).ok()),
         write_admin_token_file: true,
-        webhook_public_url: Some(webhook_public_url.clone()),
+        // Stored (for `berth app show`) when chosen; the default matches the default address.
+        webhook_public_url: (args.webhook_public_url.is_some() || args.webhook_listen.is_some())
+            .then(|| webhook_public_url.clone()),
         agent_listen: args.agent_listen,
         agent_endpoint: args.agent_endpoint,
         fleet: {
@@ -125,9 +130,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     }));
     let agent = local_agent.map(|a| tokio::spawn(a.run()));
-    let shim = tokio::spawn(berth_control_plane::webhook::serve(shim_config, webhook_listener, async move {
-        let _ = shim_stop.wait_for(|s| *s).await;
-    }));
+    let shim = tokio::spawn(berth_control_plane::webhook::serve(
+        shim_config,
+        webhook_listener,
+        async move {
+            let _ = shim_stop.wait_for(|s| *s).await;
+        },
+    ));
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     shim.abort();

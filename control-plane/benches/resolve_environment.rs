@@ -12,7 +12,9 @@ use secrecy::SecretString;
 
 async fn setup(secrets: usize) -> (Service, i64) {
     let store = Store::open_in_memory().await.unwrap();
-    let svc = Service::new(store, MasterKey::from_bytes(&[1u8; 32]).unwrap()).await.unwrap();
+    let svc = Service::new(store, MasterKey::from_bytes(&[1u8; 32]).unwrap())
+        .await
+        .unwrap();
     let admin = Actor::system();
     let app = svc
         .create_application(
@@ -37,16 +39,39 @@ async fn setup(secrets: usize) -> (Service, i64) {
     svc.create_group(&admin, "g", None).await.unwrap();
     for i in 0..secrets {
         let name = format!("SECRET_{i}");
-        let value = SecretString::from(format!("postgres://user{i}:password-{i}@db.internal:5432/app"));
-        svc.set_secret(&admin, "g", &name, &value, None).await.unwrap();
-        svc.set_env(&admin, Some("bench"), &name, SetEnvValue::Secret(format!("g/{name}")), None).await.unwrap();
+        let value = SecretString::from(format!(
+            "postgres://user{i}:password-{i}@db.internal:5432/app"
+        ));
+        svc.set_secret(&admin, "g", &name, &value, None)
+            .await
+            .unwrap();
+        svc.set_env(
+            &admin,
+            Some("bench"),
+            &name,
+            SetEnvValue::Secret(format!("g/{name}")),
+            None,
+        )
+        .await
+        .unwrap();
     }
-    svc.set_env(&admin, None, "NODE_ENV", SetEnvValue::Plain("production".into()), None).await.unwrap();
+    svc.set_env(
+        &admin,
+        None,
+        "NODE_ENV",
+        SetEnvValue::Plain("production".into()),
+        None,
+    )
+    .await
+    .unwrap();
     (svc, app.id)
 }
 
 fn resolve(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("resolve_environment");
     for n in [1usize, 100, 200] {
         let (svc, app_id) = rt.block_on(setup(n));
@@ -60,7 +85,9 @@ fn resolve(c: &mut Criterion) {
     let key = MasterKey::from_bytes(&[1u8; 32]).unwrap();
     let aad = berth_control_plane::crypto::Aad::secret(1, "X");
     let stored = key.encrypt(b"postgres://user:password@db.internal:5432/app", &aad);
-    c.bench_function("aes_gcm_decrypt_small_value", |b| b.iter(|| key.decrypt(&stored, &aad).unwrap()));
+    c.bench_function("aes_gcm_decrypt_small_value", |b| {
+        b.iter(|| key.decrypt(&stored, &aad).unwrap())
+    });
 }
 
 criterion_group!(benches, resolve);

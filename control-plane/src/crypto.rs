@@ -35,7 +35,9 @@ pub struct MasterKey {
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MasterKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("MasterKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -47,7 +49,9 @@ impl MasterKey {
                 bytes.len()
             )));
         }
-        let digest = Sha256::new_with_prefix(b"berth-key-id:").chain_update(bytes).finalize();
+        let digest = Sha256::new_with_prefix(b"berth-key-id:")
+            .chain_update(bytes)
+            .finalize();
         Ok(MasterKey {
             id: hex::encode(&digest[..4]),
             cipher: Aes256Gcm::new_from_slice(bytes).expect("length checked above"),
@@ -60,9 +64,9 @@ impl MasterKey {
         let bytes = Zeroizing::new(if text.len() == 2 * KEY_LEN {
             hex::decode(text).map_err(|_| Error::invalid("master key is not valid hex"))?
         } else {
-            STANDARD
-                .decode(text)
-                .map_err(|_| Error::invalid("master key must be 64 hex characters or base64 of 32 bytes"))?
+            STANDARD.decode(text).map_err(|_| {
+                Error::invalid("master key must be 64 hex characters or base64 of 32 bytes")
+            })?
         });
         Self::from_bytes(&bytes)
     }
@@ -71,18 +75,26 @@ impl MasterKey {
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
         rand::thread_rng().fill_bytes(bytes.as_mut());
         let text = Zeroizing::new(hex::encode(bytes.as_ref()));
-        (Self::from_bytes(bytes.as_ref()).expect("fixed length"), text)
+        (
+            Self::from_bytes(bytes.as_ref()).expect("fixed length"),
+            text,
+        )
     }
 
     /// Reads a key file; refuses files readable by group or others.
     pub fn read_file(path: &Path) -> Result<Self> {
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            Error::FailedPrecondition(format!("cannot read master key file {}: {e}", path.display()))
+            Error::FailedPrecondition(format!(
+                "cannot read master key file {}: {e}",
+                path.display()
+            ))
         })?);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0);
+            let mode = std::fs::metadata(path)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0);
             if mode & 0o077 != 0 {
                 return Err(Error::FailedPrecondition(format!(
                     "master key file {} is readable by others (mode {:o}); chmod 600 it",
@@ -105,7 +117,13 @@ impl MasterKey {
         let aad_bytes = aad.to_bytes();
         let ciphertext = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad_bytes })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad_bytes,
+                },
+            )
             .expect("aes-gcm encryption of an in-memory buffer cannot fail");
         format!(
             "{FORMAT_VERSION}:{}:{}:{}",
@@ -133,14 +151,24 @@ impl MasterKey {
                 self.id
             )));
         }
-        let nonce = STANDARD.decode(nonce).map_err(|_| fail("bad nonce encoding"))?;
+        let nonce = STANDARD
+            .decode(nonce)
+            .map_err(|_| fail("bad nonce encoding"))?;
         if nonce.len() != NONCE_LEN {
             return Err(fail("bad nonce length"));
         }
-        let ciphertext = STANDARD.decode(ciphertext).map_err(|_| fail("bad ciphertext encoding"))?;
+        let ciphertext = STANDARD
+            .decode(ciphertext)
+            .map_err(|_| fail("bad ciphertext encoding"))?;
         let aad_bytes = aad.to_bytes();
         self.cipher
-            .decrypt(Nonce::from_slice(&nonce), Payload { msg: &ciphertext, aad: &aad_bytes })
+            .decrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &ciphertext,
+                    aad: &aad_bytes,
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| fail("authentication failed (wrong key, or value moved from another row)"))
     }
@@ -148,8 +176,9 @@ impl MasterKey {
     /// Decrypts a stored value that must be UTF-8 text.
     pub fn decrypt_string(&self, stored: &str, aad: &Aad) -> Result<SecretString> {
         let bytes = self.decrypt(stored, aad)?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| Error::FailedPrecondition(format!("cannot decrypt {aad}: value is not utf-8")))?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            Error::FailedPrecondition(format!("cannot decrypt {aad}: value is not utf-8"))
+        })?;
         Ok(SecretString::from(text.to_owned()))
     }
 }
@@ -165,7 +194,11 @@ pub struct Aad {
 
 impl Aad {
     pub fn new(table: &'static str, column: &'static str, row: &[&str]) -> Self {
-        Aad { table, column, row: row.iter().map(|s| s.to_string()).collect() }
+        Aad {
+            table,
+            column,
+            row: row.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     /// The AAD of `secrets.value`: bound to the group and the secret's name.
@@ -176,7 +209,10 @@ impl Aad {
     fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(b"berth-aad-v1");
-        for part in [self.table, self.column].into_iter().chain(self.row.iter().map(String::as_str)) {
+        for part in [self.table, self.column]
+            .into_iter()
+            .chain(self.row.iter().map(String::as_str))
+        {
             out.extend_from_slice(&(part.len() as u32).to_be_bytes());
             out.extend_from_slice(part.as_bytes());
         }
@@ -254,7 +290,9 @@ mod tests {
         let stored = k.encrypt(b"value", &Aad::secret(1, "A"));
         assert!(k.decrypt(&stored, &Aad::secret(1, "B")).is_err());
         assert!(k.decrypt(&stored, &Aad::secret(2, "A")).is_err());
-        assert!(k.decrypt(&stored, &Aad::new("repositories", "password", &["1", "A"])).is_err());
+        assert!(k
+            .decrypt(&stored, &Aad::new("repositories", "password", &["1", "A"]))
+            .is_err());
         // Length prefixes keep ("1", "2/x") and ("1/2", "x") apart.
         let s = k.encrypt(b"v", &Aad::new("t", "c", &["1", "2x"]));
         assert!(k.decrypt(&s, &Aad::new("t", "c", &["12", "x"])).is_err());
@@ -264,7 +302,10 @@ mod tests {
     fn a_wrong_key_fails_with_a_clear_error_and_no_content() {
         let stored = key().encrypt(b"hunter2", &Aad::secret(1, "A"));
         let other = MasterKey::from_bytes(&[8u8; 32]).unwrap();
-        let err = other.decrypt(&stored, &Aad::secret(1, "A")).unwrap_err().to_string();
+        let err = other
+            .decrypt(&stored, &Aad::secret(1, "A"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("encrypted with master key"), "{err}");
         assert!(!err.contains("hunter2"));
     }
@@ -301,6 +342,9 @@ mod tests {
         let d = token_digest(t.expose_secret());
         assert!(!d.contains(t.expose_secret()));
         assert!(token_matches(&t, &d));
-        assert!(!token_matches(&SecretString::from("whk_other".to_string()), &d));
+        assert!(!token_matches(
+            &SecretString::from("whk_other".to_string()),
+            &d
+        ));
     }
 }

@@ -139,9 +139,17 @@ impl Fleet {
 
     /// Maps a client certificate (by its SHA-256 fingerprint) to an enrolled, unrevoked agent.
     pub async fn authenticate_agent(&self, fingerprint: &str) -> Result<AgentRow> {
-        match self.service().store().agent_by_fingerprint(fingerprint).await? {
+        match self
+            .service()
+            .store()
+            .agent_by_fingerprint(fingerprint)
+            .await?
+        {
             Some(agent) if agent.revoked_at.is_none() => Ok(agent),
-            Some(agent) => Err(Error::PermissionDenied(format!("agent {:?} is revoked", agent.name))),
+            Some(agent) => Err(Error::PermissionDenied(format!(
+                "agent {:?} is revoked",
+                agent.name
+            ))),
             None => Err(Error::Unauthenticated(
                 "client certificate is not the current certificate of any agent".to_string(),
             )),
@@ -156,7 +164,13 @@ impl Fleet {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         let previous = self.inner.live.lock().expect("live lock").insert(
             agent.name.clone(),
-            LiveAgent { session: id, tx, labels: agent.labels(), last_heartbeat: Instant::now(), kill: Some(kill) },
+            LiveAgent {
+                session: id,
+                tx,
+                labels: agent.labels(),
+                last_heartbeat: Instant::now(),
+                kill: Some(kill),
+            },
         );
         if let Some(mut previous) = previous {
             if let Some(kill) = previous.kill.take() {
@@ -165,12 +179,21 @@ impl Fleet {
         }
         self.service()
             .store()
-            .agent_seen(&agent.name, "connected", Some(&hello.agent_version), Some(&hello.docker_version))
+            .agent_seen(
+                &agent.name,
+                "connected",
+                Some(&hello.agent_version),
+                Some(&hello.docker_version),
+            )
             .await?;
         tracing::info!(agent = %agent.name, session = id, running = hello.running.len(), "agent connected");
         self.inner.connected.notify_waiters();
         self.resend_inflight(&agent.name);
-        Ok(Session { id, outbound, killed })
+        Ok(Session {
+            id,
+            outbound,
+            killed,
+        })
     }
 
     /// Unregisters a stream that ended (if it is still the agent's current one).
@@ -184,7 +207,12 @@ impl Fleet {
         };
         if removed {
             tracing::info!(agent, session, "agent disconnected");
-            if let Err(e) = self.service().store().agent_seen(agent, "disconnected", None, None).await {
+            if let Err(e) = self
+                .service()
+                .store()
+                .agent_seen(agent, "disconnected", None, None)
+                .await
+            {
                 tracing::warn!(agent, error = %e, "cannot record disconnect");
             }
         }
@@ -202,12 +230,19 @@ impl Fleet {
                 let store = self.service().store();
                 if store.deployment(&event.deployment_id).await.is_ok() {
                     store
-                        .add_deployment_event(&event.deployment_id, Some(agent), &truncate(&event.phase, 32), &truncate(&event.message, 2048))
+                        .add_deployment_event(
+                            &event.deployment_id,
+                            Some(agent),
+                            &truncate(&event.phase, 32),
+                            &truncate(&event.message, 2048),
+                        )
                         .await?;
                     self.inner.changed.notify_waiters();
                 }
             }
-            Some(pb::agent_message::Msg::Result(result)) => self.handle_result(agent, result).await?,
+            Some(pb::agent_message::Msg::Result(result)) => {
+                self.handle_result(agent, result).await?
+            }
             Some(pb::agent_message::Msg::Hello(_)) | None => {
                 return Err(Error::invalid("unexpected message on an open stream"));
             }
@@ -220,15 +255,32 @@ impl Fleet {
         let store = self.service().store();
         let kind = pb::CommandKind::try_from(result.kind).unwrap_or(pb::CommandKind::Unspecified);
         if store.deployment(&result.deployment_id).await.is_ok() {
-            let container = (!result.container_id.is_empty()).then_some(result.container_id.as_str());
+            let container =
+                (!result.container_id.is_empty()).then_some(result.container_id.as_str());
             let error = (!result.error.is_empty()).then_some(truncate(&result.error, 2048));
             match kind {
                 pb::CommandKind::Deploy => {
                     let status = if result.success { "success" } else { "failed" };
-                    store.finish_target(&result.deployment_id, agent, status, container, error.as_deref()).await?;
+                    store
+                        .finish_target(
+                            &result.deployment_id,
+                            agent,
+                            status,
+                            container,
+                            error.as_deref(),
+                        )
+                        .await?;
                 }
                 pb::CommandKind::Rollback => {
-                    store.finish_target(&result.deployment_id, agent, "rolled_back", container, error.as_deref()).await?;
+                    store
+                        .finish_target(
+                            &result.deployment_id,
+                            agent,
+                            "rolled_back",
+                            container,
+                            error.as_deref(),
+                        )
+                        .await?;
                 }
                 _ => {}
             }
@@ -236,7 +288,13 @@ impl Fleet {
         }
         self.send(agent, ack(&result.deployment_id, result.kind));
         let key = (result.deployment_id.clone(), agent.to_string(), result.kind);
-        if let Some(waiter) = self.inner.waiters.lock().expect("waiters lock").remove(&key) {
+        if let Some(waiter) = self
+            .inner
+            .waiters
+            .lock()
+            .expect("waiters lock")
+            .remove(&key)
+        {
             let _ = waiter.send(result);
         }
         Ok(())
@@ -265,22 +323,35 @@ impl Fleet {
         actor.require(crate::service::Permission::Write)?;
         self.service().store().revoke_agent(name).await?;
         self.drop_stream(name);
-        self.service().store().audit(&actor.name, "agent.revoke", name, None).await
+        self.service()
+            .store()
+            .audit(&actor.name, "agent.revoke", name, None)
+            .await
     }
 
     /// Agents as `berth agent list` shows them: stored rows with live presence.
-    pub async fn list_agents(&self, actor: &crate::service::Actor) -> Result<Vec<(AgentRow, bool)>> {
+    pub async fn list_agents(
+        &self,
+        actor: &crate::service::Actor,
+    ) -> Result<Vec<(AgentRow, bool)>> {
         actor.require(crate::service::Permission::Read)?;
         let rows = self.service().store().list_agents().await?;
         let live = self.inner.live.lock().expect("live lock");
-        Ok(rows.into_iter().map(|r| {
-            let connected = live.contains_key(&r.name);
-            (r, connected)
-        }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let connected = live.contains_key(&r.name);
+                (r, connected)
+            })
+            .collect())
     }
 
     pub fn is_connected(&self, agent: &str) -> bool {
-        self.inner.live.lock().expect("live lock").contains_key(agent)
+        self.inner
+            .live
+            .lock()
+            .expect("live lock")
+            .contains_key(agent)
     }
 
     pub fn connected_count(&self) -> usize {
@@ -307,16 +378,27 @@ impl Fleet {
 
     /// Labels of a connected agent.
     fn live_labels(&self, agent: &str) -> Option<BTreeMap<String, String>> {
-        self.inner.live.lock().expect("live lock").get(agent).map(|a| a.labels.clone())
+        self.inner
+            .live
+            .lock()
+            .expect("live lock")
+            .get(agent)
+            .map(|a| a.labels.clone())
     }
 
     /// Subscribes to finished deployments (called after the final status is stored).
     pub fn on_finished(&self, hook: FinishedHook) {
-        self.inner.on_finished.lock().expect("hooks lock").push(hook);
+        self.inner
+            .on_finished
+            .lock()
+            .expect("hooks lock")
+            .push(hook);
     }
 
     pub(crate) async fn notify_finished(&self, deployment_id: &str) {
-        let Ok((log, app)) = self.service().store().deployment(deployment_id).await else { return };
+        let Ok((log, app)) = self.service().store().deployment(deployment_id).await else {
+            return;
+        };
         let hooks: Vec<FinishedHook> = self.inner.on_finished.lock().expect("hooks lock").clone();
         for hook in hooks {
             hook(&log, &app);
@@ -331,7 +413,10 @@ impl Fleet {
 
 fn ack(deployment_id: &str, kind: i32) -> pb::ControlMessage {
     pb::ControlMessage {
-        msg: Some(pb::control_message::Msg::Ack(pb::ResultAck { deployment_id: deployment_id.to_string(), kind })),
+        msg: Some(pb::control_message::Msg::Ack(pb::ResultAck {
+            deployment_id: deployment_id.to_string(),
+            kind,
+        })),
     }
 }
 

@@ -24,12 +24,12 @@ use crate::service::{Actor, Service};
 
 pub use agent::{AgentApi, AgentEnrollmentApi};
 pub use api_keys::ApiKeyApi;
-pub use deploy::{AgentAdminApi, DeployApi};
 pub use applications::ApplicationApi;
+pub use deploy::{AgentAdminApi, DeployApi};
 pub use env::EnvApi;
+pub use notify::NotifyApi;
 pub use registry::{AllowlistApi, RepositoryApi};
 pub use secrets::SecretApi;
-pub use notify::NotifyApi;
 pub use webhook::{WebhookApi, CALLER_REFUSED_METADATA};
 
 /// Maps a domain error to a gRPC status: the one place this happens.
@@ -51,11 +51,13 @@ pub fn status(error: Error) -> Status {
 }
 
 /// Reads `authorization: Bearer bk_…` and resolves it to an actor.
-pub(crate) async fn authenticate<T>(service: &Service, request: &Request<T>) -> Result<Actor, Status> {
-    let header = request
-        .metadata()
-        .get("authorization")
-        .ok_or_else(|| Status::unauthenticated("missing api key: set authorization: Bearer bk_… (BERTH_TOKEN)"))?;
+pub(crate) async fn authenticate<T>(
+    service: &Service,
+    request: &Request<T>,
+) -> Result<Actor, Status> {
+    let header = request.metadata().get("authorization").ok_or_else(|| {
+        Status::unauthenticated("missing api key: set authorization: Bearer bk_… (BERTH_TOKEN)")
+    })?;
     let value = header
         .to_str()
         .map_err(|_| Status::unauthenticated("invalid or revoked api key"))?;
@@ -63,7 +65,10 @@ pub(crate) async fn authenticate<T>(service: &Service, request: &Request<T>) -> 
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or_else(|| Status::unauthenticated("authorization must be \"Bearer <api key>\""))?;
-    service.authenticate(&SecretString::from(token.trim().to_string())).await.map_err(status)
+    service
+        .authenticate(&SecretString::from(token.trim().to_string()))
+        .await
+        .map_err(status)
 }
 
 /// Every admin service, wired for a tonic router.
@@ -79,16 +84,22 @@ pub struct AdminServices {
 impl AdminServices {
     pub fn new(service: Service) -> Self {
         AdminServices {
-            secrets: pb::secret_service_server::SecretServiceServer::new(SecretApi::new(service.clone())),
+            secrets: pb::secret_service_server::SecretServiceServer::new(SecretApi::new(
+                service.clone(),
+            )),
             env: pb::env_service_server::EnvServiceServer::new(EnvApi::new(service.clone())),
-            applications: pb::application_service_server::ApplicationServiceServer::new(ApplicationApi::new(
+            applications: pb::application_service_server::ApplicationServiceServer::new(
+                ApplicationApi::new(service.clone()),
+            ),
+            api_keys: pb::api_key_service_server::ApiKeyServiceServer::new(ApiKeyApi::new(
                 service.clone(),
             )),
-            api_keys: pb::api_key_service_server::ApiKeyServiceServer::new(ApiKeyApi::new(service.clone())),
-            repositories: pb::repository_service_server::RepositoryServiceServer::new(RepositoryApi::new(
-                service.clone(),
-            )),
-            allowlist: pb::allowlist_service_server::AllowlistServiceServer::new(AllowlistApi::new(service)),
+            repositories: pb::repository_service_server::RepositoryServiceServer::new(
+                RepositoryApi::new(service.clone()),
+            ),
+            allowlist: pb::allowlist_service_server::AllowlistServiceServer::new(
+                AllowlistApi::new(service),
+            ),
         }
     }
 }

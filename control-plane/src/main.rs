@@ -18,7 +18,12 @@ struct Args {
     #[arg(long, env = "BERTH_LISTEN", default_value = node::DEFAULT_GRPC_ADDR)]
     listen: SocketAddr,
     /// Names and IPs the server certificate covers (comma-separated).
-    #[arg(long, env = "BERTH_SERVER_NAMES", value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    #[arg(
+        long,
+        env = "BERTH_SERVER_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
     server_name: Vec<String>,
     /// Public base URL of the webhook shim, shown by `berth app show`.
     #[arg(long, env = "BERTH_WEBHOOK_PUBLIC_URL")]
@@ -40,7 +45,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -58,7 +65,10 @@ async fn main() -> anyhow::Result<()> {
     let node = node::start(config).await?;
     if let Some(key) = &node.initial_admin_key {
         // Shown exactly once, on stdout, like `vault operator init`; never logged.
-        println!("Initial admin API key (shown once, store it now):\n\n    {}\n", key.expose_secret());
+        println!(
+            "Initial admin API key (shown once, store it now):\n\n    {}\n",
+            key.expose_secret()
+        );
     }
     println!("CA fingerprint: {}", node.ca_fingerprint);
     node.serve(shutdown_signal()).await
@@ -75,7 +85,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

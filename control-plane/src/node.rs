@@ -19,7 +19,9 @@ use tonic::transport::Certificate;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::fleet::{Fleet, FleetConfig};
-use crate::grpc::{AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi, WebhookApi};
+use crate::grpc::{
+    AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi, WebhookApi,
+};
 use crate::pki::{write_private, Pki};
 use crate::service::applications::WEBHOOK_URL_SETTING;
 use crate::service::Service;
@@ -119,7 +121,19 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
     let service = Service::new(store, key).await?;
     let pki = Pki::load_or_create(&config.data_dir, &config.server_names)?;
     if let Some(url) = &config.webhook_public_url {
-        service.store().put_setting(WEBHOOK_URL_SETTING, url).await?;
+        // Written only when it changes: a restart with the same config writes nothing.
+        if service
+            .store()
+            .setting(WEBHOOK_URL_SETTING)
+            .await?
+            .as_deref()
+            != Some(url.as_str())
+        {
+            service
+                .store()
+                .put_setting(WEBHOOK_URL_SETTING, url)
+                .await?;
+        }
     }
 
     let mut admin_token_file = None;
@@ -148,7 +162,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
     let agent_addr = agent_listener.local_addr()?;
     let pki = Arc::new(pki);
     let mut fleet_config = config.fleet.clone();
-    fleet_config.agent_endpoint = config.agent_endpoint.clone().unwrap_or_else(|| agent_addr.to_string());
+    fleet_config.agent_endpoint = config
+        .agent_endpoint
+        .clone()
+        .unwrap_or_else(|| agent_addr.to_string());
     let fleet = Fleet::new(service.clone(), pki.clone(), fleet_config);
     Ok(Node {
         grpc_addr: listener.local_addr()?,
@@ -168,7 +185,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
 impl Node {
     /// Serves the admin API and the agent API until `shutdown` resolves, then drains and
     /// closes the store. Deployments a previous run left unfinished are reconciled first.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -204,20 +224,28 @@ impl Node {
             // Dead peers behind NAT are found by keepalive, not only by missing heartbeats.
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(pb::agent_service_server::AgentServiceServer::new(AgentApi::new(self.fleet.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.agent_listener), stopped(stop_rx.clone()));
+            .add_service(pb::agent_service_server::AgentServiceServer::new(
+                AgentApi::new(self.fleet.clone()),
+            ))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.agent_listener),
+                stopped(stop_rx.clone()),
+            );
         tracing::info!(addr = %self.agent_addr, "agent api listening (mtls)");
         let agent_task = tokio::spawn(agent_server);
         let shutdown = stopped(stop_rx);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         let admin = AdminServices::new(self.service.clone());
         health_reporter.set_serving::<berth_proto::v1::secret_service_server::SecretServiceServer<crate::grpc::SecretApi>>().await;
-        health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(berth_proto::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let tls = ServerTlsConfig::new().identity(Identity::from_pem(&chain, &self.pki.server_key_pem));
+        let tls =
+            ServerTlsConfig::new().identity(Identity::from_pem(&chain, &self.pki.server_key_pem));
 
         tracing::info!(addr = %self.grpc_addr, ca_fingerprint = %self.ca_fingerprint, "admin api listening");
         Server::builder()
@@ -232,11 +260,25 @@ impl Node {
             .add_service(admin.api_keys)
             .add_service(admin.repositories)
             .add_service(admin.allowlist)
-            .add_service(pb::deploy_service_server::DeployServiceServer::new(DeployApi::new(self.fleet.clone())))
-            .add_service(pb::agent_admin_service_server::AgentAdminServiceServer::new(AgentAdminApi::new(self.fleet.clone())))
-            .add_service(pb::agent_enrollment_server::AgentEnrollmentServer::new(AgentEnrollmentApi::new(self.fleet.clone())))
-            .add_service(pb::webhook_service_server::WebhookServiceServer::new(WebhookApi::new(self.fleet.clone())))
-            .add_service(pb::notification_service_server::NotificationServiceServer::new(crate::grpc::NotifyApi::new(self.service.clone())))
+            .add_service(pb::deploy_service_server::DeployServiceServer::new(
+                DeployApi::new(self.fleet.clone()),
+            ))
+            .add_service(
+                pb::agent_admin_service_server::AgentAdminServiceServer::new(AgentAdminApi::new(
+                    self.fleet.clone(),
+                )),
+            )
+            .add_service(pb::agent_enrollment_server::AgentEnrollmentServer::new(
+                AgentEnrollmentApi::new(self.fleet.clone()),
+            ))
+            .add_service(pb::webhook_service_server::WebhookServiceServer::new(
+                WebhookApi::new(self.fleet.clone()),
+            ))
+            .add_service(
+                pb::notification_service_server::NotificationServiceServer::new(
+                    crate::grpc::NotifyApi::new(self.service.clone()),
+                ),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
         agent_task.await??;
@@ -274,13 +316,18 @@ async fn load_master_key(config: &NodeConfig, store: &Store) -> Result<MasterKey
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::FailedPrecondition(format!("cannot create data directory {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::FailedPrecondition(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::FailedPrecondition(format!("cannot restrict {}: {e}", dir.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            Error::FailedPrecondition(format!("cannot restrict {}: {e}", dir.display()))
+        })?;
     }
     Ok(())
 }

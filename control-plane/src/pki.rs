@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 use sha2::{Digest as _, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -54,7 +54,9 @@ pub struct Pki {
 
 impl std::fmt::Debug for Pki {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pki").field("ca_fingerprint", &self.ca_fingerprint).finish_non_exhaustive()
+        f.debug_struct("Pki")
+            .field("ca_fingerprint", &self.ca_fingerprint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,7 +69,11 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::OrganizationName, "berth");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params
 }
 
@@ -76,13 +82,15 @@ impl Pki {
     /// reissued when `server_names` are not all covered or it expires within 30 days.
     pub fn load_or_create(data_dir: &Path, server_names: &[String]) -> Result<Self> {
         let paths = PkiPaths::in_dir(data_dir);
-        std::fs::create_dir_all(paths.ca_cert.parent().expect("pki dir has a parent")).map_err(io("create pki dir"))?;
+        std::fs::create_dir_all(paths.ca_cert.parent().expect("pki dir has a parent"))
+            .map_err(io("create pki dir"))?;
 
         let (ca_key, ca_cert_pem) = if paths.ca_key.exists() && paths.ca_cert.exists() {
             let key = KeyPair::from_pem(&read(&paths.ca_key)?).map_err(pki_err("read ca key"))?;
             (key, read(&paths.ca_cert)?)
         } else {
-            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(pki_err("generate ca key"))?;
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(pki_err("generate ca key"))?;
             let mut params = ca_params();
             let now = OffsetDateTime::now_utc();
             params.not_before = now - Duration::hours(1);
@@ -92,26 +100,40 @@ impl Pki {
             write_public(&paths.ca_cert, &cert.pem())?;
             (key, cert.pem())
         };
-        let ca_signer = ca_params().self_signed(&ca_key).map_err(pki_err("load ca"))?;
+        let ca_signer = ca_params()
+            .self_signed(&ca_key)
+            .map_err(pki_err("load ca"))?;
         let ca_fingerprint = fingerprint_pem(&ca_cert_pem)?;
 
         let names_file = paths.server_cert.with_extension("names");
         let wanted = server_names.join(",");
-        let covered = std::fs::read_to_string(&names_file).map(|n| n == wanted).unwrap_or(false);
+        let covered = std::fs::read_to_string(&names_file)
+            .map(|n| n == wanted)
+            .unwrap_or(false);
         let fresh = std::fs::metadata(&paths.server_cert)
             .and_then(|m| m.modified())
-            .map(|t| t.elapsed().map(|e| e.as_secs() < ((SERVER_VALIDITY_DAYS - 30) * 86400) as u64).unwrap_or(false))
+            .map(|t| {
+                t.elapsed()
+                    .map(|e| e.as_secs() < ((SERVER_VALIDITY_DAYS - 30) * 86400) as u64)
+                    .unwrap_or(false)
+            })
             .unwrap_or(false);
         if !(covered && fresh && paths.server_key.exists()) {
-            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(pki_err("generate server key"))?;
-            let mut params = CertificateParams::new(server_names.to_vec()).map_err(pki_err("server names"))?;
-            params.distinguished_name.push(DnType::CommonName, "berth control plane");
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(pki_err("generate server key"))?;
+            let mut params =
+                CertificateParams::new(server_names.to_vec()).map_err(pki_err("server names"))?;
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "berth control plane");
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             let now = OffsetDateTime::now_utc();
             params.not_before = now - Duration::hours(1);
             params.not_after = now + Duration::days(SERVER_VALIDITY_DAYS);
-            let cert = params.signed_by(&key, &ca_signer, &ca_key).map_err(pki_err("sign server certificate"))?;
+            let cert = params
+                .signed_by(&key, &ca_signer, &ca_key)
+                .map_err(pki_err("sign server certificate"))?;
             write_private(&paths.server_key, &key.serialize_pem())?;
             write_public(&paths.server_cert, &cert.pem())?;
             write_public(&names_file, &wanted)?;
@@ -153,7 +175,8 @@ fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
 }
 
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::FailedPrecondition(format!("cannot read {}: {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::FailedPrecondition(format!("cannot read {}: {e}", path.display())))
 }
 
 /// Writes a private file with mode 0600 from its creation (no window where it is readable).
@@ -167,7 +190,8 @@ pub fn write_private(path: &Path, contents: &str) -> Result<()> {
         options.mode(0o600);
     }
     let mut file = options.open(path).map_err(io("write private file"))?;
-    file.write_all(contents.as_bytes()).map_err(io("write private file"))?;
+    file.write_all(contents.as_bytes())
+        .map_err(io("write private file"))?;
     file.sync_all().map_err(io("sync private file"))
 }
 
@@ -195,12 +219,17 @@ mod tests {
         let second = Pki::load_or_create(dir.path(), &names).unwrap();
         assert_eq!(first.ca_fingerprint, second.ca_fingerprint);
         assert_eq!(first.server_cert_pem, second.server_cert_pem);
-        assert!(first.ca_fingerprint.starts_with("sha256:") && first.ca_fingerprint.len() == 7 + 64);
+        assert!(
+            first.ca_fingerprint.starts_with("sha256:") && first.ca_fingerprint.len() == 7 + 64
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
             for key in [&first.paths.ca_key, &first.paths.server_key] {
-                assert_eq!(std::fs::metadata(key).unwrap().permissions().mode() & 0o777, 0o600);
+                assert_eq!(
+                    std::fs::metadata(key).unwrap().permissions().mode() & 0o777,
+                    0o600
+                );
             }
         }
         // New names reissue the server certificate under the same CA.

@@ -109,7 +109,10 @@ pub struct Actor {
 impl Actor {
     /// The node itself (first-start bootstrap, tests).
     pub fn system() -> Self {
-        Actor { name: "system".to_string(), role: Role::Admin }
+        Actor {
+            name: "system".to_string(),
+            role: Role::Admin,
+        }
     }
 
     pub fn require(&self, permission: Permission) -> Result<()> {
@@ -147,7 +150,8 @@ impl Service {
         let check_aad = Aad::new("system_settings", "value", &[KEY_CHECK_SETTING]);
         match store.setting(KEY_CHECK_SETTING).await? {
             Some(stored) => {
-                key.decrypt(&stored, &check_aad).map_err(|e| wrong_key(e.to_string()))?;
+                key.decrypt(&stored, &check_aad)
+                    .map_err(|e| wrong_key(e.to_string()))?;
             }
             None => {
                 // A database from before the check existed, or a fresh one: verify any existing
@@ -160,10 +164,18 @@ impl Service {
                     key.decrypt(&password, &Aad::new("repositories", "password", &[&name]))
                         .map_err(|e| wrong_key(e.to_string()))?;
                 }
-                store.put_setting(KEY_CHECK_SETTING, &key.encrypt(KEY_CHECK_PLAINTEXT, &check_aad)).await?;
+                store
+                    .put_setting(
+                        KEY_CHECK_SETTING,
+                        &key.encrypt(KEY_CHECK_PLAINTEXT, &check_aad),
+                    )
+                    .await?;
             }
         }
-        Ok(Service { store, key: Arc::new(key) })
+        Ok(Service {
+            store,
+            key: Arc::new(key),
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -174,7 +186,13 @@ impl Service {
         &self.key
     }
 
-    async fn audit(&self, actor: &Actor, action: &str, target: &str, details: Option<&str>) -> Result<()> {
+    async fn audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        details: Option<&str>,
+    ) -> Result<()> {
         self.store.audit(&actor.name, action, target, details).await
     }
 }
@@ -185,7 +203,9 @@ pub(crate) mod testing {
 
     pub async fn service() -> Service {
         let store = Store::open_in_memory().await.unwrap();
-        Service::new(store, MasterKey::from_bytes(&[42u8; 32]).unwrap()).await.unwrap()
+        Service::new(store, MasterKey::from_bytes(&[42u8; 32]).unwrap())
+            .await
+            .unwrap()
     }
 
     pub fn admin() -> Actor {
@@ -193,6 +213,9 @@ pub(crate) mod testing {
     }
 
     pub fn viewer() -> Actor {
-        Actor { name: "apikey:v".into(), role: Role::Viewer }
+        Actor {
+            name: "apikey:v".into(),
+            role: Role::Viewer,
+        }
     }
 }

@@ -27,8 +27,8 @@ pub use agents::{AgentRow, Enrollment};
 pub use audit::AuditEntry;
 pub use deployments::{DeploymentEventRow, DeploymentTargetRow, NewDeployment};
 pub use env::{EnvResolutionRow, ImportOutcome};
-pub use secrets::WriteCounts;
 pub use notifications::{AttemptRecord, DeliveryRow, DueDelivery, NewDelivery, WebhookRow};
+pub use secrets::WriteCounts;
 
 /// The database handle. Cheap to clone.
 #[derive(Clone)]
@@ -73,7 +73,11 @@ impl Store {
     async fn connect(options: SqliteConnectOptions) -> Result<Self, Error> {
         let pool = SqlitePoolOptions::new()
             // A single in-memory database only exists on one connection.
-            .max_connections(if options.get_filename() == Path::new(":memory:") { 1 } else { 8 })
+            .max_connections(if options.get_filename() == Path::new(":memory:") {
+                1
+            } else {
+                8
+            })
             .connect_with(options)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot open database: {e}")))?;
@@ -81,7 +85,10 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| Error::FailedPrecondition(format!("cannot migrate database: {e}")))?;
-        Ok(Store { log_pool: pool.clone(), pool })
+        Ok(Store {
+            log_pool: pool.clone(),
+            pool,
+        })
     }
 
     pub async fn close(&self) {

@@ -20,7 +20,9 @@ pub fn env_key(key: &str) -> Result<()> {
         )));
     }
     if key.len() > MAX_ENV_KEY_LEN {
-        return Err(Error::invalid(format!("variable name is longer than {MAX_ENV_KEY_LEN} characters")));
+        return Err(Error::invalid(format!(
+            "variable name is longer than {MAX_ENV_KEY_LEN} characters"
+        )));
     }
     Ok(())
 }
@@ -43,7 +45,9 @@ pub fn env_value(key: &str, value: &str) -> Result<()> {
         )));
     }
     if value.contains('\0') {
-        return Err(Error::invalid(format!("value of {key} contains a NUL byte")));
+        return Err(Error::invalid(format!(
+            "value of {key} contains a NUL byte"
+        )));
     }
     Ok(())
 }
@@ -76,7 +80,9 @@ pub fn name(kind: &str, name: &str) -> Result<()> {
         )));
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(Error::invalid(format!("{kind} name is longer than {MAX_NAME_LEN} characters")));
+        return Err(Error::invalid(format!(
+            "{kind} name is longer than {MAX_NAME_LEN} characters"
+        )));
     }
     Ok(())
 }
@@ -104,13 +110,17 @@ pub fn image(image: &str) -> Result<()> {
     }
     let mut parts: Vec<&str> = image.split('/').collect();
     // A first component with '.', ':' or "localhost" is a registry host.
-    if parts.len() > 1 && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost") {
+    if parts.len() > 1
+        && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
+    {
         let host = parts.remove(0);
         let (h, port) = host.split_once(':').unwrap_or((host, "0"));
         if !h.starts_with(|c: char| c.is_ascii_alphanumeric())
             || !h.ends_with(|c: char| c.is_ascii_alphanumeric())
             || h.contains("..")
-            || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            || !h
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
             || port.parse::<u16>().is_err()
         {
             return Err(bad());
@@ -118,7 +128,9 @@ pub fn image(image: &str) -> Result<()> {
     }
     for part in parts {
         let ok = !part.is_empty()
-            && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+            && part.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+            })
             && part.starts_with(|c: char| c.is_ascii_alphanumeric())
             && part.ends_with(|c: char| c.is_ascii_alphanumeric());
         if !ok {
@@ -131,13 +143,20 @@ pub fn image(image: &str) -> Result<()> {
 /// A Docker tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`) or a digest (`sha256:<64 hex>`).
 pub fn version(version: &str) -> Result<()> {
     if let Some(hex) = version.strip_prefix("sha256:") {
-        if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+        if hex.len() == 64
+            && hex
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        {
             return Ok(());
         }
     } else {
         let mut chars = version.chars();
         let valid_start = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_');
-        if valid_start && version.len() <= 128 && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        if valid_start
+            && version.len() <= 128
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
             return Ok(());
         }
     }
@@ -173,16 +192,41 @@ mod tests {
 
     #[test]
     fn images_and_versions() {
-        for ok in ["busybox", "mycompany/myapp", "127.0.0.1:5000/team/app", "localhost/x", "reg.io/a-b/c_d.e"] {
+        for ok in [
+            "busybox",
+            "mycompany/myapp",
+            "127.0.0.1:5000/team/app",
+            "localhost/x",
+            "reg.io/a-b/c_d.e",
+        ] {
             image(ok).unwrap();
         }
-        for bad in ["", "Busybox", "app:1.0", "a//b", "../etc", "a/-b", "a b", "a;rm"] {
+        for bad in [
+            "", "Busybox", "app:1.0", "a//b", "../etc", "a/-b", "a b", "a;rm",
+        ] {
             assert!(image(bad).is_err(), "{bad:?}");
         }
-        for ok in ["v1.2.3", "latest", "1", "_x", &format!("sha256:{}", "a".repeat(64))] {
+        for ok in [
+            "v1.2.3",
+            "latest",
+            "1",
+            "_x",
+            &format!("sha256:{}", "a".repeat(64)),
+        ] {
             version(ok).unwrap();
         }
-        for bad in ["", "-x", ".x", "v1;rm -rf /", "../../etc", "v1\n", "v1 2", "ü", &"a".repeat(129), "sha256:xyz"] {
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "v1;rm -rf /",
+            "../../etc",
+            "v1\n",
+            "v1 2",
+            "ü",
+            &"a".repeat(129),
+            "sha256:xyz",
+        ] {
             assert!(version(bad).is_err(), "{bad:?}");
         }
     }

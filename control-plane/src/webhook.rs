@@ -175,7 +175,7 @@ pub async fn bind(explicit: Option<SocketAddr>) -> anyhow::Result<TcpListener> {
         None => match TcpListener::bind(DEFAULT_LISTEN).await {
             Ok(listener) => Ok(listener),
             Err(e) => {
-                tracing::warn!(addr = DEFAULT_LISTEN, error = %e, "webhook address taken; using a free port");
+                tracing::warn!(addr = DEFAULT_LISTEN, error = %e, "webhook address taken; using a free port (pass --webhook-listen so that berth app show shows it)");
                 Ok(TcpListener::bind("127.0.0.1:0").await?)
             }
         },

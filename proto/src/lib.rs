@@ -10,5 +10,6 @@ pub mod v1 {
     tonic::include_proto!("berth.v1");
 
     /// Encoded `FileDescriptorSet` of every berth proto, served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/berth_descriptor.bin"));
 }

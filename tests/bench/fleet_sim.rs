@@ -51,14 +51,26 @@ impl Drop for ControlPlane {
 }
 
 fn bin_dir() -> PathBuf {
-    std::env::current_exe().unwrap().parent().unwrap().to_path_buf()
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-fn start_control_plane(data: &Path, admin_port: u16, agent_port: u16) -> (ControlPlane, Option<String>) {
+fn start_control_plane(
+    data: &Path,
+    admin_port: u16,
+    agent_port: u16,
+) -> (ControlPlane, Option<String>) {
     let mut child = Command::new(bin_dir().join("berth-control-plane"))
         .arg("--data-dir")
         .arg(data)
@@ -73,7 +85,10 @@ fn start_control_plane(data: &Path, admin_port: u16, agent_port: u16) -> (Contro
     let key = std::thread::spawn(move || {
         use std::io::BufRead as _;
         let mut key = None;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Some(k) = line.trim().strip_prefix("bk_") {
                 key = Some(format!("bk_{k}"));
             }
@@ -90,12 +105,19 @@ fn start_control_plane(data: &Path, admin_port: u16, agent_port: u16) -> (Contro
         assert!(Instant::now() < deadline, "control plane did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    (ControlPlane { child, admin: format!("https://127.0.0.1:{admin_port}") }, key)
+    (
+        ControlPlane {
+            child,
+            admin: format!("https://127.0.0.1:{admin_port}"),
+        },
+        key,
+    )
 }
 
 fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
@@ -119,9 +141,18 @@ fn proc_stats(pid: u32) -> (u64, u64) {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap_or(0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks = fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
     (rss, ticks)
 }
 
@@ -134,30 +165,59 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn now_nanos() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
 }
 
-async fn connected_count(admin: &mut pb::agent_admin_service_client::AgentAdminServiceClient<Channel>, key: &str) -> usize {
+async fn connected_count(
+    admin: &mut pb::agent_admin_service_client::AgentAdminServiceClient<Channel>,
+    key: &str,
+) -> usize {
     admin
         .list_agents(authed(pb::ListAgentsRequest {}, key))
         .await
-        .map(|r| r.into_inner().agents.iter().filter(|a| a.status == "connected").count())
+        .map(|r| {
+            r.into_inner()
+                .agents
+                .iter()
+                .filter(|a| a.status == "connected")
+                .count()
+        })
         .unwrap_or(0)
 }
 
-async fn wait_connected(admin: &mut pb::agent_admin_service_client::AgentAdminServiceClient<Channel>, key: &str, n: usize, limit: Duration) -> Duration {
+async fn wait_connected(
+    admin: &mut pb::agent_admin_service_client::AgentAdminServiceClient<Channel>,
+    key: &str,
+    n: usize,
+    limit: Duration,
+) -> Duration {
     let started = Instant::now();
     while connected_count(admin, key).await < n {
-        assert!(started.elapsed() < limit, "agents did not all connect within {limit:?}");
+        assert!(
+            started.elapsed() < limit,
+            "agents did not all connect within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     started.elapsed()
 }
 
-async fn wait_finished(deploys: &mut pb::deploy_service_client::DeployServiceClient<Channel>, key: &str, id: &str) -> String {
+async fn wait_finished(
+    deploys: &mut pb::deploy_service_client::DeployServiceClient<Channel>,
+    key: &str,
+    id: &str,
+) -> String {
     loop {
         let d = deploys
-            .get_deployment(authed(pb::GetDeploymentRequest { deployment_id: id.into() }, key))
+            .get_deployment(authed(
+                pb::GetDeploymentRequest {
+                    deployment_id: id.into(),
+                },
+                key,
+            ))
             .await
             .unwrap()
             .into_inner()
@@ -180,12 +240,18 @@ async fn main() -> anyhow::Result<()> {
     let key = key.expect("initial admin key on stdout");
     let ca = cp_dir.join("pki/ca.crt");
     let channel = admin_channel(&cp.admin, &ca).await;
-    let mut admin = pb::agent_admin_service_client::AgentAdminServiceClient::new(channel.clone()).max_decoding_message_size(256 << 20);
+    let mut admin = pb::agent_admin_service_client::AgentAdminServiceClient::new(channel.clone())
+        .max_decoding_message_size(256 << 20);
     let mut apps = pb::application_service_client::ApplicationServiceClient::new(channel.clone());
     // A deployment to 10,000 agents has 10,000 target rows and more events than the default
     // 4 MiB message limit allows.
-    let mut deploys = pb::deploy_service_client::DeployServiceClient::new(channel.clone()).max_decoding_message_size(256 << 20);
-    println!("fleet simulator: {} agents, control plane pid {}", args.agents, cp.child.id());
+    let mut deploys = pb::deploy_service_client::DeployServiceClient::new(channel.clone())
+        .max_decoding_message_size(256 << 20);
+    println!(
+        "fleet simulator: {} agents, control plane pid {}",
+        args.agents,
+        cp.child.id()
+    );
 
     // Enrollment, through the real path (token, CSR, pinned CA), 16 at a time.
     let started = Instant::now();
@@ -193,7 +259,13 @@ async fn main() -> anyhow::Result<()> {
     let semaphore = Arc::new(tokio::sync::Semaphore::new(16));
     let mut enrollments = tokio::task::JoinSet::new();
     for i in 0..args.agents {
-        let (mut admin, key, url, dir, permit) = (admin.clone(), key.clone(), cp.admin.clone(), agents_dir.join(format!("sim-{i}")), semaphore.clone().acquire_owned().await?);
+        let (mut admin, key, url, dir, permit) = (
+            admin.clone(),
+            key.clone(),
+            cp.admin.clone(),
+            agents_dir.join(format!("sim-{i}")),
+            semaphore.clone().acquire_owned().await?,
+        );
         enrollments.spawn(async move {
             let created = admin
                 .create_enrollment_token(authed(
@@ -207,7 +279,14 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .unwrap()
                 .into_inner();
-            let identity = berth_agent::enroll::enroll(&url, &SecretString::from(created.token), &created.ca_fingerprint, "sim").await.unwrap();
+            let identity = berth_agent::enroll::enroll(
+                &url,
+                &SecretString::from(created.token),
+                &created.ca_fingerprint,
+                "sim",
+            )
+            .await
+            .unwrap();
             identity.save(&dir).unwrap();
             drop(permit);
         });
@@ -215,7 +294,11 @@ async fn main() -> anyhow::Result<()> {
     while let Some(r) = enrollments.join_next().await {
         r?;
     }
-    println!("enrolled {} agents in {:.1?}", args.agents, started.elapsed());
+    println!(
+        "enrolled {} agents in {:.1?}",
+        args.agents,
+        started.elapsed()
+    );
 
     // Connect them all.
     let (probe_tx, mut probe) = mpsc::unbounded_channel::<CommandReceipt>();
@@ -232,7 +315,8 @@ async fn main() -> anyhow::Result<()> {
         };
         tokio::spawn(berth_agent::run(runtime, std::future::pending()));
     }
-    let connect_time = wait_connected(&mut admin, &key, args.agents, Duration::from_secs(600)).await;
+    let connect_time =
+        wait_connected(&mut admin, &key, args.agents, Duration::from_secs(600)).await;
     println!("{} agents connected in {:.1?}", args.agents, connect_time);
     let _ = started;
 
@@ -260,7 +344,9 @@ async fn main() -> anyhow::Result<()> {
         pb::CreateApplicationRequest {
             name: "latency".into(),
             image: "sim/app".into(),
-            targets: vec![pb::Target { target: Some(pb::target::Target::Agent("sim-0".into())) }],
+            targets: vec![pb::Target {
+                target: Some(pb::target::Target::Agent("sim-0".into())),
+            }],
             ..Default::default()
         },
         &key,
@@ -270,7 +356,13 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.latency_samples {
         let t0 = now_nanos();
         let detail = deploys
-            .deploy(authed(pb::DeployRequest { app: "latency".into(), version: format!("v{i}") }, &key))
+            .deploy(authed(
+                pb::DeployRequest {
+                    app: "latency".into(),
+                    version: format!("v{i}"),
+                },
+                &key,
+            ))
             .await?
             .into_inner();
         let id = detail.deployment.unwrap().deployment_id;
@@ -301,7 +393,9 @@ async fn main() -> anyhow::Result<()> {
         pb::CreateApplicationRequest {
             name: "fanout".into(),
             image: "sim/app".into(),
-            targets: vec![pb::Target { target: Some(pb::target::Target::Label("sim=1".into())) }],
+            targets: vec![pb::Target {
+                target: Some(pb::target::Target::Label("sim=1".into())),
+            }],
             deploy_batch_size: Some(args.agents as u32),
             ..Default::default()
         },
@@ -311,7 +405,13 @@ async fn main() -> anyhow::Result<()> {
     while probe.try_recv().is_ok() {}
     let started = Instant::now();
     let id = deploys
-        .deploy(authed(pb::DeployRequest { app: "fanout".into(), version: "v1".into() }, &key))
+        .deploy(authed(
+            pb::DeployRequest {
+                app: "fanout".into(),
+                version: "v1".into(),
+            },
+            &key,
+        ))
         .await?
         .into_inner()
         .deployment
@@ -342,7 +442,8 @@ async fn main() -> anyhow::Result<()> {
         let (new_cp, _) = start_control_plane(&cp_dir, admin_port, agent_port);
         cp = new_cp;
         let channel = admin_channel(&cp.admin, &ca).await;
-        let mut admin = pb::agent_admin_service_client::AgentAdminServiceClient::new(channel).max_decoding_message_size(256 << 20);
+        let mut admin = pb::agent_admin_service_client::AgentAdminServiceClient::new(channel)
+            .max_decoding_message_size(256 << 20);
         let back = wait_connected(&mut admin, &key, args.agents, Duration::from_secs(600)).await;
         println!(
             "reconnect storm: {} agents back {:.1?} after the control plane restarted ({:.1?} including its start)",

@@ -15,8 +15,8 @@ use pb::secret_service_client::SecretServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::common::{
-    authed, containers_with_label, deploy, docker_available, free_port, http_get, remove_app_containers,
-    wait_connected, wait_deployment, AgentProcess, DevNode,
+    authed, containers_with_label, deploy, docker_available, free_port, http_get,
+    remove_app_containers, wait_connected, wait_deployment, AgentProcess, DevNode,
 };
 use crate::registry;
 
@@ -28,7 +28,10 @@ struct Dirs {
 }
 
 fn dirs() -> Dirs {
-    Dirs { data: tempfile::tempdir().unwrap(), logs: tempfile::tempdir().unwrap() }
+    Dirs {
+        data: tempfile::tempdir().unwrap(),
+        logs: tempfile::tempdir().unwrap(),
+    }
 }
 
 fn unique(prefix: &str) -> String {
@@ -36,7 +39,10 @@ fn unique(prefix: &str) -> String {
 }
 
 fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{:x}{:x}", nanos, std::process::id())
         .chars()
         .rev()
@@ -45,7 +51,13 @@ fn uuid_like() -> String {
 
 /// Registers the test registry (with the given password), a group with APP_SECRET, and an
 /// application `name` of image `web` that maps `host_port` (if any) and references the secret.
-async fn register_app(node: &DevNode, name: &str, host_port: Option<u16>, password: &str, targets: Vec<pb::Target>) {
+async fn register_app(
+    node: &DevNode,
+    name: &str,
+    host_port: Option<u16>,
+    password: &str,
+    targets: Vec<pb::Target>,
+) {
     let admin = node.admin_token();
     let channel = node.channel().await;
     let reg = registry::shared();
@@ -64,10 +76,24 @@ async fn register_app(node: &DevNode, name: &str, host_port: Option<u16>, passwo
         .unwrap();
     let group = format!("g-{name}");
     let mut secrets = SecretServiceClient::new(channel.clone());
-    secrets.create_group(authed(pb::CreateGroupRequest { name: group.clone(), description: None }, &admin)).await.unwrap();
+    secrets
+        .create_group(authed(
+            pb::CreateGroupRequest {
+                name: group.clone(),
+                description: None,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
     secrets
         .set_secret(authed(
-            pb::SetSecretRequest { group: group.clone(), name: "APP_SECRET".into(), value: APP_SECRET.into(), description: None },
+            pb::SetSecretRequest {
+                group: group.clone(),
+                name: "APP_SECRET".into(),
+                value: APP_SECRET.into(),
+                description: None,
+            },
             &admin,
         ))
         .await
@@ -78,7 +104,14 @@ async fn register_app(node: &DevNode, name: &str, host_port: Option<u16>, passwo
                 name: name.into(),
                 image: "web".into(),
                 repository: Some(repo),
-                ports: host_port.map(|p| pb::PortMapping { host: p.into(), container: 80, protocol: "tcp".into() }).into_iter().collect(),
+                ports: host_port
+                    .map(|p| pb::PortMapping {
+                        host: p.into(),
+                        container: 80,
+                        protocol: "tcp".into(),
+                    })
+                    .into_iter()
+                    .collect(),
                 targets,
                 ..Default::default()
             },
@@ -89,9 +122,13 @@ async fn register_app(node: &DevNode, name: &str, host_port: Option<u16>, passwo
     EnvServiceClient::new(channel)
         .set_env(authed(
             pb::SetEnvRequest {
-                scope: Some(pb::EnvScope { scope: Some(pb::env_scope::Scope::App(name.into())) }),
+                scope: Some(pb::EnvScope {
+                    scope: Some(pb::env_scope::Scope::App(name.into())),
+                }),
                 key: "APP_SECRET".into(),
-                value: Some(pb::set_env_request::Value::Secret(format!("{group}/APP_SECRET"))),
+                value: Some(pb::set_env_request::Value::Secret(format!(
+                    "{group}/APP_SECRET"
+                ))),
                 description: None,
             },
             &admin,
@@ -114,22 +151,53 @@ async fn deploy_v1_v2_and_a_failing_v3_never_takes_the_app_down() {
     wait_connected(&node, "local").await;
     let app = unique("web");
     let port = free_port();
-    register_app(&node, &app, Some(port), &registry::shared().password, vec![]).await;
+    register_app(
+        &node,
+        &app,
+        Some(port),
+        &registry::shared().password,
+        vec![],
+    )
+    .await;
 
-    let v1 = wait_deployment(&node, &deploy(&node, &app, "v1").await, Duration::from_secs(120)).await;
+    let v1 = wait_deployment(
+        &node,
+        &deploy(&node, &app, "v1").await,
+        Duration::from_secs(120),
+    )
+    .await;
     assert_eq!(status(&v1), "success", "{v1:#?}");
     let page = http_get(port, "/").expect("v1 serves");
     assert!(page.contains("version=v1"), "{page}");
 
-    let v2 = wait_deployment(&node, &deploy(&node, &app, "v2").await, Duration::from_secs(120)).await;
+    let v2 = wait_deployment(
+        &node,
+        &deploy(&node, &app, "v2").await,
+        Duration::from_secs(120),
+    )
+    .await;
     assert_eq!(status(&v2), "success", "{v2:#?}");
     let page = http_get(port, "/").expect("v2 serves");
-    assert!(page.contains("version=v2") && page.contains(APP_SECRET), "the secret from the group reaches the app: {page}");
+    assert!(
+        page.contains("version=v2") && page.contains(APP_SECRET),
+        "the secret from the group reaches the app: {page}"
+    );
     // The seed's deployment_logs columns are filled.
     let row = v2.deployment.clone().unwrap();
-    assert_eq!((row.version.as_str(), row.trigger_type.as_str()), ("v2", "manual"));
-    assert!(row.trigger_source.is_some() && row.completed_at.is_some() && row.duration_ms.is_some() && row.error_message.is_none());
-    assert!(v2.events.iter().any(|e| e.phase == "health") && v2.targets.iter().all(|t| t.status == "success"));
+    assert_eq!(
+        (row.version.as_str(), row.trigger_type.as_str()),
+        ("v2", "manual")
+    );
+    assert!(
+        row.trigger_source.is_some()
+            && row.completed_at.is_some()
+            && row.duration_ms.is_some()
+            && row.error_message.is_none()
+    );
+    assert!(
+        v2.events.iter().any(|e| e.phase == "health")
+            && v2.targets.iter().all(|t| t.status == "success")
+    );
     // v1's container is gone once v2 is committed.
     let v1_id = v1.deployment.as_ref().unwrap().deployment_id.clone();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -156,19 +224,40 @@ async fn deploy_v1_v2_and_a_failing_v3_never_takes_the_app_down() {
             }
         })
     };
-    let v3 = wait_deployment(&node, &deploy(&node, &app, "bad").await, Duration::from_secs(120)).await;
+    let v3 = wait_deployment(
+        &node,
+        &deploy(&node, &app, "bad").await,
+        Duration::from_secs(120),
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     poller.join().unwrap();
     assert_eq!(status(&v3), "failed", "{v3:#?}");
-    let reason = v3.deployment.as_ref().unwrap().error_message.clone().unwrap_or_default();
+    let reason = v3
+        .deployment
+        .as_ref()
+        .unwrap()
+        .error_message
+        .clone()
+        .unwrap_or_default();
     assert!(!reason.is_empty(), "failed deployment has a reason");
-    assert!(polls.load(Ordering::Relaxed) > 20, "the poller ran during the deploy");
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "v2 stopped serving during the failed v3 deploy");
+    assert!(
+        polls.load(Ordering::Relaxed) > 20,
+        "the poller ran during the deploy"
+    );
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "v2 stopped serving during the failed v3 deploy"
+    );
     assert!(http_get(port, "/").unwrap().contains("version=v2"));
 
     // Neither the deployment log nor the node's log holds the secret.
     for detail in [&v1, &v2, &v3] {
-        assert!(!format!("{detail:?}").contains(APP_SECRET), "secret in deployment log");
+        assert!(
+            !format!("{detail:?}").contains(APP_SECRET),
+            "secret in deployment log"
+        );
     }
     assert!(!node.log().contains(APP_SECRET), "secret in the node log");
     remove_app_containers(&app);
@@ -184,10 +273,24 @@ async fn wrong_registry_credentials_fail_with_a_clear_error() {
     wait_connected(&node, "local").await;
     let app = unique("wrongpw");
     register_app(&node, &app, None, "not-the-password", vec![]).await;
-    let detail = wait_deployment(&node, &deploy(&node, &app, "v1").await, Duration::from_secs(120)).await;
+    let detail = wait_deployment(
+        &node,
+        &deploy(&node, &app, "v1").await,
+        Duration::from_secs(120),
+    )
+    .await;
     assert_eq!(status(&detail), "failed");
-    let reason = detail.deployment.unwrap().error_message.unwrap_or_default().to_lowercase();
-    assert!(reason.contains("pull") && (reason.contains("unauthorized") || reason.contains("authentication")), "{reason}");
+    let reason = detail
+        .deployment
+        .unwrap()
+        .error_message
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(
+        reason.contains("pull")
+            && (reason.contains("unauthorized") || reason.contains("authentication")),
+        "{reason}"
+    );
     assert!(!reason.contains("not-the-password"));
     remove_app_containers(&app);
 }
@@ -198,7 +301,7 @@ async fn rolling_deploy_to_two_agents_rolls_back_the_first_when_the_second_fails
         return;
     }
     let d = dirs();
-    let node = DevNode::start(d.data.path(), d.logs.path(), &[], ).unwrap_or_else(|l| panic!("{l}"));
+    let node = DevNode::start(d.data.path(), d.logs.path(), &[]).unwrap_or_else(|l| panic!("{l}"));
     // The dev node's own agent is not labelled env=prod; two more agents are.
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let prod = [("env", "prod")];
@@ -207,36 +310,87 @@ async fn rolling_deploy_to_two_agents_rolls_back_the_first_when_the_second_fails
     let _b = AgentProcess::start(&node, &n2, &prod, b_dir.path(), d.logs.path()).await;
     wait_connected(&node, &n1).await;
     wait_connected(&node, &n2).await;
-    let label = vec![pb::Target { target: Some(pb::target::Target::Label("env=prod".into())) }];
+    let label = vec![pb::Target {
+        target: Some(pb::target::Target::Label("env=prod".into())),
+    }];
 
     // Without host ports both agents (on this one Docker Engine) succeed, one after the other.
     let ok_app = unique("roll");
-    register_app(&node, &ok_app, None, &registry::shared().password, label.clone()).await;
-    let ok = wait_deployment(&node, &deploy(&node, &ok_app, "v1").await, Duration::from_secs(180)).await;
+    register_app(
+        &node,
+        &ok_app,
+        None,
+        &registry::shared().password,
+        label.clone(),
+    )
+    .await;
+    let ok = wait_deployment(
+        &node,
+        &deploy(&node, &ok_app, "v1").await,
+        Duration::from_secs(180),
+    )
+    .await;
     assert_eq!(status(&ok), "success", "{ok:#?}");
     assert_eq!(ok.targets.len(), 2);
     assert!(ok.targets.iter().all(|t| t.status == "success"));
-    let first_done = ok.targets.iter().map(|t| t.completed_at.clone().unwrap()).min().unwrap();
-    let second_start = ok.targets.iter().map(|t| t.started_at.clone().unwrap()).max().unwrap();
-    assert!(first_done <= second_start, "batch size 1: the second target starts after the first finished");
+    let first_done = ok
+        .targets
+        .iter()
+        .map(|t| t.completed_at.clone().unwrap())
+        .min()
+        .unwrap();
+    let second_start = ok
+        .targets
+        .iter()
+        .map(|t| t.started_at.clone().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        first_done <= second_start,
+        "batch size 1: the second target starts after the first finished"
+    );
 
     // With one host port, the second agent cannot bind it (the first holds it): the second
     // target fails, and the first is rolled back.
     let port_app = unique("rollfail");
     let port = free_port();
-    register_app(&node, &port_app, Some(port), &registry::shared().password, label).await;
-    let failed = wait_deployment(&node, &deploy(&node, &port_app, "v1").await, Duration::from_secs(180)).await;
+    register_app(
+        &node,
+        &port_app,
+        Some(port),
+        &registry::shared().password,
+        label,
+    )
+    .await;
+    let failed = wait_deployment(
+        &node,
+        &deploy(&node, &port_app, "v1").await,
+        Duration::from_secs(180),
+    )
+    .await;
     assert_eq!(status(&failed), "failed", "{failed:#?}");
     let statuses: Vec<&str> = failed.targets.iter().map(|t| t.status.as_str()).collect();
-    assert!(statuses.contains(&"rolled_back") && statuses.contains(&"failed"), "{statuses:?}");
-    assert!(http_get(port, "/").is_none(), "the rolled-back first target must not serve the failed release");
+    assert!(
+        statuses.contains(&"rolled_back") && statuses.contains(&"failed"),
+        "{statuses:?}"
+    );
+    assert!(
+        http_get(port, "/").is_none(),
+        "the rolled-back first target must not serve the failed release"
+    );
     remove_app_containers(&ok_app);
     remove_app_containers(&port_app);
 }
 
 /// A TLS channel to the agent port with an optional client identity.
-async fn agent_channel(node_ca_pem: &str, agent_addr: &str, identity: Option<Identity>) -> Result<Channel, String> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(node_ca_pem)).domain_name("127.0.0.1");
+async fn agent_channel(
+    node_ca_pem: &str,
+    agent_addr: &str,
+    identity: Option<Identity>,
+) -> Result<Channel, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(node_ca_pem))
+        .domain_name("127.0.0.1");
     if let Some(identity) = identity {
         tls = tls.identity(identity);
     }
@@ -252,8 +406,13 @@ async fn agent_channel(node_ca_pem: &str, agent_addr: &str, identity: Option<Ide
 /// Opens the agent stream with a hello; the error code the control plane answers with.
 async fn try_connect(channel: Channel) -> Result<(), tonic::Status> {
     let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
-    let hello = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(pb::Hello::default())) };
-    let mut stream = client.connect(tokio_stream::iter(vec![hello])).await?.into_inner();
+    let hello = pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello::default())),
+    };
+    let mut stream = client
+        .connect(tokio_stream::iter(vec![hello]))
+        .await?
+        .into_inner();
     // The stream stays open for an accepted agent; a refused one ends with an error.
     match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
         Ok(Err(status)) => Err(status),
@@ -272,7 +431,11 @@ async fn node_with_agent_port(d: &Dirs) -> DevNode {
         d.data.path(),
         d.logs.path(),
         &[],
-        &["--no-agent", "--agent-listen", &format!("127.0.0.1:{agent_port}")],
+        &[
+            "--no-agent",
+            "--agent-listen",
+            &format!("127.0.0.1:{agent_port}"),
+        ],
         free_port(),
     )
     .unwrap_or_else(|l| panic!("{l}"));
@@ -289,7 +452,10 @@ async fn an_agent_without_a_certificate_is_refused() {
         Err(_) => true,
         Ok(channel) => try_connect(channel).await.is_err(),
     };
-    assert!(refused, "a client without certificate reached the agent api");
+    assert!(
+        refused,
+        "a client without certificate reached the agent api"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -300,19 +466,32 @@ async fn an_agent_with_a_certificate_from_another_ca_is_refused() {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "berth CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "berth CA");
     let other_ca = ca_params.self_signed(&ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "local");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "local");
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, &other_ca, &ca_key).unwrap();
     let ca = std::fs::read_to_string(&node.ca_cert).unwrap();
-    let refused = match agent_channel(&ca, &agent_addr(&node), Some(Identity::from_pem(cert.pem(), key.serialize_pem()))).await {
+    let refused = match agent_channel(
+        &ca,
+        &agent_addr(&node),
+        Some(Identity::from_pem(cert.pem(), key.serialize_pem())),
+    )
+    .await
+    {
         Err(_) => true,
         Ok(channel) => try_connect(channel).await.is_err(),
     };
-    assert!(refused, "a certificate from another CA reached the agent api");
+    assert!(
+        refused,
+        "a certificate from another CA reached the agent api"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -330,15 +509,32 @@ async fn a_revoked_agent_is_dropped_at_once_and_refused_afterwards() {
     let key = std::fs::read_to_string(a_dir.path().join("agent.key")).unwrap();
     // With its valid certificate the stream is accepted.
     let ca = std::fs::read_to_string(&node.ca_cert).unwrap();
-    let channel = agent_channel(&ca, &agent_addr(&node), Some(Identity::from_pem(&cert, &key))).await.unwrap();
+    let channel = agent_channel(
+        &ca,
+        &agent_addr(&node),
+        Some(Identity::from_pem(&cert, &key)),
+    )
+    .await
+    .unwrap();
     assert!(try_connect(channel).await.is_ok());
     wait_connected(&node, &name).await;
 
     let mut admin = AgentAdminServiceClient::new(node.channel().await);
-    admin.revoke_agent(authed(pb::RevokeAgentRequest { name: name.clone() }, &node.admin_token())).await.unwrap();
+    admin
+        .revoke_agent(authed(
+            pb::RevokeAgentRequest { name: name.clone() },
+            &node.admin_token(),
+        ))
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let agents = admin.list_agents(authed(pb::ListAgentsRequest {}, &node.admin_token())).await.unwrap().into_inner().agents;
+        let agents = admin
+            .list_agents(authed(pb::ListAgentsRequest {}, &node.admin_token()))
+            .await
+            .unwrap()
+            .into_inner()
+            .agents;
         let a = agents.iter().find(|a| a.name == name).unwrap();
         if a.status == "revoked" {
             break;
@@ -347,8 +543,18 @@ async fn a_revoked_agent_is_dropped_at_once_and_refused_afterwards() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(agent.log().contains("revoked") || agent.log().contains("PermissionDenied"), "agent not told: {}", agent.log());
-    let channel = agent_channel(&ca, &agent_addr(&node), Some(Identity::from_pem(&cert, &key))).await.unwrap();
+    assert!(
+        agent.log().contains("revoked") || agent.log().contains("PermissionDenied"),
+        "agent not told: {}",
+        agent.log()
+    );
+    let channel = agent_channel(
+        &ca,
+        &agent_addr(&node),
+        Some(Identity::from_pem(&cert, &key)),
+    )
+    .await
+    .unwrap();
     let refused = try_connect(channel).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     agent.kill();
@@ -371,14 +577,18 @@ impl CuttableProxy {
         let (c, g) = (cut.clone(), generation.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
                 if c.load(Ordering::SeqCst) {
                     continue;
                 }
                 let upstream = upstream.clone();
                 let mut killed = g.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = killed.changed() => {}
@@ -386,7 +596,11 @@ impl CuttableProxy {
                 });
             }
         });
-        CuttableProxy { port, cut, generation }
+        CuttableProxy {
+            port,
+            cut,
+            generation,
+        }
     }
 
     fn cut(&self) {
@@ -404,14 +618,26 @@ async fn wait_target_running(node: &DevNode, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let detail = deploys
-            .get_deployment(authed(pb::GetDeploymentRequest { deployment_id: id.into() }, &node.admin_token()))
+            .get_deployment(authed(
+                pb::GetDeploymentRequest {
+                    deployment_id: id.into(),
+                },
+                &node.admin_token(),
+            ))
             .await
             .unwrap()
             .into_inner();
-        if detail.events.iter().any(|e| e.phase == "start" || e.phase == "create") {
+        if detail
+            .events
+            .iter()
+            .any(|e| e.phase == "start" || e.phase == "create")
+        {
             return;
         }
-        assert!(Instant::now() < deadline, "deployment never started on the agent: {detail:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "deployment never started on the agent: {detail:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -428,7 +654,13 @@ async fn a_cut_stream_mid_deploy_delivers_the_outcome_after_reconnect() {
         d.data.path(),
         d.logs.path(),
         &[],
-        &["--no-agent", "--agent-listen", &format!("127.0.0.1:{agent_port}"), "--agent-endpoint", &format!("127.0.0.1:{}", proxy.port)],
+        &[
+            "--no-agent",
+            "--agent-listen",
+            &format!("127.0.0.1:{agent_port}"),
+            "--agent-endpoint",
+            &format!("127.0.0.1:{}", proxy.port),
+        ],
         free_port(),
     )
     .unwrap_or_else(|l| panic!("{l}"));
@@ -445,7 +677,11 @@ async fn a_cut_stream_mid_deploy_delivers_the_outcome_after_reconnect() {
     proxy.restore();
     let detail = wait_deployment(&node, &id, Duration::from_secs(120)).await;
     assert_eq!(status(&detail), "success", "{detail:#?}");
-    assert_eq!(containers_with_label(&format!("berth.deployment={id}")).len(), 1, "the deploy ran exactly once");
+    assert_eq!(
+        containers_with_label(&format!("berth.deployment={id}")).len(),
+        1,
+        "the deploy ran exactly once"
+    );
     remove_app_containers(&app);
 }
 
@@ -469,8 +705,16 @@ async fn an_agent_killed_mid_deploy_reports_after_restart_and_does_not_rerun() {
     let detail = wait_deployment(&node, &id, Duration::from_secs(120)).await;
     let row = detail.deployment.clone().unwrap();
     assert_eq!(row.status, "failed", "{detail:#?}");
-    assert!(row.error_message.unwrap_or_default().contains("agent restarted"), "{detail:#?}");
-    assert!(containers_with_label(&format!("berth.deployment={id}")).len() <= 1, "the deploy ran twice");
+    assert!(
+        row.error_message
+            .unwrap_or_default()
+            .contains("agent restarted"),
+        "{detail:#?}"
+    );
+    assert!(
+        containers_with_label(&format!("berth.deployment={id}")).len() <= 1,
+        "the deploy ran twice"
+    );
     remove_app_containers(&app);
 }
 
@@ -482,9 +726,16 @@ async fn kill_9_of_the_control_plane_mid_deploy_leaves_nothing_pending_and_runs_
     let d = dirs();
     let agent_port = free_port();
     let admin_port = free_port();
-    let args = ["--no-agent".to_string(), "--agent-listen".into(), format!("127.0.0.1:{agent_port}"), "--reconcile-timeout".into(), "60".into()];
+    let args = [
+        "--no-agent".to_string(),
+        "--agent-listen".into(),
+        format!("127.0.0.1:{agent_port}"),
+        "--reconcile-timeout".into(),
+        "60".into(),
+    ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut node = DevNode::start_with(d.data.path(), d.logs.path(), &[], &args, admin_port).unwrap_or_else(|l| panic!("{l}"));
+    let mut node = DevNode::start_with(d.data.path(), d.logs.path(), &[], &args, admin_port)
+        .unwrap_or_else(|l| panic!("{l}"));
     let a_dir = tempfile::tempdir().unwrap();
     let name = unique("survivor");
     let _agent = AgentProcess::start(&node, &name, &[], a_dir.path(), d.logs.path()).await;
@@ -494,19 +745,38 @@ async fn kill_9_of_the_control_plane_mid_deploy_leaves_nothing_pending_and_runs_
     let id = deploy(&node, &app, "v1").await;
     wait_target_running(&node, &id).await;
     node.kill();
-    let node = DevNode::start_with(d.data.path(), d.logs.path(), &[], &args, admin_port).unwrap_or_else(|l| panic!("{l}"));
+    let node = DevNode::start_with(d.data.path(), d.logs.path(), &[], &args, admin_port)
+        .unwrap_or_else(|l| panic!("{l}"));
     let detail = wait_deployment(&node, &id, Duration::from_secs(120)).await;
-    assert_eq!(status(&detail), "success", "the agent's report finished the deployment: {detail:#?}");
+    assert_eq!(
+        status(&detail),
+        "success",
+        "the agent's report finished the deployment: {detail:#?}"
+    );
     assert!(detail.events.iter().any(|e| e.phase == "reconcile"));
-    assert_eq!(containers_with_label(&format!("berth.deployment={id}")).len(), 1, "the deploy ran exactly once");
+    assert_eq!(
+        containers_with_label(&format!("berth.deployment={id}")).len(),
+        1,
+        "the deploy ran exactly once"
+    );
     let mut deploys = pb::deploy_service_client::DeployServiceClient::new(node.channel().await);
     let all = deploys
-        .list_deployments(authed(pb::ListDeploymentsRequest { app: app.clone(), limit: 50 }, &node.admin_token()))
+        .list_deployments(authed(
+            pb::ListDeploymentsRequest {
+                app: app.clone(),
+                limit: 50,
+            },
+            &node.admin_token(),
+        ))
         .await
         .unwrap()
         .into_inner()
         .deployments;
-    assert!(all.iter().all(|d| d.status != "pending" && d.status != "running"), "{all:#?}");
+    assert!(
+        all.iter()
+            .all(|d| d.status != "pending" && d.status != "running"),
+        "{all:#?}"
+    );
     remove_app_containers(&app);
 }
 
@@ -519,7 +789,13 @@ async fn agents_renew_their_certificate_over_the_stream_without_a_restart() {
         d.data.path(),
         d.logs.path(),
         &[],
-        &["--no-agent", "--agent-listen", &format!("127.0.0.1:{agent_port}"), "--agent-cert-ttl", "15"],
+        &[
+            "--no-agent",
+            "--agent-listen",
+            &format!("127.0.0.1:{agent_port}"),
+            "--agent-cert-ttl",
+            "15",
+        ],
         free_port(),
     )
     .unwrap_or_else(|l| panic!("{l}"));
@@ -535,43 +811,84 @@ async fn agents_renew_their_certificate_over_the_stream_without_a_restart() {
         if !now.is_empty() && now != first {
             break;
         }
-        assert!(Instant::now() < deadline, "certificate not renewed: {}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "certificate not renewed: {}",
+            agent.log()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // The same process reconnects with the new certificate; the old one is refused.
     wait_connected(&node, &name).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     wait_connected(&node, &name).await;
-    assert!(agent.log().contains("certificate renewed"), "{}", agent.log());
+    assert!(
+        agent.log().contains("certificate renewed"),
+        "{}",
+        agent.log()
+    );
     let ca = std::fs::read_to_string(&node.ca_cert).unwrap();
     let old_key_cert = Identity::from_pem(&first, &first_key);
-    let refused = match agent_channel(&ca, &format!("127.0.0.1:{agent_port}"), Some(old_key_cert)).await {
-        Err(_) => true,
-        Ok(channel) => try_connect(channel).await.is_err(),
-    };
+    let refused =
+        match agent_channel(&ca, &format!("127.0.0.1:{agent_port}"), Some(old_key_cert)).await {
+            Err(_) => true,
+            Ok(channel) => try_connect(channel).await.is_err(),
+        };
     assert!(refused, "the superseded certificate still works");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_image_off_the_allowlist_is_refused_before_dispatch_and_audited() {
     let d = dirs();
-    let node = DevNode::start_with(d.data.path(), d.logs.path(), &[], &["--no-agent", "--agent-listen", "127.0.0.1:0"], free_port())
-        .unwrap_or_else(|l| panic!("{l}"));
+    let node = DevNode::start_with(
+        d.data.path(),
+        d.logs.path(),
+        &[],
+        &["--no-agent", "--agent-listen", "127.0.0.1:0"],
+        free_port(),
+    )
+    .unwrap_or_else(|l| panic!("{l}"));
     let admin = node.admin_token();
     let channel = node.channel().await;
     pb::allowlist_service_client::AllowlistServiceClient::new(channel.clone())
-        .add_image_pattern(authed(pb::AddImagePatternRequest { pattern: "registry.internal/team/*".into(), description: None }, &admin))
+        .add_image_pattern(authed(
+            pb::AddImagePatternRequest {
+                pattern: "registry.internal/team/*".into(),
+                description: None,
+            },
+            &admin,
+        ))
         .await
         .unwrap();
     ApplicationServiceClient::new(channel.clone())
-        .create_application(authed(pb::CreateApplicationRequest { name: "rogue".into(), image: "evil/miner".into(), ..Default::default() }, &admin))
+        .create_application(authed(
+            pb::CreateApplicationRequest {
+                name: "rogue".into(),
+                image: "evil/miner".into(),
+                ..Default::default()
+            },
+            &admin,
+        ))
         .await
         .unwrap();
-    let detail = wait_deployment(&node, &deploy(&node, "rogue", "v1").await, Duration::from_secs(30)).await;
+    let detail = wait_deployment(
+        &node,
+        &deploy(&node, "rogue", "v1").await,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(status(&detail), "failed");
-    let reason = detail.deployment.clone().unwrap().error_message.unwrap_or_default();
+    let reason = detail
+        .deployment
+        .clone()
+        .unwrap()
+        .error_message
+        .unwrap_or_default();
     assert!(reason.contains("not on the image allowlist"), "{reason}");
-    assert!(detail.events.iter().all(|e| e.phase != "dispatch"), "nothing may reach an agent: {detail:#?}");
+    assert!(
+        detail.events.iter().all(|e| e.phase != "dispatch"),
+        "nothing may reach an agent: {detail:#?}"
+    );
     let out = node.cli(&["app", "show", "rogue"], None);
     assert!(String::from_utf8_lossy(&out.stdout).contains("failed"));
 }

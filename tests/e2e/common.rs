@@ -12,7 +12,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 /// Directory holding the workspace's built binaries (next to this test executable).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -23,7 +26,11 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A `berth dev` process and what a user would export to talk to it.
@@ -41,13 +48,29 @@ impl DevNode {
     /// Starts a node on `data_dir`, waiting until its admin port accepts connections.
     /// Returns the node's combined output when it exits before that.
     pub fn start(data_dir: &Path, log_dir: &Path, env: &[(&str, &str)]) -> Result<DevNode, String> {
-        Self::start_with(data_dir, log_dir, env, &["--agent-listen", "127.0.0.1:0"], free_port())
+        Self::start_with(
+            data_dir,
+            log_dir,
+            env,
+            &["--agent-listen", "127.0.0.1:0"],
+            free_port(),
+        )
     }
 
     /// Starts a node with extra `berth dev` arguments on a given admin port.
-    pub fn start_with(data_dir: &Path, log_dir: &Path, env: &[(&str, &str)], args: &[&str], port: u16) -> Result<DevNode, String> {
+    pub fn start_with(
+        data_dir: &Path,
+        log_dir: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+        port: u16,
+    ) -> Result<DevNode, String> {
         let log_path = log_dir.join(format!("node-{port}.log"));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let mut cmd = Command::new(bin("berth"));
         cmd.args(["dev", "--data-dir"])
             .arg(data_dir)
@@ -72,7 +95,10 @@ impl DevNode {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
             }
-            assert!(Instant::now() < deadline, "berth dev did not listen within 60s");
+            assert!(
+                Instant::now() < deadline,
+                "berth dev did not listen within 60s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(DevNode {
@@ -86,7 +112,10 @@ impl DevNode {
     }
 
     pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("admin.token")).expect("admin.token").trim().to_string()
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_string()
     }
 
     /// Runs `berth ARGS` as the admin, with `stdin` piped in.
@@ -128,7 +157,10 @@ impl DevNode {
     /// SIGTERM and wait: a clean stop.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(20);
             while child.try_wait().unwrap().is_none() {
                 if Instant::now() > deadline {
@@ -164,7 +196,9 @@ impl Drop for DevNode {
 pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if !token.is_empty() {
-        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
     request
 }
@@ -212,7 +246,9 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
 /// A logical dump of every table, to prove a refused start changed nothing.
 pub async fn dump_database(path: &Path) -> String {
     use sqlx::{Column as _, Row as _};
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true);
     let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
     let tables: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
@@ -221,12 +257,15 @@ pub async fn dump_database(path: &Path) -> String {
             .unwrap();
     let mut out = String::new();
     for table in tables {
-        let rows = sqlx::query(&format!("SELECT * FROM \"{table}\" ORDER BY rowid")).fetch_all(&pool).await;
+        let rows = sqlx::query(&format!("SELECT * FROM \"{table}\" ORDER BY rowid"))
+            .fetch_all(&pool)
+            .await;
         let Ok(rows) = rows else { continue };
         for row in rows {
             out.push_str(&table);
             for (i, column) in row.columns().iter().enumerate() {
-                let value: Option<String> = row.try_get_unchecked::<Option<String>, _>(i).ok().flatten();
+                let value: Option<String> =
+                    row.try_get_unchecked::<Option<String>, _>(i).ok().flatten();
                 out.push_str(&format!(" {}={:?}", column.name(), value));
             }
             out.push('\n');
@@ -239,29 +278,54 @@ pub async fn dump_database(path: &Path) -> String {
 /// Docker is required: with `CI` set an unreachable engine fails the suite; otherwise the
 /// Docker tests say loudly that they did not run.
 pub fn docker_available() -> bool {
-    let ok = Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "CI is set but the Docker Engine is unreachable");
-        eprintln!("!!! Docker Engine unreachable: Docker tests NOT RUN (set CI=1 to make this an error)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but the Docker Engine is unreachable"
+        );
+        eprintln!(
+            "!!! Docker Engine unreachable: Docker tests NOT RUN (set CI=1 to make this an error)"
+        );
     }
     ok
 }
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Builds the local test images (idempotent; see tests/images/build.sh).
 pub fn build_test_images() {
-    let out = Command::new("sh").arg(repo_root().join("tests/images/build.sh")).output().unwrap();
-    assert!(out.status.success(), "tests/images/build.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sh")
+        .arg(repo_root().join("tests/images/build.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tests/images/build.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A plain HTTP/1.0 GET on 127.0.0.1:port; the body, or None when nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::Read as _;
-    let mut stream = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &([127, 0, 0, 1], port).into(),
+        Duration::from_secs(2),
+    )
+    .ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut response = String::new();
@@ -269,16 +333,28 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     if !response.starts_with("HTTP/1.") {
         return None;
     }
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }
 
 /// Names of containers (running or not) with a label.
 pub fn containers_with_label(label: &str) -> Vec<String> {
     let out = Command::new("docker")
-        .args(["ps", "-a", "--filter", &format!("label={label}"), "--format", "{{.Names}}"])
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={label}"),
+            "--format",
+            "{{.Names}}",
+        ])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Removes every container of an application (test cleanup).
@@ -297,14 +373,24 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     /// Enrolls (first start) and runs an agent against `node`.
-    pub async fn start(node: &DevNode, name: &str, labels: &[(&str, &str)], data_dir: &Path, log_dir: &Path) -> AgentProcess {
+    pub async fn start(
+        node: &DevNode,
+        name: &str,
+        labels: &[(&str, &str)],
+        data_dir: &Path,
+        log_dir: &Path,
+    ) -> AgentProcess {
         use berth_proto::v1 as pb;
-        let mut admin = pb::agent_admin_service_client::AgentAdminServiceClient::new(node.channel().await);
+        let mut admin =
+            pb::agent_admin_service_client::AgentAdminServiceClient::new(node.channel().await);
         let created = admin
             .create_enrollment_token(authed(
                 pb::CreateEnrollmentTokenRequest {
                     agent_name: name.into(),
-                    labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
                     ttl_seconds: 600,
                 },
                 &node.admin_token(),
@@ -312,7 +398,11 @@ impl AgentProcess {
             .await
             .expect("create enrollment token")
             .into_inner();
-        let mut agent = AgentProcess { data_dir: data_dir.into(), log_path: log_dir.join(format!("agent-{name}.log")), child: None };
+        let mut agent = AgentProcess {
+            data_dir: data_dir.into(),
+            log_path: log_dir.join(format!("agent-{name}.log")),
+            child: None,
+        };
         agent.spawn(&[
             "--control-plane",
             &node.addr,
@@ -326,7 +416,11 @@ impl AgentProcess {
 
     /// (Re)starts the process on its data dir (enrolled already unless `args` enroll it).
     pub fn spawn(&mut self, args: &[&str]) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
         let child = Command::new(bin("berth-agent"))
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -361,26 +455,47 @@ impl Drop for AgentProcess {
 /// Waits until `agent` shows as connected.
 pub async fn wait_connected(node: &DevNode, agent: &str) {
     use berth_proto::v1 as pb;
-    let mut admin = pb::agent_admin_service_client::AgentAdminServiceClient::new(node.channel().await);
+    let mut admin =
+        pb::agent_admin_service_client::AgentAdminServiceClient::new(node.channel().await);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let agents = admin.list_agents(authed(pb::ListAgentsRequest {}, &node.admin_token())).await.unwrap().into_inner().agents;
-        if agents.iter().any(|a| a.name == agent && a.status == "connected") {
+        let agents = admin
+            .list_agents(authed(pb::ListAgentsRequest {}, &node.admin_token()))
+            .await
+            .unwrap()
+            .into_inner()
+            .agents;
+        if agents
+            .iter()
+            .any(|a| a.name == agent && a.status == "connected")
+        {
             return;
         }
-        assert!(Instant::now() < deadline, "agent {agent} did not connect: {agents:?}");
+        assert!(
+            Instant::now() < deadline,
+            "agent {agent} did not connect: {agents:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Waits for a deployment to finish and returns its detail.
-pub async fn wait_deployment(node: &DevNode, id: &str, timeout: Duration) -> berth_proto::v1::DeploymentDetail {
+pub async fn wait_deployment(
+    node: &DevNode,
+    id: &str,
+    timeout: Duration,
+) -> berth_proto::v1::DeploymentDetail {
     use berth_proto::v1 as pb;
     let mut deploys = pb::deploy_service_client::DeployServiceClient::new(node.channel().await);
     let deadline = Instant::now() + timeout;
     loop {
         let detail = deploys
-            .get_deployment(authed(pb::GetDeploymentRequest { deployment_id: id.into() }, &node.admin_token()))
+            .get_deployment(authed(
+                pb::GetDeploymentRequest {
+                    deployment_id: id.into(),
+                },
+                &node.admin_token(),
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -388,7 +503,10 @@ pub async fn wait_deployment(node: &DevNode, id: &str, timeout: Duration) -> ber
         if status != "pending" && status != "running" {
             return detail;
         }
-        assert!(Instant::now() < deadline, "deployment {id} still {status}: {detail:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "deployment {id} still {status}: {detail:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -398,7 +516,13 @@ pub async fn deploy(node: &DevNode, app: &str, version: &str) -> String {
     use berth_proto::v1 as pb;
     let mut deploys = pb::deploy_service_client::DeployServiceClient::new(node.channel().await);
     deploys
-        .deploy(authed(pb::DeployRequest { app: app.into(), version: version.into() }, &node.admin_token()))
+        .deploy(authed(
+            pb::DeployRequest {
+                app: app.into(),
+                version: version.into(),
+            },
+            &node.admin_token(),
+        ))
         .await
         .expect("deploy accepted")
         .into_inner()
@@ -411,7 +535,10 @@ pub async fn deploy(node: &DevNode, app: &str, version: &str) -> String {
 pub fn wait_listening(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port} within 30s");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {port} within 30s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -421,11 +548,17 @@ pub fn wait_listening(port: u16, what: &str) {
 pub fn start_with_webhook(data_dir: &Path, log_dir: &Path, agent: bool) -> (DevNode, u16) {
     let webhook_port = free_port();
     let webhook_listen = format!("127.0.0.1:{webhook_port}");
-    let mut args = vec!["--agent-listen", "127.0.0.1:0", "--webhook-listen", webhook_listen.as_str()];
+    let mut args = vec![
+        "--agent-listen",
+        "127.0.0.1:0",
+        "--webhook-listen",
+        webhook_listen.as_str(),
+    ];
     if !agent {
         args.push("--no-agent");
     }
-    let node = DevNode::start_with(data_dir, log_dir, &[], &args, free_port()).unwrap_or_else(|l| panic!("{l}"));
+    let node = DevNode::start_with(data_dir, log_dir, &[], &args, free_port())
+        .unwrap_or_else(|l| panic!("{l}"));
     wait_listening(webhook_port, "the webhook shim");
     (node, webhook_port)
 }

@@ -18,13 +18,22 @@ struct Dirs {
 }
 
 fn dirs() -> Dirs {
-    Dirs { data: tempfile::tempdir().unwrap(), logs: tempfile::tempdir().unwrap() }
+    Dirs {
+        data: tempfile::tempdir().unwrap(),
+        logs: tempfile::tempdir().unwrap(),
+    }
 }
 
 /// A node without its local agent, for tests that compare the whole database.
 fn start_without_agent(d: &Dirs) -> DevNode {
-    DevNode::start_with(d.data.path(), d.logs.path(), &[], &["--no-agent", "--agent-listen", "127.0.0.1:0"], crate::common::free_port())
-        .unwrap_or_else(|log| panic!("{log}"))
+    DevNode::start_with(
+        d.data.path(),
+        d.logs.path(),
+        &[],
+        &["--no-agent", "--agent-listen", "127.0.0.1:0"],
+        crate::common::free_port(),
+    )
+    .unwrap_or_else(|log| panic!("{log}"))
 }
 
 fn start(d: &Dirs) -> DevNode {
@@ -38,15 +47,51 @@ fn quick_tour_from_the_readme() {
     let admin_key = node.admin_token();
     assert!(admin_key.starts_with("bk_"));
 
-    ok(node.cli(&["group", "create", "production-db", "--description", "production database"], None));
-    ok(node.cli(&["secret", "set", "production-db", "DATABASE_URL"], Some(&format!("{DB_URL}\n"))));
-    let created = ok(node.cli(&["app", "create", "myapp", "--image", "mycompany/myapp", "--version", "v1.0.0", "--port", "8080:80"], None));
+    ok(node.cli(
+        &[
+            "group",
+            "create",
+            "production-db",
+            "--description",
+            "production database",
+        ],
+        None,
+    ));
+    ok(node.cli(
+        &["secret", "set", "production-db", "DATABASE_URL"],
+        Some(&format!("{DB_URL}\n")),
+    ));
+    let created = ok(node.cli(
+        &[
+            "app",
+            "create",
+            "myapp",
+            "--image",
+            "mycompany/myapp",
+            "--version",
+            "v1.0.0",
+            "--port",
+            "8080:80",
+        ],
+        None,
+    ));
     let webhook_token = created
         .split_whitespace()
         .find(|w| w.starts_with("whk_"))
         .unwrap_or_else(|| panic!("no webhook token in: {created}"))
         .to_string();
-    ok(node.cli(&["env", "set", "DATABASE_URL", "--secret", "production-db/DATABASE_URL", "--app", "myapp"], None));
+    ok(node.cli(
+        &[
+            "env",
+            "set",
+            "DATABASE_URL",
+            "--secret",
+            "production-db/DATABASE_URL",
+            "--app",
+            "myapp",
+        ],
+        None,
+    ));
     ok(node.cli(&["env", "set", "NODE_ENV", "production", "--global"], None));
 
     let exported = ok(node.cli(&["env", "export", "--app", "myapp", "--yes"], None));
@@ -54,15 +99,27 @@ fn quick_tour_from_the_readme() {
     assert!(exported.contains(DB_URL), "{exported}");
 
     let listed = ok(node.cli(&["secret", "list"], None));
-    assert!(listed.contains("production-db") && listed.contains("DATABASE_URL"), "{listed}");
+    assert!(
+        listed.contains("production-db") && listed.contains("DATABASE_URL"),
+        "{listed}"
+    );
     assert!(listed.contains("postgresql://****@****"), "{listed}");
     assert!(!listed.contains("S3cr3t"), "{listed}");
 
     let shown = ok(node.cli(&["app", "show", "myapp"], None));
-    assert!(shown.contains(&webhook_token[..10]), "masked token prefix missing: {shown}");
+    assert!(
+        shown.contains(&webhook_token[..10]),
+        "masked token prefix missing: {shown}"
+    );
     assert!(!shown.contains(&webhook_token), "full token shown: {shown}");
-    assert!(shown.contains("/webhook/deploy") && shown.contains("curl"), "{shown}");
-    assert!(shown.contains("DATABASE_URL") && shown.contains("secret_ref"), "{shown}");
+    assert!(
+        shown.contains("/webhook/deploy") && shown.contains("curl"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("DATABASE_URL") && shown.contains("secret_ref"),
+        "{shown}"
+    );
     assert!(!shown.contains("S3cr3t"), "{shown}");
 
     let json = ok(node.cli(&["app", "list", "-o", "json"], None));
@@ -73,11 +130,22 @@ fn quick_tour_from_the_readme() {
     // secret value or a token in plaintext.
     let log_before_stop = node.log();
     node.stop();
-    for needle in [DB_URL, "S3cr3t-Pa55w0rd", admin_key.as_str(), webhook_token.as_str()] {
+    for needle in [
+        DB_URL,
+        "S3cr3t-Pa55w0rd",
+        admin_key.as_str(),
+        webhook_token.as_str(),
+    ] {
         let hits = files_containing(d.data.path(), needle);
-        let hits: Vec<_> = hits.into_iter().filter(|p| !p.ends_with("admin.token")).collect();
+        let hits: Vec<_> = hits
+            .into_iter()
+            .filter(|p| !p.ends_with("admin.token"))
+            .collect();
         assert!(hits.is_empty(), "{needle:.12}… found in {hits:?}");
-        assert!(!log_before_stop.contains(needle) && !node.log().contains(needle), "{needle:.12}… in the node log");
+        assert!(
+            !log_before_stop.contains(needle) && !node.log().contains(needle),
+            "{needle:.12}… in the node log"
+        );
     }
 }
 
@@ -87,31 +155,48 @@ async fn restart_keeps_secrets_and_a_wrong_master_key_is_refused() {
     let mut node = start(&d);
     ok(node.cli(&["group", "create", "g"], None));
     for i in 0..5 {
-        ok(node.cli(&["secret", "set", "g", &format!("S{i}")], Some(&format!("value-{i}"))));
+        ok(node.cli(
+            &["secret", "set", "g", &format!("S{i}")],
+            Some(&format!("value-{i}")),
+        ));
     }
     node.stop();
 
     let db = d.data.path().join("berth.db");
     let before = dump_database(&db).await;
     let other_key = "ab".repeat(32);
-    let refused = DevNode::start(d.data.path(), d.logs.path(), &[("BERTH_MASTER_KEY", &other_key)]);
+    let refused = DevNode::start(
+        d.data.path(),
+        d.logs.path(),
+        &[("BERTH_MASTER_KEY", &other_key)],
+    );
     let log = match refused {
         Err(log) => log,
         Ok(_) => panic!("a node started with the wrong master key"),
     };
     assert!(log.contains("does not match this database"), "{log}");
-    assert_eq!(before, dump_database(&db).await, "a refused start changed the database");
+    assert_eq!(
+        before,
+        dump_database(&db).await,
+        "a refused start changed the database"
+    );
 
     // Without the key file and with encrypted rows, the node refuses too (no random key).
     let key_file = d.data.path().join("master.key");
     let saved = std::fs::read(&key_file).unwrap();
     std::fs::remove_file(&key_file).unwrap();
-    let log = DevNode::start(d.data.path(), d.logs.path(), &[]).err().expect("started without a key");
+    let log = DevNode::start(d.data.path(), d.logs.path(), &[])
+        .err()
+        .expect("started without a key");
     assert!(log.contains("no master key was given"), "{log}");
     assert!(!key_file.exists(), "a new random key was written");
     std::fs::write(&key_file, saved).unwrap();
     #[cfg(unix)]
-    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
 
     let node = start(&d);
     for i in 0..5 {
@@ -126,16 +211,35 @@ async fn kill_9_loses_no_acknowledged_write() {
     let mut node = start(&d);
     let token = node.admin_token();
     let mut secrets = SecretServiceClient::new(node.channel().await);
-    secrets.create_group(authed(pb::CreateGroupRequest { name: "g".into(), description: None }, &token)).await.unwrap();
+    secrets
+        .create_group(authed(
+            pb::CreateGroupRequest {
+                name: "g".into(),
+                description: None,
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
     for i in 0..50 {
-        let req = pb::SetSecretRequest { group: "g".into(), name: format!("K{i}"), value: format!("v{i}"), description: None };
+        let req = pb::SetSecretRequest {
+            group: "g".into(),
+            name: format!("K{i}"),
+            value: format!("v{i}"),
+            description: None,
+        };
         secrets.set_secret(authed(req, &token)).await.unwrap();
     }
     node.kill();
     let node = start(&d);
     let mut secrets = SecretServiceClient::new(node.channel().await);
     let listed = secrets
-        .list_secrets(authed(pb::ListSecretsRequest { group: Some("g".into()) }, &token))
+        .list_secrets(authed(
+            pb::ListSecretsRequest {
+                group: Some("g".into()),
+            },
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -150,33 +254,97 @@ async fn roles_are_enforced_with_the_right_codes() {
     let channel = node.channel().await;
     let mut keys = ApiKeyServiceClient::new(channel.clone());
     let mut secrets = SecretServiceClient::new(channel.clone());
-    let key = |role: &str| pb::CreateApiKeyRequest { name: format!("{role}-key"), role: role.into() };
-    let viewer = keys.create_api_key(authed(key("viewer"), &admin)).await.unwrap().into_inner().key;
-    let deployer = keys.create_api_key(authed(key("deployer"), &admin)).await.unwrap().into_inner().key;
-    secrets.create_group(authed(pb::CreateGroupRequest { name: "g".into(), description: None }, &admin)).await.unwrap();
-    let set = |name: &str| pb::SetSecretRequest { group: "g".into(), name: name.into(), value: "v".into(), description: None };
+    let key = |role: &str| pb::CreateApiKeyRequest {
+        name: format!("{role}-key"),
+        role: role.into(),
+    };
+    let viewer = keys
+        .create_api_key(authed(key("viewer"), &admin))
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    let deployer = keys
+        .create_api_key(authed(key("deployer"), &admin))
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    secrets
+        .create_group(authed(
+            pb::CreateGroupRequest {
+                name: "g".into(),
+                description: None,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let set = |name: &str| pb::SetSecretRequest {
+        group: "g".into(),
+        name: name.into(),
+        value: "v".into(),
+        description: None,
+    };
     secrets.set_secret(authed(set("A"), &admin)).await.unwrap();
-    let reveal = pb::RevealSecretRequest { group: "g".into(), name: "A".into(), confirm: true };
+    let reveal = pb::RevealSecretRequest {
+        group: "g".into(),
+        name: "A".into(),
+        confirm: true,
+    };
 
     // A viewer can read summaries but neither reveal nor write.
-    secrets.list_secrets(authed(pb::ListSecretsRequest { group: None }, &viewer)).await.unwrap();
-    let e = secrets.reveal_secret(authed(reveal.clone(), &viewer)).await.unwrap_err();
+    secrets
+        .list_secrets(authed(pb::ListSecretsRequest { group: None }, &viewer))
+        .await
+        .unwrap();
+    let e = secrets
+        .reveal_secret(authed(reveal.clone(), &viewer))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    let e = secrets.set_secret(authed(set("B"), &viewer)).await.unwrap_err();
+    let e = secrets
+        .set_secret(authed(set("B"), &viewer))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     // A deployer cannot create API keys (nor reveal).
-    let e = keys.create_api_key(authed(key("x"), &deployer)).await.unwrap_err();
+    let e = keys
+        .create_api_key(authed(key("x"), &deployer))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    let e = secrets.reveal_secret(authed(reveal.clone(), &deployer)).await.unwrap_err();
+    let e = secrets
+        .reveal_secret(authed(reveal.clone(), &deployer))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     // Missing or wrong keys get nothing.
-    for token in ["", "bk_wrongwrongwrongwrongwrongwrongwr", "not-a-key", &admin[..admin.len() - 1]] {
-        let e = secrets.list_secrets(authed(pb::ListSecretsRequest { group: None }, token)).await.unwrap_err();
+    for token in [
+        "",
+        "bk_wrongwrongwrongwrongwrongwrongwr",
+        "not-a-key",
+        &admin[..admin.len() - 1],
+    ] {
+        let e = secrets
+            .list_secrets(authed(pb::ListSecretsRequest { group: None }, token))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "token {token:.6}…");
     }
     // Revoked keys stop working at once.
-    keys.revoke_api_key(authed(pb::RevokeApiKeyRequest { name: "viewer-key".into() }, &admin)).await.unwrap();
-    let e = secrets.list_secrets(authed(pb::ListSecretsRequest { group: None }, &viewer)).await.unwrap_err();
+    keys.revoke_api_key(authed(
+        pb::RevokeApiKeyRequest {
+            name: "viewer-key".into(),
+        },
+        &admin,
+    ))
+    .await
+    .unwrap();
+    let e = secrets
+        .list_secrets(authed(pb::ListSecretsRequest { group: None }, &viewer))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     // The CLI maps these to exit code 1 and a clear message.
     let out = node.cli_as(&deployer, &["secret", "reveal", "g", "A", "--yes"], None);
@@ -193,16 +361,22 @@ async fn a_ciphertext_copied_into_another_row_fails_to_decrypt() {
     ok(node.cli(&["secret", "set", "g", "B"], Some("value-of-b")));
     node.stop();
 
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(d.data.path().join("berth.db"));
+    let options =
+        sqlx::sqlite::SqliteConnectOptions::new().filename(d.data.path().join("berth.db"));
     let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    sqlx::query("UPDATE secrets SET value = (SELECT value FROM secrets WHERE name = 'A') WHERE name = 'B'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE secrets SET value = (SELECT value FROM secrets WHERE name = 'A') WHERE name = 'B'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     pool.close().await;
 
     let node = start(&d);
-    assert_eq!(ok(node.cli(&["secret", "reveal", "g", "A", "--yes"], None)).trim(), "value-of-a");
+    assert_eq!(
+        ok(node.cli(&["secret", "reveal", "g", "A", "--yes"], None)).trim(),
+        "value-of-a"
+    );
     let out = node.cli(&["secret", "reveal", "g", "B", "--yes"], None);
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -217,12 +391,29 @@ fn deleting_a_referenced_secret_needs_force_and_lists_the_references() {
     ok(node.cli(&["group", "create", "g"], None));
     ok(node.cli(&["secret", "set", "g", "DB"], Some("v")));
     ok(node.cli(&["app", "create", "web", "--image", "web"], None));
-    ok(node.cli(&["env", "set", "DATABASE_URL", "--secret", "g/DB", "--app", "web"], None));
-    ok(node.cli(&["env", "set", "SHARED_DB", "--secret", "g/DB", "--global"], None));
+    ok(node.cli(
+        &[
+            "env",
+            "set",
+            "DATABASE_URL",
+            "--secret",
+            "g/DB",
+            "--app",
+            "web",
+        ],
+        None,
+    ));
+    ok(node.cli(
+        &["env", "set", "SHARED_DB", "--secret", "g/DB", "--global"],
+        None,
+    ));
     let out = node.cli(&["secret", "delete", "g", "DB"], None);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("web:DATABASE_URL") && err.contains("(global):SHARED_DB"), "{err}");
+    assert!(
+        err.contains("web:DATABASE_URL") && err.contains("(global):SHARED_DB"),
+        "{err}"
+    );
     assert!(ok(node.cli(&["secret", "list", "--group", "g"], None)).contains("DB"));
     ok(node.cli(&["secret", "delete", "g", "DB", "--force"], None));
     assert!(!ok(node.cli(&["env", "list", "--app", "web"], None)).contains("DATABASE_URL"));
@@ -236,9 +427,22 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
     let channel = node.channel().await;
     let mut secrets = SecretServiceClient::new(channel.clone());
     let mut apps = ApplicationServiceClient::new(channel);
-    secrets.create_group(authed(pb::CreateGroupRequest { name: "g".into(), description: None }, &admin)).await.unwrap();
+    secrets
+        .create_group(authed(
+            pb::CreateGroupRequest {
+                name: "g".into(),
+                description: None,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
     apps.create_application(authed(
-        pb::CreateApplicationRequest { name: "web".into(), image: "web".into(), ..Default::default() },
+        pb::CreateApplicationRequest {
+            name: "web".into(),
+            image: "web".into(),
+            ..Default::default()
+        },
         &admin,
     ))
     .await
@@ -252,7 +456,9 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
     let mut env = EnvServiceClient::new(channel.clone());
     let mut apps = ApplicationServiceClient::new(channel);
 
-    let app_scope = Some(pb::EnvScope { scope: Some(pb::env_scope::Scope::App("web".into())) });
+    let app_scope = Some(pb::EnvScope {
+        scope: Some(pb::env_scope::Scope::App("web".into())),
+    });
     let set_env = |key: &str, value: pb::set_env_request::Value| pb::SetEnvRequest {
         scope: app_scope.clone(),
         key: key.into(),
@@ -261,41 +467,243 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
     };
     use pb::set_env_request::Value;
     let cases: Vec<(&str, Code, tonic::Status)> = vec![
-        ("invalid env key", Code::InvalidArgument, env.set_env(authed(set_env("1-BAD KEY", Value::Plain("x".into())), &admin)).await.unwrap_err()),
-        ("unicode env key", Code::InvalidArgument, env.set_env(authed(set_env("KÉY", Value::Plain("x".into())), &admin)).await.unwrap_err()),
-        ("oversized env value", Code::InvalidArgument, env.set_env(authed(set_env("BIG", Value::Plain("x".repeat(40_000))), &admin)).await.unwrap_err()),
-        ("unknown group", Code::NotFound, env.set_env(authed(set_env("ALL", Value::Group("nope".into())), &admin)).await.unwrap_err()),
-        ("missing @secret id", Code::NotFound, env.set_env(authed(set_env("DB", Value::Plain("@secret:4242".into())), &admin)).await.unwrap_err()),
-        ("missing secret path", Code::NotFound, env.set_env(authed(set_env("DB", Value::Secret("g/NOPE".into())), &admin)).await.unwrap_err()),
-        ("secret in unknown group", Code::NotFound, secrets.set_secret(authed(pb::SetSecretRequest { group: "nope".into(), name: "A".into(), value: "v".into(), description: None }, &admin)).await.unwrap_err()),
-        ("oversized secret", Code::InvalidArgument, secrets.set_secret(authed(pb::SetSecretRequest { group: "g".into(), name: "A".into(), value: "v".repeat(70_000), description: None }, &admin)).await.unwrap_err()),
-        ("duplicate group", Code::AlreadyExists, secrets.create_group(authed(pb::CreateGroupRequest { name: "g".into(), description: None }, &admin)).await.unwrap_err()),
-        ("duplicate app", Code::AlreadyExists, apps.create_application(authed(pb::CreateApplicationRequest { name: "web".into(), image: "web".into(), ..Default::default() }, &admin)).await.unwrap_err()),
-        ("bad image", Code::InvalidArgument, apps.create_application(authed(pb::CreateApplicationRequest { name: "x".into(), image: "x; rm -rf /".into(), ..Default::default() }, &admin)).await.unwrap_err()),
-        ("bad version", Code::InvalidArgument, apps.create_application(authed(pb::CreateApplicationRequest { name: "x".into(), image: "x".into(), version: Some("v1\n../../etc".into()), ..Default::default() }, &admin)).await.unwrap_err()),
-        ("malformed .env", Code::InvalidArgument, secrets.import_secrets(authed(pb::ImportSecretsRequest { group: "g".into(), format: pb::ImportFormat::Dotenv as i32, document: "A=1\nB=2\nthis is not=ok=\n\"C=3".into(), overwrite: false }, &admin)).await.unwrap_err()),
-        ("json with a number", Code::InvalidArgument, secrets.import_secrets(authed(pb::ImportSecretsRequest { group: "g".into(), format: pb::ImportFormat::Json as i32, document: r#"{"A":"1","B":2}"#.into(), overwrite: false }, &admin)).await.unwrap_err()),
-        ("reveal without confirm", Code::FailedPrecondition, secrets.reveal_secret(authed(pb::RevealSecretRequest { group: "g".into(), name: "A".into(), confirm: false }, &admin)).await.unwrap_err()),
+        (
+            "invalid env key",
+            Code::InvalidArgument,
+            env.set_env(authed(
+                set_env("1-BAD KEY", Value::Plain("x".into())),
+                &admin,
+            ))
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "unicode env key",
+            Code::InvalidArgument,
+            env.set_env(authed(set_env("KÉY", Value::Plain("x".into())), &admin))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "oversized env value",
+            Code::InvalidArgument,
+            env.set_env(authed(
+                set_env("BIG", Value::Plain("x".repeat(40_000))),
+                &admin,
+            ))
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "unknown group",
+            Code::NotFound,
+            env.set_env(authed(set_env("ALL", Value::Group("nope".into())), &admin))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "missing @secret id",
+            Code::NotFound,
+            env.set_env(authed(
+                set_env("DB", Value::Plain("@secret:4242".into())),
+                &admin,
+            ))
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "missing secret path",
+            Code::NotFound,
+            env.set_env(authed(
+                set_env("DB", Value::Secret("g/NOPE".into())),
+                &admin,
+            ))
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "secret in unknown group",
+            Code::NotFound,
+            secrets
+                .set_secret(authed(
+                    pb::SetSecretRequest {
+                        group: "nope".into(),
+                        name: "A".into(),
+                        value: "v".into(),
+                        description: None,
+                    },
+                    &admin,
+                ))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "oversized secret",
+            Code::InvalidArgument,
+            secrets
+                .set_secret(authed(
+                    pb::SetSecretRequest {
+                        group: "g".into(),
+                        name: "A".into(),
+                        value: "v".repeat(70_000),
+                        description: None,
+                    },
+                    &admin,
+                ))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "duplicate group",
+            Code::AlreadyExists,
+            secrets
+                .create_group(authed(
+                    pb::CreateGroupRequest {
+                        name: "g".into(),
+                        description: None,
+                    },
+                    &admin,
+                ))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "duplicate app",
+            Code::AlreadyExists,
+            apps.create_application(authed(
+                pb::CreateApplicationRequest {
+                    name: "web".into(),
+                    image: "web".into(),
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "bad image",
+            Code::InvalidArgument,
+            apps.create_application(authed(
+                pb::CreateApplicationRequest {
+                    name: "x".into(),
+                    image: "x; rm -rf /".into(),
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "bad version",
+            Code::InvalidArgument,
+            apps.create_application(authed(
+                pb::CreateApplicationRequest {
+                    name: "x".into(),
+                    image: "x".into(),
+                    version: Some("v1\n../../etc".into()),
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "malformed .env",
+            Code::InvalidArgument,
+            secrets
+                .import_secrets(authed(
+                    pb::ImportSecretsRequest {
+                        group: "g".into(),
+                        format: pb::ImportFormat::Dotenv as i32,
+                        document: "A=1\nB=2\nthis is not=ok=\n\"C=3".into(),
+                        overwrite: false,
+                    },
+                    &admin,
+                ))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "json with a number",
+            Code::InvalidArgument,
+            secrets
+                .import_secrets(authed(
+                    pb::ImportSecretsRequest {
+                        group: "g".into(),
+                        format: pb::ImportFormat::Json as i32,
+                        document: r#"{"A":"1","B":2}"#.into(),
+                        overwrite: false,
+                    },
+                    &admin,
+                ))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "reveal without confirm",
+            Code::FailedPrecondition,
+            secrets
+                .reveal_secret(authed(
+                    pb::RevealSecretRequest {
+                        group: "g".into(),
+                        name: "A".into(),
+                        confirm: false,
+                    },
+                    &admin,
+                ))
+                .await
+                .unwrap_err(),
+        ),
     ];
     for (what, code, status) in cases {
         assert_eq!(status.code(), code, "{what}: {status:?}");
         let message = status.message();
-        assert!(message.starts_with(|c: char| c.is_lowercase() || c == '@'), "{what}: not a lowercase message: {message}");
+        assert!(
+            message.starts_with(|c: char| c.is_lowercase() || c == '@'),
+            "{what}: not a lowercase message: {message}"
+        );
     }
     // The malformed .env names the line, not its content.
     let status = secrets
-        .import_secrets(authed(pb::ImportSecretsRequest { group: "g".into(), format: pb::ImportFormat::Dotenv as i32, document: "A=1\nsecret-looking-line\n".into(), overwrite: false }, &admin))
+        .import_secrets(authed(
+            pb::ImportSecretsRequest {
+                group: "g".into(),
+                format: pb::ImportFormat::Dotenv as i32,
+                document: "A=1\nsecret-looking-line\n".into(),
+                overwrite: false,
+            },
+            &admin,
+        ))
         .await
         .unwrap_err();
-    assert!(status.message().contains("line 2") && !status.message().contains("secret-looking"), "{}", status.message());
+    assert!(
+        status.message().contains("line 2") && !status.message().contains("secret-looking"),
+        "{}",
+        status.message()
+    );
 
     // The server keeps serving, and nothing was written.
-    secrets.list_groups(authed(pb::ListGroupsRequest {}, &admin)).await.unwrap();
+    secrets
+        .list_groups(authed(pb::ListGroupsRequest {}, &admin))
+        .await
+        .unwrap();
     let mut node = node;
     node.stop();
     let after = dump_database(&db).await;
-    let strip_audit = |s: &str| s.lines().filter(|l| !l.starts_with("api_keys")).collect::<Vec<_>>().join("\n");
-    assert_eq!(strip_audit(&before), strip_audit(&after), "a refused request wrote something");
+    let strip_audit = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with("api_keys"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        strip_audit(&before),
+        strip_audit(&after),
+        "a refused request wrote something"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -305,19 +713,43 @@ async fn health_and_reflection_are_served() {
     let channel = node.channel().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let response = health
-        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(response.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        response.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
-    use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, ServerReflectionRequest};
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, ServerReflectionRequest,
+    };
     let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
     let reply = stream.message().await.unwrap().unwrap();
     let text = format!("{reply:?}");
-    for service in ["berth.v1.SecretService", "berth.v1.EnvService", "berth.v1.ApplicationService", "berth.v1.ApiKeyService", "grpc.health.v1.Health"] {
-        assert!(text.contains(service), "{service} missing from reflection: {text}");
+    for service in [
+        "berth.v1.SecretService",
+        "berth.v1.EnvService",
+        "berth.v1.ApplicationService",
+        "berth.v1.ApiKeyService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            text.contains(service),
+            "{service} missing from reflection: {text}"
+        );
     }
 }

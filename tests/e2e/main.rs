@@ -2,8 +2,8 @@
 //! real TLS, real SQLite files. Build the binaries first (`cargo build --workspace --bins`);
 //! the README's test command does.
 
-mod common;
 mod agents;
+mod common;
 mod foundation;
 mod notify;
 mod registry;

@@ -33,22 +33,41 @@ pub fn shared() -> &'static Registry {
             .env("BERTH_REGISTRY_WATCH_PID", std::process::id().to_string())
             .output()
             .unwrap();
-        assert!(out.status.success(), "registry start failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "registry start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // Credentials for the push go to a private docker config, not the user's.
         let config = dir.join("docker-config");
         std::fs::create_dir_all(&config).unwrap();
         DOCKER_CONFIG.set(config).unwrap();
         let mut login = docker()
-            .args(["login", "--username", &registry.username, "--password-stdin", &registry.server])
+            .args([
+                "login",
+                "--username",
+                &registry.username,
+                "--password-stdin",
+                &registry.server,
+            ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         use std::io::Write as _;
-        login.stdin.take().unwrap().write_all(registry.password.as_bytes()).unwrap();
+        login
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(registry.password.as_bytes())
+            .unwrap();
         let out = login.wait_with_output().unwrap();
-        assert!(out.status.success(), "docker login failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "docker login failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         for tag in ["v1", "v2", "bad"] {
             let target = format!("{}/web:{tag}", registry.server);
             run(&["tag", &format!("berth-test/web:{tag}"), &target]);
@@ -73,5 +92,9 @@ fn docker() -> Command {
 
 fn run(args: &[&str]) {
     let out = docker().args(args).output().unwrap();
-    assert!(out.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -623,6 +623,44 @@ async fn the_ci_script_fails_on_a_failed_deployment_and_passes_on_a_successful_o
     remove_app_containers(&app.name);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dev_node_creates_its_shim_key_once_and_keeps_it_private() {
+    let d = dirs();
+    let key_file = d.data.path().join("webhook.token");
+    let unknown = json!({"applicationName": "never-registered", "version": "v1", "token": "whk_x"});
+    let (mut node, shim) = start_with_webhook(d.data.path(), d.logs.path(), false);
+    let key = std::fs::read_to_string(&key_file)
+        .expect("webhook.token")
+        .trim()
+        .to_string();
+    assert!(key.starts_with("bk_"));
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    // The shim's key works: an unknown application is the control plane's 404, not a 502.
+    assert_eq!(post(shim, "/webhook/deploy", &unknown, None).status, 404);
+    node.stop();
+
+    let (node, shim) = start_with_webhook(d.data.path(), d.logs.path(), false);
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap().trim(),
+        key,
+        "reused on the second start"
+    );
+    assert_eq!(post(shim, "/webhook/deploy", &unknown, None).status, 404);
+    let keys = ApiKeyServiceClient::new(node.channel().await)
+        .list_api_keys(authed(pb::ListApiKeysRequest {}, &node.admin_token()))
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys;
+    let shims: Vec<_> = keys.iter().filter(|k| k.role == "webhook").collect();
+    assert_eq!(shims.len(), 1, "{keys:?}");
+    assert!(!node.log().contains(&key), "the shim key is never printed");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hostile input (R-7.4, security invariant 6)
 // ---------------------------------------------------------------------------------------------
@@ -1028,7 +1066,6 @@ async fn a_registry_push_deploys_the_auto_deploy_application_and_leaves_the_othe
     if !docker_available() {
         return;
     }
-    // The shared registry first: its docker login/logout must not race ours.
     registry::shared();
     build_test_images();
     let d = dirs();
@@ -1099,15 +1136,19 @@ async fn a_registry_push_deploys_the_auto_deploy_application_and_leaves_the_othe
     .await;
 
     // Push web:v2 as web:v7.
+    // Credentials for the push go to a private docker config, not the user's.
+    let config = reg_dir.path().join("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
     docker(
+        &config,
         &["login", "--username", user, "--password-stdin", &server],
         Some(&password),
     );
     let target = format!("{server}/web:v7");
-    docker(&["tag", "berth-test/web:v2", &target], None);
-    docker(&["push", &target], None);
-    docker(&["rmi", &target], None);
-    docker(&["logout", &server], None);
+    docker(&config, &["tag", "berth-test/web:v2", &target], None);
+    docker(&config, &["push", &target], None);
+    docker(&config, &["rmi", &target], None);
+    docker(&config, &["logout", &server], None);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let row = loop {
@@ -1153,8 +1194,9 @@ impl Drop for StopRegistry {
     }
 }
 
-fn docker(args: &[&str], stdin: Option<&str>) {
+fn docker(config: &Path, args: &[&str], stdin: Option<&str>) {
     let mut child = Command::new("docker")
+        .env("DOCKER_CONFIG", config)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use rcgen::{CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SerialNumber};
+use rcgen::{
+    CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
+    SerialNumber,
+};
 use secrecy::{ExposeSecret as _, SecretString};
 use sha2::{Digest as _, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -40,24 +43,51 @@ impl Fleet {
             validate::name("label key", k)?;
             validate::name("label value", v)?;
         }
-        let ttl = ttl_seconds.map(i64::from).unwrap_or(DEFAULT_TOKEN_TTL_SECONDS);
+        let ttl = ttl_seconds
+            .map(i64::from)
+            .unwrap_or(DEFAULT_TOKEN_TTL_SECONDS);
         if !(1..=MAX_TOKEN_TTL_SECONDS).contains(&ttl) {
-            return Err(Error::invalid(format!("ttl must be between 1 and {MAX_TOKEN_TTL_SECONDS} seconds")));
+            return Err(Error::invalid(format!(
+                "ttl must be between 1 and {MAX_TOKEN_TTL_SECONDS} seconds"
+            )));
         }
         let token = generate_token(ENROLLMENT_TOKEN_PREFIX);
         let store = self.service().store();
         let expires_at = store
-            .insert_enrollment_token(&token_digest(token.expose_secret()), agent_name, labels, ttl)
+            .insert_enrollment_token(
+                &token_digest(token.expose_secret()),
+                agent_name,
+                labels,
+                ttl,
+            )
             .await?;
-        store.audit(&actor.name, "agent.token.create", agent_name, Some(&format!("expires {expires_at}"))).await?;
+        store
+            .audit(
+                &actor.name,
+                "agent.token.create",
+                agent_name,
+                Some(&format!("expires {expires_at}")),
+            )
+            .await?;
         Ok((token, expires_at))
     }
 
     /// Consumes the token and signs the agent's CSR.
-    pub async fn enroll(&self, token: &SecretString, csr_pem: &str) -> Result<(String, BTreeMap<String, String>, IssuedCertificate)> {
+    pub async fn enroll(
+        &self,
+        token: &SecretString,
+        csr_pem: &str,
+    ) -> Result<(String, BTreeMap<String, String>, IssuedCertificate)> {
         let store = self.service().store();
-        let enrollment = store.consume_enrollment_token(&token_digest(token.expose_secret())).await?;
-        if store.agent(&enrollment.agent_name).await.map(|a| a.revoked_at.is_none()).unwrap_or(false) {
+        let enrollment = store
+            .consume_enrollment_token(&token_digest(token.expose_secret()))
+            .await?;
+        if store
+            .agent(&enrollment.agent_name)
+            .await
+            .map(|a| a.revoked_at.is_none())
+            .unwrap_or(false)
+        {
             // Re-enrolling a live name replaces its certificate (a rebuilt host).
             tracing::info!(agent = %enrollment.agent_name, "agent re-enrolled; previous certificate replaced");
         }
@@ -72,7 +102,14 @@ impl Fleet {
             )
             .await?;
         self.drop_stream(&enrollment.agent_name);
-        store.audit(&format!("agent:{}", enrollment.agent_name), "agent.enroll", &enrollment.agent_name, None).await?;
+        store
+            .audit(
+                &format!("agent:{}", enrollment.agent_name),
+                "agent.enroll",
+                &enrollment.agent_name,
+                None,
+            )
+            .await?;
         Ok((enrollment.agent_name, enrollment.labels, issued))
     }
 
@@ -81,9 +118,21 @@ impl Fleet {
         let issued = self.sign_csr(agent_name, csr_pem)?;
         let store = self.service().store();
         store
-            .renew_agent_certificate(agent_name, &issued.fingerprint, &issued.fingerprint[7..23], &issued.not_after.unix_timestamp().to_string())
+            .renew_agent_certificate(
+                agent_name,
+                &issued.fingerprint,
+                &issued.fingerprint[7..23],
+                &issued.not_after.unix_timestamp().to_string(),
+            )
             .await?;
-        store.audit(&format!("agent:{agent_name}"), "agent.renew", agent_name, None).await?;
+        store
+            .audit(
+                &format!("agent:{agent_name}"),
+                "agent.renew",
+                agent_name,
+                None,
+            )
+            .await?;
         Ok(issued)
     }
 
@@ -99,8 +148,12 @@ impl Fleet {
         let params = &mut csr.params;
         params.subject_alt_names.clear();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, agent_name);
-        params.distinguished_name.push(DnType::OrganizationName, "berth agents");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, agent_name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "berth agents");
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -111,7 +164,9 @@ impl Fleet {
         serial[0] &= 0x7f;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let (ca_cert, ca_key) = self.pki().ca();
-        let cert = csr.signed_by(ca_cert, ca_key).map_err(|e| Error::Internal(format!("sign agent certificate: {e}")))?;
+        let cert = csr
+            .signed_by(ca_cert, ca_key)
+            .map_err(|e| Error::Internal(format!("sign agent certificate: {e}")))?;
         Ok(IssuedCertificate {
             fingerprint: format!("sha256:{}", hex::encode(Sha256::digest(cert.der()))),
             pem: cert.pem(),

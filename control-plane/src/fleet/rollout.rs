@@ -52,11 +52,18 @@ impl Fleet {
     /// Starts a deployment and returns its id at once; the rollout runs in the background.
     /// Failures found before dispatch (bad version, allowlist, unresolvable env, no targets)
     /// still leave a failed `deployment_logs` row with the reason, except an unknown app.
-    pub async fn deploy(&self, actor: &Actor, app: &str, version: &str, trigger: DeployTrigger) -> Result<String> {
+    pub async fn deploy(
+        &self,
+        actor: &Actor,
+        app: &str,
+        version: &str,
+        trigger: DeployTrigger,
+    ) -> Result<String> {
         actor.require(Permission::Deploy)?;
         validate::version(version)?;
         let app = self.service().store().application(app).await?;
-        self.start_deployment(&actor.name, app, version, trigger).await
+        self.start_deployment(&actor.name, app, version, trigger)
+            .await
     }
 
     /// The deployment itself, for callers that authorized it their own way (the webhook).
@@ -103,12 +110,20 @@ impl Fleet {
             Err(e) => {
                 // Refused before dispatch: recorded, audited, nothing reached an agent.
                 let reason = e.to_string();
-                store.add_deployment_event(&deployment_id, None, "failed", &reason).await?;
+                store
+                    .add_deployment_event(&deployment_id, None, "failed", &reason)
+                    .await?;
                 for agent in &targets {
-                    store.finish_target(&deployment_id, agent, "skipped", None, None).await?;
+                    store
+                        .finish_target(&deployment_id, agent, "skipped", None, None)
+                        .await?;
                 }
-                store.finish_deployment(&deployment_id, false, Some(&reason)).await?;
-                store.audit(actor_name, "deployment.refused", &app.name, Some(&reason)).await?;
+                store
+                    .finish_deployment(&deployment_id, false, Some(&reason))
+                    .await?;
+                store
+                    .audit(actor_name, "deployment.refused", &app.name, Some(&reason))
+                    .await?;
                 self.inner.changed.notify_waiters();
                 self.notify_finished(&deployment_id).await;
             }
@@ -135,13 +150,19 @@ impl Fleet {
         let mut seen = std::collections::HashSet::new();
         for target in &app.targets {
             let (matched, what) = match target {
-                Target::Agent(name) => (store.target_agents(Some(name), None).await?, format!("agent {name:?}")),
-                Target::Label { key, value } => {
-                    (store.target_agents(None, Some((key, value))).await?, format!("label {key}={value}"))
-                }
+                Target::Agent(name) => (
+                    store.target_agents(Some(name), None).await?,
+                    format!("agent {name:?}"),
+                ),
+                Target::Label { key, value } => (
+                    store.target_agents(None, Some((key, value))).await?,
+                    format!("label {key}={value}"),
+                ),
             };
             if matched.is_empty() {
-                return Err(Error::FailedPrecondition(format!("target {what} matches no enrolled agent")));
+                return Err(Error::FailedPrecondition(format!(
+                    "target {what} matches no enrolled agent"
+                )));
             }
             for name in matched {
                 if seen.insert(name.clone()) {
@@ -153,13 +174,23 @@ impl Fleet {
     }
 
     /// Builds the command: allowlist, resolved environment, registry credentials.
-    async fn prepare_command(&self, app: &Application, version: &str, deployment_id: &str) -> Result<pb::DeployCommand> {
+    async fn prepare_command(
+        &self,
+        app: &Application,
+        version: &str,
+        deployment_id: &str,
+    ) -> Result<pb::DeployCommand> {
         let store = self.service().store();
         let mut image = app.image.clone();
         let mut registry = None;
         if let Some(repo_name) = &app.repository {
             let repo = store.repository(repo_name).await?;
-            let server = repo.url.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_string();
+            let server = repo
+                .url
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
             if !image.starts_with(&format!("{server}/")) {
                 image = format!("{server}/{image}");
             }
@@ -171,10 +202,16 @@ impl Fleet {
                     .to_string(),
                 None => String::new(),
             };
-            registry = Some(pb::RegistryCredentials { server, username: repo.username.clone().unwrap_or_default(), password });
+            registry = Some(pb::RegistryCredentials {
+                server,
+                username: repo.username.clone().unwrap_or_default(),
+                password,
+            });
         }
         if !self.service().image_allowed(&image).await? {
-            return Err(Error::PermissionDenied(format!("image {image} is not on the image allowlist")));
+            return Err(Error::PermissionDenied(format!(
+                "image {image} is not on the image allowlist"
+            )));
         }
         let env = self.service().resolve_environment(app.id).await?;
         let health_check = match &app.health_check {
@@ -185,18 +222,31 @@ impl Fleet {
                 timeout_seconds: h.timeout_s.unwrap_or(60),
                 grace_seconds: 0,
             },
-            None => pb::HealthCheckSpec { kind: "default".into(), port: 0, path: String::new(), timeout_seconds: 60, grace_seconds: 3 },
+            None => pb::HealthCheckSpec {
+                kind: "default".into(),
+                port: 0,
+                path: String::new(),
+                timeout_seconds: 60,
+                grace_seconds: 3,
+            },
         };
         Ok(pb::DeployCommand {
             deployment_id: deployment_id.to_string(),
             app: app.name.clone(),
             image,
             version: version.to_string(),
-            env: env.iter().map(|(k, v)| (k.clone(), v.expose_secret().to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose_secret().to_string()))
+                .collect(),
             ports: app
                 .ports
                 .iter()
-                .map(|p| pb::PortMapping { host: p.host.into(), container: p.container.into(), protocol: p.protocol.clone() })
+                .map(|p| pb::PortMapping {
+                    host: p.host.into(),
+                    container: p.container.into(),
+                    protocol: p.protocol.clone(),
+                })
                 .collect(),
             registry,
             health_check: Some(health_check),
@@ -206,13 +256,25 @@ impl Fleet {
         })
     }
 
-    async fn run_rollout(self, deployment_id: String, app: Application, command: pb::DeployCommand, targets: Vec<String>) {
+    async fn run_rollout(
+        self,
+        deployment_id: String,
+        app: Application,
+        command: pb::DeployCommand,
+        targets: Vec<String>,
+    ) {
         if let Err(e) = self.rollout(&deployment_id, &app, command, &targets).await {
             tracing::error!(deployment = %deployment_id, error = %e, "rollout failed to record its outcome");
         }
     }
 
-    async fn rollout(&self, deployment_id: &str, app: &Application, command: pb::DeployCommand, targets: &[String]) -> Result<()> {
+    async fn rollout(
+        &self,
+        deployment_id: &str,
+        app: &Application,
+        command: pb::DeployCommand,
+        targets: &[String],
+    ) -> Result<()> {
         let store = self.service().store();
         let batch_size = usize::try_from(app.deploy_batch_size.max(1)).unwrap_or(1);
         let mut succeeded = Vec::new();
@@ -221,7 +283,14 @@ impl Fleet {
         for batch in targets.chunks(batch_size) {
             reached += batch.len();
             // One durable record for the whole batch, then every command goes out at once.
-            store.dispatch_targets(deployment_id, batch, true, pb::CommandKind::Deploy.as_str_name()).await?;
+            store
+                .dispatch_targets(
+                    deployment_id,
+                    batch,
+                    true,
+                    pb::CommandKind::Deploy.as_str_name(),
+                )
+                .await?;
             let mut set = JoinSet::new();
             for agent in batch {
                 let fleet = self.clone();
@@ -230,21 +299,38 @@ impl Fleet {
                 let id = deployment_id.to_string();
                 set.spawn(async move {
                     cmd.sent_at_unix_nanos = now_nanos();
-                    let msg = pb::ControlMessage { msg: Some(pb::control_message::Msg::Deploy(cmd)) };
-                    let result = fleet.dispatch(&id, &agent, pb::CommandKind::Deploy, msg, false).await;
+                    let msg = pb::ControlMessage {
+                        msg: Some(pb::control_message::Msg::Deploy(cmd)),
+                    };
+                    let result = fleet
+                        .dispatch(&id, &agent, pb::CommandKind::Deploy, msg, false)
+                        .await;
                     (agent, result)
                 });
             }
             while let Some(joined) = set.join_next().await {
-                let (agent, result) = joined.map_err(|e| Error::Internal(format!("rollout task: {e}")))?;
+                let (agent, result) =
+                    joined.map_err(|e| Error::Internal(format!("rollout task: {e}")))?;
                 match result {
                     Ok(r) if r.success => succeeded.push(agent),
                     Ok(r) => {
-                        let why = if r.error.is_empty() { "deploy failed".to_string() } else { r.error };
+                        let why = if r.error.is_empty() {
+                            "deploy failed".to_string()
+                        } else {
+                            r.error
+                        };
                         failure.get_or_insert(format!("target {agent} failed: {why}"));
                     }
                     Err(e) => {
-                        store.finish_target(deployment_id, &agent, "failed", None, Some(&e.to_string())).await?;
+                        store
+                            .finish_target(
+                                deployment_id,
+                                &agent,
+                                "failed",
+                                None,
+                                Some(&e.to_string()),
+                            )
+                            .await?;
                         failure.get_or_insert(format!("target {agent} failed: {e}"));
                     }
                 }
@@ -253,33 +339,63 @@ impl Fleet {
                 break;
             }
         }
-        self.conclude(deployment_id, &succeeded, &targets[reached..], failure).await
+        self.conclude(deployment_id, &succeeded, &targets[reached..], failure)
+            .await
     }
 
     /// Ends a deployment: rolls back the targets that succeeded when another failed, or
     /// commits them all; then records the aggregate.
-    async fn conclude(&self, deployment_id: &str, succeeded: &[String], untouched: &[String], failure: Option<String>) -> Result<()> {
+    async fn conclude(
+        &self,
+        deployment_id: &str,
+        succeeded: &[String],
+        untouched: &[String],
+        failure: Option<String>,
+    ) -> Result<()> {
         let store = self.service().store();
         let (_, app) = store.deployment(deployment_id).await?;
         for agent in untouched {
-            store.finish_target(deployment_id, agent, "skipped", None, None).await?;
+            store
+                .finish_target(deployment_id, agent, "skipped", None, None)
+                .await?;
         }
         match failure {
             Some(reason) => {
                 for agent in succeeded {
-                    store.add_deployment_event(deployment_id, None, "rollback", &format!("rolling back {agent}")).await?;
+                    store
+                        .add_deployment_event(
+                            deployment_id,
+                            None,
+                            "rollback",
+                            &format!("rolling back {agent}"),
+                        )
+                        .await?;
                     let msg = pb::ControlMessage {
                         msg: Some(pb::control_message::Msg::Rollback(pb::RollbackCommand {
                             deployment_id: deployment_id.to_string(),
                             app: app.clone(),
                         })),
                     };
-                    if let Err(e) = self.dispatch(deployment_id, agent, pb::CommandKind::Rollback, msg, true).await {
-                        store.add_deployment_event(deployment_id, None, "rollback", &format!("rollback of {agent} failed: {e}")).await?;
+                    if let Err(e) = self
+                        .dispatch(deployment_id, agent, pb::CommandKind::Rollback, msg, true)
+                        .await
+                    {
+                        store
+                            .add_deployment_event(
+                                deployment_id,
+                                None,
+                                "rollback",
+                                &format!("rollback of {agent} failed: {e}"),
+                            )
+                            .await?;
                     }
                 }
-                store.add_deployment_event(deployment_id, None, "failed", &reason).await?;
-                store.finish_deployment(deployment_id, false, Some(&reason)).await?;
+                store
+                    .add_deployment_event(deployment_id, None, "failed", &reason)
+                    .await?;
+                store
+                    .finish_deployment(deployment_id, false, Some(&reason))
+                    .await?;
                 tracing::warn!(deployment = %deployment_id, %app, %reason, "deployment failed");
             }
             None => {
@@ -293,7 +409,14 @@ impl Fleet {
                     // Commit only removes superseded containers; the deployment already serves.
                     self.send(agent, msg);
                 }
-                store.add_deployment_event(deployment_id, None, "done", "deployment succeeded on every target").await?;
+                store
+                    .add_deployment_event(
+                        deployment_id,
+                        None,
+                        "done",
+                        "deployment succeeded on every target",
+                    )
+                    .await?;
                 store.finish_deployment(deployment_id, true, None).await?;
                 tracing::info!(deployment = %deployment_id, %app, "deployment succeeded");
             }
@@ -317,22 +440,45 @@ impl Fleet {
         let store = self.service().store();
         let waited = self.wait_connected(agent).await;
         if !waited {
-            return Err(Error::Unavailable(format!("agent {agent} is not connected")));
+            return Err(Error::Unavailable(format!(
+                "agent {agent} is not connected"
+            )));
         }
         let (tx, rx) = oneshot::channel();
         let key = (deployment_id.to_string(), agent.to_string(), kind as i32);
-        self.inner.waiters.lock().expect("waiters lock").insert(key.clone(), tx);
-        self.inner.inflight.lock().expect("inflight lock").insert(key.clone(), msg.clone());
+        self.inner
+            .waiters
+            .lock()
+            .expect("waiters lock")
+            .insert(key.clone(), tx);
+        self.inner
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .insert(key.clone(), msg.clone());
         if record {
             store
-                .dispatch_targets(deployment_id, &[agent.to_string()], kind == pb::CommandKind::Deploy, kind.as_str_name())
+                .dispatch_targets(
+                    deployment_id,
+                    &[agent.to_string()],
+                    kind == pb::CommandKind::Deploy,
+                    kind.as_str_name(),
+                )
                 .await?;
         }
         self.inner.changed.notify_waiters();
         self.send(agent, msg);
         let outcome = tokio::time::timeout(self.inner.config.rollout.result_timeout, rx).await;
-        self.inner.inflight.lock().expect("inflight lock").remove(&key);
-        self.inner.waiters.lock().expect("waiters lock").remove(&key);
+        self.inner
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .remove(&key);
+        self.inner
+            .waiters
+            .lock()
+            .expect("waiters lock")
+            .remove(&key);
         match outcome {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(Error::Internal("result channel closed".into())),
@@ -390,7 +536,12 @@ impl Fleet {
     async fn reconcile_one(&self, deployment_id: &str) -> Result<()> {
         let store = self.service().store();
         store
-            .add_deployment_event(deployment_id, None, "reconcile", "control plane restarted; waiting for agent reports")
+            .add_deployment_event(
+                deployment_id,
+                None,
+                "reconcile",
+                "control plane restarted; waiting for agent reports",
+            )
             .await?;
         let deadline = tokio::time::Instant::now() + self.inner.config.rollout.reconcile_timeout;
         loop {
@@ -413,7 +564,9 @@ impl Fleet {
                 "pending" => untouched.push(t.agent_name.clone()),
                 "running" => {
                     let why = "no report from the agent after a control plane restart";
-                    store.finish_target(deployment_id, &t.agent_name, "failed", None, Some(why)).await?;
+                    store
+                        .finish_target(deployment_id, &t.agent_name, "failed", None, Some(why))
+                        .await?;
                     failure.get_or_insert(format!("target {} failed: {why}", t.agent_name));
                 }
                 _ => {
@@ -429,13 +582,19 @@ impl Fleet {
             failure = Some("control plane restarted before every target was deployed".to_string());
         }
         if targets.is_empty() {
-            failure = Some("control plane restarted before the deployment was dispatched".to_string());
+            failure =
+                Some("control plane restarted before the deployment was dispatched".to_string());
         }
-        self.conclude(deployment_id, &succeeded, &untouched, failure).await
+        self.conclude(deployment_id, &succeeded, &untouched, failure)
+            .await
     }
 
     /// Waits until a deployment is finished (or `timeout`), returning its row.
-    pub async fn wait_finished(&self, deployment_id: &str, timeout: Duration) -> Result<DeploymentLog> {
+    pub async fn wait_finished(
+        &self,
+        deployment_id: &str,
+        timeout: Duration,
+    ) -> Result<DeploymentLog> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed();
@@ -451,8 +610,18 @@ impl Fleet {
 
     /// For tests and the simulator: labels of the connected agents.
     pub fn connected_labels(&self) -> HashMap<String, BTreeMap<String, String>> {
-        let names: Vec<String> = self.inner.live.lock().expect("live lock").keys().cloned().collect();
-        names.into_iter().filter_map(|n| self.live_labels(&n).map(|l| (n, l))).collect()
+        let names: Vec<String> = self
+            .inner
+            .live
+            .lock()
+            .expect("live lock")
+            .keys()
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|n| self.live_labels(&n).map(|l| (n, l)))
+            .collect()
     }
 }
 
@@ -465,7 +634,12 @@ fn now_nanos() -> i64 {
 
 impl crate::service::Service {
     /// Decrypts a registry password for a deploy command (never logged, never stored again).
-    pub(crate) fn decrypt_repository_password(&self, name: &str, ciphertext: &str) -> Result<secrecy::SecretString> {
-        self.key().decrypt_string(ciphertext, &Aad::new("repositories", "password", &[name]))
+    pub(crate) fn decrypt_repository_password(
+        &self,
+        name: &str,
+        ciphertext: &str,
+    ) -> Result<secrecy::SecretString> {
+        self.key()
+            .decrypt_string(ciphertext, &Aad::new("repositories", "password", &[name]))
     }
 }

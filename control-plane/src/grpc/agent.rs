@@ -30,10 +30,17 @@ impl AgentEnrollmentApi {
 
 #[tonic::async_trait]
 impl pb::agent_enrollment_server::AgentEnrollment for AgentEnrollmentApi {
-    async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
         let r = request.into_inner();
         let token = SecretString::from(r.token);
-        let (agent_name, labels, issued) = self.fleet.enroll(&token, &r.csr_pem).await.map_err(status)?;
+        let (agent_name, labels, issued) = self
+            .fleet
+            .enroll(&token, &r.csr_pem)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::EnrollResponse {
             agent_name,
             labels: labels.into_iter().collect(),
@@ -59,27 +66,46 @@ impl AgentApi {
         let certs = request
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("a berth client certificate is required"))?;
-        let leaf = certs.first().ok_or_else(|| Status::unauthenticated("a berth client certificate is required"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a berth client certificate is required"))?;
         let fingerprint = format!("sha256:{}", hex::encode(Sha256::digest(leaf.as_ref())));
-        self.fleet.authenticate_agent(&fingerprint).await.map_err(status)
+        self.fleet
+            .authenticate_agent(&fingerprint)
+            .await
+            .map_err(status)
     }
 }
 
-type ControlStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send + 'static>>;
+type ControlStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl pb::agent_service_server::AgentService for AgentApi {
     type ConnectStream = ControlStream;
 
-    async fn connect(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
         let agent = self.identify(&request).await?;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(hello)) }))) => hello,
+            Ok(Ok(Some(pb::AgentMessage {
+                msg: Some(pb::agent_message::Msg::Hello(hello)),
+            }))) => hello,
             Ok(Err(e)) => return Err(e),
-            _ => return Err(Status::invalid_argument("the first message on the stream must be hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on the stream must be hello",
+                ))
+            }
         };
-        let mut session = self.fleet.open_session(&agent, &hello).await.map_err(status)?;
+        let mut session = self
+            .fleet
+            .open_session(&agent, &hello)
+            .await
+            .map_err(status)?;
         let (tx, rx) = mpsc::channel::<Result<pb::ControlMessage, Status>>(64);
         let fleet = self.fleet.clone();
         tokio::spawn(async move {
@@ -111,9 +137,19 @@ impl pb::agent_service_server::AgentService for AgentApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
         let agent = self.identify(&request).await?;
-        let issued = self.fleet.renew(&agent.name, &request.get_ref().csr_pem).await.map_err(status)?;
-        Ok(Response::new(pb::RenewResponse { certificate_pem: issued.pem, not_after_unix: issued.not_after.unix_timestamp() }))
+        let issued = self
+            .fleet
+            .renew(&agent.name, &request.get_ref().csr_pem)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RenewResponse {
+            certificate_pem: issued.pem,
+            not_after_unix: issued.not_after.unix_timestamp(),
+        }))
     }
 }

@@ -19,11 +19,19 @@ impl ApplicationApi {
 }
 
 fn ports(ports: Vec<pb::PortMapping>) -> Result<Vec<crate::model::PortMapping>, Status> {
-    ports.into_iter().map(convert::port_from_proto).collect::<Result<_, _>>().map_err(status)
+    ports
+        .into_iter()
+        .map(convert::port_from_proto)
+        .collect::<Result<_, _>>()
+        .map_err(status)
 }
 
 fn targets(targets: Vec<pb::Target>) -> Result<Vec<crate::model::Target>, Status> {
-    targets.into_iter().map(convert::target_from_proto).collect::<Result<_, _>>().map_err(status)
+    targets
+        .into_iter()
+        .map(convert::target_from_proto)
+        .collect::<Result<_, _>>()
+        .map_err(status)
 }
 
 #[tonic::async_trait]
@@ -44,10 +52,18 @@ impl pb::application_service_server::ApplicationService for ApplicationApi {
             auto_deploy: r.auto_deploy,
             targets: targets(r.targets)?,
             deploy_batch_size: r.deploy_batch_size,
-            health_check: r.health_check.map(convert::health_check_from_proto).transpose().map_err(status)?,
+            health_check: r
+                .health_check
+                .map(convert::health_check_from_proto)
+                .transpose()
+                .map_err(status)?,
             restart_policy: r.restart_policy,
         };
-        let created = self.service.create_application(&actor, spec).await.map_err(status)?;
+        let created = self
+            .service
+            .create_application(&actor, spec)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::CreateApplicationResponse {
             application: Some(convert::application(created.application)),
             webhook_token: created.webhook_token.expose_secret().to_string(),
@@ -59,43 +75,81 @@ impl pb::application_service_server::ApplicationService for ApplicationApi {
         request: Request<pb::ListApplicationsRequest>,
     ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
-        let apps = self.service.list_applications(&actor).await.map_err(status)?;
+        let apps = self
+            .service
+            .list_applications(&actor)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ListApplicationsResponse {
             applications: apps.into_iter().map(convert::application).collect(),
         }))
     }
 
-    async fn get_application(&self, request: Request<pb::GetApplicationRequest>) -> Result<Response<pb::ApplicationDetail>, Status> {
+    async fn get_application(
+        &self,
+        request: Request<pb::GetApplicationRequest>,
+    ) -> Result<Response<pb::ApplicationDetail>, Status> {
         let actor = authenticate(&self.service, &request).await?;
-        let detail = self.service.application_detail(&actor, &request.get_ref().name).await.map_err(status)?;
+        let detail = self
+            .service
+            .application_detail(&actor, &request.get_ref().name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ApplicationDetail {
             application: Some(convert::application(detail.application)),
             webhook_url: detail.webhook_url,
             env: detail.env.into_iter().map(convert::env_var).collect(),
-            deployments: detail.deployments.into_iter().map(convert::deployment).collect(),
+            deployments: detail
+                .deployments
+                .into_iter()
+                .map(convert::deployment)
+                .collect(),
         }))
     }
 
-    async fn update_application(&self, request: Request<pb::UpdateApplicationRequest>) -> Result<Response<pb::Application>, Status> {
+    async fn update_application(
+        &self,
+        request: Request<pb::UpdateApplicationRequest>,
+    ) -> Result<Response<pb::Application>, Status> {
         let actor = authenticate(&self.service, &request).await?;
         let r = request.into_inner();
         let update = ApplicationUpdate {
             image: r.image,
             version: r.version,
-            repository: if r.clear_repository { Some(None) } else { r.repository.map(Some) },
-            ports: if r.set_ports { Some(ports(r.ports)?) } else { None },
+            repository: if r.clear_repository {
+                Some(None)
+            } else {
+                r.repository.map(Some)
+            },
+            ports: if r.set_ports {
+                Some(ports(r.ports)?)
+            } else {
+                None
+            },
             webhook_enabled: r.webhook_enabled,
             auto_deploy: r.auto_deploy,
-            targets: if r.set_targets { Some(targets(r.targets)?) } else { None },
+            targets: if r.set_targets {
+                Some(targets(r.targets)?)
+            } else {
+                None
+            },
             deploy_batch_size: r.deploy_batch_size,
             health_check: if r.clear_health_check {
                 Some(None)
             } else {
-                r.health_check.map(convert::health_check_from_proto).transpose().map_err(status)?.map(Some)
+                r.health_check
+                    .map(convert::health_check_from_proto)
+                    .transpose()
+                    .map_err(status)?
+                    .map(Some)
             },
             restart_policy: r.restart_policy,
         };
-        let app = self.service.update_application(&actor, &r.name, update).await.map_err(status)?;
+        let app = self
+            .service
+            .update_application(&actor, &r.name, update)
+            .await
+            .map_err(status)?;
         Ok(Response::new(convert::application(app)))
     }
 
@@ -104,7 +158,10 @@ impl pb::application_service_server::ApplicationService for ApplicationApi {
         request: Request<pb::DeleteApplicationRequest>,
     ) -> Result<Response<pb::DeleteApplicationResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
-        self.service.delete_application(&actor, &request.get_ref().name).await.map_err(status)?;
+        self.service
+            .delete_application(&actor, &request.get_ref().name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::DeleteApplicationResponse {}))
     }
 
@@ -113,7 +170,11 @@ impl pb::application_service_server::ApplicationService for ApplicationApi {
         request: Request<pb::RotateWebhookTokenRequest>,
     ) -> Result<Response<pb::RotateWebhookTokenResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
-        let rotated = self.service.rotate_webhook_token(&actor, &request.get_ref().name).await.map_err(status)?;
+        let rotated = self
+            .service
+            .rotate_webhook_token(&actor, &request.get_ref().name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RotateWebhookTokenResponse {
             application: Some(convert::application(rotated.application)),
             webhook_token: rotated.webhook_token.expose_secret().to_string(),

@@ -50,17 +50,26 @@ pub fn env_var(v: model::EnvVar) -> pb::EnvVar {
 }
 
 pub fn port_to_proto(p: model::PortMapping) -> pb::PortMapping {
-    pb::PortMapping { host: p.host.into(), container: p.container.into(), protocol: p.protocol }
+    pb::PortMapping {
+        host: p.host.into(),
+        container: p.container.into(),
+        protocol: p.protocol,
+    }
 }
 
 pub fn port_from_proto(p: pb::PortMapping) -> Result<model::PortMapping, crate::error::Error> {
     let port = |n: u32, which: &str| {
-        u16::try_from(n).map_err(|_| crate::error::Error::invalid(format!("{which} port {n} is out of range")))
+        u16::try_from(n)
+            .map_err(|_| crate::error::Error::invalid(format!("{which} port {n} is out of range")))
     };
     Ok(model::PortMapping {
         host: port(p.host, "host")?,
         container: port(p.container, "container")?,
-        protocol: if p.protocol.is_empty() { "tcp".to_string() } else { p.protocol },
+        protocol: if p.protocol.is_empty() {
+            "tcp".to_string()
+        } else {
+            p.protocol
+        },
     })
 }
 
@@ -68,7 +77,9 @@ pub fn target_to_proto(t: model::Target) -> pb::Target {
     pb::Target {
         target: Some(match t {
             model::Target::Agent(name) => pb::target::Target::Agent(name),
-            model::Target::Label { key, value } => pb::target::Target::Label(format!("{key}={value}")),
+            model::Target::Label { key, value } => {
+                pb::target::Target::Label(format!("{key}={value}"))
+            }
         }),
     }
 }
@@ -77,8 +88,13 @@ pub fn target_from_proto(t: pb::Target) -> Result<model::Target, crate::error::E
     match t.target {
         Some(pb::target::Target::Agent(name)) => Ok(model::Target::Agent(name)),
         Some(pb::target::Target::Label(selector)) => match selector.split_once('=') {
-            Some((k, v)) => Ok(model::Target::Label { key: k.to_string(), value: v.to_string() }),
-            None => Err(crate::error::Error::invalid(format!("label target {selector:?} must be key=value"))),
+            Some((k, v)) => Ok(model::Target::Label {
+                key: k.to_string(),
+                value: v.to_string(),
+            }),
+            None => Err(crate::error::Error::invalid(format!(
+                "label target {selector:?} must be key=value"
+            ))),
         },
         None => Err(crate::error::Error::invalid("empty target")),
     }
@@ -115,10 +131,13 @@ pub fn health_check_to_proto(h: model::HealthCheckConfig) -> pb::HealthCheckConf
     }
 }
 
-pub fn health_check_from_proto(h: pb::HealthCheckConfig) -> Result<model::HealthCheckConfig, crate::error::Error> {
+pub fn health_check_from_proto(
+    h: pb::HealthCheckConfig,
+) -> Result<model::HealthCheckConfig, crate::error::Error> {
     Ok(model::HealthCheckConfig {
         kind: h.r#type,
-        port: u16::try_from(h.port).map_err(|_| crate::error::Error::invalid("health check port is out of range"))?,
+        port: u16::try_from(h.port)
+            .map_err(|_| crate::error::Error::invalid("health check port is out of range"))?,
         path: (!h.path.is_empty()).then_some(h.path),
         timeout_s: (h.timeout_seconds != 0).then_some(h.timeout_seconds),
     })
@@ -162,5 +181,10 @@ pub fn repository(r: model::Repository) -> pb::Repository {
 }
 
 pub fn image_pattern(p: model::ImagePattern) -> pb::ImagePattern {
-    pb::ImagePattern { id: p.id, pattern: p.pattern, description: p.description, created_at: p.created_at }
+    pb::ImagePattern {
+        id: p.id,
+        pattern: p.pattern,
+        description: p.description,
+        created_at: p.created_at,
+    }
 }

@@ -22,11 +22,20 @@ impl DeployApi {
 }
 
 /// The full view of one deployment.
-pub(crate) async fn deployment_detail(fleet: &Fleet, deployment_id: &str) -> Result<pb::DeploymentDetail, Status> {
+pub(crate) async fn deployment_detail(
+    fleet: &Fleet,
+    deployment_id: &str,
+) -> Result<pb::DeploymentDetail, Status> {
     let store = fleet.service().store();
     let (log, app) = store.deployment(deployment_id).await.map_err(status)?;
-    let targets = store.deployment_targets(deployment_id).await.map_err(status)?;
-    let events = store.deployment_events(deployment_id, 0).await.map_err(status)?;
+    let targets = store
+        .deployment_targets(deployment_id)
+        .await
+        .map_err(status)?;
+    let events = store
+        .deployment_events(deployment_id, 0)
+        .await
+        .map_err(status)?;
     Ok(pb::DeploymentDetail {
         app,
         deployment: Some(convert::deployment(log)),
@@ -47,45 +56,89 @@ pub(crate) async fn deployment_detail(fleet: &Fleet, deployment_id: &str) -> Res
 }
 
 fn event(e: crate::store::DeploymentEventRow) -> pb::DeploymentEventRow {
-    pb::DeploymentEventRow { id: e.id, agent: e.agent_name, phase: e.phase, message: e.message, at: e.at }
+    pb::DeploymentEventRow {
+        id: e.id,
+        agent: e.agent_name,
+        phase: e.phase,
+        message: e.message,
+        at: e.at,
+    }
 }
 
-type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::DeploymentUpdate, Status>> + Send + 'static>>;
+type UpdateStream =
+    Pin<Box<dyn Stream<Item = Result<pb::DeploymentUpdate, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl pb::deploy_service_server::DeployService for DeployApi {
-    async fn deploy(&self, request: Request<pb::DeployRequest>) -> Result<Response<pb::DeploymentDetail>, Status> {
+    async fn deploy(
+        &self,
+        request: Request<pb::DeployRequest>,
+    ) -> Result<Response<pb::DeploymentDetail>, Status> {
         let actor = authenticate(self.fleet.service(), &request).await?;
         let r = request.into_inner();
-        let trigger = DeployTrigger { trigger_type: "manual", source: Some(actor.name.clone()) };
-        let id = self.fleet.deploy(&actor, &r.app, &r.version, trigger).await.map_err(status)?;
+        let trigger = DeployTrigger {
+            trigger_type: "manual",
+            source: Some(actor.name.clone()),
+        };
+        let id = self
+            .fleet
+            .deploy(&actor, &r.app, &r.version, trigger)
+            .await
+            .map_err(status)?;
         Ok(Response::new(deployment_detail(&self.fleet, &id).await?))
     }
 
-    async fn get_deployment(&self, request: Request<pb::GetDeploymentRequest>) -> Result<Response<pb::DeploymentDetail>, Status> {
+    async fn get_deployment(
+        &self,
+        request: Request<pb::GetDeploymentRequest>,
+    ) -> Result<Response<pb::DeploymentDetail>, Status> {
         let actor = authenticate(self.fleet.service(), &request).await?;
-        actor.require(crate::service::Permission::Read).map_err(status)?;
-        Ok(Response::new(deployment_detail(&self.fleet, &request.get_ref().deployment_id).await?))
+        actor
+            .require(crate::service::Permission::Read)
+            .map_err(status)?;
+        Ok(Response::new(
+            deployment_detail(&self.fleet, &request.get_ref().deployment_id).await?,
+        ))
     }
 
-    async fn list_deployments(&self, request: Request<pb::ListDeploymentsRequest>) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+    async fn list_deployments(
+        &self,
+        request: Request<pb::ListDeploymentsRequest>,
+    ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
         let actor = authenticate(self.fleet.service(), &request).await?;
-        actor.require(crate::service::Permission::Read).map_err(status)?;
+        actor
+            .require(crate::service::Permission::Read)
+            .map_err(status)?;
         let r = request.into_inner();
         let store = self.fleet.service().store();
         let app = store.application(&r.app).await.map_err(status)?;
         let limit = if r.limit == 0 { 20 } else { r.limit.min(500) };
-        let rows = store.recent_deployments(app.id, limit.into()).await.map_err(status)?;
-        Ok(Response::new(pb::ListDeploymentsResponse { deployments: rows.into_iter().map(convert::deployment).collect() }))
+        let rows = store
+            .recent_deployments(app.id, limit.into())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListDeploymentsResponse {
+            deployments: rows.into_iter().map(convert::deployment).collect(),
+        }))
     }
 
     type WatchDeploymentStream = UpdateStream;
 
-    async fn watch_deployment(&self, request: Request<pb::GetDeploymentRequest>) -> Result<Response<Self::WatchDeploymentStream>, Status> {
+    async fn watch_deployment(
+        &self,
+        request: Request<pb::GetDeploymentRequest>,
+    ) -> Result<Response<Self::WatchDeploymentStream>, Status> {
         let actor = authenticate(self.fleet.service(), &request).await?;
-        actor.require(crate::service::Permission::Read).map_err(status)?;
+        actor
+            .require(crate::service::Permission::Read)
+            .map_err(status)?;
         let deployment_id = request.into_inner().deployment_id;
-        self.fleet.service().store().deployment(&deployment_id).await.map_err(status)?;
+        self.fleet
+            .service()
+            .store()
+            .deployment(&deployment_id)
+            .await
+            .map_err(status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let fleet = self.fleet.clone();
         tokio::spawn(async move {
@@ -102,27 +155,45 @@ impl pb::deploy_service_server::DeployService for DeployApi {
                 };
                 for e in events {
                     last = e.id;
-                    if tx.send(Ok(pb::DeploymentUpdate { update: Some(pb::deployment_update::Update::Event(event(e))) })).await.is_err() {
+                    if tx
+                        .send(Ok(pb::DeploymentUpdate {
+                            update: Some(pb::deployment_update::Update::Event(event(e))),
+                        }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
-                let Ok((log, _)) = store.deployment(&deployment_id).await else { return };
+                let Ok((log, _)) = store.deployment(&deployment_id).await else {
+                    return;
+                };
                 if !matches!(log.status.as_str(), "pending" | "running") {
                     // Drain events written together with the final status.
                     if let Ok(rest) = store.deployment_events(&deployment_id, last).await {
                         for e in rest {
-                            let _ = tx.send(Ok(pb::DeploymentUpdate { update: Some(pb::deployment_update::Update::Event(event(e))) })).await;
+                            let _ = tx
+                                .send(Ok(pb::DeploymentUpdate {
+                                    update: Some(pb::deployment_update::Update::Event(event(e))),
+                                }))
+                                .await;
                         }
                     }
                     let _ = tx
-                        .send(Ok(pb::DeploymentUpdate { update: Some(pb::deployment_update::Update::Finished(convert::deployment(log))) }))
+                        .send(Ok(pb::DeploymentUpdate {
+                            update: Some(pb::deployment_update::Update::Finished(
+                                convert::deployment(log),
+                            )),
+                        }))
                         .await;
                     return;
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -146,7 +217,11 @@ impl pb::agent_admin_service_server::AgentAdminService for AgentAdminApi {
         let r = request.into_inner();
         let labels = r.labels.into_iter().collect();
         let ttl = (r.ttl_seconds != 0).then_some(r.ttl_seconds);
-        let (token, expires_at) = self.fleet.create_enrollment_token(&actor, &r.agent_name, &labels, ttl).await.map_err(status)?;
+        let (token, expires_at) = self
+            .fleet
+            .create_enrollment_token(&actor, &r.agent_name, &labels, ttl)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::CreateEnrollmentTokenResponse {
             token: token.expose_secret().to_string(),
             expires_at,
@@ -154,7 +229,10 @@ impl pb::agent_admin_service_server::AgentAdminService for AgentAdminApi {
         }))
     }
 
-    async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let actor = authenticate(self.fleet.service(), &request).await?;
         let rows = self.fleet.list_agents(&actor).await.map_err(status)?;
         Ok(Response::new(pb::ListAgentsResponse {
@@ -173,20 +251,32 @@ impl pb::agent_admin_service_server::AgentAdminService for AgentAdminApi {
                     version: a.version,
                     docker_version: a.docker_version,
                     last_seen_at: a.last_seen_at,
-                    cert_not_after: a.cert_not_after.and_then(|t| t.parse::<i64>().ok()).and_then(|t| {
-                        time::OffsetDateTime::from_unix_timestamp(t)
-                            .ok()
-                            .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
-                    }),
+                    cert_not_after: a
+                        .cert_not_after
+                        .and_then(|t| t.parse::<i64>().ok())
+                        .and_then(|t| {
+                            time::OffsetDateTime::from_unix_timestamp(t)
+                                .ok()
+                                .and_then(|d| {
+                                    d.format(&time::format_description::well_known::Rfc3339)
+                                        .ok()
+                                })
+                        }),
                     created_at: a.created_at,
                 })
                 .collect(),
         }))
     }
 
-    async fn revoke_agent(&self, request: Request<pb::RevokeAgentRequest>) -> Result<Response<pb::RevokeAgentResponse>, Status> {
+    async fn revoke_agent(
+        &self,
+        request: Request<pb::RevokeAgentRequest>,
+    ) -> Result<Response<pb::RevokeAgentResponse>, Status> {
         let actor = authenticate(self.fleet.service(), &request).await?;
-        self.fleet.revoke(&actor, &request.get_ref().name).await.map_err(status)?;
+        self.fleet
+            .revoke(&actor, &request.get_ref().name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RevokeAgentResponse {}))
     }
 }

@@ -19,13 +19,22 @@ impl RepositoryApi {
 
 #[tonic::async_trait]
 impl pb::repository_service_server::RepositoryService for RepositoryApi {
-    async fn add_repository(&self, request: Request<pb::AddRepositoryRequest>) -> Result<Response<pb::Repository>, Status> {
+    async fn add_repository(
+        &self,
+        request: Request<pb::AddRepositoryRequest>,
+    ) -> Result<Response<pb::Repository>, Status> {
         let actor = authenticate(&self.service, &request).await?;
         let r = request.into_inner();
         let password = r.password.map(SecretString::from);
         let repo = self
             .service
-            .add_repository(&actor, &r.name, &r.url, r.username.as_deref(), password.as_ref())
+            .add_repository(
+                &actor,
+                &r.name,
+                &r.url,
+                r.username.as_deref(),
+                password.as_ref(),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(convert::repository(repo)))
@@ -36,7 +45,11 @@ impl pb::repository_service_server::RepositoryService for RepositoryApi {
         request: Request<pb::ListRepositoriesRequest>,
     ) -> Result<Response<pb::ListRepositoriesResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
-        let repos = self.service.list_repositories(&actor).await.map_err(status)?;
+        let repos = self
+            .service
+            .list_repositories(&actor)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ListRepositoriesResponse {
             repositories: repos.into_iter().map(convert::repository).collect(),
         }))
@@ -47,7 +60,10 @@ impl pb::repository_service_server::RepositoryService for RepositoryApi {
         request: Request<pb::RemoveRepositoryRequest>,
     ) -> Result<Response<pb::RemoveRepositoryResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
-        self.service.remove_repository(&actor, &request.get_ref().name).await.map_err(status)?;
+        self.service
+            .remove_repository(&actor, &request.get_ref().name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RemoveRepositoryResponse {}))
     }
 }
@@ -64,7 +80,10 @@ impl AllowlistApi {
 
 #[tonic::async_trait]
 impl pb::allowlist_service_server::AllowlistService for AllowlistApi {
-    async fn add_image_pattern(&self, request: Request<pb::AddImagePatternRequest>) -> Result<Response<pb::ImagePattern>, Status> {
+    async fn add_image_pattern(
+        &self,
+        request: Request<pb::AddImagePatternRequest>,
+    ) -> Result<Response<pb::ImagePattern>, Status> {
         let actor = authenticate(&self.service, &request).await?;
         let r = request.into_inner();
         let row = self
@@ -80,7 +99,11 @@ impl pb::allowlist_service_server::AllowlistService for AllowlistApi {
         request: Request<pb::ListImagePatternsRequest>,
     ) -> Result<Response<pb::ListImagePatternsResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
-        let rows = self.service.list_image_patterns(&actor).await.map_err(status)?;
+        let rows = self
+            .service
+            .list_image_patterns(&actor)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ListImagePatternsResponse {
             patterns: rows.into_iter().map(convert::image_pattern).collect(),
         }))
@@ -91,7 +114,10 @@ impl pb::allowlist_service_server::AllowlistService for AllowlistApi {
         request: Request<pb::RemoveImagePatternRequest>,
     ) -> Result<Response<pb::RemoveImagePatternResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
-        self.service.remove_image_pattern(&actor, &request.get_ref().pattern).await.map_err(status)?;
+        self.service
+            .remove_image_pattern(&actor, &request.get_ref().pattern)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RemoveImagePatternResponse {}))
     }
 }

@@ -19,36 +19,64 @@ impl SecretApi {
 
 #[tonic::async_trait]
 impl pb::secret_service_server::SecretService for SecretApi {
-    async fn create_group(&self, request: Request<pb::CreateGroupRequest>) -> Result<Response<pb::SecretGroup>, Status> {
+    async fn create_group(
+        &self,
+        request: Request<pb::CreateGroupRequest>,
+    ) -> Result<Response<pb::SecretGroup>, Status> {
         let actor = authenticate(&self.service, &request).await?;
         let r = request.into_inner();
-        let group = self.service.create_group(&actor, &r.name, r.description.as_deref()).await.map_err(status)?;
+        let group = self
+            .service
+            .create_group(&actor, &r.name, r.description.as_deref())
+            .await
+            .map_err(status)?;
         Ok(Response::new(convert::group(group)))
     }
 
-    async fn list_groups(&self, request: Request<pb::ListGroupsRequest>) -> Result<Response<pb::ListGroupsResponse>, Status> {
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
         let groups = self.service.list_groups(&actor).await.map_err(status)?;
-        Ok(Response::new(pb::ListGroupsResponse { groups: groups.into_iter().map(convert::group).collect() }))
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups: groups.into_iter().map(convert::group).collect(),
+        }))
     }
 
-    async fn get_group(&self, request: Request<pb::GetGroupRequest>) -> Result<Response<pb::GetGroupResponse>, Status> {
+    async fn get_group(
+        &self,
+        request: Request<pb::GetGroupRequest>,
+    ) -> Result<Response<pb::GetGroupResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
-        let (group, secrets) = self.service.get_group(&actor, &request.get_ref().name).await.map_err(status)?;
+        let (group, secrets) = self
+            .service
+            .get_group(&actor, &request.get_ref().name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::GetGroupResponse {
             group: Some(convert::group(group)),
             secrets: secrets.into_iter().map(convert::secret).collect(),
         }))
     }
 
-    async fn delete_group(&self, request: Request<pb::DeleteGroupRequest>) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+    async fn delete_group(
+        &self,
+        request: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
         let r = request.into_inner();
-        self.service.delete_group(&actor, &r.name, r.force).await.map_err(status)?;
+        self.service
+            .delete_group(&actor, &r.name, r.force)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::DeleteGroupResponse {}))
     }
 
-    async fn set_secret(&self, request: Request<pb::SetSecretRequest>) -> Result<Response<pb::SecretSummary>, Status> {
+    async fn set_secret(
+        &self,
+        request: Request<pb::SetSecretRequest>,
+    ) -> Result<Response<pb::SecretSummary>, Status> {
         let actor = authenticate(&self.service, &request).await?;
         let r = request.into_inner();
         let value = SecretString::from(r.value);
@@ -60,36 +88,68 @@ impl pb::secret_service_server::SecretService for SecretApi {
         Ok(Response::new(convert::secret(secret)))
     }
 
-    async fn list_secrets(&self, request: Request<pb::ListSecretsRequest>) -> Result<Response<pb::ListSecretsResponse>, Status> {
+    async fn list_secrets(
+        &self,
+        request: Request<pb::ListSecretsRequest>,
+    ) -> Result<Response<pb::ListSecretsResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
-        let secrets = self.service.list_secrets(&actor, request.get_ref().group.as_deref()).await.map_err(status)?;
-        Ok(Response::new(pb::ListSecretsResponse { secrets: secrets.into_iter().map(convert::secret).collect() }))
+        let secrets = self
+            .service
+            .list_secrets(&actor, request.get_ref().group.as_deref())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListSecretsResponse {
+            secrets: secrets.into_iter().map(convert::secret).collect(),
+        }))
     }
 
-    async fn reveal_secret(&self, request: Request<pb::RevealSecretRequest>) -> Result<Response<pb::RevealSecretResponse>, Status> {
+    async fn reveal_secret(
+        &self,
+        request: Request<pb::RevealSecretRequest>,
+    ) -> Result<Response<pb::RevealSecretResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
         let r = request.into_inner();
-        let (secret, value) = self.service.reveal_secret(&actor, &r.group, &r.name, r.confirm).await.map_err(status)?;
+        let (secret, value) = self
+            .service
+            .reveal_secret(&actor, &r.group, &r.name, r.confirm)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RevealSecretResponse {
             secret: Some(convert::secret(secret)),
             value: value.expose_secret().to_string(),
         }))
     }
 
-    async fn delete_secret(&self, request: Request<pb::DeleteSecretRequest>) -> Result<Response<pb::DeleteSecretResponse>, Status> {
+    async fn delete_secret(
+        &self,
+        request: Request<pb::DeleteSecretRequest>,
+    ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
         let r = request.into_inner();
-        let removed = self.service.delete_secret(&actor, &r.group, &r.name, r.force).await.map_err(status)?;
-        Ok(Response::new(pb::DeleteSecretResponse { removed_references: removed }))
+        let removed = self
+            .service
+            .delete_secret(&actor, &r.group, &r.name, r.force)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteSecretResponse {
+            removed_references: removed,
+        }))
     }
 
-    async fn import_secrets(&self, request: Request<pb::ImportSecretsRequest>) -> Result<Response<pb::ImportSecretsResponse>, Status> {
+    async fn import_secrets(
+        &self,
+        request: Request<pb::ImportSecretsRequest>,
+    ) -> Result<Response<pb::ImportSecretsResponse>, Status> {
         let actor = authenticate(&self.service, &request).await?;
         let r = request.into_inner();
         let format = match pb::ImportFormat::try_from(r.format) {
             Ok(pb::ImportFormat::Dotenv) => ImportFormat::Dotenv,
             Ok(pb::ImportFormat::Json) => ImportFormat::Json,
-            _ => return Err(Status::invalid_argument("import format must be dotenv or json")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "import format must be dotenv or json",
+                ))
+            }
         };
         let document = SecretString::from(r.document);
         let counts = self

@@ -27,7 +27,10 @@ impl Service {
         if !key.starts_with(API_KEY_PREFIX) || key.len() < LOOKUP_PREFIX_CHARS || !key.is_ascii() {
             return Err(refused());
         }
-        let candidates = self.store.api_keys_by_prefix(&key[..LOOKUP_PREFIX_CHARS]).await?;
+        let candidates = self
+            .store
+            .api_keys_by_prefix(&key[..LOOKUP_PREFIX_CHARS])
+            .await?;
         // Compare against every candidate, so the time does not depend on which one matches.
         let mut found = None;
         for candidate in candidates {
@@ -37,10 +40,18 @@ impl Service {
         }
         let row = found.ok_or_else(refused)?;
         self.store.touch_api_key(row.id).await?;
-        Ok(Actor { name: format!("apikey:{}", row.name), role: Role::parse(&row.role)? })
+        Ok(Actor {
+            name: format!("apikey:{}", row.name),
+            role: Role::parse(&row.role)?,
+        })
     }
 
-    pub async fn create_api_key(&self, actor: &Actor, name: &str, role: &str) -> Result<CreatedApiKey> {
+    pub async fn create_api_key(
+        &self,
+        actor: &Actor,
+        name: &str,
+        role: &str,
+    ) -> Result<CreatedApiKey> {
         actor.require(Permission::ManageKeys)?;
         self.insert_api_key(actor, name, Role::parse(role)?).await
     }
@@ -50,12 +61,15 @@ impl Service {
         if self.store.count_api_keys().await? > 0 {
             return Ok(None);
         }
-        self.insert_api_key(&Actor::system(), "admin", Role::Admin).await.map(Some)
+        self.insert_api_key(&Actor::system(), "admin", Role::Admin)
+            .await
+            .map(Some)
     }
 
     /// The webhook shim's narrow credential (role `webhook`), created by the node command.
     pub async fn create_webhook_key(&self, name: &str) -> Result<CreatedApiKey> {
-        self.insert_api_key(&Actor::system(), name, Role::Webhook).await
+        self.insert_api_key(&Actor::system(), name, Role::Webhook)
+            .await
     }
 
     async fn insert_api_key(&self, actor: &Actor, name: &str, role: Role) -> Result<CreatedApiKey> {
@@ -70,7 +84,8 @@ impl Service {
                 &key.expose_secret()[..LOOKUP_PREFIX_CHARS],
             )
             .await?;
-        self.audit(actor, "apikey.create", name, Some(role.as_str())).await?;
+        self.audit(actor, "apikey.create", name, Some(role.as_str()))
+            .await?;
         Ok(CreatedApiKey { api_key, key })
     }
 
@@ -95,16 +110,43 @@ mod tests {
     #[tokio::test]
     async fn keys_authenticate_until_revoked_and_are_stored_as_digests() {
         let svc = service().await;
-        let created = svc.create_api_key(&admin(), "ci", "deployer").await.unwrap();
-        assert!(!created.api_key.key_hash.contains(&created.key.expose_secret()[3..]));
+        let created = svc
+            .create_api_key(&admin(), "ci", "deployer")
+            .await
+            .unwrap();
+        assert!(!created
+            .api_key
+            .key_hash
+            .contains(&created.key.expose_secret()[3..]));
         let actor = svc.authenticate(&created.key).await.unwrap();
-        assert_eq!(actor, Actor { name: "apikey:ci".into(), role: Role::Deployer });
-        assert_eq!(actor.require(Permission::ManageKeys).unwrap_err().code(), ErrorCode::PermissionDenied);
+        assert_eq!(
+            actor,
+            Actor {
+                name: "apikey:ci".into(),
+                role: Role::Deployer
+            }
+        );
+        assert_eq!(
+            actor.require(Permission::ManageKeys).unwrap_err().code(),
+            ErrorCode::PermissionDenied
+        );
         assert!(svc.create_api_key(&actor, "x", "admin").await.is_err());
         svc.revoke_api_key(&admin(), "ci").await.unwrap();
-        assert_eq!(svc.authenticate(&created.key).await.unwrap_err().code(), ErrorCode::Unauthenticated);
-        for bad in ["", "bk_", "nope", "bk_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "bk_ünïcödé-ünïcödé"] {
-            let err = svc.authenticate(&SecretString::from(bad.to_string())).await.unwrap_err();
+        assert_eq!(
+            svc.authenticate(&created.key).await.unwrap_err().code(),
+            ErrorCode::Unauthenticated
+        );
+        for bad in [
+            "",
+            "bk_",
+            "nope",
+            "bk_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "bk_ünïcödé-ünïcödé",
+        ] {
+            let err = svc
+                .authenticate(&SecretString::from(bad.to_string()))
+                .await
+                .unwrap_err();
             assert_eq!(err.code(), ErrorCode::Unauthenticated);
         }
     }

@@ -7,7 +7,8 @@ use super::{Actor, Permission, Service};
 use crate::crypto::{generate_token, token_digest, token_preview};
 use crate::error::{Error, Result};
 use crate::model::{
-    Application, ApplicationPatch, DeploymentLog, EnvScope, EnvVar, HealthCheckConfig, NewApplication, PortMapping, Target,
+    Application, ApplicationPatch, DeploymentLog, EnvScope, EnvVar, HealthCheckConfig,
+    NewApplication, PortMapping, Target,
 };
 use crate::validate;
 
@@ -67,7 +68,11 @@ pub struct ApplicationDetail {
 }
 
 impl Service {
-    pub async fn create_application(&self, actor: &Actor, spec: ApplicationSpec) -> Result<CreatedApplication> {
+    pub async fn create_application(
+        &self,
+        actor: &Actor,
+        spec: ApplicationSpec,
+    ) -> Result<CreatedApplication> {
         actor.require(Permission::Write)?;
         validate::name("application", &spec.name)?;
         validate::image(&spec.image)?;
@@ -76,7 +81,11 @@ impl Service {
         }
         validate_ports(&spec.ports)?;
         validate_targets(&spec.targets)?;
-        validate_rollout(spec.deploy_batch_size, spec.health_check.as_ref(), spec.restart_policy.as_deref())?;
+        validate_rollout(
+            spec.deploy_batch_size,
+            spec.health_check.as_ref(),
+            spec.restart_policy.as_deref(),
+        )?;
         let repository_id = match &spec.repository {
             Some(name) => Some(self.store.repository_id(name).await?),
             None => None,
@@ -97,11 +106,17 @@ impl Service {
                 targets: spec.targets,
                 deploy_batch_size: spec.deploy_batch_size.unwrap_or(1).into(),
                 health_check: spec.health_check,
-                restart_policy: spec.restart_policy.unwrap_or_else(|| "unless-stopped".to_string()),
+                restart_policy: spec
+                    .restart_policy
+                    .unwrap_or_else(|| "unless-stopped".to_string()),
             })
             .await?;
-        self.audit(actor, "application.create", &spec.name, None).await?;
-        Ok(CreatedApplication { application, webhook_token: token })
+        self.audit(actor, "application.create", &spec.name, None)
+            .await?;
+        Ok(CreatedApplication {
+            application,
+            webhook_token: token,
+        })
     }
 
     pub async fn list_applications(&self, actor: &Actor) -> Result<Vec<Application>> {
@@ -113,7 +128,10 @@ impl Service {
         actor.require(Permission::Read)?;
         let application = self.store.application(name).await?;
         let mut env = self.store.list_env(EnvScope::Global).await?;
-        let project = self.store.list_env(EnvScope::Project(application.id)).await?;
+        let project = self
+            .store
+            .list_env(EnvScope::Project(application.id))
+            .await?;
         env.retain(|g| !project.iter().any(|p| p.key == g.key));
         env.extend(project);
         env.sort_by(|a, b| a.key.cmp(&b.key));
@@ -123,10 +141,20 @@ impl Service {
             .setting(WEBHOOK_URL_SETTING)
             .await?
             .unwrap_or_else(|| DEFAULT_WEBHOOK_URL.to_string());
-        Ok(ApplicationDetail { application, webhook_url, env, deployments })
+        Ok(ApplicationDetail {
+            application,
+            webhook_url,
+            env,
+            deployments,
+        })
     }
 
-    pub async fn update_application(&self, actor: &Actor, name: &str, update: ApplicationUpdate) -> Result<Application> {
+    pub async fn update_application(
+        &self,
+        actor: &Actor,
+        name: &str,
+        update: ApplicationUpdate,
+    ) -> Result<Application> {
         actor.require(Permission::Write)?;
         let app = self.store.application(name).await?;
         if let Some(image) = &update.image {
@@ -141,7 +169,11 @@ impl Service {
         if let Some(targets) = &update.targets {
             validate_targets(targets)?;
         }
-        validate_rollout(update.deploy_batch_size, update.health_check.clone().flatten().as_ref(), update.restart_policy.as_deref())?;
+        validate_rollout(
+            update.deploy_batch_size,
+            update.health_check.clone().flatten().as_ref(),
+            update.restart_policy.as_deref(),
+        )?;
         let repository_id = match &update.repository {
             Some(Some(repo)) => Some(Some(self.store.repository_id(repo).await?)),
             Some(None) => Some(None),
@@ -172,7 +204,11 @@ impl Service {
     }
 
     /// Issues a new webhook token; the old one stops working at once.
-    pub async fn rotate_webhook_token(&self, actor: &Actor, name: &str) -> Result<CreatedApplication> {
+    pub async fn rotate_webhook_token(
+        &self,
+        actor: &Actor,
+        name: &str,
+    ) -> Result<CreatedApplication> {
         actor.require(Permission::Write)?;
         let app = self.store.application(name).await?;
         let token = generate_token(WEBHOOK_TOKEN_PREFIX);
@@ -183,8 +219,12 @@ impl Service {
                 &token_preview(token.expose_secret(), TOKEN_PREVIEW_CHARS),
             )
             .await?;
-        self.audit(actor, "application.rotate_token", name, None).await?;
-        Ok(CreatedApplication { application: self.store.application_by_id(app.id).await?, webhook_token: token })
+        self.audit(actor, "application.rotate_token", name, None)
+            .await?;
+        Ok(CreatedApplication {
+            application: self.store.application_by_id(app.id).await?,
+            webhook_token: token,
+        })
     }
 }
 
@@ -195,40 +235,66 @@ fn validate_ports(ports: &[PortMapping]) -> Result<()> {
             return Err(Error::invalid("ports must be between 1 and 65535"));
         }
         if p.protocol != "tcp" && p.protocol != "udp" {
-            return Err(Error::invalid(format!("port protocol must be tcp or udp, got {:?}", p.protocol)));
+            return Err(Error::invalid(format!(
+                "port protocol must be tcp or udp, got {:?}",
+                p.protocol
+            )));
         }
         if !seen.insert((p.host, p.protocol.clone())) {
-            return Err(Error::invalid(format!("host port {}/{} is mapped twice", p.host, p.protocol)));
+            return Err(Error::invalid(format!(
+                "host port {}/{} is mapped twice",
+                p.host, p.protocol
+            )));
         }
     }
     Ok(())
 }
 
-fn validate_rollout(batch: Option<u32>, health: Option<&HealthCheckConfig>, restart: Option<&str>) -> Result<()> {
+fn validate_rollout(
+    batch: Option<u32>,
+    health: Option<&HealthCheckConfig>,
+    restart: Option<&str>,
+) -> Result<()> {
     if let Some(b) = batch {
         if !(1..=10_000).contains(&b) {
-            return Err(Error::invalid("deploy batch size must be between 1 and 10000"));
+            return Err(Error::invalid(
+                "deploy batch size must be between 1 and 10000",
+            ));
         }
     }
     if let Some(h) = health {
         if h.kind != "http" && h.kind != "tcp" {
-            return Err(Error::invalid(format!("health check type must be http or tcp, got {:?}", h.kind)));
+            return Err(Error::invalid(format!(
+                "health check type must be http or tcp, got {:?}",
+                h.kind
+            )));
         }
         if h.port == 0 {
-            return Err(Error::invalid("health check port must be between 1 and 65535"));
+            return Err(Error::invalid(
+                "health check port must be between 1 and 65535",
+            ));
         }
         if let Some(path) = &h.path {
-            if !path.starts_with('/') || path.len() > 512 || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(Error::invalid("health check path must start with / and contain no spaces"));
+            if !path.starts_with('/')
+                || path.len() > 512
+                || path.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(Error::invalid(
+                    "health check path must start with / and contain no spaces",
+                ));
             }
         }
         if matches!(h.timeout_s, Some(t) if t == 0 || t > 3600) {
-            return Err(Error::invalid("health check timeout must be between 1 and 3600 seconds"));
+            return Err(Error::invalid(
+                "health check timeout must be between 1 and 3600 seconds",
+            ));
         }
     }
     if let Some(r) = restart {
         if !matches!(r, "no" | "always" | "unless-stopped" | "on-failure") {
-            return Err(Error::invalid(format!("restart policy must be no, always, unless-stopped or on-failure, got {r:?}")));
+            return Err(Error::invalid(format!(
+                "restart policy must be no, always, unless-stopped or on-failure, got {r:?}"
+            )));
         }
     }
     Ok(())
@@ -259,7 +325,11 @@ pub(crate) mod tests {
             image: "mycompany/myapp".to_string(),
             version: Some("v1.0.0".to_string()),
             repository: None,
-            ports: vec![PortMapping { host: 8080, container: 80, protocol: "tcp".into() }],
+            ports: vec![PortMapping {
+                host: 8080,
+                container: 80,
+                protocol: "tcp".into(),
+            }],
             webhook_enabled: true,
             auto_deploy: false,
             targets: vec![],
@@ -272,17 +342,30 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn the_webhook_token_is_shown_once_and_stored_as_a_digest() {
         let svc = service().await;
-        let created = svc.create_application(&admin(), new_app("myapp")).await.unwrap();
+        let created = svc
+            .create_application(&admin(), new_app("myapp"))
+            .await
+            .unwrap();
         let token = created.webhook_token.expose_secret().to_string();
         assert!(token.starts_with("whk_"));
-        let stored = svc.store().webhook_token_digest(created.application.id).await.unwrap().unwrap();
+        let stored = svc
+            .store()
+            .webhook_token_digest(created.application.id)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(!stored.contains(&token[4..]));
         assert!(token_matches(&created.webhook_token, &stored));
         let preview = created.application.webhook_token_prefix.unwrap();
         assert!(token.starts_with(preview.trim_end_matches('…')));
 
         let rotated = svc.rotate_webhook_token(&admin(), "myapp").await.unwrap();
-        let stored = svc.store().webhook_token_digest(created.application.id).await.unwrap().unwrap();
+        let stored = svc
+            .store()
+            .webhook_token_digest(created.application.id)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(!token_matches(&created.webhook_token, &stored));
         assert!(token_matches(&rotated.webhook_token, &stored));
     }
@@ -294,28 +377,45 @@ pub(crate) mod tests {
         bad.image = "Bad Image".into();
         assert!(svc.create_application(&admin(), bad).await.is_err());
         let mut bad = new_app("myapp");
-        bad.ports.push(PortMapping { host: 8080, container: 81, protocol: "tcp".into() });
+        bad.ports.push(PortMapping {
+            host: 8080,
+            container: 81,
+            protocol: "tcp".into(),
+        });
         assert!(svc.create_application(&admin(), bad).await.is_err());
         let mut bad = new_app("myapp");
         bad.repository = Some("nope".into());
         assert!(svc.create_application(&admin(), bad).await.is_err());
-        assert!(svc.create_application(&viewer(), new_app("myapp")).await.is_err());
+        assert!(svc
+            .create_application(&viewer(), new_app("myapp"))
+            .await
+            .is_err());
         assert!(svc.list_applications(&admin()).await.unwrap().is_empty());
-        svc.create_application(&admin(), new_app("myapp")).await.unwrap();
-        assert!(svc.create_application(&admin(), new_app("myapp")).await.is_err());
+        svc.create_application(&admin(), new_app("myapp"))
+            .await
+            .unwrap();
+        assert!(svc
+            .create_application(&admin(), new_app("myapp"))
+            .await
+            .is_err());
     }
 
     #[tokio::test]
     async fn update_changes_only_what_is_given() {
         let svc = service().await;
-        svc.create_application(&admin(), new_app("myapp")).await.unwrap();
+        svc.create_application(&admin(), new_app("myapp"))
+            .await
+            .unwrap();
         let updated = svc
             .update_application(
                 &admin(),
                 "myapp",
                 ApplicationUpdate {
                     webhook_enabled: Some(false),
-                    targets: Some(vec![Target::Label { key: "env".into(), value: "prod".into() }]),
+                    targets: Some(vec![Target::Label {
+                        key: "env".into(),
+                        value: "prod".into(),
+                    }]),
                     ..Default::default()
                 },
             )
@@ -324,6 +424,12 @@ pub(crate) mod tests {
         assert!(!updated.webhook_enabled);
         assert_eq!(updated.image, "mycompany/myapp");
         assert_eq!(updated.ports.len(), 1);
-        assert_eq!(updated.targets, vec![Target::Label { key: "env".into(), value: "prod".into() }]);
+        assert_eq!(
+            updated.targets,
+            vec![Target::Label {
+                key: "env".into(),
+                value: "prod".into()
+            }]
+        );
     }
 }

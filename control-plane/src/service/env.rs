@@ -27,11 +27,15 @@ impl SetEnvValue {
     /// A plain value written in the seed's reference syntax (`@secret:<id>`, `@group:<name>`)
     /// is taken as that reference, as the seed's `value` column means it.
     fn from_seed_syntax(value: SetEnvValue) -> Result<SetEnvValue> {
-        let SetEnvValue::Plain(text) = &value else { return Ok(value) };
+        let SetEnvValue::Plain(text) = &value else {
+            return Ok(value);
+        };
         if let Some(id) = text.strip_prefix("@secret:") {
-            let id = id
-                .parse::<i64>()
-                .map_err(|_| Error::invalid(format!("{text:?} is not a secret reference: expected @secret:<id>")))?;
+            let id = id.parse::<i64>().map_err(|_| {
+                Error::invalid(format!(
+                    "{text:?} is not a secret reference: expected @secret:<id>"
+                ))
+            })?;
             return Ok(SetEnvValue::SecretId(id));
         }
         if let Some(group) = text.strip_prefix("@group:") {
@@ -62,14 +66,20 @@ impl Service {
         let var = match value {
             SetEnvValue::Plain(value) => {
                 validate::env_value(key, &value)?;
-                NewEnvVar { key: key.to_string(), value, value_type: "plain", secret_id: None, description: None }
+                NewEnvVar {
+                    key: key.to_string(),
+                    value,
+                    value_type: "plain",
+                    secret_id: None,
+                    description: None,
+                }
             }
             SetEnvValue::SecretId(id) => {
-                let secret = self
-                    .store
-                    .secret_by_id(id)
-                    .await?
-                    .ok_or_else(|| Error::not_found(format!("variable {key}: secret @secret:{id} does not exist")))?;
+                let secret = self.store.secret_by_id(id).await?.ok_or_else(|| {
+                    Error::not_found(format!(
+                        "variable {key}: secret @secret:{id} does not exist"
+                    ))
+                })?;
                 NewEnvVar {
                     key: key.to_string(),
                     value: format!("@secret:{}", secret.id),
@@ -102,9 +112,18 @@ impl Service {
                 }
             }
         };
-        let var = NewEnvVar { description: description.map(str::to_string), ..var };
+        let var = NewEnvVar {
+            description: description.map(str::to_string),
+            ..var
+        };
         let stored = self.store.upsert_env(scope, &var).await?;
-        self.audit(actor, "env.set", &scope_label(app, key), Some(var.value_type)).await?;
+        self.audit(
+            actor,
+            "env.set",
+            &scope_label(app, key),
+            Some(var.value_type),
+        )
+        .await?;
         Ok(stored)
     }
 
@@ -118,33 +137,64 @@ impl Service {
         actor.require(Permission::Write)?;
         let scope = self.env_scope(app).await?;
         self.store.delete_env(scope, key).await?;
-        self.audit(actor, "env.unset", &scope_label(app, key), None).await
+        self.audit(actor, "env.unset", &scope_label(app, key), None)
+            .await
     }
 
     /// The seed's scenario 3: import every secret of a group as a `secret_ref` variable,
     /// skipping keys the application already defines.
-    pub async fn import_group(&self, actor: &Actor, group: &str, app: &str) -> Result<ImportOutcome> {
+    pub async fn import_group(
+        &self,
+        actor: &Actor,
+        group: &str,
+        app: &str,
+    ) -> Result<ImportOutcome> {
         actor.require(Permission::Write)?;
         let group = self.store.group(group).await?;
         let app_row = self.store.application(app).await?;
-        let outcome = self.store.import_group_into_app(group.id, &group.name, app_row.id).await?;
-        let details = format!("imported {} skipped {}", outcome.imported, outcome.skipped_keys.len());
-        self.audit(actor, "env.import_group", &format!("{app} <- {}", group.name), Some(&details)).await?;
+        let outcome = self
+            .store
+            .import_group_into_app(group.id, &group.name, app_row.id)
+            .await?;
+        let details = format!(
+            "imported {} skipped {}",
+            outcome.imported,
+            outcome.skipped_keys.len()
+        );
+        self.audit(
+            actor,
+            "env.import_group",
+            &format!("{app} <- {}", group.name),
+            Some(&details),
+        )
+        .await?;
         Ok(outcome)
     }
 
     /// The resolved environment in plaintext, for a human: needs the reveal right and
     /// confirmation, and is audited.
-    pub async fn export_env(&self, actor: &Actor, app: &str, confirm: bool) -> Result<ResolvedEnvironment> {
+    pub async fn export_env(
+        &self,
+        actor: &Actor,
+        app: &str,
+        confirm: bool,
+    ) -> Result<ResolvedEnvironment> {
         actor.require(Permission::Reveal)?;
         if !confirm {
             return Err(Error::FailedPrecondition(
-                "exporting an environment reveals secrets and needs explicit confirmation (--yes)".to_string(),
+                "exporting an environment reveals secrets and needs explicit confirmation (--yes)"
+                    .to_string(),
             ));
         }
         let app_row = self.store.application(app).await?;
         let env = self.resolve_environment(app_row.id).await?;
-        self.audit(actor, "env.export", app, Some(&format!("{} variables", env.len()))).await?;
+        self.audit(
+            actor,
+            "env.export",
+            app,
+            Some(&format!("{} variables", env.len())),
+        )
+        .await?;
         Ok(env)
     }
 
@@ -165,11 +215,21 @@ impl Service {
         let mut existing_groups = std::collections::HashSet::new();
         if !group_names.is_empty() {
             for secret in self.store.secrets_of_groups(&group_names).await? {
-                by_group.entry(secret.group_name.clone()).or_default().push(secret);
+                by_group
+                    .entry(secret.group_name.clone())
+                    .or_default()
+                    .push(secret);
             }
-            existing_groups = self.store.list_groups().await?.into_iter().map(|g| g.name).collect();
+            existing_groups = self
+                .store
+                .list_groups()
+                .await?
+                .into_iter()
+                .map(|g| g.name)
+                .collect();
         }
-        let (project, global): (Vec<EnvResolutionRow>, Vec<EnvResolutionRow>) = rows.into_iter().partition(|r| r.project);
+        let (project, global): (Vec<EnvResolutionRow>, Vec<EnvResolutionRow>) =
+            rows.into_iter().partition(|r| r.project);
         let mut env = self.resolve_scope("global", &global, &by_group, &existing_groups)?;
         if !project.is_empty() {
             let app = self.store.application_by_id(app_id).await?;
@@ -186,14 +246,19 @@ impl Service {
         existing_groups: &std::collections::HashSet<String>,
     ) -> Result<ResolvedEnvironment> {
         let unresolvable = |key: &str, why: String| {
-            Error::FailedPrecondition(format!("variable {key} ({scope_name}) cannot be resolved: {why}"))
+            Error::FailedPrecondition(format!(
+                "variable {key} ({scope_name}) cannot be resolved: {why}"
+            ))
         };
         // Group expansions first, remembering which group each name came from.
         let mut expanded: BTreeMap<String, (String, SecretString)> = BTreeMap::new();
         for var in vars.iter().filter(|v| v.value_type == "group_ref") {
             let group = var.value.strip_prefix("@group:").unwrap_or_default();
             if !existing_groups.contains(group) {
-                return Err(unresolvable(&var.key, format!("group {group:?} does not exist")));
+                return Err(unresolvable(
+                    &var.key,
+                    format!("group {group:?} does not exist"),
+                ));
             }
             for secret in by_group.get(group).map(Vec::as_slice).unwrap_or_default() {
                 let value = self
@@ -215,9 +280,13 @@ impl Service {
             let value = match var.value_type.as_str() {
                 "plain" => SecretString::from(var.value.clone()),
                 "secret_ref" => {
-                    let (Some(group_id), Some(name), Some(ciphertext)) = (var.secret_group_id, &var.secret_name, &var.secret_value)
+                    let (Some(group_id), Some(name), Some(ciphertext)) =
+                        (var.secret_group_id, &var.secret_name, &var.secret_value)
                     else {
-                        return Err(unresolvable(&var.key, format!("{} does not exist", var.value)));
+                        return Err(unresolvable(
+                            &var.key,
+                            format!("{} does not exist", var.value),
+                        ));
                     };
                     self.key
                         .decrypt_string(ciphertext, &Aad::secret(group_id, name))
@@ -263,21 +332,63 @@ mod tests {
     }
 
     fn plain(env: &ResolvedEnvironment) -> Vec<(String, String)> {
-        env.iter().map(|(k, v)| (k.clone(), v.expose_secret().to_string())).collect()
+        env.iter()
+            .map(|(k, v)| (k.clone(), v.expose_secret().to_string()))
+            .collect()
     }
 
     #[tokio::test]
     async fn project_overrides_global_and_secrets_resolve() {
         let svc = service().await;
         let id = app(&svc, "myapp").await;
-        svc.create_group(&admin(), "production-db", None).await.unwrap();
-        svc.set_secret(&admin(), "production-db", "DATABASE_URL", &s("postgres://u:p@h/db"), None).await.unwrap();
-        svc.set_env(&admin(), None, "NODE_ENV", SetEnvValue::Plain("production".into()), None).await.unwrap();
-        svc.set_env(&admin(), None, "LOG", SetEnvValue::Plain("info".into()), None).await.unwrap();
-        svc.set_env(&admin(), Some("myapp"), "LOG", SetEnvValue::Plain("debug".into()), None).await.unwrap();
-        svc.set_env(&admin(), Some("myapp"), "DATABASE_URL", SetEnvValue::Secret("production-db/DATABASE_URL".into()), None)
+        svc.create_group(&admin(), "production-db", None)
             .await
             .unwrap();
+        svc.set_secret(
+            &admin(),
+            "production-db",
+            "DATABASE_URL",
+            &s("postgres://u:p@h/db"),
+            None,
+        )
+        .await
+        .unwrap();
+        svc.set_env(
+            &admin(),
+            None,
+            "NODE_ENV",
+            SetEnvValue::Plain("production".into()),
+            None,
+        )
+        .await
+        .unwrap();
+        svc.set_env(
+            &admin(),
+            None,
+            "LOG",
+            SetEnvValue::Plain("info".into()),
+            None,
+        )
+        .await
+        .unwrap();
+        svc.set_env(
+            &admin(),
+            Some("myapp"),
+            "LOG",
+            SetEnvValue::Plain("debug".into()),
+            None,
+        )
+        .await
+        .unwrap();
+        svc.set_env(
+            &admin(),
+            Some("myapp"),
+            "DATABASE_URL",
+            SetEnvValue::Secret("production-db/DATABASE_URL".into()),
+            None,
+        )
+        .await
+        .unwrap();
         let env = svc.resolve_environment(id).await.unwrap();
         assert_eq!(
             plain(&env),
@@ -299,18 +410,58 @@ mod tests {
             }
             svc.set_secret(&admin(), g, k, &s(v), None).await.unwrap();
         }
-        svc.set_env(&admin(), Some("myapp"), "ALL_A", SetEnvValue::Group("a".into()), None).await.unwrap();
-        svc.set_env(&admin(), Some("myapp"), "X", SetEnvValue::Plain("explicit".into()), None).await.unwrap();
+        svc.set_env(
+            &admin(),
+            Some("myapp"),
+            "ALL_A",
+            SetEnvValue::Group("a".into()),
+            None,
+        )
+        .await
+        .unwrap();
+        svc.set_env(
+            &admin(),
+            Some("myapp"),
+            "X",
+            SetEnvValue::Plain("explicit".into()),
+            None,
+        )
+        .await
+        .unwrap();
         let env = svc.resolve_environment(id).await.unwrap();
-        assert_eq!(plain(&env), vec![("X".into(), "explicit".into()), ("Y".into(), "ay".into())]);
+        assert_eq!(
+            plain(&env),
+            vec![("X".into(), "explicit".into()), ("Y".into(), "ay".into())]
+        );
 
-        svc.set_env(&admin(), Some("myapp"), "ALL_B", SetEnvValue::Group("b".into()), None).await.unwrap();
+        svc.set_env(
+            &admin(),
+            Some("myapp"),
+            "ALL_B",
+            SetEnvValue::Group("b".into()),
+            None,
+        )
+        .await
+        .unwrap();
         let err = svc.resolve_environment(id).await.unwrap_err().to_string();
-        assert!(err.contains("\"a\"") && err.contains("\"b\"") && err.contains('Y'), "{err}");
+        assert!(
+            err.contains("\"a\"") && err.contains("\"b\"") && err.contains('Y'),
+            "{err}"
+        );
 
         // The same name from a global group and a project group is an override, not a clash.
-        svc.unset_env(&admin(), Some("myapp"), "ALL_B").await.unwrap();
-        svc.set_env(&admin(), None, "ALL_B", SetEnvValue::Group("b".into()), None).await.unwrap();
+        svc.unset_env(&admin(), Some("myapp"), "ALL_B")
+            .await
+            .unwrap();
+        svc.set_env(
+            &admin(),
+            None,
+            "ALL_B",
+            SetEnvValue::Group("b".into()),
+            None,
+        )
+        .await
+        .unwrap();
         let env = svc.resolve_environment(id).await.unwrap();
         assert_eq!(plain(&env)[1], ("Y".into(), "ay".into()));
     }
@@ -320,13 +471,27 @@ mod tests {
         let svc = service().await;
         let id = app(&svc, "myapp").await;
         svc.create_group(&admin(), "g", None).await.unwrap();
-        svc.set_env(&admin(), Some("myapp"), "ALL", SetEnvValue::Group("g".into()), None).await.unwrap();
+        svc.set_env(
+            &admin(),
+            Some("myapp"),
+            "ALL",
+            SetEnvValue::Group("g".into()),
+            None,
+        )
+        .await
+        .unwrap();
         svc.delete_group(&admin(), "g", true).await.unwrap();
         // force removed the referencing variable along with the group.
         assert!(svc.resolve_environment(id).await.unwrap().is_empty());
 
         let missing = svc
-            .set_env(&admin(), Some("myapp"), "DB", SetEnvValue::Secret("g/NOPE".into()), None)
+            .set_env(
+                &admin(),
+                Some("myapp"),
+                "DB",
+                SetEnvValue::Secret("g/NOPE".into()),
+                None,
+            )
             .await
             .unwrap_err();
         assert_eq!(missing.code(), ErrorCode::NotFound);
@@ -337,22 +502,43 @@ mod tests {
         let svc = service().await;
         app(&svc, "myapp").await;
         svc.create_group(&admin(), "g", None).await.unwrap();
-        svc.set_secret(&admin(), "g", "DB", &s("v"), None).await.unwrap();
-        svc.set_env(&admin(), Some("myapp"), "DATABASE", SetEnvValue::Secret("g/DB".into()), None).await.unwrap();
-        let err = svc.delete_secret(&admin(), "g", "DB", false).await.unwrap_err();
+        svc.set_secret(&admin(), "g", "DB", &s("v"), None)
+            .await
+            .unwrap();
+        svc.set_env(
+            &admin(),
+            Some("myapp"),
+            "DATABASE",
+            SetEnvValue::Secret("g/DB".into()),
+            None,
+        )
+        .await
+        .unwrap();
+        let err = svc
+            .delete_secret(&admin(), "g", "DB", false)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), ErrorCode::FailedPrecondition);
         assert!(err.to_string().contains("myapp:DATABASE"), "{err}");
         assert!(svc.store().secret("g", "DB").await.is_ok());
         let removed = svc.delete_secret(&admin(), "g", "DB", true).await.unwrap();
         assert_eq!(removed, vec!["myapp:DATABASE".to_string()]);
-        assert!(svc.list_env(&admin(), Some("myapp")).await.unwrap().is_empty());
+        assert!(svc
+            .list_env(&admin(), Some("myapp"))
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]
     async fn two_global_rows_with_one_key_are_impossible() {
         let svc = service().await;
-        svc.set_env(&admin(), None, "A", SetEnvValue::Plain("1".into()), None).await.unwrap();
-        svc.set_env(&admin(), None, "A", SetEnvValue::Plain("2".into()), None).await.unwrap();
+        svc.set_env(&admin(), None, "A", SetEnvValue::Plain("1".into()), None)
+            .await
+            .unwrap();
+        svc.set_env(&admin(), None, "A", SetEnvValue::Plain("2".into()), None)
+            .await
+            .unwrap();
         assert_eq!(svc.list_env(&admin(), None).await.unwrap().len(), 1);
         // The partial unique index holds even for a writer that bypasses the upsert.
         let dup = svc
@@ -369,9 +555,19 @@ mod tests {
         app(&svc, "myapp").await;
         svc.create_group(&admin(), "g", None).await.unwrap();
         for k in ["A", "B", "C"] {
-            svc.set_secret(&admin(), "g", k, &s("v"), None).await.unwrap();
+            svc.set_secret(&admin(), "g", k, &s("v"), None)
+                .await
+                .unwrap();
         }
-        svc.set_env(&admin(), Some("myapp"), "B", SetEnvValue::Plain("mine".into()), None).await.unwrap();
+        svc.set_env(
+            &admin(),
+            Some("myapp"),
+            "B",
+            SetEnvValue::Plain("mine".into()),
+            None,
+        )
+        .await
+        .unwrap();
         let outcome = svc.import_group(&admin(), "g", "myapp").await.unwrap();
         assert_eq!(outcome.imported, 2);
         assert_eq!(outcome.skipped_keys, vec!["B".to_string()]);
@@ -383,29 +579,86 @@ mod tests {
     async fn the_seed_reference_syntax_is_understood() {
         let svc = service().await;
         svc.create_group(&admin(), "g", None).await.unwrap();
-        let secret = svc.set_secret(&admin(), "g", "A", &s("v"), None).await.unwrap();
-        let var = svc
-            .set_env(&admin(), None, "A", SetEnvValue::Plain(format!("@secret:{}", secret.id)), None)
+        let secret = svc
+            .set_secret(&admin(), "g", "A", &s("v"), None)
             .await
             .unwrap();
-        assert_eq!((var.value_type.as_str(), var.secret_id), ("secret_ref", Some(secret.id)));
-        let var = svc.set_env(&admin(), None, "ALL", SetEnvValue::Plain("@group:g".into()), None).await.unwrap();
+        let var = svc
+            .set_env(
+                &admin(),
+                None,
+                "A",
+                SetEnvValue::Plain(format!("@secret:{}", secret.id)),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (var.value_type.as_str(), var.secret_id),
+            ("secret_ref", Some(secret.id))
+        );
+        let var = svc
+            .set_env(
+                &admin(),
+                None,
+                "ALL",
+                SetEnvValue::Plain("@group:g".into()),
+                None,
+            )
+            .await
+            .unwrap();
         assert_eq!(var.value_type, "group_ref");
-        let err = svc.set_env(&admin(), None, "B", SetEnvValue::Plain("@secret:999".into()), None).await.unwrap_err();
+        let err = svc
+            .set_env(
+                &admin(),
+                None,
+                "B",
+                SetEnvValue::Plain("@secret:999".into()),
+                None,
+            )
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), ErrorCode::NotFound);
         assert!(err.to_string().contains("@secret:999"));
-        assert!(svc.set_env(&admin(), None, "C", SetEnvValue::Plain("@secret:x".into()), None).await.is_err());
+        assert!(svc
+            .set_env(
+                &admin(),
+                None,
+                "C",
+                SetEnvValue::Plain("@secret:x".into()),
+                None
+            )
+            .await
+            .is_err());
         assert_eq!(svc.list_env(&admin(), None).await.unwrap().len(), 2);
     }
 
     #[tokio::test]
     async fn invalid_keys_and_oversized_values_store_nothing() {
         let svc = service().await;
-        assert!(svc.set_env(&admin(), None, "1BAD", SetEnvValue::Plain("x".into()), None).await.is_err());
+        assert!(svc
+            .set_env(&admin(), None, "1BAD", SetEnvValue::Plain("x".into()), None)
+            .await
+            .is_err());
         let big = "x".repeat(validate::MAX_ENV_VALUE_BYTES + 1);
-        assert!(svc.set_env(&admin(), None, "BIG", SetEnvValue::Plain(big), None).await.is_err());
-        assert!(svc.set_env(&admin(), Some("nope"), "A", SetEnvValue::Plain("x".into()), None).await.is_err());
-        assert!(svc.set_env(&admin(), None, "G", SetEnvValue::Group("nope".into()), None).await.is_err());
+        assert!(svc
+            .set_env(&admin(), None, "BIG", SetEnvValue::Plain(big), None)
+            .await
+            .is_err());
+        assert!(svc
+            .set_env(
+                &admin(),
+                Some("nope"),
+                "A",
+                SetEnvValue::Plain("x".into()),
+                None
+            )
+            .await
+            .is_err());
+        assert!(svc
+            .set_env(&admin(), None, "G", SetEnvValue::Group("nope".into()), None)
+            .await
+            .is_err());
         assert!(svc.list_env(&admin(), None).await.unwrap().is_empty());
     }
 }

@@ -19,17 +19,27 @@ impl Service {
     ) -> Result<Repository> {
         actor.require(Permission::Write)?;
         validate::name("repository", name)?;
-        if url.is_empty() || url.len() > 255 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(Error::invalid("repository url must be a host[:port] or URL without spaces"));
+        if url.is_empty()
+            || url.len() > 255
+            || url.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(Error::invalid(
+                "repository url must be a host[:port] or URL without spaces",
+            ));
         }
         if password.is_some() && username.is_none() {
             return Err(Error::invalid("a repository password needs a username"));
         }
         let ciphertext = password.map(|p| {
-            self.key
-                .encrypt(p.expose_secret().as_bytes(), &Aad::new("repositories", "password", &[name]))
+            self.key.encrypt(
+                p.expose_secret().as_bytes(),
+                &Aad::new("repositories", "password", &[name]),
+            )
         });
-        let repo = self.store.insert_repository(name, url, username, ciphertext.as_deref()).await?;
+        let repo = self
+            .store
+            .insert_repository(name, url, username, ciphertext.as_deref())
+            .await?;
         self.audit(actor, "repository.add", name, None).await?;
         Ok(repo)
     }
@@ -45,15 +55,28 @@ impl Service {
         self.audit(actor, "repository.remove", name, None).await
     }
 
-    pub async fn add_image_pattern(&self, actor: &Actor, pattern: &str, description: Option<&str>) -> Result<ImagePattern> {
+    pub async fn add_image_pattern(
+        &self,
+        actor: &Actor,
+        pattern: &str,
+        description: Option<&str>,
+    ) -> Result<ImagePattern> {
         actor.require(Permission::Write)?;
-        let base = pattern.strip_suffix('*').unwrap_or(pattern).trim_end_matches('/');
+        let base = pattern
+            .strip_suffix('*')
+            .unwrap_or(pattern)
+            .trim_end_matches('/');
         if base.is_empty() {
-            return Err(Error::invalid("image pattern must name at least a registry or repository prefix"));
+            return Err(Error::invalid(
+                "image pattern must name at least a registry or repository prefix",
+            ));
         }
         validate::image(base)?;
         validate::description(description)?;
-        let row = self.store.insert_image_pattern(pattern, description).await?;
+        let row = self
+            .store
+            .insert_image_pattern(pattern, description)
+            .await?;
         self.audit(actor, "allowlist.add", pattern, None).await?;
         Ok(row)
     }
@@ -89,9 +112,16 @@ mod tests {
     async fn allowlist_matches_exact_names_and_prefixes() {
         let svc = service().await;
         assert!(svc.image_allowed("anything").await.unwrap());
-        svc.add_image_pattern(&admin(), "registry.local:5000/team/*", None).await.unwrap();
-        svc.add_image_pattern(&admin(), "busybox", None).await.unwrap();
-        assert!(svc.image_allowed("registry.local:5000/team/app").await.unwrap());
+        svc.add_image_pattern(&admin(), "registry.local:5000/team/*", None)
+            .await
+            .unwrap();
+        svc.add_image_pattern(&admin(), "busybox", None)
+            .await
+            .unwrap();
+        assert!(svc
+            .image_allowed("registry.local:5000/team/app")
+            .await
+            .unwrap());
         assert!(svc.image_allowed("busybox").await.unwrap());
         assert!(!svc.image_allowed("busybox2").await.unwrap());
         assert!(!svc.image_allowed("evil.io/team/app").await.unwrap());

@@ -19,7 +19,12 @@ pub enum ImportFormat {
 }
 
 impl Service {
-    pub async fn create_group(&self, actor: &Actor, name: &str, description: Option<&str>) -> Result<SecretGroup> {
+    pub async fn create_group(
+        &self,
+        actor: &Actor,
+        name: &str,
+        description: Option<&str>,
+    ) -> Result<SecretGroup> {
         actor.require(Permission::Write)?;
         validate::name("group", name)?;
         validate::description(description)?;
@@ -40,12 +45,19 @@ impl Service {
         Ok((group, secrets))
     }
 
-    pub async fn delete_group(&self, actor: &Actor, name: &str, force: bool) -> Result<Vec<String>> {
+    pub async fn delete_group(
+        &self,
+        actor: &Actor,
+        name: &str,
+        force: bool,
+    ) -> Result<Vec<String>> {
         actor.require(Permission::Write)?;
         let group = self.store.group(name).await?;
         let removed = self.store.delete_group(&group, force).await?;
-        let details = (!removed.is_empty()).then(|| format!("removed references: {}", removed.join(", ")));
-        self.audit(actor, "group.delete", name, details.as_deref()).await?;
+        let details =
+            (!removed.is_empty()).then(|| format!("removed references: {}", removed.join(", ")));
+        self.audit(actor, "group.delete", name, details.as_deref())
+            .await?;
         Ok(removed)
     }
 
@@ -65,7 +77,8 @@ impl Service {
         let group_row = self.store.group(group).await?;
         let new = self.seal(group_row.id, name, value, description.map(str::to_string));
         self.store.write_secrets(group_row.id, &[new], true).await?;
-        self.audit(actor, "secret.set", &format!("{group}/{name}"), None).await?;
+        self.audit(actor, "secret.set", &format!("{group}/{name}"), None)
+            .await?;
         self.store.secret(group, name).await
     }
 
@@ -90,21 +103,38 @@ impl Service {
         actor.require(Permission::Reveal)?;
         if !confirm {
             return Err(Error::FailedPrecondition(
-                "revealing a secret needs explicit confirmation (confirm=true, or --yes)".to_string(),
+                "revealing a secret needs explicit confirmation (confirm=true, or --yes)"
+                    .to_string(),
             ));
         }
         let secret = self.store.secret(group, name).await?;
-        let value = self.key.decrypt_string(&secret.value, &Aad::secret(secret.group_id, &secret.name))?;
-        self.audit(actor, "secret.reveal", &format!("{group}/{name}"), None).await?;
+        let value = self
+            .key
+            .decrypt_string(&secret.value, &Aad::secret(secret.group_id, &secret.name))?;
+        self.audit(actor, "secret.reveal", &format!("{group}/{name}"), None)
+            .await?;
         Ok((secret, value))
     }
 
-    pub async fn delete_secret(&self, actor: &Actor, group: &str, name: &str, force: bool) -> Result<Vec<String>> {
+    pub async fn delete_secret(
+        &self,
+        actor: &Actor,
+        group: &str,
+        name: &str,
+        force: bool,
+    ) -> Result<Vec<String>> {
         actor.require(Permission::Write)?;
         let secret = self.store.secret(group, name).await?;
         let removed = self.store.delete_secret(&secret, force).await?;
-        let details = (!removed.is_empty()).then(|| format!("removed references: {}", removed.join(", ")));
-        self.audit(actor, "secret.delete", &format!("{group}/{name}"), details.as_deref()).await?;
+        let details =
+            (!removed.is_empty()).then(|| format!("removed references: {}", removed.join(", ")));
+        self.audit(
+            actor,
+            "secret.delete",
+            &format!("{group}/{name}"),
+            details.as_deref(),
+        )
+        .await?;
         Ok(removed)
     }
 
@@ -122,7 +152,9 @@ impl Service {
         let group_row = self.store.group(group).await?;
         let document = document.expose_secret();
         if document.len() > MAX_IMPORT_BYTES {
-            return Err(Error::invalid(format!("import document is larger than {MAX_IMPORT_BYTES} bytes")));
+            return Err(Error::invalid(format!(
+                "import document is larger than {MAX_IMPORT_BYTES} bytes"
+            )));
         }
         let entries = match format {
             ImportFormat::Dotenv => parse_dotenv(document)?,
@@ -137,20 +169,38 @@ impl Service {
             validate::secret_name(name)?;
             validate::secret_value(name, value.expose_secret())?;
             if !seen.insert(name.clone()) {
-                return Err(Error::invalid(format!("import document defines {name} twice")));
+                return Err(Error::invalid(format!(
+                    "import document defines {name} twice"
+                )));
             }
             sealed.push(self.seal(group_row.id, name, value, None));
         }
-        let counts = self.store.write_secrets(group_row.id, &sealed, overwrite).await?;
-        let details = format!("created {} updated {} skipped {}", counts.created, counts.updated, counts.skipped);
-        self.audit(actor, "secret.import", group, Some(&details)).await?;
+        let counts = self
+            .store
+            .write_secrets(group_row.id, &sealed, overwrite)
+            .await?;
+        let details = format!(
+            "created {} updated {} skipped {}",
+            counts.created, counts.updated, counts.skipped
+        );
+        self.audit(actor, "secret.import", group, Some(&details))
+            .await?;
         Ok(counts)
     }
 
-    fn seal(&self, group_id: i64, name: &str, value: &SecretString, description: Option<String>) -> NewSecret {
+    fn seal(
+        &self,
+        group_id: i64,
+        name: &str,
+        value: &SecretString,
+        description: Option<String>,
+    ) -> NewSecret {
         NewSecret {
             name: name.to_string(),
-            value: self.key.encrypt(value.expose_secret().as_bytes(), &Aad::secret(group_id, name)),
+            value: self.key.encrypt(
+                value.expose_secret().as_bytes(),
+                &Aad::secret(group_id, name),
+            ),
             value_preview: mask_value(value.expose_secret()),
             description,
         }
@@ -161,12 +211,24 @@ impl Service {
 /// any of its secret characters.
 pub fn mask_value(value: &str) -> String {
     if let Some((scheme, rest)) = value.split_once("://") {
-        if !scheme.is_empty() && scheme.len() <= 16 && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c)) {
-            return if rest.contains('@') { format!("{scheme}://****@****") } else { format!("{scheme}://****") };
+        if !scheme.is_empty()
+            && scheme.len() <= 16
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+        {
+            return if rest.contains('@') {
+                format!("{scheme}://****@****")
+            } else {
+                format!("{scheme}://****")
+            };
         }
     }
     if let Some((prefix, _)) = value.split_once('_') {
-        if (1..=4).contains(&prefix.len()) && prefix.chars().all(|c| c.is_ascii_lowercase()) && value.len() >= 16 {
+        if (1..=4).contains(&prefix.len())
+            && prefix.chars().all(|c| c.is_ascii_lowercase())
+            && value.len() >= 16
+        {
             return format!("{prefix}_****");
         }
     }
@@ -186,12 +248,18 @@ pub fn parse_dotenv(document: &str) -> Result<Vec<(String, SecretString)>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
+        let line = line
+            .strip_prefix("export ")
+            .map(str::trim_start)
+            .unwrap_or(line);
         let Some((key, rest)) = line.split_once('=') else {
-            return Err(Error::invalid(format!("line {line_no}: expected KEY=value")));
+            return Err(Error::invalid(format!(
+                "line {line_no}: expected KEY=value"
+            )));
         };
         let key = key.trim();
-        validate::env_key(key).map_err(|_| Error::invalid(format!("line {line_no}: invalid key")))?;
+        validate::env_key(key)
+            .map_err(|_| Error::invalid(format!("line {line_no}: invalid key")))?;
         let rest = rest.trim();
         let value = if let Some(body) = rest.strip_prefix('"') {
             let mut value = String::new();
@@ -214,16 +282,22 @@ pub fn parse_dotenv(document: &str) -> Result<Vec<(String, SecretString)>> {
             }
             let trailing = chars.as_str().trim();
             if !closed || !(trailing.is_empty() || trailing.starts_with('#')) {
-                return Err(Error::invalid(format!("line {line_no}: unterminated or malformed double quotes")));
+                return Err(Error::invalid(format!(
+                    "line {line_no}: unterminated or malformed double quotes"
+                )));
             }
             value
         } else if let Some(body) = rest.strip_prefix('\'') {
             let Some((value, trailing)) = body.split_once('\'') else {
-                return Err(Error::invalid(format!("line {line_no}: unterminated single quote")));
+                return Err(Error::invalid(format!(
+                    "line {line_no}: unterminated single quote"
+                )));
             };
             let trailing = trailing.trim();
             if !(trailing.is_empty() || trailing.starts_with('#')) {
-                return Err(Error::invalid(format!("line {line_no}: text after closing quote")));
+                return Err(Error::invalid(format!(
+                    "line {line_no}: text after closing quote"
+                )));
             }
             value.to_string()
         } else {
@@ -236,15 +310,25 @@ pub fn parse_dotenv(document: &str) -> Result<Vec<(String, SecretString)>> {
 }
 
 fn parse_json(document: &str) -> Result<Vec<(String, SecretString)>> {
-    let value: serde_json::Value = serde_json::from_str(document)
-        .map_err(|e| Error::invalid(format!("invalid json at line {} column {}", e.line(), e.column())))?;
+    let value: serde_json::Value = serde_json::from_str(document).map_err(|e| {
+        Error::invalid(format!(
+            "invalid json at line {} column {}",
+            e.line(),
+            e.column()
+        ))
+    })?;
     let serde_json::Value::Object(map) = value else {
-        return Err(Error::invalid("json import must be an object of NAME: \"value\""));
+        return Err(Error::invalid(
+            "json import must be an object of NAME: \"value\"",
+        ));
     };
     map.into_iter()
         .map(|(key, value)| match value {
             serde_json::Value::String(s) => Ok((key, SecretString::from(s))),
-            _ => Err(Error::invalid(format!("json import: value of {:?} must be a string", key.chars().take(64).collect::<String>()))),
+            _ => Err(Error::invalid(format!(
+                "json import: value of {:?} must be a string",
+                key.chars().take(64).collect::<String>()
+            ))),
         })
         .collect()
 }
@@ -260,7 +344,10 @@ mod tests {
 
     #[test]
     fn masks_keep_only_the_shape() {
-        assert_eq!(mask_value("postgresql://user:pass@host:5432/db"), "postgresql://****@****");
+        assert_eq!(
+            mask_value("postgresql://user:pass@host:5432/db"),
+            "postgresql://****@****"
+        );
         assert_eq!(mask_value("redis://host:6379"), "redis://****");
         assert_eq!(mask_value("sk_live_abcdefghijklmnop"), "sk_****");
         assert_eq!(mask_value("hunter2"), "****");
@@ -269,7 +356,8 @@ mod tests {
 
     #[test]
     fn dotenv_parsing() {
-        let doc = "# comment\n\nexport A=1\nB = \"two words\\n\" # c\nC='lit$eral'\nD=x #comment\nE=\n";
+        let doc =
+            "# comment\n\nexport A=1\nB = \"two words\\n\" # c\nC='lit$eral'\nD=x #comment\nE=\n";
         let parsed: Vec<(String, String)> = parse_dotenv(doc)
             .unwrap()
             .into_iter()
@@ -289,7 +377,12 @@ mod tests {
 
     #[test]
     fn malformed_dotenv_lines_name_the_line_not_the_content() {
-        for (doc, line) in [("A=1\nnot a line with s3cr3t\n", 2), ("A=\"s3cr3t", 1), ("1BAD=s3cr3t", 1), ("A='s3cr3t", 1)] {
+        for (doc, line) in [
+            ("A=1\nnot a line with s3cr3t\n", 2),
+            ("A=\"s3cr3t", 1),
+            ("1BAD=s3cr3t", 1),
+            ("A='s3cr3t", 1),
+        ] {
             let err = parse_dotenv(doc).unwrap_err().to_string();
             assert!(err.starts_with(&format!("line {line}:")), "{err}");
             assert!(!err.contains("s3cr3t"), "{err}");
@@ -301,24 +394,56 @@ mod tests {
         let svc = service().await;
         svc.create_group(&admin(), "g", None).await.unwrap();
         let err = svc
-            .import_secrets(&admin(), "g", ImportFormat::Dotenv, &secret("A=1\nB=2\nbad line\n"), false)
+            .import_secrets(
+                &admin(),
+                "g",
+                ImportFormat::Dotenv,
+                &secret("A=1\nB=2\nbad line\n"),
+                false,
+            )
             .await
             .unwrap_err();
         assert!(err.to_string().contains("line 3"));
-        assert!(svc.list_secrets(&admin(), Some("g")).await.unwrap().is_empty());
+        assert!(svc
+            .list_secrets(&admin(), Some("g"))
+            .await
+            .unwrap()
+            .is_empty());
         let err = svc
-            .import_secrets(&admin(), "g", ImportFormat::Json, &secret(r#"{"A":"1","B":2}"#), false)
+            .import_secrets(
+                &admin(),
+                "g",
+                ImportFormat::Json,
+                &secret(r#"{"A":"1","B":2}"#),
+                false,
+            )
             .await
             .unwrap_err();
         assert!(err.to_string().contains("\"B\""));
-        assert!(svc.list_secrets(&admin(), Some("g")).await.unwrap().is_empty());
+        assert!(svc
+            .list_secrets(&admin(), Some("g"))
+            .await
+            .unwrap()
+            .is_empty());
         let counts = svc
-            .import_secrets(&admin(), "g", ImportFormat::Json, &secret(r#"{"A":"1","B":"2"}"#), false)
+            .import_secrets(
+                &admin(),
+                "g",
+                ImportFormat::Json,
+                &secret(r#"{"A":"1","B":"2"}"#),
+                false,
+            )
             .await
             .unwrap();
         assert_eq!((counts.created, counts.updated, counts.skipped), (2, 0, 0));
         let counts = svc
-            .import_secrets(&admin(), "g", ImportFormat::Dotenv, &secret("A=3\nC=4"), false)
+            .import_secrets(
+                &admin(),
+                "g",
+                ImportFormat::Dotenv,
+                &secret("A=3\nC=4"),
+                false,
+            )
             .await
             .unwrap();
         assert_eq!((counts.created, counts.updated, counts.skipped), (1, 0, 1));
@@ -328,13 +453,26 @@ mod tests {
     async fn reveal_needs_confirmation_and_the_right_role_and_is_audited() {
         let svc = service().await;
         svc.create_group(&admin(), "g", None).await.unwrap();
-        svc.set_secret(&admin(), "g", "TOKEN", &secret("s3cr3t-value"), None).await.unwrap();
-        assert!(svc.reveal_secret(&viewer(), "g", "TOKEN", true).await.is_err());
-        assert!(svc.reveal_secret(&admin(), "g", "TOKEN", false).await.is_err());
-        let (_, value) = svc.reveal_secret(&admin(), "g", "TOKEN", true).await.unwrap();
+        svc.set_secret(&admin(), "g", "TOKEN", &secret("s3cr3t-value"), None)
+            .await
+            .unwrap();
+        assert!(svc
+            .reveal_secret(&viewer(), "g", "TOKEN", true)
+            .await
+            .is_err());
+        assert!(svc
+            .reveal_secret(&admin(), "g", "TOKEN", false)
+            .await
+            .is_err());
+        let (_, value) = svc
+            .reveal_secret(&admin(), "g", "TOKEN", true)
+            .await
+            .unwrap();
         assert_eq!(value.expose_secret(), "s3cr3t-value");
         let audit = svc.store().list_audit(10).await.unwrap();
-        assert!(audit.iter().any(|a| a.action == "secret.reveal" && a.target.as_deref() == Some("g/TOKEN")));
+        assert!(audit
+            .iter()
+            .any(|a| a.action == "secret.reveal" && a.target.as_deref() == Some("g/TOKEN")));
         assert!(audit.iter().all(|a| !format!("{a:?}").contains("s3cr3t")));
     }
 
@@ -345,11 +483,20 @@ mod tests {
         svc.create_group(&admin(), "g", None).await.unwrap();
         let dup = svc.create_group(&admin(), "g", None).await.unwrap_err();
         assert_eq!(dup.code(), crate::error::ErrorCode::AlreadyExists);
-        let unknown = svc.set_secret(&admin(), "nope", "A", &secret("v"), None).await.unwrap_err();
+        let unknown = svc
+            .set_secret(&admin(), "nope", "A", &secret("v"), None)
+            .await
+            .unwrap_err();
         assert_eq!(unknown.code(), crate::error::ErrorCode::NotFound);
         let huge = "x".repeat(validate::MAX_SECRET_VALUE_BYTES + 1);
-        assert!(svc.set_secret(&admin(), "g", "A", &secret(&huge), None).await.is_err());
-        assert!(svc.set_secret(&admin(), "g", "1A", &secret("v"), None).await.is_err());
+        assert!(svc
+            .set_secret(&admin(), "g", "A", &secret(&huge), None)
+            .await
+            .is_err());
+        assert!(svc
+            .set_secret(&admin(), "g", "1A", &secret("v"), None)
+            .await
+            .is_err());
         assert!(svc.list_secrets(&admin(), None).await.unwrap().is_empty());
     }
 }

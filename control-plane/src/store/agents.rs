@@ -69,17 +69,25 @@ impl Store {
         .await
         .map_err(internal)?;
         if let Some((agent_name, labels)) = row {
-            return Ok(Enrollment { agent_name, labels: serde_json::from_str(&labels).unwrap_or_default() });
+            return Ok(Enrollment {
+                agent_name,
+                labels: serde_json::from_str(&labels).unwrap_or_default(),
+            });
         }
-        let state: Option<(Option<String>, String)> =
-            sqlx::query_as("SELECT used_at, expires_at FROM enrollment_tokens WHERE token_hash = ?")
-                .bind(token_hash)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(internal)?;
+        let state: Option<(Option<String>, String)> = sqlx::query_as(
+            "SELECT used_at, expires_at FROM enrollment_tokens WHERE token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)?;
         Err(match state {
-            Some((Some(_), _)) => Error::Unauthenticated("enrollment token was already used".into()),
-            Some((None, expires)) => Error::Unauthenticated(format!("enrollment token expired at {expires}")),
+            Some((Some(_), _)) => {
+                Error::Unauthenticated("enrollment token was already used".into())
+            }
+            Some((None, expires)) => {
+                Error::Unauthenticated(format!("enrollment token expired at {expires}"))
+            }
             None => Error::Unauthenticated("invalid enrollment token".into()),
         })
     }
@@ -110,7 +118,13 @@ impl Store {
         Ok(())
     }
 
-    pub async fn renew_agent_certificate(&self, name: &str, fingerprint: &str, serial: &str, not_after: &str) -> Result<()> {
+    pub async fn renew_agent_certificate(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        serial: &str,
+        not_after: &str,
+    ) -> Result<()> {
         sqlx::query("UPDATE agents SET cert_fingerprint = ?, cert_serial = ?, cert_not_after = ? WHERE name = ? AND revoked_at IS NULL")
             .bind(fingerprint)
             .bind(serial)
@@ -141,7 +155,11 @@ impl Store {
 
     /// Names of unrevoked agents with this name, or with this label (one indexed lookup or
     /// one scan in SQLite, without loading every row into the process).
-    pub async fn target_agents(&self, name: Option<&str>, label: Option<(&str, &str)>) -> Result<Vec<String>> {
+    pub async fn target_agents(
+        &self,
+        name: Option<&str>,
+        label: Option<(&str, &str)>,
+    ) -> Result<Vec<String>> {
         match (name, label) {
             (Some(name), _) => sqlx::query_scalar("SELECT name FROM agents WHERE name = ? AND revoked_at IS NULL")
                 .bind(name)
@@ -164,7 +182,10 @@ impl Store {
     }
 
     pub async fn list_agents(&self) -> Result<Vec<AgentRow>> {
-        sqlx::query_as("SELECT * FROM agents ORDER BY name").fetch_all(&self.pool).await.map_err(internal)
+        sqlx::query_as("SELECT * FROM agents ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(internal)
     }
 
     pub async fn revoke_agent(&self, name: &str) -> Result<()> {
@@ -180,7 +201,13 @@ impl Store {
     }
 
     /// Written on connect and disconnect only: heartbeats stay in memory (R-5.4).
-    pub async fn agent_seen(&self, name: &str, status: &str, version: Option<&str>, docker_version: Option<&str>) -> Result<()> {
+    pub async fn agent_seen(
+        &self,
+        name: &str,
+        status: &str,
+        version: Option<&str>,
+        docker_version: Option<&str>,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE agents SET status = ?, last_seen_at = datetime('now'), version = COALESCE(?, version), \
              docker_version = COALESCE(?, docker_version) WHERE name = ? AND revoked_at IS NULL",

@@ -5,15 +5,23 @@ use crate::error::{Error, Result};
 use crate::model::ApiKey;
 
 impl Store {
-    pub async fn insert_api_key(&self, name: &str, role: &str, key_hash: &str, prefix: &str) -> Result<ApiKey> {
-        sqlx::query_as("INSERT INTO api_keys (name, role, key_hash, prefix) VALUES (?, ?, ?, ?) RETURNING *")
-            .bind(name)
-            .bind(role)
-            .bind(key_hash)
-            .bind(prefix)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| conflict(e, || format!("api key {name:?} already exists")))
+    pub async fn insert_api_key(
+        &self,
+        name: &str,
+        role: &str,
+        key_hash: &str,
+        prefix: &str,
+    ) -> Result<ApiKey> {
+        sqlx::query_as(
+            "INSERT INTO api_keys (name, role, key_hash, prefix) VALUES (?, ?, ?, ?) RETURNING *",
+        )
+        .bind(name)
+        .bind(role)
+        .bind(key_hash)
+        .bind(prefix)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| conflict(e, || format!("api key {name:?} already exists")))
     }
 
     /// Active keys whose public prefix matches; the caller compares digests in constant time.
@@ -46,7 +54,9 @@ impl Store {
             .await
             .map_err(internal)?;
         if done.rows_affected() == 0 {
-            return Err(Error::not_found(format!("active api key {name:?} not found")));
+            return Err(Error::not_found(format!(
+                "active api key {name:?} not found"
+            )));
         }
         Ok(())
     }

@@ -4,7 +4,9 @@ use sqlx::SqliteConnection;
 
 use super::{conflict, internal, Store};
 use crate::error::{Error, Result};
-use crate::model::{Application, ApplicationPatch, DeploymentLog, NewApplication, PortMapping, Target};
+use crate::model::{
+    Application, ApplicationPatch, DeploymentLog, NewApplication, PortMapping, Target,
+};
 
 #[derive(sqlx::FromRow)]
 struct ApplicationRow {
@@ -102,9 +104,16 @@ impl Store {
             .map_err(internal)
     }
 
-    pub async fn update_application(&self, id: i64, patch: &ApplicationPatch) -> Result<Application> {
+    pub async fn update_application(
+        &self,
+        id: i64,
+        patch: &ApplicationPatch,
+    ) -> Result<Application> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
-        let ports = patch.ports.as_ref().map(|p| serde_json::to_string(p).expect("ports serialize"));
+        let ports = patch
+            .ports
+            .as_ref()
+            .map(|p| serde_json::to_string(p).expect("ports serialize"));
         sqlx::query(
             "UPDATE applications SET image = COALESCE(?, image), version = COALESCE(?, version), \
              repository_id = CASE WHEN ? THEN ? ELSE repository_id END, ports = COALESCE(?, ports), \
@@ -168,23 +177,29 @@ impl Store {
     }
 
     pub async fn recent_deployments(&self, app_id: i64, limit: i64) -> Result<Vec<DeploymentLog>> {
-        sqlx::query_as("SELECT * FROM deployment_logs WHERE application_id = ? ORDER BY id DESC LIMIT ?")
-            .bind(app_id)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(internal)
+        sqlx::query_as(
+            "SELECT * FROM deployment_logs WHERE application_id = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(app_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)
     }
 
     async fn with_targets(&self, row: ApplicationRow) -> Result<Application> {
-        let targets: Vec<(String, String)> =
-            sqlx::query_as("SELECT kind, value FROM application_targets WHERE application_id = ? ORDER BY id")
-                .bind(row.id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(internal)?;
+        let targets: Vec<(String, String)> = sqlx::query_as(
+            "SELECT kind, value FROM application_targets WHERE application_id = ? ORDER BY id",
+        )
+        .bind(row.id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)?;
         let ports: Vec<PortMapping> = serde_json::from_str(&row.ports).map_err(|e| {
-            Error::Internal(format!("application {:?} has unreadable ports: {e}", row.name))
+            Error::Internal(format!(
+                "application {:?} has unreadable ports: {e}",
+                row.name
+            ))
         })?;
         Ok(Application {
             id: row.id,
@@ -198,18 +213,32 @@ impl Store {
             webhook_token_prefix: row.webhook_token_prefix,
             auto_deploy: row.auto_deploy,
             last_deployed_at: row.last_deployed_at,
-            targets: targets.into_iter().map(|(kind, value)| decode_target(&kind, &value)).collect(),
+            targets: targets
+                .into_iter()
+                .map(|(kind, value)| decode_target(&kind, &value))
+                .collect(),
             created_at: row.created_at,
             updated_at: row.updated_at,
             deploy_batch_size: row.deploy_batch_size,
-            health_check: row.health_check.as_deref().and_then(|h| serde_json::from_str(h).ok()),
+            health_check: row
+                .health_check
+                .as_deref()
+                .and_then(|h| serde_json::from_str(h).ok()),
             restart_policy: row.restart_policy,
-            command: row.command.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default(),
+            command: row
+                .command
+                .as_deref()
+                .and_then(|c| serde_json::from_str(c).ok())
+                .unwrap_or_default(),
         })
     }
 }
 
-async fn replace_targets(conn: &mut SqliteConnection, app_id: i64, targets: &[Target]) -> Result<()> {
+async fn replace_targets(
+    conn: &mut SqliteConnection,
+    app_id: i64,
+    targets: &[Target],
+) -> Result<()> {
     sqlx::query("DELETE FROM application_targets WHERE application_id = ?")
         .bind(app_id)
         .execute(&mut *conn)
@@ -233,7 +262,10 @@ async fn replace_targets(conn: &mut SqliteConnection, app_id: i64, targets: &[Ta
 
 fn decode_target(kind: &str, value: &str) -> Target {
     match (kind, value.split_once('=')) {
-        ("label", Some((k, v))) => Target::Label { key: k.to_string(), value: v.to_string() },
+        ("label", Some((k, v))) => Target::Label {
+            key: k.to_string(),
+            value: v.to_string(),
+        },
         _ => Target::Agent(value.to_string()),
     }
 }

@@ -15,7 +15,13 @@ pub struct AuditEntry {
 }
 
 impl Store {
-    pub async fn audit(&self, actor: &str, action: &str, target: &str, details: Option<&str>) -> Result<()> {
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        details: Option<&str>,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO audit_log (actor, action, target, details) VALUES (?, ?, ?, ?)")
             .bind(actor)
             .bind(action)

@@ -84,7 +84,13 @@ impl Store {
 
     /// Records, in one transaction (one fsync), that a command is about to be sent to a batch
     /// of agents: the deployment is running, the targets are running, and the events.
-    pub async fn dispatch_targets(&self, deployment_id: &str, agents: &[String], deploy: bool, command: &str) -> Result<()> {
+    pub async fn dispatch_targets(
+        &self,
+        deployment_id: &str,
+        agents: &[String],
+        deploy: bool,
+        command: &str,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
         sqlx::query("UPDATE deployment_logs SET status = 'running' WHERE deployment_id = ? AND status = 'pending'")
             .bind(deployment_id)
@@ -114,7 +120,13 @@ impl Store {
     }
 
     /// Appends to the step log (through the no-fsync pool: see `Store::log_pool`).
-    pub async fn add_deployment_event(&self, deployment_id: &str, agent: Option<&str>, phase: &str, message: &str) -> Result<i64> {
+    pub async fn add_deployment_event(
+        &self,
+        deployment_id: &str,
+        agent: Option<&str>,
+        phase: &str,
+        message: &str,
+    ) -> Result<i64> {
         sqlx::query_scalar(
             "INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, ?, ?, ?) RETURNING id",
         )
@@ -155,7 +167,12 @@ impl Store {
 
     /// Completes the aggregate row and moves the application to `running` (updating version
     /// and last_deployed_at) or `error` (R-5.6b). Idempotent: a finished row stays as it is.
-    pub async fn finish_deployment(&self, deployment_id: &str, success: bool, error: Option<&str>) -> Result<bool> {
+    pub async fn finish_deployment(
+        &self,
+        deployment_id: &str,
+        success: bool,
+        error: Option<&str>,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
         let row: Option<(i64, String)> = sqlx::query_as(
             "SELECT application_id, version FROM deployment_logs WHERE deployment_id = ? AND status IN ('pending', 'running')",
@@ -197,24 +214,27 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .map_err(internal)?;
-            sqlx::query("UPDATE applications SET status = ?, updated_at = datetime('now') WHERE id = ?")
-                .bind(if serving > 0 { "running" } else { "error" })
-                .bind(app_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(internal)?;
+            sqlx::query(
+                "UPDATE applications SET status = ?, updated_at = datetime('now') WHERE id = ?",
+            )
+            .bind(if serving > 0 { "running" } else { "error" })
+            .bind(app_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
         }
         tx.commit().await.map_err(internal)?;
         Ok(true)
     }
 
     pub async fn deployment(&self, deployment_id: &str) -> Result<(DeploymentLog, String)> {
-        let log: DeploymentLog = sqlx::query_as("SELECT * FROM deployment_logs WHERE deployment_id = ?")
-            .bind(deployment_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Error::not_found(format!("deployment {deployment_id} not found")))?;
+        let log: DeploymentLog =
+            sqlx::query_as("SELECT * FROM deployment_logs WHERE deployment_id = ?")
+                .bind(deployment_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| Error::not_found(format!("deployment {deployment_id} not found")))?;
         let app: String = sqlx::query_scalar("SELECT name FROM applications WHERE id = ?")
             .bind(log.application_id)
             .fetch_one(&self.pool)
@@ -223,7 +243,10 @@ impl Store {
         Ok((log, app))
     }
 
-    pub async fn deployment_targets(&self, deployment_id: &str) -> Result<Vec<DeploymentTargetRow>> {
+    pub async fn deployment_targets(
+        &self,
+        deployment_id: &str,
+    ) -> Result<Vec<DeploymentTargetRow>> {
         sqlx::query_as("SELECT agent_name, status, container_id, error_message, started_at, completed_at, duration_ms \
                         FROM deployment_targets WHERE deployment_id = ? ORDER BY id")
             .bind(deployment_id)
@@ -232,14 +255,20 @@ impl Store {
             .map_err(internal)
     }
 
-    pub async fn deployment_events(&self, deployment_id: &str, after_id: i64) -> Result<Vec<DeploymentEventRow>> {
-        sqlx::query_as("SELECT id, agent_name, phase, message, at FROM deployment_events \
-                        WHERE deployment_id = ? AND id > ? ORDER BY id")
-            .bind(deployment_id)
-            .bind(after_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(internal)
+    pub async fn deployment_events(
+        &self,
+        deployment_id: &str,
+        after_id: i64,
+    ) -> Result<Vec<DeploymentEventRow>> {
+        sqlx::query_as(
+            "SELECT id, agent_name, phase, message, at FROM deployment_events \
+                        WHERE deployment_id = ? AND id > ? ORDER BY id",
+        )
+        .bind(deployment_id)
+        .bind(after_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)
     }
 
     /// Deployments a previous run of the control plane left unfinished.

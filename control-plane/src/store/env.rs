@@ -106,11 +106,13 @@ impl Store {
     }
 
     async fn env_by_id(&self, id: i64) -> Result<EnvVar> {
-        sqlx::query_as(&format!("SELECT {ENV_COLUMNS} FROM {ENV_FROM} WHERE e.id = ?"))
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(internal)
+        sqlx::query_as(&format!(
+            "SELECT {ENV_COLUMNS} FROM {ENV_FROM} WHERE e.id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(internal)
     }
 
     pub async fn list_env(&self, scope: EnvScope) -> Result<Vec<EnvVar>> {
@@ -127,22 +129,31 @@ impl Store {
 
     pub async fn delete_env(&self, scope: EnvScope, key: &str) -> Result<()> {
         let (scope_name, project_id) = scope_parts(scope);
-        let done = sqlx::query("DELETE FROM environment_variables WHERE scope = ? AND project_id IS ? AND key = ?")
-            .bind(scope_name)
-            .bind(project_id)
-            .bind(key)
-            .execute(&self.pool)
-            .await
-            .map_err(internal)?;
+        let done = sqlx::query(
+            "DELETE FROM environment_variables WHERE scope = ? AND project_id IS ? AND key = ?",
+        )
+        .bind(scope_name)
+        .bind(project_id)
+        .bind(key)
+        .execute(&self.pool)
+        .await
+        .map_err(internal)?;
         if done.rows_affected() == 0 {
-            return Err(Error::not_found(format!("variable {key} not found in this scope")));
+            return Err(Error::not_found(format!(
+                "variable {key} not found in this scope"
+            )));
         }
         Ok(())
     }
 
     /// The seed's scenario 3, in one transaction: a `secret_ref` variable per secret of the
     /// group, skipping keys the application already has.
-    pub async fn import_group_into_app(&self, group_id: i64, group_name: &str, app_id: i64) -> Result<ImportOutcome> {
+    pub async fn import_group_into_app(
+        &self,
+        group_id: i64,
+        group_name: &str,
+        app_id: i64,
+    ) -> Result<ImportOutcome> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
         let secrets: Vec<(i64, String)> =
             sqlx::query_as("SELECT id, name FROM secrets WHERE group_id = ? ORDER BY name")

@@ -27,19 +27,23 @@ impl Store {
     }
 
     pub async fn repository(&self, name: &str) -> Result<Repository> {
-        sqlx::query_as(&format!("SELECT {REPO_COLUMNS} FROM repositories WHERE name = ?"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Error::not_found(format!("repository {name:?} not found")))
+        sqlx::query_as(&format!(
+            "SELECT {REPO_COLUMNS} FROM repositories WHERE name = ?"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| Error::not_found(format!("repository {name:?} not found")))
     }
 
     pub async fn list_repositories(&self) -> Result<Vec<Repository>> {
-        sqlx::query_as(&format!("SELECT {REPO_COLUMNS} FROM repositories ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(internal)
+        sqlx::query_as(&format!(
+            "SELECT {REPO_COLUMNS} FROM repositories ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)
     }
 
     /// Any one encrypted repository password, to verify the master key at start.
@@ -62,13 +66,19 @@ impl Store {
         Ok(())
     }
 
-    pub async fn insert_image_pattern(&self, pattern: &str, description: Option<&str>) -> Result<ImagePattern> {
-        sqlx::query_as("INSERT INTO image_whitelists (pattern, description) VALUES (?, ?) RETURNING *")
-            .bind(pattern)
-            .bind(description)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| conflict(e, || format!("image pattern {pattern:?} already exists")))
+    pub async fn insert_image_pattern(
+        &self,
+        pattern: &str,
+        description: Option<&str>,
+    ) -> Result<ImagePattern> {
+        sqlx::query_as(
+            "INSERT INTO image_whitelists (pattern, description) VALUES (?, ?) RETURNING *",
+        )
+        .bind(pattern)
+        .bind(description)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| conflict(e, || format!("image pattern {pattern:?} already exists")))
     }
 
     pub async fn list_image_patterns(&self) -> Result<Vec<ImagePattern>> {
@@ -85,7 +95,9 @@ impl Store {
             .await
             .map_err(internal)?;
         if done.rows_affected() == 0 {
-            return Err(Error::not_found(format!("image pattern {pattern:?} not found")));
+            return Err(Error::not_found(format!(
+                "image pattern {pattern:?} not found"
+            )));
         }
         Ok(())
     }

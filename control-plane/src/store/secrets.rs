@@ -7,7 +7,8 @@ use crate::model::{NewSecret, Secret, SecretGroup};
 const GROUP_COLUMNS: &str = "g.id, g.name, g.description, g.provider_id, g.auto_sync, \
      (SELECT COUNT(*) FROM secrets s WHERE s.group_id = g.id) AS secret_count, g.created_at, g.updated_at";
 
-const SECRET_COLUMNS: &str = "s.id, s.name, s.group_id, g.name AS group_name, s.value, s.value_preview, \
+const SECRET_COLUMNS: &str =
+    "s.id, s.name, s.group_id, g.name AS group_name, s.value, s.value_preview, \
      s.description, s.source, s.last_synced_at, s.created_at, s.updated_at";
 
 /// Outcome of writing a batch of secrets.
@@ -20,37 +21,45 @@ pub struct WriteCounts {
 
 impl Store {
     pub async fn create_group(&self, name: &str, description: Option<&str>) -> Result<SecretGroup> {
-        let id: i64 = sqlx::query_scalar("INSERT INTO secret_groups (name, description) VALUES (?, ?) RETURNING id")
-            .bind(name)
-            .bind(description)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| conflict(e, || format!("group {name:?} already exists")))?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO secret_groups (name, description) VALUES (?, ?) RETURNING id",
+        )
+        .bind(name)
+        .bind(description)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| conflict(e, || format!("group {name:?} already exists")))?;
         self.group_by_id(id).await
     }
 
     async fn group_by_id(&self, id: i64) -> Result<SecretGroup> {
-        sqlx::query_as(&format!("SELECT {GROUP_COLUMNS} FROM secret_groups g WHERE g.id = ?"))
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(internal)
+        sqlx::query_as(&format!(
+            "SELECT {GROUP_COLUMNS} FROM secret_groups g WHERE g.id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(internal)
     }
 
     pub async fn group(&self, name: &str) -> Result<SecretGroup> {
-        sqlx::query_as(&format!("SELECT {GROUP_COLUMNS} FROM secret_groups g WHERE g.name = ?"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Error::not_found(format!("group {name:?} not found")))
+        sqlx::query_as(&format!(
+            "SELECT {GROUP_COLUMNS} FROM secret_groups g WHERE g.name = ?"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| Error::not_found(format!("group {name:?} not found")))
     }
 
     pub async fn list_groups(&self) -> Result<Vec<SecretGroup>> {
-        sqlx::query_as(&format!("SELECT {GROUP_COLUMNS} FROM secret_groups g ORDER BY g.name"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(internal)
+        sqlx::query_as(&format!(
+            "SELECT {GROUP_COLUMNS} FROM secret_groups g ORDER BY g.name"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)
     }
 
     /// Deletes a group and its secrets. With `force`, environment variables referencing the
@@ -162,16 +171,22 @@ impl Store {
 
     /// Creates or replaces secrets of one group, all in one transaction. Existing secrets are
     /// replaced when `overwrite`, skipped otherwise.
-    pub async fn write_secrets(&self, group_id: i64, secrets: &[NewSecret], overwrite: bool) -> Result<WriteCounts> {
+    pub async fn write_secrets(
+        &self,
+        group_id: i64,
+        secrets: &[NewSecret],
+        overwrite: bool,
+    ) -> Result<WriteCounts> {
         let mut counts = WriteCounts::default();
         let mut tx = self.pool.begin().await.map_err(internal)?;
         for secret in secrets {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM secrets WHERE group_id = ? AND name = ?")
-                .bind(group_id)
-                .bind(&secret.name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(internal)?;
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM secrets WHERE group_id = ? AND name = ?")
+                    .bind(group_id)
+                    .bind(&secret.name)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(internal)?;
             match exists {
                 Some(_) if !overwrite => counts.skipped += 1,
                 Some(id) => {

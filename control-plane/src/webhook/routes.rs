@@ -416,10 +416,12 @@ fn finish(route: &'static str, ip: IpAddr, outcome: Outcome) -> Reply {
         Ok(reply) | Err(reply) => reply,
     };
     let status = reply.status.as_u16();
-    if status >= 500 && status != 500 {
-        tracing::warn!(route, client_ip = %ip, status, "webhook request");
-    } else {
-        tracing::info!(route, client_ip = %ip, status, "webhook request");
+    match status {
+        // The shim or the control plane is in trouble, not the caller.
+        502..=504 => tracing::warn!(route, client_ip = %ip, status, "webhook request"),
+        // A limited client: a line per refusal would let it flood the log.
+        429 => tracing::debug!(route, client_ip = %ip, status, "webhook request"),
+        _ => tracing::info!(route, client_ip = %ip, status, "webhook request"),
     }
     reply
 }
