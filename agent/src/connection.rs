@@ -160,7 +160,7 @@ async fn session(shared: &Arc<Shared>) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(1024);
     let docker_version = shared.runtime.executor.runtime_version().await;
     let running = shared
         .journal
@@ -352,8 +352,17 @@ fn start<F, Fut>(
         if let Err(e) = shared.journal.finish(&deployment_id, kind, &result) {
             tracing::error!(deployment = %deployment_id, error = %e, "cannot journal result");
         }
-        send(&shared, result_message(&deployment_id, kind, &result));
+        send_result(&shared, result_message(&deployment_id, kind, &result)).await;
     });
+}
+
+/// Results wait for room on the stream rather than being dropped; if the stream is gone they
+/// stay unacknowledged in the journal and are replayed on the next connection.
+async fn send_result(shared: &Shared, message: pb::AgentMessage) {
+    let tx = shared.outbound.lock().expect("outbound lock").clone();
+    if let Some(tx) = tx {
+        let _ = tx.send(message).await;
+    }
 }
 
 /// Sends on the current stream if there is one; results not delivered stay unacknowledged in

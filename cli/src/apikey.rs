@@ -33,6 +33,8 @@ enum Role {
     Admin,
     Deployer,
     Viewer,
+    /// Only forwards CI webhooks: the credential of a standalone berth-webhook shim
+    Webhook,
 }
 
 impl Role {
@@ -41,6 +43,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Deployer => "deployer",
             Role::Viewer => "viewer",
+            Role::Webhook => "webhook",
         }
     }
 }

@@ -29,7 +29,7 @@ pub use enroll::{IssuedCertificate, ENROLLMENT_TOKEN_PREFIX};
 pub use rollout::{DeployTrigger, RolloutConfig};
 
 /// Outbound queue depth per agent; a full queue means a stuck agent, not a reason to block.
-const OUTBOUND_QUEUE: usize = 256;
+const OUTBOUND_QUEUE: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct FleetConfig {

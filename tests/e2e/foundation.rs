@@ -753,3 +753,53 @@ async fn health_and_reflection_are_served() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writes_all_succeed() {
+    // SQLite allows one writer: write transactions start IMMEDIATE so they wait their turn
+    // (busy_timeout) instead of failing with "database is locked" on a lock upgrade.
+    let d = dirs();
+    let node = start_without_agent(&d);
+    let token = node.admin_token();
+    let channel = node.channel().await;
+    SecretServiceClient::new(channel.clone())
+        .create_group(authed(
+            pb::CreateGroupRequest {
+                name: "g".into(),
+                description: None,
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let (channel, token) = (channel.clone(), token.clone());
+        tasks.spawn(async move {
+            let req = pb::SetSecretRequest {
+                group: "g".into(),
+                name: format!("S{i}"),
+                value: format!("v{i}"),
+                description: None,
+            };
+            SecretServiceClient::new(channel)
+                .set_secret(authed(req, &token))
+                .await
+                .map(|_| ())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().expect("a concurrent write failed");
+    }
+    let listed = SecretServiceClient::new(channel)
+        .list_secrets(authed(
+            pb::ListSecretsRequest {
+                group: Some("g".into()),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.secrets.len(), 24);
+}

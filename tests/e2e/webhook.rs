@@ -629,6 +629,11 @@ async fn the_dev_node_creates_its_shim_key_once_and_keeps_it_private() {
     let key_file = d.data.path().join("webhook.token");
     let unknown = json!({"applicationName": "never-registered", "version": "v1", "token": "whk_x"});
     let (mut node, shim) = start_with_webhook(d.data.path(), d.logs.path(), false);
+    // The admin port accepts connections as soon as it is bound; the key is written just after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !key_file.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let key = std::fs::read_to_string(&key_file)
         .expect("webhook.token")
         .trim()

@@ -264,7 +264,17 @@ impl Fleet {
         targets: Vec<String>,
     ) {
         if let Err(e) = self.rollout(&deployment_id, &app, command, &targets).await {
-            tracing::error!(deployment = %deployment_id, error = %e, "rollout failed to record its outcome");
+            tracing::error!(deployment = %deployment_id, error = %e, "rollout failed to record its outcome; reconciling");
+            // Finish it from what the store and the agents know, as after a restart.
+            for attempt in 1..=5u32 {
+                tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt))).await;
+                match self.reconcile_one(&deployment_id).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::error!(deployment = %deployment_id, error = %e, attempt, "reconcile failed")
+                    }
+                }
+            }
         }
     }
 

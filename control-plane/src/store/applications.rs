@@ -37,7 +37,11 @@ const APP_SELECT: &str = "SELECT a.id, a.name, a.image, a.version, r.name AS rep
 impl Store {
     pub async fn insert_application(&self, app: &NewApplication) -> Result<Application> {
         let ports = serde_json::to_string(&app.ports).expect("ports serialize");
-        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO applications (name, image, version, repository_id, ports, webhook_enabled, \
              webhook_token, webhook_token_prefix, auto_deploy, deploy_batch_size, health_check, restart_policy) \
@@ -109,7 +113,11 @@ impl Store {
         id: i64,
         patch: &ApplicationPatch,
     ) -> Result<Application> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
         let ports = patch
             .ports
             .as_ref()

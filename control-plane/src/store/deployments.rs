@@ -43,7 +43,11 @@ impl Store {
     /// Inserts the aggregate row (pending), one target row per agent, and marks the
     /// application `deploying`, in one transaction (durable before anything is dispatched).
     pub async fn insert_deployment(&self, d: &NewDeployment<'_>) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
         sqlx::query(
             "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
              VALUES (?, ?, ?, ?, ?, 'pending')",
@@ -91,7 +95,11 @@ impl Store {
         deploy: bool,
         command: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
         sqlx::query("UPDATE deployment_logs SET status = 'running' WHERE deployment_id = ? AND status = 'pending'")
             .bind(deployment_id)
             .execute(&mut *tx)
@@ -173,7 +181,11 @@ impl Store {
         success: bool,
         error: Option<&str>,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
         let row: Option<(i64, String)> = sqlx::query_as(
             "SELECT application_id, version FROM deployment_logs WHERE deployment_id = ? AND status IN ('pending', 'running')",
         )

@@ -60,7 +60,11 @@ impl Store {
     /// Creates the variable or replaces the one with the same key in the same scope.
     pub async fn upsert_env(&self, scope: EnvScope, var: &NewEnvVar) -> Result<EnvVar> {
         let (scope_name, project_id) = scope_parts(scope);
-        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
         let existing: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM environment_variables WHERE scope = ? AND project_id IS ? AND key = ?",
         )
@@ -154,7 +158,11 @@ impl Store {
         group_name: &str,
         app_id: i64,
     ) -> Result<ImportOutcome> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
         let secrets: Vec<(i64, String)> =
             sqlx::query_as("SELECT id, name FROM secrets WHERE group_id = ? ORDER BY name")
                 .bind(group_id)

@@ -111,7 +111,11 @@ impl Store {
         events_json: &str,
         seal: impl FnOnce(i64) -> String,
     ) -> Result<WebhookRow> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO webhooks (url, events, enabled) VALUES (?, ?, 1) RETURNING id",
         )
@@ -197,7 +201,11 @@ impl Store {
 
     /// Writes pending deliveries, due now, in one transaction.
     pub async fn insert_deliveries(&self, deliveries: &[NewDelivery]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
         for d in deliveries {
             sqlx::query(&format!(
                 "INSERT INTO webhook_deliveries (id, webhook_id, event, deployment_id, payload, next_attempt_at) \

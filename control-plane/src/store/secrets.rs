@@ -66,7 +66,11 @@ impl Store {
     /// group or its secrets are deleted in the same transaction; without it, their existence
     /// is an error listing them. Returns the removed references.
     pub async fn delete_group(&self, group: &SecretGroup, force: bool) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
         let refs: Vec<String> = sqlx::query_scalar(
             "SELECT COALESCE(a.name, '(global)') || ':' || e.key FROM environment_variables e \
              LEFT JOIN applications a ON a.id = e.project_id \
@@ -178,7 +182,11 @@ impl Store {
         overwrite: bool,
     ) -> Result<WriteCounts> {
         let mut counts = WriteCounts::default();
-        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
         for secret in secrets {
             let exists: Option<i64> =
                 sqlx::query_scalar("SELECT id FROM secrets WHERE group_id = ? AND name = ?")
@@ -243,7 +251,11 @@ impl Store {
 
     /// Deletes a secret; with `force`, the variables referencing it go in the same transaction.
     pub async fn delete_secret(&self, secret: &Secret, force: bool) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
         let refs: Vec<String> = sqlx::query_scalar(
             "SELECT COALESCE(a.name, '(global)') || ':' || e.key FROM environment_variables e \
              LEFT JOIN applications a ON a.id = e.project_id WHERE e.secret_id = ? ORDER BY 1",
