@@ -15,24 +15,12 @@ use pb::secret_service_client::SecretServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::common::{
-    authed, containers_with_label, deploy, docker_available, free_port, http_get,
-    remove_app_containers, wait_connected, wait_deployment, AgentProcess, DevNode,
+    authed, containers_with_label, deploy, dirs, docker_available, free_port, http_get,
+    remove_app_containers, wait_connected, wait_deployment, AgentProcess, DevNode, Dirs,
 };
 use crate::registry;
 
 const APP_SECRET: &str = "sup3r-s3cret-from-a-group";
-
-struct Dirs {
-    data: tempfile::TempDir,
-    logs: tempfile::TempDir,
-}
-
-fn dirs() -> Dirs {
-    Dirs {
-        data: tempfile::tempdir().unwrap(),
-        logs: tempfile::tempdir().unwrap(),
-    }
-}
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid_like()[..8])

@@ -9,6 +9,20 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
+/// A test's data directory and, apart from it, the directory its process logs go to (so a
+/// scan of the data directory for plaintext never reads the logs).
+pub struct Dirs {
+    pub data: tempfile::TempDir,
+    pub logs: tempfile::TempDir,
+}
+
+pub fn dirs() -> Dirs {
+    Dirs {
+        data: tempfile::tempdir().unwrap(),
+        logs: tempfile::tempdir().unwrap(),
+    }
+}
+
 /// Directory holding the workspace's built binaries (next to this test executable).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -8,21 +8,11 @@ use pb::env_service_client::EnvServiceClient;
 use pb::secret_service_client::SecretServiceClient;
 use tonic::Code;
 
-use crate::common::{authed, dump_database, files_containing, ok, stderr, stdout, DevNode};
+use crate::common::{
+    authed, dirs, dump_database, files_containing, ok, stderr, stdout, DevNode, Dirs,
+};
 
 const DB_URL: &str = "postgresql://app:S3cr3t-Pa55w0rd@db.internal:5432/prod";
-
-struct Dirs {
-    data: tempfile::TempDir,
-    logs: tempfile::TempDir,
-}
-
-fn dirs() -> Dirs {
-    Dirs {
-        data: tempfile::tempdir().unwrap(),
-        logs: tempfile::tempdir().unwrap(),
-    }
-}
 
 /// A node without its local agent, for tests that compare the whole database.
 fn start_without_agent(d: &Dirs) -> DevNode {

@@ -115,17 +115,9 @@ fn expected_signature(secret: &str, body: &[u8]) -> String {
     berth_control_plane::notify::signature(secret.as_bytes(), body)
 }
 
-struct Dirs {
-    data: tempfile::TempDir,
-    logs: tempfile::TempDir,
-}
-
 /// A node without a local agent: deployments fail before dispatch, Docker or not.
-fn start_node() -> (Dirs, DevNode) {
-    let d = Dirs {
-        data: tempfile::tempdir().unwrap(),
-        logs: tempfile::tempdir().unwrap(),
-    };
+fn start_node() -> (crate::common::Dirs, DevNode) {
+    let d = crate::common::dirs();
     let node = DevNode::start_with(
         d.data.path(),
         d.logs.path(),

@@ -17,26 +17,14 @@ use pb::webhook_service_client::WebhookServiceClient;
 use serde_json::{json, Value};
 
 use crate::common::{
-    authed, bin, build_test_images, docker_available, free_port, remove_app_containers, repo_root,
-    start_with_webhook, wait_connected, wait_deployment, wait_listening, DevNode,
+    authed, bin, build_test_images, dirs, docker_available, free_port, remove_app_containers,
+    repo_root, start_with_webhook, wait_connected, wait_deployment, wait_listening, DevNode,
 };
 use crate::registry;
 
 const MISSING: &str = "Missing required fields: (applicationId or applicationName), version, token";
 const NOT_FOUND: &str = "Application not found. Please register the application first.";
 const INVALID_TOKEN: &str = "Invalid webhook token";
-
-struct Dirs {
-    data: tempfile::TempDir,
-    logs: tempfile::TempDir,
-}
-
-fn dirs() -> Dirs {
-    Dirs {
-        data: tempfile::tempdir().unwrap(),
-        logs: tempfile::tempdir().unwrap(),
-    }
-}
 
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
