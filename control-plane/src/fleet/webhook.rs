@@ -174,6 +174,10 @@ impl Fleet {
         client_ip: IpAddr,
     ) -> Result<RegistryOutcome> {
         actor.require(Permission::WebhookDeploy)?;
+        // A registry may deliver the same push in several notifications at once: the check
+        // "already deploying this tag" and the start of the deployment must not interleave.
+        static REGISTRY_PUSHES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _serialized = REGISTRY_PUSHES.lock().await;
         if pushes.len() > MAX_REGISTRY_EVENTS {
             return Err(Error::invalid(format!(
                 "a notification may carry at most {MAX_REGISTRY_EVENTS} push events"
