@@ -16,7 +16,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::common::{
     authed, containers_with_label, deploy, dirs, docker_available, free_port, http_get,
-    remove_app_containers, wait_connected, wait_deployment, AgentProcess, DevNode, Dirs,
+    remove_app_containers, wait_connected, wait_deployment, wait_deployment_until, AgentProcess,
+    DevNode, Dirs,
 };
 use crate::registry;
 
@@ -391,6 +392,14 @@ async fn agent_channel(
         .map_err(|e| format!("{e:?}"))
 }
 
+/// Whether the agent API refuses this client: at the TLS handshake or when the stream opens.
+async fn refused(ca: &str, addr: &str, identity: Option<Identity>) -> bool {
+    match agent_channel(ca, addr, identity).await {
+        Err(_) => true,
+        Ok(channel) => try_connect(channel).await.is_err(),
+    }
+}
+
 /// Opens the agent stream with a hello; the error code the control plane answers with.
 async fn try_connect(channel: Channel) -> Result<(), tonic::Status> {
     let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
@@ -436,12 +445,8 @@ async fn an_agent_without_a_certificate_is_refused() {
     let d = dirs();
     let node = node_with_agent_port(&d).await;
     let ca = std::fs::read_to_string(&node.ca_cert).unwrap();
-    let refused = match agent_channel(&ca, &agent_addr(&node), None).await {
-        Err(_) => true,
-        Ok(channel) => try_connect(channel).await.is_err(),
-    };
     assert!(
-        refused,
+        refused(&ca, &agent_addr(&node), None).await,
         "a client without certificate reached the agent api"
     );
 }
@@ -466,18 +471,9 @@ async fn an_agent_with_a_certificate_from_another_ca_is_refused() {
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, &other_ca, &ca_key).unwrap();
     let ca = std::fs::read_to_string(&node.ca_cert).unwrap();
-    let refused = match agent_channel(
-        &ca,
-        &agent_addr(&node),
-        Some(Identity::from_pem(cert.pem(), key.serialize_pem())),
-    )
-    .await
-    {
-        Err(_) => true,
-        Ok(channel) => try_connect(channel).await.is_err(),
-    };
+    let identity = Identity::from_pem(cert.pem(), key.serialize_pem());
     assert!(
-        refused,
+        refused(&ca, &agent_addr(&node), Some(identity)).await,
         "a certificate from another CA reached the agent api"
     );
 }
@@ -602,32 +598,18 @@ impl CuttableProxy {
 }
 
 async fn wait_target_running(node: &DevNode, id: &str) {
-    let mut deploys = pb::deploy_service_client::DeployServiceClient::new(node.channel().await);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let detail = deploys
-            .get_deployment(authed(
-                pb::GetDeploymentRequest {
-                    deployment_id: id.into(),
-                },
-                &node.admin_token(),
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        if detail
-            .events
-            .iter()
-            .any(|e| e.phase == "start" || e.phase == "create")
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deployment never started on the agent: {detail:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_deployment_until(
+        node,
+        id,
+        Duration::from_secs(60),
+        "the agent starting the deploy",
+        |d| {
+            d.events
+                .iter()
+                .any(|e| e.phase == "start" || e.phase == "create")
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -817,12 +799,10 @@ async fn agents_renew_their_certificate_over_the_stream_without_a_restart() {
     );
     let ca = std::fs::read_to_string(&node.ca_cert).unwrap();
     let old_key_cert = Identity::from_pem(&first, &first_key);
-    let refused =
-        match agent_channel(&ca, &format!("127.0.0.1:{agent_port}"), Some(old_key_cert)).await {
-            Err(_) => true,
-            Ok(channel) => try_connect(channel).await.is_err(),
-        };
-    assert!(refused, "the superseded certificate still works");
+    assert!(
+        refused(&ca, &format!("127.0.0.1:{agent_port}"), Some(old_key_cert)).await,
+        "the superseded certificate still works"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -493,11 +493,13 @@ pub async fn wait_connected(node: &DevNode, agent: &str) {
     }
 }
 
-/// Waits for a deployment to finish and returns its detail.
-pub async fn wait_deployment(
+/// Polls a deployment until `done` holds for its detail, and returns that detail.
+pub async fn wait_deployment_until(
     node: &DevNode,
     id: &str,
     timeout: Duration,
+    what: &str,
+    done: impl Fn(&berth_proto::v1::DeploymentDetail) -> bool,
 ) -> berth_proto::v1::DeploymentDetail {
     use berth_proto::v1 as pb;
     let mut deploys = pb::deploy_service_client::DeployServiceClient::new(node.channel().await);
@@ -513,16 +515,30 @@ pub async fn wait_deployment(
             .await
             .unwrap()
             .into_inner();
-        let status = detail.deployment.as_ref().unwrap().status.clone();
-        if status != "pending" && status != "running" {
+        if done(&detail) {
             return detail;
         }
         assert!(
             Instant::now() < deadline,
-            "deployment {id} still {status}: {detail:#?}"
+            "deployment {id}: {what} not reached: {detail:#?}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits for a deployment to finish and returns its detail.
+pub async fn wait_deployment(
+    node: &DevNode,
+    id: &str,
+    timeout: Duration,
+) -> berth_proto::v1::DeploymentDetail {
+    wait_deployment_until(node, id, timeout, "a final status", |d| {
+        !matches!(
+            d.deployment.as_ref().map(|d| d.status.as_str()),
+            Some("pending" | "running")
+        )
+    })
+    .await
 }
 
 /// Starts a deployment through the admin API and returns its id.
