@@ -8,6 +8,7 @@ use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use berth_control_plane::model::DeploymentStatus;
 use berth_proto::v1::{
     deployment_update, DeployRequest, DeploymentDetail, DeploymentEventRow, DeploymentSummary,
     DeploymentUpdate, GetDeploymentRequest, ListDeploymentsRequest,
@@ -171,7 +172,7 @@ async fn start(
     }
     if !follow {
         // Refused before dispatch (no agent, image not allowed): already final.
-        if is_final(&deployment.status) && deployment.status != "success" {
+        if DeploymentStatus::is_finished_str(&deployment.status) && !succeeded(&deployment.status) {
             return Err(DeploymentFailed { deployment_id: id }.into());
         }
         return Ok(());
@@ -197,9 +198,10 @@ async fn start(
                 update: Some(deployment_update::Update::Finished(summary)),
             }) => {
                 progress.finish(&summary);
-                return match summary.status.as_str() {
-                    "success" => Ok(()),
-                    _ => Err(DeploymentFailed { deployment_id: id }.into()),
+                return if succeeded(&summary.status) {
+                    Ok(())
+                } else {
+                    Err(DeploymentFailed { deployment_id: id }.into())
                 };
             }
             Some(DeploymentUpdate { update: None }) => {}
@@ -291,11 +293,6 @@ fn print_json_line(value: serde_json::Value) {
     println!("{value}");
 }
 
-/// `pending` and `running` deployments are still going.
-fn is_final(status: &str) -> bool {
-    !matches!(status, "pending" | "running")
-}
-
 /// `deployment <id> of web v2: running (2 targets)`, with the reason when it was refused.
 fn started_line(detail: &DeploymentDetail) -> String {
     let deployment = detail.deployment.clone().unwrap_or_default();
@@ -331,10 +328,14 @@ fn agent_text(event: &DeploymentEventRow) -> &str {
         .unwrap_or("control-plane")
 }
 
+fn succeeded(status: &str) -> bool {
+    status == DeploymentStatus::Success.as_str()
+}
+
 /// `deployment <id> succeeded`, or `deployment <id> failed: <error>`.
 fn final_line(summary: &DeploymentSummary) -> String {
     let id = &summary.deployment_id;
-    if summary.status == "success" {
+    if succeeded(&summary.status) {
         return format!("deployment {id} succeeded");
     }
     let error = summary

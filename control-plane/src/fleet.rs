@@ -8,7 +8,10 @@
 //! Architecture invariant: this module speaks the agent protocol (berth.v1 agent messages)
 //! but knows nothing of tonic; `grpc/agent.rs` adapts streams and certificates to it.
 
+mod deployments;
 mod enroll;
+mod prepare;
+mod reconcile;
 mod rollout;
 pub mod webhook;
 
@@ -21,12 +24,14 @@ use berth_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::{Error, Result};
+use crate::model::TargetStatus;
 use crate::pki::Pki;
 use crate::service::Service;
 use crate::store::AgentRow;
 
+pub use deployments::{DeploymentView, WatchUpdate};
 pub use enroll::{IssuedCertificate, ENROLLMENT_TOKEN_PREFIX};
-pub use rollout::{DeployTrigger, RolloutConfig};
+pub use prepare::{DeployTrigger, RolloutConfig};
 
 /// Outbound queue depth per agent; a full queue means a stuck agent, not a reason to block.
 const OUTBOUND_QUEUE: usize = 1024;
@@ -260,7 +265,11 @@ impl Fleet {
             let error = (!result.error.is_empty()).then_some(truncate(&result.error, 2048));
             match kind {
                 pb::CommandKind::Deploy => {
-                    let status = if result.success { "success" } else { "failed" };
+                    let status = if result.success {
+                        TargetStatus::Success
+                    } else {
+                        TargetStatus::Failed
+                    };
                     store
                         .finish_target(
                             &result.deployment_id,
@@ -276,7 +285,7 @@ impl Fleet {
                         .finish_target(
                             &result.deployment_id,
                             agent,
-                            "rolled_back",
+                            TargetStatus::RolledBack,
                             container,
                             error.as_deref(),
                         )
@@ -403,6 +412,22 @@ impl Fleet {
         for hook in hooks {
             hook(&log, &app);
         }
+    }
+
+    /// For tests and the simulator: labels of the connected agents.
+    pub fn connected_labels(&self) -> HashMap<String, BTreeMap<String, String>> {
+        let names: Vec<String> = self
+            .inner
+            .live
+            .lock()
+            .expect("live lock")
+            .keys()
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|n| self.live_labels(&n).map(|l| (n, l)))
+            .collect()
     }
 
     /// Waits for the next stored event or result anywhere (watchers re-read the store).

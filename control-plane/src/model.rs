@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+mod status;
+
+pub use status::{DeploymentStatus, TargetStatus, UNFINISHED_SQL};
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SecretGroup {
     pub id: i64,
@@ -179,7 +183,7 @@ pub struct DeploymentLog {
     pub deployment_id: String,
     pub trigger_type: String,
     pub trigger_source: Option<String>,
-    pub status: String,
+    pub status: DeploymentStatus,
     pub error_message: Option<String>,
     pub started_at: String,
     pub completed_at: Option<String>,

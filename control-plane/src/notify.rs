@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
 use crate::fleet::FinishedHook;
-use crate::model::DeploymentLog;
+use crate::model::{DeploymentLog, DeploymentStatus};
 use crate::service::Service;
 use crate::store::{AttemptRecord, DueDelivery, NewDelivery};
 
@@ -68,8 +68,8 @@ pub fn retry_delay(attempts_made: u32) -> Option<Duration> {
 
 /// The event a finished deployment raises: succeeded for `success`, failed for anything else
 /// (`failed`, `rolled_back`).
-pub fn event_for_status(status: &str) -> &'static str {
-    if status == "success" {
+pub fn event_for_status(status: DeploymentStatus) -> &'static str {
+    if status == DeploymentStatus::Success {
         EVENT_SUCCEEDED
     } else {
         EVENT_FAILED
@@ -171,7 +171,7 @@ impl Notifier {
     /// Writes one pending delivery per subscribed, enabled webhook.
     async fn enqueue(&self, finished: Finished) -> Result<usize> {
         let store = self.service.store();
-        let event = event_for_status(&finished.log.status);
+        let event = event_for_status(finished.log.status);
         let payload = serde_json::to_string(&DeploymentPayload::new(&finished.log, &finished.app))
             .map_err(|e| Error::Internal(format!("cannot encode deployment: {e}")))?;
         let deliveries: Vec<NewDelivery> = store

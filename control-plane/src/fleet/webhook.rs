@@ -69,7 +69,7 @@ pub struct WebhookDeployment {
 
 impl WebhookDeployment {
     pub fn finished(&self) -> bool {
-        !matches!(self.log.status.as_str(), "pending" | "running")
+        self.log.status.is_finished()
     }
 }
 
@@ -305,9 +305,9 @@ impl Fleet {
     /// (a registry re-sending the same notification).
     async fn deploying(&self, app_id: i64, version: &str) -> Result<bool> {
         let latest = self.service().store().recent_deployments(app_id, 1).await?;
-        Ok(latest.first().is_some_and(|d| {
-            d.version == version && matches!(d.status.as_str(), "pending" | "running")
-        }))
+        Ok(latest
+            .first()
+            .is_some_and(|d| d.version == version && !d.status.is_finished()))
     }
 }
 

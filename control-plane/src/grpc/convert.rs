@@ -147,7 +147,7 @@ pub fn deployment(d: model::DeploymentLog) -> pb::DeploymentSummary {
     pb::DeploymentSummary {
         deployment_id: d.deployment_id,
         version: d.version,
-        status: d.status,
+        status: d.status.to_string(),
         trigger_type: d.trigger_type,
         trigger_source: d.trigger_source,
         error_message: d.error_message,

@@ -1,15 +1,15 @@
 //! `berth.v1.DeployService` and `berth.v1.AgentAdminService` (admin port, API keys).
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use berth_proto::v1 as pb;
 use secrecy::ExposeSecret as _;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{authenticate, convert, status};
-use crate::fleet::{DeployTrigger, Fleet};
+use crate::fleet::{DeployTrigger, DeploymentView, Fleet, WatchUpdate};
 
 pub struct DeployApi {
     fleet: Fleet,
@@ -22,28 +22,16 @@ impl DeployApi {
 }
 
 /// The full view of one deployment.
-pub(crate) async fn deployment_detail(
-    fleet: &Fleet,
-    deployment_id: &str,
-) -> Result<pb::DeploymentDetail, Status> {
-    let store = fleet.service().store();
-    let (log, app) = store.deployment(deployment_id).await.map_err(status)?;
-    let targets = store
-        .deployment_targets(deployment_id)
-        .await
-        .map_err(status)?;
-    let events = store
-        .deployment_events(deployment_id, 0)
-        .await
-        .map_err(status)?;
-    Ok(pb::DeploymentDetail {
-        app,
-        deployment: Some(convert::deployment(log)),
-        targets: targets
+fn detail(view: DeploymentView) -> pb::DeploymentDetail {
+    pb::DeploymentDetail {
+        app: view.app,
+        deployment: Some(convert::deployment(view.log)),
+        targets: view
+            .targets
             .into_iter()
             .map(|t| pb::DeploymentTarget {
                 agent: t.agent_name,
-                status: t.status,
+                status: t.status.to_string(),
                 container_id: t.container_id,
                 error_message: t.error_message,
                 started_at: t.started_at,
@@ -51,8 +39,8 @@ pub(crate) async fn deployment_detail(
                 duration_ms: t.duration_ms,
             })
             .collect(),
-        events: events.into_iter().map(event).collect(),
-    })
+        events: view.events.into_iter().map(event).collect(),
+    }
 }
 
 fn event(e: crate::store::DeploymentEventRow) -> pb::DeploymentEventRow {
@@ -63,6 +51,18 @@ fn event(e: crate::store::DeploymentEventRow) -> pb::DeploymentEventRow {
         message: e.message,
         at: e.at,
     }
+}
+
+fn update(u: crate::Result<WatchUpdate>) -> Result<pb::DeploymentUpdate, Status> {
+    let update = match u.map_err(status)? {
+        WatchUpdate::Event(e) => pb::deployment_update::Update::Event(event(e)),
+        WatchUpdate::Finished(log) => {
+            pb::deployment_update::Update::Finished(convert::deployment(log))
+        }
+    };
+    Ok(pb::DeploymentUpdate {
+        update: Some(update),
+    })
 }
 
 type UpdateStream =
@@ -85,7 +85,8 @@ impl pb::deploy_service_server::DeployService for DeployApi {
             .deploy(&actor, &r.app, &r.version, trigger)
             .await
             .map_err(status)?;
-        Ok(Response::new(deployment_detail(&self.fleet, &id).await?))
+        let view = self.fleet.deployment(&actor, &id).await.map_err(status)?;
+        Ok(Response::new(detail(view)))
     }
 
     async fn get_deployment(
@@ -93,12 +94,12 @@ impl pb::deploy_service_server::DeployService for DeployApi {
         request: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::DeploymentDetail>, Status> {
         let actor = authenticate(self.fleet.service(), &request).await?;
-        actor
-            .require(crate::service::Permission::Read)
+        let view = self
+            .fleet
+            .deployment(&actor, &request.get_ref().deployment_id)
+            .await
             .map_err(status)?;
-        Ok(Response::new(
-            deployment_detail(&self.fleet, &request.get_ref().deployment_id).await?,
-        ))
+        Ok(Response::new(detail(view)))
     }
 
     async fn list_deployments(
@@ -106,15 +107,10 @@ impl pb::deploy_service_server::DeployService for DeployApi {
         request: Request<pb::ListDeploymentsRequest>,
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
         let actor = authenticate(self.fleet.service(), &request).await?;
-        actor
-            .require(crate::service::Permission::Read)
-            .map_err(status)?;
         let r = request.into_inner();
-        let store = self.fleet.service().store();
-        let app = store.application(&r.app).await.map_err(status)?;
-        let limit = if r.limit == 0 { 20 } else { r.limit.min(500) };
-        let rows = store
-            .recent_deployments(app.id, limit.into())
+        let rows = self
+            .fleet
+            .list_deployments(&actor, &r.app, r.limit)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListDeploymentsResponse {
@@ -129,71 +125,15 @@ impl pb::deploy_service_server::DeployService for DeployApi {
         request: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<Self::WatchDeploymentStream>, Status> {
         let actor = authenticate(self.fleet.service(), &request).await?;
-        actor
-            .require(crate::service::Permission::Read)
-            .map_err(status)?;
-        let deployment_id = request.into_inner().deployment_id;
-        self.fleet
-            .service()
-            .store()
-            .deployment(&deployment_id)
+        let updates = self
+            .fleet
+            .watch(&actor, &request.get_ref().deployment_id)
             .await
             .map_err(status)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let fleet = self.fleet.clone();
-        tokio::spawn(async move {
-            let store = fleet.service().store().clone();
-            let mut last = 0;
-            loop {
-                let notified = fleet.changed();
-                let events = match store.deployment_events(&deployment_id, last).await {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let _ = tx.send(Err(status(e))).await;
-                        return;
-                    }
-                };
-                for e in events {
-                    last = e.id;
-                    if tx
-                        .send(Ok(pb::DeploymentUpdate {
-                            update: Some(pb::deployment_update::Update::Event(event(e))),
-                        }))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                let Ok((log, _)) = store.deployment(&deployment_id).await else {
-                    return;
-                };
-                if !matches!(log.status.as_str(), "pending" | "running") {
-                    // Drain events written together with the final status.
-                    if let Ok(rest) = store.deployment_events(&deployment_id, last).await {
-                        for e in rest {
-                            let _ = tx
-                                .send(Ok(pb::DeploymentUpdate {
-                                    update: Some(pb::deployment_update::Update::Event(event(e))),
-                                }))
-                                .await;
-                        }
-                    }
-                    let _ = tx
-                        .send(Ok(pb::DeploymentUpdate {
-                            update: Some(pb::deployment_update::Update::Finished(
-                                convert::deployment(log),
-                            )),
-                        }))
-                        .await;
-                    return;
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            ReceiverStream::new(updates),
+            update,
+        ))))
     }
 }
 

@@ -59,7 +59,7 @@ fn deployment(d: WebhookDeployment) -> pb::WebhookDeployResponse {
                 name: d.application_name,
             }),
             version: log.version,
-            status: log.status,
+            status: log.status.to_string(),
             error_message: log.error_message,
             trigger_type: log.trigger_type,
             trigger_source: log.trigger_source,

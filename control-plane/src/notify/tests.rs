@@ -26,9 +26,9 @@ fn backoff_doubles_from_one_second_and_stops_after_six_attempts() {
 
 #[test]
 fn finished_matches_both_outcomes_and_rolled_back_counts_as_failed() {
-    assert_eq!(event_for_status("success"), EVENT_SUCCEEDED);
-    assert_eq!(event_for_status("failed"), EVENT_FAILED);
-    assert_eq!(event_for_status("rolled_back"), EVENT_FAILED);
+    assert_eq!(event_for_status(DeploymentStatus::Success), EVENT_SUCCEEDED);
+    assert_eq!(event_for_status(DeploymentStatus::Failed), EVENT_FAILED);
+    assert_eq!(event_for_status(DeploymentStatus::RolledBack), EVENT_FAILED);
     let finished = vec![EVENT_FINISHED.to_string()];
     assert!(subscribed(&finished, EVENT_SUCCEEDED) && subscribed(&finished, EVENT_FAILED));
     let failed = vec![EVENT_FAILED.to_string()];
@@ -101,7 +101,7 @@ fn finished_log(status: &str) -> DeploymentLog {
         deployment_id: format!("dep-{status}"),
         trigger_type: "api".into(),
         trigger_source: Some("apikey:admin".into()),
-        status: status.into(),
+        status: status.parse().expect("a deployment status"),
         error_message: (status != "success").then(|| "image not allowed".to_string()),
         started_at: "2025-10-23 10:30:00".into(),
         completed_at: Some("2025-10-23 10:30:01".into()),

@@ -3,12 +3,12 @@
 
 use super::{internal, Store};
 use crate::error::{Error, Result};
-use crate::model::DeploymentLog;
+use crate::model::{DeploymentLog, DeploymentStatus, TargetStatus, UNFINISHED_SQL};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeploymentTargetRow {
     pub agent_name: String,
-    pub status: String,
+    pub status: TargetStatus,
     pub container_id: Option<String>,
     pub error_message: Option<String>,
     pub started_at: Option<String>,
@@ -50,20 +50,22 @@ impl Store {
             .map_err(internal)?;
         sqlx::query(
             "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
-             VALUES (?, ?, ?, ?, ?, 'pending')",
+             VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(d.application_id)
         .bind(d.version)
         .bind(d.deployment_id)
         .bind(d.trigger_type)
         .bind(d.trigger_source)
+        .bind(DeploymentStatus::Pending)
         .execute(&mut *tx)
         .await
         .map_err(internal)?;
         for agent in d.targets {
-            sqlx::query("INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES (?, ?, 'pending')")
+            sqlx::query("INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES (?, ?, ?)")
                 .bind(d.deployment_id)
                 .bind(agent)
+                .bind(TargetStatus::Pending)
                 .execute(&mut *tx)
                 .await
                 .map_err(internal)?;
@@ -100,16 +102,19 @@ impl Store {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(internal)?;
-        sqlx::query("UPDATE deployment_logs SET status = 'running' WHERE deployment_id = ? AND status = 'pending'")
+        sqlx::query("UPDATE deployment_logs SET status = ? WHERE deployment_id = ? AND status = ?")
+            .bind(DeploymentStatus::Running)
             .bind(deployment_id)
+            .bind(DeploymentStatus::Pending)
             .execute(&mut *tx)
             .await
             .map_err(internal)?;
         for agent in agents {
             if deploy {
                 sqlx::query(&format!(
-                    "UPDATE deployment_targets SET status = 'running', started_at = {NOW_MS} WHERE deployment_id = ? AND agent_name = ?"
+                    "UPDATE deployment_targets SET status = ?, started_at = {NOW_MS} WHERE deployment_id = ? AND agent_name = ?"
                 ))
+                .bind(TargetStatus::Running)
                 .bind(deployment_id)
                 .bind(agent)
                 .execute(&mut *tx)
@@ -152,7 +157,7 @@ impl Store {
         &self,
         deployment_id: &str,
         agent: &str,
-        status: &str,
+        status: TargetStatus,
         container_id: Option<&str>,
         error: Option<&str>,
     ) -> Result<bool> {
@@ -160,7 +165,8 @@ impl Store {
             "UPDATE deployment_targets SET status = ?, container_id = COALESCE(?, container_id), error_message = ?, \
              completed_at = {NOW_MS}, \
              duration_ms = CAST((julianday({NOW_MS}) - julianday(COALESCE(started_at, {NOW_MS}))) * 86400000 AS INTEGER) \
-             WHERE deployment_id = ? AND agent_name = ? AND status IN ('pending', 'running', 'success')"
+             WHERE deployment_id = ? AND agent_name = ? AND status IN {open}",
+            open = TargetStatus::OPEN_SQL
         ))
         .bind(status)
         .bind(container_id)
@@ -186,9 +192,9 @@ impl Store {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(internal)?;
-        let row: Option<(i64, String)> = sqlx::query_as(
-            "SELECT application_id, version FROM deployment_logs WHERE deployment_id = ? AND status IN ('pending', 'running')",
-        )
+        let row: Option<(i64, String)> = sqlx::query_as(&format!(
+            "SELECT application_id, version FROM deployment_logs WHERE deployment_id = ? AND status IN {UNFINISHED_SQL}"
+        ))
         .bind(deployment_id)
         .fetch_optional(&mut *tx)
         .await
@@ -200,7 +206,11 @@ impl Store {
             "UPDATE deployment_logs SET status = ?, error_message = ?, completed_at = datetime('now'), \
              duration_ms = CAST((julianday({NOW_MS}) - julianday(started_at)) * 86400000 AS INTEGER) WHERE deployment_id = ?"
         ))
-        .bind(if success { "success" } else { "failed" })
+        .bind(if success {
+            DeploymentStatus::Success
+        } else {
+            DeploymentStatus::Failed
+        })
         .bind(error)
         .bind(deployment_id)
         .execute(&mut *tx)
@@ -220,9 +230,10 @@ impl Store {
             // A failed deploy that rolled back leaves the previous version serving: the app is
             // still running if it was before. `error` only when nothing serves it.
             let serving: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM deployment_logs WHERE application_id = ? AND status = 'success'",
+                "SELECT COUNT(*) FROM deployment_logs WHERE application_id = ? AND status = ?",
             )
             .bind(app_id)
+            .bind(DeploymentStatus::Success)
             .fetch_one(&mut *tx)
             .await
             .map_err(internal)?;
@@ -285,7 +296,7 @@ impl Store {
 
     /// Deployments a previous run of the control plane left unfinished.
     pub async fn unfinished_deployments(&self) -> Result<Vec<String>> {
-        sqlx::query_scalar("SELECT deployment_id FROM deployment_logs WHERE status IN ('pending', 'running') ORDER BY id")
+        sqlx::query_scalar(&format!("SELECT deployment_id FROM deployment_logs WHERE status IN {UNFINISHED_SQL} ORDER BY id"))
             .fetch_all(&self.pool)
             .await
             .map_err(internal)

@@ -26,6 +26,7 @@ use super::Shim;
 use crate::fleet::webhook::{
     ApplicationRef, DEPLOYMENT_NOT_FOUND, MAX_REGISTRY_EVENTS, MISSING_FIELDS,
 };
+use crate::model::DeploymentStatus;
 use crate::validate;
 
 /// When legacy `POST /deploy` goes away, announced in its `Sunset` header.
@@ -329,7 +330,7 @@ impl Shim {
             body["success"] = json!(true);
             body["message"] = json!(pending_message);
             StatusCode::ACCEPTED
-        } else if d.status == "success" {
+        } else if d.status == DeploymentStatus::Success.as_str() {
             body["success"] = json!(true);
             body["message"] = json!("Deployment completed successfully");
             StatusCode::OK

@@ -1,0 +1,271 @@
+//! Preparing a deployment: everything that can refuse it — version, image
+//! allowlist, environment resolution, registry credentials, target selection — is decided
+//! here, before anything is dispatched, and the deployment is made durable
+//! (`deployment_logs` + `deployment_targets`) in one transaction. A refused deployment is
+//! still recorded, failed, with its reason.
+//!
+//! Architecture invariant: nothing reaches an agent from this file; the rollout starts only
+//! after `insert_deployment` committed.
+
+use std::time::Duration;
+
+use berth_proto::v1 as pb;
+use secrecy::ExposeSecret as _;
+
+use super::Fleet;
+use crate::crypto::Aad;
+use crate::error::{Error, Result};
+use crate::model::{Application, Target, TargetStatus};
+use crate::service::{Actor, Permission};
+use crate::store::NewDeployment;
+use crate::validate;
+
+#[derive(Debug, Clone)]
+pub struct RolloutConfig {
+    /// How long a target may take to be connected before it counts as failed.
+    pub connect_wait: Duration,
+    /// How long one command may take on an agent (pull + health gate included).
+    pub result_timeout: Duration,
+    /// After a restart, how long to wait for agents to report unfinished deployments.
+    pub reconcile_timeout: Duration,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            connect_wait: Duration::from_secs(15),
+            result_timeout: Duration::from_secs(15 * 60),
+            reconcile_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Who asked for a deployment, for `deployment_logs.trigger_type/trigger_source`.
+#[derive(Debug, Clone)]
+pub struct DeployTrigger {
+    /// `manual`, `api`, `webhook`, `registry` or `scheduled`.
+    pub trigger_type: &'static str,
+    /// Client IP, API key name, …
+    pub source: Option<String>,
+}
+
+impl Fleet {
+    /// Starts a deployment and returns its id at once; the rollout runs in the background.
+    /// Failures found before dispatch (bad version, allowlist, unresolvable env, no targets)
+    /// still leave a failed `deployment_logs` row with the reason, except an unknown app.
+    pub async fn deploy(
+        &self,
+        actor: &Actor,
+        app: &str,
+        version: &str,
+        trigger: DeployTrigger,
+    ) -> Result<String> {
+        actor.require(Permission::Deploy)?;
+        validate::version(version)?;
+        let app = self.service().store().application(app).await?;
+        self.start_deployment(&actor.name, app, version, trigger)
+            .await
+    }
+
+    /// The deployment itself, for callers that authorized it their own way (the webhook).
+    pub(crate) async fn start_deployment(
+        &self,
+        actor_name: &str,
+        app: Application,
+        version: &str,
+        trigger: DeployTrigger,
+    ) -> Result<String> {
+        validate::version(version)?;
+        let store = self.service().store();
+        let deployment_id = uuid::Uuid::new_v4().to_string();
+        // Everything that can refuse a deployment is decided before anything is dispatched:
+        // the allowlist and the environment first, then the targets.
+        let mut prepared = self.prepare_command(&app, version, &deployment_id).await;
+        let targets = match &prepared {
+            Ok(_) => match self.select_targets(&app).await {
+                Ok(targets) => targets,
+                Err(e) => {
+                    prepared = Err(e);
+                    Vec::new()
+                }
+            },
+            Err(_) => Vec::new(),
+        };
+        store
+            .insert_deployment(&NewDeployment {
+                deployment_id: &deployment_id,
+                application_id: app.id,
+                version,
+                trigger_type: trigger.trigger_type,
+                trigger_source: trigger.source.as_deref(),
+                targets: &targets,
+                actor: actor_name,
+            })
+            .await?;
+        match prepared {
+            Ok(command) => {
+                let fleet = self.clone();
+                let id = deployment_id.clone();
+                tokio::spawn(async move { fleet.run_rollout(id, app, command, targets).await });
+            }
+            Err(e) => {
+                // Refused before dispatch: recorded, audited, nothing reached an agent.
+                let reason = e.to_string();
+                store
+                    .add_deployment_event(&deployment_id, None, "failed", &reason)
+                    .await?;
+                for agent in &targets {
+                    store
+                        .finish_target(&deployment_id, agent, TargetStatus::Skipped, None, None)
+                        .await?;
+                }
+                store
+                    .finish_deployment(&deployment_id, false, Some(&reason))
+                    .await?;
+                store
+                    .audit(actor_name, "deployment.refused", &app.name, Some(&reason))
+                    .await?;
+                self.inner.changed.notify_waiters();
+                self.notify_finished(&deployment_id).await;
+            }
+        }
+        Ok(deployment_id)
+    }
+
+    /// The agents an application runs on: named agents and label selectors; with no targets
+    /// configured, the only enrolled agent (a single-host install).
+    async fn select_targets(&self, app: &Application) -> Result<Vec<String>> {
+        let store = self.service().store();
+        if app.targets.is_empty() {
+            let agents = store.target_agents(None, None).await?;
+            return match agents.as_slice() {
+                [only] => Ok(vec![only.clone()]),
+                [] => Err(Error::FailedPrecondition("no agent is enrolled: enroll one with `berth agent token create`".into())),
+                _ => Err(Error::FailedPrecondition(format!(
+                    "application {:?} has no targets and several agents are enrolled: set --target agent:NAME or label:k=v",
+                    app.name
+                ))),
+            };
+        }
+        let mut selected: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for target in &app.targets {
+            let (matched, what) = match target {
+                Target::Agent(name) => (
+                    store.target_agents(Some(name), None).await?,
+                    format!("agent {name:?}"),
+                ),
+                Target::Label { key, value } => (
+                    store.target_agents(None, Some((key, value))).await?,
+                    format!("label {key}={value}"),
+                ),
+            };
+            if matched.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "target {what} matches no enrolled agent"
+                )));
+            }
+            for name in matched {
+                if seen.insert(name.clone()) {
+                    selected.push(name);
+                }
+            }
+        }
+        Ok(selected)
+    }
+
+    /// Builds the command: allowlist, resolved environment, registry credentials.
+    async fn prepare_command(
+        &self,
+        app: &Application,
+        version: &str,
+        deployment_id: &str,
+    ) -> Result<pb::DeployCommand> {
+        let store = self.service().store();
+        let mut image = app.image.clone();
+        let mut registry = None;
+        if let Some(repo_name) = &app.repository {
+            let repo = store.repository(repo_name).await?;
+            let server = repo
+                .url
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+            if !image.starts_with(&format!("{server}/")) {
+                image = format!("{server}/{image}");
+            }
+            let password = match &repo.password {
+                Some(ciphertext) => self
+                    .service()
+                    .decrypt_repository_password(&repo.name, ciphertext)?
+                    .expose_secret()
+                    .to_string(),
+                None => String::new(),
+            };
+            registry = Some(pb::RegistryCredentials {
+                server,
+                username: repo.username.clone().unwrap_or_default(),
+                password,
+            });
+        }
+        if !self.service().image_allowed(&image).await? {
+            return Err(Error::PermissionDenied(format!(
+                "image {image} is not on the image allowlist"
+            )));
+        }
+        let env = self.service().resolve_environment(app.id).await?;
+        let health_check = match &app.health_check {
+            Some(h) => pb::HealthCheckSpec {
+                kind: h.kind.clone(),
+                port: h.port.into(),
+                path: h.path.clone().unwrap_or_else(|| "/".to_string()),
+                timeout_seconds: h.timeout_s.unwrap_or(60),
+                grace_seconds: 0,
+            },
+            None => pb::HealthCheckSpec {
+                kind: "default".into(),
+                port: 0,
+                path: String::new(),
+                timeout_seconds: 60,
+                grace_seconds: 3,
+            },
+        };
+        Ok(pb::DeployCommand {
+            deployment_id: deployment_id.to_string(),
+            app: app.name.clone(),
+            image,
+            version: version.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose_secret().to_string()))
+                .collect(),
+            ports: app
+                .ports
+                .iter()
+                .map(|p| pb::PortMapping {
+                    host: p.host.into(),
+                    container: p.container.into(),
+                    protocol: p.protocol.clone(),
+                })
+                .collect(),
+            registry,
+            health_check: Some(health_check),
+            restart_policy: app.restart_policy.clone(),
+            command: app.command.clone(),
+            sent_at_unix_nanos: 0,
+        })
+    }
+}
+
+impl crate::service::Service {
+    /// Decrypts a registry password for a deploy command (never logged, never stored again).
+    pub(crate) fn decrypt_repository_password(
+        &self,
+        name: &str,
+        ciphertext: &str,
+    ) -> Result<secrecy::SecretString> {
+        self.key()
+            .decrypt_string(ciphertext, &Aad::new("repositories", "password", &[name]))
+    }
+}
