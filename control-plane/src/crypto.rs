@@ -23,6 +23,8 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
+pub mod columns;
+
 const FORMAT_VERSION: &str = "v1";
 const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
@@ -193,17 +195,13 @@ pub struct Aad {
 }
 
 impl Aad {
-    pub fn new(table: &'static str, column: &'static str, row: &[&str]) -> Self {
+    /// Only through a [`columns::EncryptedColumn`], so every AAD names a registered column.
+    fn new(table: &'static str, column: &'static str, row: &[&str]) -> Self {
         Aad {
             table,
             column,
             row: row.iter().map(|s| s.to_string()).collect(),
         }
-    }
-
-    /// The AAD of `secrets.value`: bound to the group and the secret's name.
-    pub fn secret(group_id: i64, name: &str) -> Self {
-        Self::new("secrets", "value", &[&group_id.to_string(), name])
     }
 
     fn to_bytes(&self) -> Vec<u8> {

@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::crypto::Aad;
 use crate::error::{Error, Result};
 use crate::fleet::FinishedHook;
 use crate::model::{DeploymentLog, DeploymentStatus};
@@ -291,7 +292,7 @@ async fn send(
     })?;
     let secret = service
         .key()
-        .decrypt(ciphertext, &webhooks::secret_aad(due.webhook_id))
+        .decrypt(ciphertext, &Aad::webhook_secret(due.webhook_id))
         .map_err(|e| e.to_string())?;
     let body = event_body(
         &due.id,

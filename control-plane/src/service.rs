@@ -13,6 +13,7 @@ mod secrets;
 
 use std::sync::Arc;
 
+use crate::crypto::columns::{ENCRYPTED_COLUMNS, KEY_CHECK_SETTING};
 use crate::crypto::{Aad, MasterKey};
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -23,7 +24,6 @@ pub use env::{ResolvedEnvironment, SetEnvValue};
 pub use secrets::{mask_value, parse_dotenv, ImportFormat};
 
 /// `system_settings` key of a value encrypted at first start, used to check the master key.
-const KEY_CHECK_SETTING: &str = "master_key_check";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"berth master key check";
 
 /// Roles of API keys (R-6.2). `Webhook` is the webhook shim's narrow credential.
@@ -147,22 +147,20 @@ impl Service {
                 key.id()
             ))
         };
-        let check_aad = Aad::new("system_settings", "value", &[KEY_CHECK_SETTING]);
+        let check_aad = Aad::key_check();
         match store.setting(KEY_CHECK_SETTING).await? {
             Some(stored) => {
                 key.decrypt(&stored, &check_aad)
                     .map_err(|e| wrong_key(e.to_string()))?;
             }
             None => {
-                // A database from before the check existed, or a fresh one: verify any existing
-                // ciphertext before recording the check value.
-                if let Some(secret) = store.list_secrets(None).await?.into_iter().next() {
-                    key.decrypt(&secret.value, &Aad::secret(secret.group_id, &secret.name))
-                        .map_err(|e| wrong_key(e.to_string()))?;
-                }
-                if let Some((name, password)) = store.any_repository_password().await? {
-                    key.decrypt(&password, &Aad::new("repositories", "password", &[&name]))
-                        .map_err(|e| wrong_key(e.to_string()))?;
+                // A database from before the check existed, or a fresh one: verify one
+                // existing ciphertext of every encrypted column before recording the check.
+                for column in ENCRYPTED_COLUMNS {
+                    for (aad, ciphertext) in store.encrypted_values(column, Some(1)).await? {
+                        key.decrypt(&ciphertext, &aad)
+                            .map_err(|e| wrong_key(e.to_string()))?;
+                    }
                 }
                 store
                     .put_setting(
@@ -216,6 +214,120 @@ pub(crate) mod testing {
         Actor {
             name: "apikey:v".into(),
             role: Role::Viewer,
+        }
+    }
+}
+
+#[cfg(test)]
+mod key_check_tests {
+    use secrecy::SecretString;
+
+    use super::testing::{admin, service};
+    use super::*;
+
+    /// One row in every registered ciphertext column, written through the services.
+    async fn one_of_each() -> Service {
+        let svc = service().await;
+        let a = admin();
+        svc.create_group(&a, "prod", None).await.unwrap();
+        svc.set_secret(
+            &a,
+            "prod",
+            "DB_PASSWORD",
+            &SecretString::from("s3cret-value"),
+            None,
+        )
+        .await
+        .unwrap();
+        svc.add_repository(
+            &a,
+            "registry",
+            "https://registry.example:5000",
+            Some("ci"),
+            Some(&SecretString::from("registry-password")),
+        )
+        .await
+        .unwrap();
+        svc.add_webhook(
+            &a,
+            "https://hooks.example/berth",
+            &["deployment.finished".into()],
+            None,
+        )
+        .await
+        .unwrap();
+        svc
+    }
+
+    #[tokio::test]
+    async fn every_registered_column_decrypts_with_the_aad_the_registry_rebuilds() {
+        let svc = one_of_each().await;
+        for column in ENCRYPTED_COLUMNS {
+            let values = svc.store().encrypted_values(column, None).await.unwrap();
+            assert_eq!(values.len(), 1, "{column:?}");
+            for (aad, ciphertext) in values {
+                let plain = svc.key().decrypt(&ciphertext, &aad).unwrap();
+                assert!(!plain.is_empty(), "{column:?}");
+            }
+        }
+        assert_eq!(
+            svc.store().count_encrypted_rows().await.unwrap(),
+            ENCRYPTED_COLUMNS.len() as i64
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_is_refused_by_any_encrypted_column_when_the_check_row_is_missing() {
+        // Each column alone must be enough to refuse a wrong key.
+        for keep in ["secret", "repository", "webhook"] {
+            let svc = service().await;
+            let a = admin();
+            match keep {
+                "secret" => {
+                    svc.create_group(&a, "g", None).await.unwrap();
+                    svc.set_secret(&a, "g", "K", &SecretString::from("value-1"), None)
+                        .await
+                        .unwrap();
+                }
+                "repository" => {
+                    svc.add_repository(
+                        &a,
+                        "r",
+                        "https://r.example",
+                        Some("u"),
+                        Some(&SecretString::from("pw-1")),
+                    )
+                    .await
+                    .unwrap();
+                }
+                _ => {
+                    svc.add_webhook(
+                        &a,
+                        "https://hooks.example/x",
+                        &["deployment.finished".into()],
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+            let store = svc.store().clone();
+            store.delete_setting(KEY_CHECK_SETTING).await.unwrap();
+            let wrong = MasterKey::from_bytes(&[7u8; 32]).unwrap();
+            let refused = Service::new(store.clone(), wrong).await.err().expect(keep);
+            assert!(
+                refused.to_string().contains("does not match this database"),
+                "{keep}: {refused}"
+            );
+            // Nothing was written by the refused start.
+            assert!(
+                store.setting(KEY_CHECK_SETTING).await.unwrap().is_none(),
+                "{keep}"
+            );
+            // The right key passes and records the check.
+            let right = MasterKey::from_bytes(&[42u8; 32]).unwrap();
+            Service::new(store.clone(), right).await.unwrap();
+            assert!(store.setting(KEY_CHECK_SETTING).await.unwrap().is_some());
         }
     }
 }

@@ -19,8 +19,10 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::{Row as _, SqlitePool};
 
+use crate::crypto::columns::{EncryptedColumn, ENCRYPTED_COLUMNS};
+use crate::crypto::Aad;
 use crate::error::Error;
 
 pub use agents::{AgentRow, Enrollment};
@@ -96,15 +98,69 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Number of rows holding ciphertext, to know whether a master key is required.
+    /// Number of rows holding ciphertext in any registered column, to know whether a master
+    /// key is required.
     pub async fn count_encrypted_rows(&self) -> Result<i64, Error> {
-        sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM secrets) + (SELECT COUNT(*) FROM repositories WHERE password IS NOT NULL) \
-             + (SELECT COUNT(*) FROM webhooks WHERE secret IS NOT NULL)",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(internal)
+        let counts: Vec<String> = ENCRYPTED_COLUMNS
+            .iter()
+            .map(|c| {
+                format!(
+                    "(SELECT COUNT(*) FROM {} WHERE {})",
+                    c.table,
+                    encrypted_rows(c)
+                )
+            })
+            .collect();
+        sqlx::query_scalar(&format!("SELECT {}", counts.join(" + ")))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(internal)
+    }
+
+    /// Ciphertexts of one registered column with their AAD, in rowid order, at most `limit`
+    /// of them (`None`: all): what a key check, a rewrap or a backup verifier decrypts.
+    pub async fn encrypted_values(
+        &self,
+        column: &EncryptedColumn,
+        limit: Option<i64>,
+    ) -> Result<Vec<(Aad, String)>, Error> {
+        let parts: Vec<String> = column
+            .aad_columns
+            .iter()
+            .map(|c| format!("CAST({c} AS TEXT)"))
+            .collect();
+        let sql = format!(
+            "SELECT {}, {} FROM {} WHERE {} ORDER BY rowid LIMIT ?",
+            parts.join(", "),
+            column.column,
+            column.table,
+            encrypted_rows(column)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(limit.unwrap_or(-1))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(internal)?;
+        rows.iter()
+            .map(|row| {
+                let n = column.aad_columns.len();
+                let parts = (0..n)
+                    .map(|i| row.try_get::<String, _>(i))
+                    .collect::<Result<Vec<String>, _>>()
+                    .map_err(internal)?;
+                let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+                let ciphertext = row.try_get::<String, _>(n).map_err(internal)?;
+                Ok((column.aad(&refs), ciphertext))
+            })
+            .collect()
+    }
+}
+
+/// The SQL condition selecting the rows of a table whose `column` holds ciphertext.
+fn encrypted_rows(column: &EncryptedColumn) -> String {
+    match column.only_where {
+        Some(condition) => format!("{} IS NOT NULL AND {condition}", column.column),
+        None => format!("{} IS NOT NULL", column.column),
     }
 }
 

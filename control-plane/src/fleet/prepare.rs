@@ -266,6 +266,6 @@ impl crate::service::Service {
         ciphertext: &str,
     ) -> Result<secrecy::SecretString> {
         self.key()
-            .decrypt_string(ciphertext, &Aad::new("repositories", "password", &[name]))
+            .decrypt_string(ciphertext, &Aad::repository_password(name))
     }
 }

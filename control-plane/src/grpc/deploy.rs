@@ -85,7 +85,7 @@ impl pb::deploy_service_server::DeployService for DeployApi {
             .deploy(&actor, &r.app, &r.version, trigger)
             .await
             .map_err(status)?;
-        let view = self.fleet.deployment(&actor, &id).await.map_err(status)?;
+        let view = self.fleet.deployment_view(&id).await.map_err(status)?;
         Ok(Response::new(detail(view)))
     }
 

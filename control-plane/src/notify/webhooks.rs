@@ -25,11 +25,6 @@ pub struct CreatedWebhook {
     pub secret: SecretString,
 }
 
-/// The AAD of `webhooks.secret`: bound to the webhook's id.
-pub(crate) fn secret_aad(webhook_id: i64) -> Aad {
-    Aad::new("webhooks", "secret", &[&webhook_id.to_string()])
-}
-
 impl Service {
     /// Registers a receiver. With no `secret`, one is generated; either way it is returned
     /// once and stored encrypted.
@@ -61,7 +56,7 @@ impl Service {
         let webhook = self
             .store()
             .insert_webhook(url, &events_json, |id| {
-                key.encrypt(secret.expose_secret().as_bytes(), &secret_aad(id))
+                key.encrypt(secret.expose_secret().as_bytes(), &Aad::webhook_secret(id))
             })
             .await?;
         let details = format!("{} {}", origin(url), events.join(","));
@@ -275,12 +270,12 @@ mod tests {
         assert!(!stored.contains(&secret[4..]));
         let plain = svc
             .key()
-            .decrypt_string(&stored, &secret_aad(created.webhook.id))
+            .decrypt_string(&stored, &Aad::webhook_secret(created.webhook.id))
             .unwrap();
         assert_eq!(plain.expose_secret(), secret);
         assert!(svc
             .key()
-            .decrypt_string(&stored, &secret_aad(created.webhook.id + 1))
+            .decrypt_string(&stored, &Aad::webhook_secret(created.webhook.id + 1))
             .is_err());
 
         let audit = svc.store().list_audit(1).await.unwrap();

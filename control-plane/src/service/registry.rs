@@ -33,7 +33,7 @@ impl Service {
         let ciphertext = password.map(|p| {
             self.key.encrypt(
                 p.expose_secret().as_bytes(),
-                &Aad::new("repositories", "password", &[name]),
+                &Aad::repository_password(name),
             )
         });
         let repo = self

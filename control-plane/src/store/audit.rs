@@ -49,6 +49,17 @@ impl Store {
             .map_err(internal)
     }
 
+    /// Tests only: a database from before the master-key check existed.
+    #[cfg(test)]
+    pub(crate) async fn delete_setting(&self, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM system_settings WHERE key = ?")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
     pub async fn put_setting(&self, key: &str, value: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO system_settings (key, value) VALUES (?, ?) \

@@ -46,14 +46,6 @@ impl Store {
         .map_err(internal)
     }
 
-    /// Any one encrypted repository password, to verify the master key at start.
-    pub async fn any_repository_password(&self) -> Result<Option<(String, String)>> {
-        sqlx::query_as("SELECT name, password FROM repositories WHERE password IS NOT NULL LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(internal)
-    }
-
     pub async fn delete_repository(&self, name: &str) -> Result<()> {
         let done = sqlx::query("DELETE FROM repositories WHERE name = ?")
             .bind(name)
