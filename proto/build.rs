@@ -13,7 +13,11 @@ const PROTOS: &[&str] = &[
     "berth/v1/notify.proto",
 ];
 
+/// Messages that carry a secret: no derived `Debug` (src/redact.rs writes a redacting one).
+const REDACTED_MESSAGES: &[&str] = &include!("src/redacted_messages.in");
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=src/redacted_messages.in");
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -29,6 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Clients are built from a Channel; this also frees the name `connect` for the
         // agent stream RPC.
         .build_transport(false)
+        .skip_debug(REDACTED_MESSAGES)
         .compile_fds(descriptors)?;
     Ok(())
 }
