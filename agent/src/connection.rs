@@ -1,6 +1,10 @@
 //! The agent's side of the stream (R-5.4, R-5.5): dial out over mTLS, say hello, replay
 //! unacknowledged results, run commands idempotently, heartbeat, renew the certificate
 //! before it expires, and reconnect with jittered exponential backoff.
+//!
+//! Architecture invariant: a command's result is journaled before it is sent, and a
+//! (deployment, kind) runs at most once: a re-sent command gets the recorded result, and a
+//! command a previous process died running is reported failed, never run again.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +26,9 @@ use crate::journal::{Begin, Journal, StoredResult};
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A session that lasted longer than this was a good one: the next retry starts from
+/// [`BACKOFF_MIN`] again even though it ended in an error.
+const STABLE_SESSION: Duration = Duration::from_secs(60);
 
 /// When a deploy command reached the agent, by the wall clock (unix nanoseconds).
 #[derive(Debug, Clone)]
@@ -62,8 +69,98 @@ pub async fn run(
         identity.endpoint = endpoint.clone();
     }
     let journal = Journal::open(&runtime.data_dir)?;
-    // Commands a previous process was running when it died: their outcome is unknown here,
-    // so they are reported failed rather than run a second time.
+    settle_interrupted(&journal)?;
+    let shared = Arc::new(Shared {
+        runtime,
+        journal,
+        outbound: Mutex::new(None),
+        identity: Mutex::new(identity),
+    });
+    tokio::pin!(shutdown);
+    let mut backoff = Backoff::new();
+    loop {
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            outcome = session(&shared) => outcome,
+        };
+        *shared.outbound.lock().expect("outbound lock") = None;
+        match outcome {
+            Ok(()) => backoff.succeeded(),
+            Err(e) => {
+                let step = backoff.step();
+                if backoff.failed(started.elapsed()) {
+                    tracing::warn!(error = %e, retry_in_ms = step.as_millis() as u64, "control plane stream lost");
+                }
+            }
+        }
+        let delay = backoff.next_delay(rand::thread_rng().gen_range(JITTER));
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Each pause is this fraction of the current step, drawn at random, so agents cut off
+/// together (a control plane restart) do not all dial back in the same instant.
+const JITTER: std::ops::Range<f64> = 0.5..1.0;
+
+/// The pause between two connection attempts: a step that doubles from [`BACKOFF_MIN`] to
+/// [`BACKOFF_MAX`] with each attempt, jittered, and back to the minimum after a good session.
+#[derive(Debug)]
+struct Backoff {
+    /// The step the next pause is drawn from.
+    step: Duration,
+    /// Failed sessions in a row, so a streak is logged once every ten and not on each retry.
+    failures: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            step: BACKOFF_MIN,
+            failures: 0,
+        }
+    }
+
+    /// The step before jitter, as a failure reports it.
+    fn step(&self) -> Duration {
+        self.step
+    }
+
+    /// A session ended on purpose (a renewed certificate needs a new connection).
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.step = BACKOFF_MIN;
+    }
+
+    /// A session that had run for `lasted` broke. Returns whether to log it: the first failure
+    /// of a streak and then every tenth. A session that had run long was a good one, so the
+    /// step starts over (the streak still counts, so a flapping stream is not logged each time).
+    // `u32::is_multiple_of` needs Rust 1.87; the workspace's rust-version is 1.85.
+    #[allow(clippy::manual_is_multiple_of)]
+    fn failed(&mut self, lasted: Duration) -> bool {
+        let log = self.failures % 10 == 0;
+        self.failures += 1;
+        if lasted > STABLE_SESSION {
+            self.step = BACKOFF_MIN;
+        }
+        log
+    }
+
+    /// The pause before the next attempt, `jitter` (drawn from [`JITTER`]) times the step;
+    /// the step then doubles, up to [`BACKOFF_MAX`].
+    fn next_delay(&mut self, jitter: f64) -> Duration {
+        let delay = self.step.mul_f64(jitter);
+        self.step = (self.step * 2).min(BACKOFF_MAX);
+        delay
+    }
+}
+
+/// Commands a previous process was running when it died: their outcome is unknown here, so
+/// they are reported failed rather than run a second time.
+fn settle_interrupted(journal: &Journal) -> anyhow::Result<()> {
     for (id, kind, app) in journal.unfinished()? {
         tracing::warn!(deployment = %id, %app, "command interrupted by an agent restart");
         journal.finish(
@@ -77,45 +174,17 @@ pub async fn run(
             },
         )?;
     }
-    let shared = Arc::new(Shared {
-        runtime,
-        journal,
-        outbound: Mutex::new(None),
-        identity: Mutex::new(identity),
-    });
-    tokio::pin!(shutdown);
-    let mut backoff = BACKOFF_MIN;
-    let mut failures = 0u32;
-    loop {
-        let started = tokio::time::Instant::now();
-        let outcome = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            outcome = session(&shared) => outcome,
-        };
-        *shared.outbound.lock().expect("outbound lock") = None;
-        match outcome {
-            Ok(()) => {
-                failures = 0;
-                backoff = BACKOFF_MIN;
-            }
-            Err(e) => {
-                // Log the first failure of a streak and then every tenth, not every retry.
-                if failures % 10 == 0 {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "control plane stream lost");
-                }
-                failures += 1;
-                if started.elapsed() > Duration::from_secs(60) {
-                    backoff = BACKOFF_MIN;
-                }
-            }
-        }
-        let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            _ = tokio::time::sleep(jittered) => {}
-        }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
+    Ok(())
+}
+
+/// The results a new stream starts with: every one the control plane has not acknowledged,
+/// whether it was produced while the stream was down or sent on a stream that then broke.
+fn replay(journal: &Journal) -> anyhow::Result<Vec<pb::AgentMessage>> {
+    Ok(journal
+        .unacked()?
+        .into_iter()
+        .map(|(deployment_id, kind, result)| result_message(&deployment_id, kind, &result))
+        .collect())
 }
 
 fn channel_for(identity: &Identity) -> anyhow::Result<Endpoint> {
@@ -175,8 +244,8 @@ async fn session(shared: &Arc<Shared>) -> anyhow::Result<()> {
     })))
     .await?;
     // Results produced while the stream was down.
-    for (deployment_id, kind, r) in shared.journal.unacked()? {
-        tx.send(result_message(&deployment_id, kind, &r)).await?;
+    for message in replay(&shared.journal)? {
+        tx.send(message).await?;
     }
     let mut inbound = client
         .connect(ReceiverStream::new(rx))
@@ -469,4 +538,304 @@ fn now_nanos() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use pb::agent_message::Msg as Out;
+    use pb::control_message::Msg as In;
+
+    use super::*;
+    use crate::fake::FakeExecutor;
+
+    const DEPLOY: i32 = pb::CommandKind::Deploy as i32;
+
+    /// Every pause of a failure streak, with the jitter at its top.
+    fn pauses(backoff: &mut Backoff, failures: usize) -> Vec<Duration> {
+        (0..failures)
+            .map(|_| {
+                backoff.failed(Duration::from_secs(1));
+                backoff.next_delay(1.0)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_step_doubles_from_the_minimum_to_the_maximum() {
+        let seconds: Vec<f64> = pauses(&mut Backoff::new(), 9)
+            .iter()
+            .map(Duration::as_secs_f64)
+            .collect();
+        assert_eq!(
+            seconds,
+            [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0],
+            "BACKOFF_MIN and BACKOFF_MAX changed?"
+        );
+    }
+
+    #[test]
+    fn jitter_keeps_each_pause_between_half_and_the_whole_step() {
+        let mut backoff = Backoff::new();
+        for _ in 0..1000 {
+            let step = backoff.step();
+            let pause = backoff.next_delay(rand::thread_rng().gen_range(JITTER));
+            assert!(pause >= step / 2 && pause < step, "{pause:?} of {step:?}");
+        }
+        assert_eq!(Backoff::new().next_delay(JITTER.start), BACKOFF_MIN / 2);
+    }
+
+    #[test]
+    fn a_good_session_starts_over_from_the_minimum() {
+        let mut backoff = Backoff::new();
+        pauses(&mut backoff, 5);
+        assert_eq!(backoff.step(), Duration::from_secs(16));
+        backoff.succeeded();
+        assert_eq!(backoff.next_delay(1.0), BACKOFF_MIN);
+    }
+
+    #[test]
+    fn a_long_session_that_breaks_starts_over_and_a_short_one_does_not() {
+        let mut backoff = Backoff::new();
+        pauses(&mut backoff, 4);
+        backoff.failed(STABLE_SESSION);
+        assert_eq!(backoff.step(), Duration::from_secs(8));
+        backoff.failed(STABLE_SESSION + Duration::from_millis(1));
+        assert_eq!(backoff.next_delay(1.0), BACKOFF_MIN);
+    }
+
+    #[test]
+    fn a_failure_streak_is_logged_once_every_ten() {
+        let mut backoff = Backoff::new();
+        let logged: Vec<usize> = (1..=25)
+            .filter(|_| backoff.failed(Duration::ZERO))
+            .collect();
+        assert_eq!(logged, [1, 11, 21]);
+        backoff.succeeded();
+        assert!(backoff.failed(Duration::ZERO), "a new streak is logged");
+        assert!(!backoff.failed(Duration::ZERO));
+    }
+
+    /// An agent whose stream is `outbound` (`None`: down), deploying with `executor`.
+    fn agent(
+        dir: &std::path::Path,
+        executor: Arc<FakeExecutor>,
+        outbound: Option<mpsc::Sender<pb::AgentMessage>>,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            runtime: AgentRuntime {
+                data_dir: dir.to_owned(),
+                executor,
+                version: "test".to_owned(),
+                on_command: None,
+                endpoint_override: None,
+            },
+            journal: Journal::open(dir).unwrap(),
+            outbound: Mutex::new(outbound),
+            identity: Mutex::new(Identity {
+                name: "agent-1".to_owned(),
+                endpoint: "127.0.0.1:1".to_owned(),
+                ca_pem: String::new(),
+                cert_pem: String::new(),
+                key_pem: SecretString::from(String::new()),
+                issued_at_unix: 0,
+                not_after_unix: 0,
+            }),
+        })
+    }
+
+    fn deploy(deployment_id: &str) -> pb::ControlMessage {
+        pb::ControlMessage {
+            msg: Some(In::Deploy(pb::DeployCommand {
+                deployment_id: deployment_id.to_owned(),
+                app: "web".to_owned(),
+                image: "registry/web".to_owned(),
+                version: "v1".to_owned(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn ack(deployment_id: &str) -> pb::ControlMessage {
+        pb::ControlMessage {
+            msg: Some(In::Ack(pb::ResultAck {
+                deployment_id: deployment_id.to_owned(),
+                kind: DEPLOY,
+            })),
+        }
+    }
+
+    /// The next result on the stream, skipping events.
+    async fn next_result(rx: &mut mpsc::Receiver<pb::AgentMessage>) -> pb::DeployResult {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a result within 10s")
+                .expect("stream open");
+            if let Some(Out::Result(result)) = message.msg {
+                return result;
+            }
+        }
+    }
+
+    fn results(messages: Vec<pb::AgentMessage>) -> Vec<pb::DeployResult> {
+        messages
+            .into_iter()
+            .filter_map(|m| match m.msg {
+                Some(Out::Result(result)) => Some(result),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_deployment_id_runs_once_and_a_resent_command_gets_its_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let executor = Arc::new(FakeExecutor::new());
+        let (tx, mut rx) = mpsc::channel(64);
+        let shared = agent(dir.path(), executor.clone(), Some(tx));
+
+        handle(&shared, deploy("d-1"));
+        // Delivered again while it runs: the journal says running, nothing starts.
+        handle(&shared, deploy("d-1"));
+        let first = next_result(&mut rx).await;
+        assert!(first.success, "{first:?}");
+        assert_eq!((first.deployment_id.as_str(), first.kind), ("d-1", DEPLOY));
+
+        // Delivered again once it ran (a control plane that lost the result): the same
+        // result, from the journal.
+        handle(&shared, deploy("d-1"));
+        assert_eq!(next_result(&mut rx).await, first);
+        assert_eq!(executor.deploy_count(), 1);
+
+        // Even after an agent restart.
+        let (tx, mut rx) = mpsc::channel(64);
+        let restarted = agent(dir.path(), executor.clone(), Some(tx));
+        handle(&restarted, deploy("d-1"));
+        assert_eq!(next_result(&mut rx).await, first);
+        assert_eq!(executor.deploy_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn results_survive_a_restart_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let executor = Arc::new(FakeExecutor::new());
+        // The stream is down: the results can only go to the journal.
+        let shared = agent(dir.path(), executor.clone(), None);
+        handle(&shared, deploy("d-1"));
+        handle(&shared, deploy("d-2"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while shared.journal.unacked().unwrap().len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "results journaled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        // A new process on the same directory replays both on its first stream.
+        let (tx, _rx) = mpsc::channel(64);
+        let restarted = agent(dir.path(), executor.clone(), Some(tx));
+        settle_interrupted(&restarted.journal).unwrap();
+        let mut replayed: Vec<_> = results(replay(&restarted.journal).unwrap())
+            .into_iter()
+            .map(|r| (r.deployment_id, r.kind, r.success))
+            .collect();
+        replayed.sort();
+        assert_eq!(
+            replayed,
+            [("d-1".into(), DEPLOY, true), ("d-2".into(), DEPLOY, true)]
+        );
+
+        // An acknowledged result is not replayed again; an ack of nothing is harmless.
+        handle(&restarted, ack("d-1"));
+        handle(&restarted, ack("d-9"));
+        let left: Vec<_> = results(replay(&restarted.journal).unwrap())
+            .into_iter()
+            .map(|r| r.deployment_id)
+            .collect();
+        assert_eq!(left, ["d-2"]);
+        assert_eq!(executor.deploy_count(), 2);
+    }
+
+    #[test]
+    fn a_command_interrupted_by_a_restart_is_reported_failed_not_run_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        // The process died after journaling the start.
+        assert_eq!(journal.begin("d-1", DEPLOY, "web").unwrap(), Begin::Run);
+
+        let journal = Journal::open(dir.path()).unwrap();
+        settle_interrupted(&journal).unwrap();
+        assert!(journal.unfinished().unwrap().is_empty());
+        let failed = StoredResult {
+            success: false,
+            container_id: String::new(),
+            error: "the agent restarted while running this command".to_owned(),
+            rolled_back: false,
+        };
+        assert_eq!(
+            journal.begin("d-1", DEPLOY, "web").unwrap(),
+            Begin::Done(failed.clone())
+        );
+        assert_eq!(
+            results(replay(&journal).unwrap()),
+            [pb::DeployResult {
+                deployment_id: "d-1".to_owned(),
+                kind: DEPLOY,
+                success: false,
+                container_id: String::new(),
+                error: failed.error,
+                rolled_back: false,
+            }]
+        );
+    }
+
+    #[test]
+    fn commands_become_specs_with_the_documented_defaults() {
+        let spec = spec_from(pb::DeployCommand {
+            deployment_id: "d-1".to_owned(),
+            app: "web".to_owned(),
+            env: [("KEY".to_owned(), "value".to_owned())].into(),
+            ports: vec![pb::PortMapping {
+                host: 8080,
+                container: 80,
+                protocol: String::new(),
+            }],
+            registry: Some(pb::RegistryCredentials {
+                server: "r".to_owned(),
+                username: String::new(),
+                password: "ignored".to_owned(),
+            }),
+            health_check: Some(pb::HealthCheckSpec {
+                kind: "http".to_owned(),
+                port: 80,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            spec.health_check,
+            HealthCheck::Http {
+                port: 80,
+                path: "/".to_owned(),
+                timeout: Duration::from_secs(60),
+            }
+        );
+        assert_eq!(spec.ports[0].protocol, "tcp");
+        assert_eq!(spec.restart_policy, "unless-stopped");
+        assert!(spec.registry_auth.is_none(), "no username, no login");
+        assert_eq!(format!("{spec:?}").matches("value").count(), 0);
+        let default = spec_from(pb::DeployCommand {
+            health_check: Some(pb::HealthCheckSpec {
+                grace_seconds: 3,
+                timeout_seconds: 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            default.health_check,
+            HealthCheck::Default {
+                timeout: Duration::from_secs(20),
+                grace: Duration::from_secs(3),
+            }
+        );
+    }
 }

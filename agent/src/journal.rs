@@ -209,4 +209,85 @@ mod tests {
         assert!(reopened.unacked().unwrap().is_empty());
         assert!(journal.begin("../etc/passwd", 1, "web").is_err());
     }
+
+    fn result(success: bool) -> StoredResult {
+        StoredResult {
+            success,
+            container_id: if success { "c".into() } else { String::new() },
+            error: if success { String::new() } else { "no".into() },
+            rolled_back: false,
+        }
+    }
+
+    #[test]
+    fn each_command_kind_of_a_deployment_runs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        // Deploy (1), commit (2) and rollback (3) of one deployment are separate commands.
+        for kind in 1..=3 {
+            assert_eq!(journal.begin("d-1", kind, "web").unwrap(), Begin::Run);
+        }
+        journal.finish("d-1", 1, &result(true)).unwrap();
+        journal.ack("d-1", 1).unwrap();
+        // An acknowledged result is not replayed, yet a re-sent command still gets it.
+        assert!(journal.unacked().unwrap().is_empty());
+        assert_eq!(
+            journal.begin("d-1", 1, "web").unwrap(),
+            Begin::Done(result(true))
+        );
+        assert_eq!(journal.begin("d-1", 2, "web").unwrap(), Begin::Running);
+        let mut unfinished = journal.unfinished().unwrap();
+        unfinished.sort();
+        assert_eq!(
+            unfinished,
+            [
+                ("d-1".into(), 2, "web".into()),
+                ("d-1".into(), 3, "web".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ack_before_the_result_does_not_lose_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        journal.begin("d-1", 1, "web").unwrap();
+        journal.ack("d-1", 1).unwrap();
+        journal.ack("d-unknown", 1).unwrap();
+        journal.finish("d-1", 1, &result(false)).unwrap();
+        assert_eq!(
+            Journal::open(dir.path()).unwrap().unacked().unwrap(),
+            [("d-1".into(), 1, result(false))]
+        );
+    }
+
+    #[test]
+    fn a_start_cut_short_by_a_crash_is_still_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        // create_new succeeded, the first write did not.
+        std::fs::write(dir.path().join("journal").join("d-1.1.json"), "").unwrap();
+        assert_eq!(journal.begin("d-1", 1, "web").unwrap(), Begin::Running);
+        assert_eq!(
+            journal.unfinished().unwrap(),
+            [("d-1".into(), 1, String::new())]
+        );
+        journal.finish("d-1", 1, &result(false)).unwrap();
+        assert_eq!(
+            journal.begin("d-1", 1, "web").unwrap(),
+            Begin::Done(result(false))
+        );
+    }
+
+    #[test]
+    fn only_plain_deployment_ids_name_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let long = "a".repeat(65);
+        for id in ["", "d/1", "d.1", "..", "d 1", long.as_str()] {
+            assert!(journal.begin(id, 1, "web").is_err(), "{id:?}");
+        }
+        assert!(journal.begin(&"a".repeat(64), 1, "web").is_ok());
+        assert!(journal.unacked().unwrap().is_empty());
+    }
 }

@@ -1,0 +1,385 @@
+//! An app's containers: their names and labels, and the engine calls that list, create, start,
+//! stop, start again and remove them.
+//!
+//! Labels say everything berth needs to find a container again: `berth.app`,
+//! `berth.deployment`, `berth.version`, `berth.agent` (the owner, when several agents share an
+//! engine) and `berth.restart-policy`, the policy to restore when a stopped container serves
+//! again (stopping one sets its policy to `no`, so a daemon restart cannot revive a superseded
+//! version next to the new one).
+//!
+//! Architecture invariant: the engine is the only state (an agent restart loses nothing), and
+//! environment values reach the engine in the create body only.
+
+use std::collections::{BTreeSet, HashMap};
+
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, ContainerUpdateBody, HostConfig, PortBinding,
+    RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use secrecy::ExposeSecret;
+use tracing::{info, warn};
+
+use super::error::{engine_message, DeployError, EngineError, Request};
+use super::pull::image_reference;
+use super::DockerExecutor;
+use crate::executor::{DeploySpec, PortSpec};
+
+const LABEL_APP: &str = "berth.app";
+const LABEL_DEPLOYMENT: &str = "berth.deployment";
+const LABEL_VERSION: &str = "berth.version";
+const LABEL_RESTART_POLICY: &str = "berth.restart-policy";
+/// The agent that owns a container, when several agents share one engine.
+const LABEL_AGENT: &str = "berth.agent";
+
+/// `berth-<app>-<first 8 characters of the deployment id>`.
+pub fn container_name(app: &str, deployment_id: &str) -> String {
+    let short: String = deployment_id.chars().take(8).collect();
+    format!("berth-{app}-{short}")
+}
+
+/// A container of an app, as its labels describe it.
+#[derive(Clone, Debug)]
+pub struct AppContainer {
+    pub id: String,
+    pub name: String,
+    pub deployment: String,
+    pub version: String,
+    /// Creation time, Unix seconds.
+    pub created: i64,
+    pub running: bool,
+    /// The policy the deployment asked for (the engine's may have been set to `no`).
+    restart_policy: Option<String>,
+}
+
+impl AppContainer {
+    fn from_summary(summary: ContainerSummary) -> Option<Self> {
+        let labels = summary.labels.unwrap_or_default();
+        let id = summary.id?;
+        let name = summary
+            .names
+            .and_then(|n| n.into_iter().next())
+            .map(|n| n.trim_start_matches('/').to_owned());
+        Some(Self {
+            name: name.unwrap_or_else(|| id.chars().take(12).collect()),
+            id,
+            deployment: labels.get(LABEL_DEPLOYMENT).cloned().unwrap_or_default(),
+            version: labels.get(LABEL_VERSION).cloned().unwrap_or_default(),
+            created: summary.created.unwrap_or(0),
+            running: summary.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+            restart_policy: labels.get(LABEL_RESTART_POLICY).cloned(),
+        })
+    }
+}
+
+impl DockerExecutor {
+    /// The name of `app`'s container for `deployment_id`, prefixed with the agent's name when
+    /// the executor is scoped to one.
+    pub(super) fn container_name(&self, app: &str, deployment_id: &str) -> String {
+        match &self.scope {
+            Some(agent) => container_name(&format!("{agent}-{app}"), deployment_id),
+            None => container_name(app, deployment_id),
+        }
+    }
+
+    /// Every container of `app` (running ones only unless `all`), newest first.
+    pub(super) async fn app_containers(
+        &self,
+        app: &str,
+        all: bool,
+    ) -> Result<Vec<AppContainer>, EngineError> {
+        let mut labels = vec![format!("{LABEL_APP}={app}")];
+        if let Some(agent) = &self.scope {
+            labels.push(format!("{LABEL_AGENT}={agent}"));
+        }
+        let filters = HashMap::from([("label", labels)]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(all)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| {
+                EngineError::new(
+                    Request::List {
+                        app: app.to_owned(),
+                    },
+                    &e,
+                )
+            })?;
+        let mut containers: Vec<_> = summaries
+            .into_iter()
+            .filter_map(AppContainer::from_summary)
+            .collect();
+        containers.sort_by_key(|c| std::cmp::Reverse(c.created));
+        Ok(containers)
+    }
+
+    /// Creates a container of `spec` named `name`; with `publish`, it binds the host ports.
+    pub(super) async fn create(
+        &self,
+        spec: &DeploySpec,
+        name: &str,
+        publish: bool,
+    ) -> Result<String, DeployError> {
+        self.remove_leftover(spec, name).await;
+
+        let env = spec
+            .env
+            .iter()
+            .map(|(key, value)| format!("{key}={}", value.expose_secret()))
+            .collect();
+        let mut labels = HashMap::from([
+            (LABEL_APP.to_owned(), spec.app.clone()),
+            (LABEL_DEPLOYMENT.to_owned(), spec.deployment_id.clone()),
+            (LABEL_VERSION.to_owned(), spec.version.clone()),
+            (LABEL_RESTART_POLICY.to_owned(), spec.restart_policy.clone()),
+        ]);
+        if let Some(agent) = &self.scope {
+            labels.insert(LABEL_AGENT.to_owned(), agent.clone());
+        }
+        let exposed: BTreeSet<String> = spec.ports.iter().map(port_key).collect();
+        let port_bindings = publish.then(|| {
+            let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+            for port in spec.ports.iter().filter(|p| p.host != 0) {
+                let binding = PortBinding {
+                    host_ip: None,
+                    host_port: Some(port.host.to_string()),
+                };
+                bindings
+                    .entry(port_key(port))
+                    .or_insert_with(|| Some(Vec::new()))
+                    .get_or_insert_with(Vec::new)
+                    .push(binding);
+            }
+            bindings
+        });
+        let policy = parse_restart_policy(&spec.restart_policy)?;
+        let body = ContainerCreateBody {
+            image: Some(image_reference(spec)),
+            env: Some(env),
+            labels: Some(labels),
+            exposed_ports: (!exposed.is_empty()).then(|| exposed.into_iter().collect()),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            host_config: Some(HostConfig {
+                port_bindings,
+                restart_policy: Some(restart_policy(policy)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        match self.docker.create_container(Some(options), body).await {
+            Ok(created) => Ok(created.id),
+            Err(e) => {
+                let request = Request::Create {
+                    name: name.to_owned(),
+                };
+                Err(EngineError::redacted(request, &e, spec).into())
+            }
+        }
+    }
+
+    /// Starts a container of `spec` that was just created.
+    pub(super) async fn start(
+        &self,
+        spec: &DeploySpec,
+        id: &str,
+        name: &str,
+    ) -> Result<(), EngineError> {
+        self.docker.start_container(id, None).await.map_err(|e| {
+            let request = Request::Start {
+                name: name.to_owned(),
+            };
+            EngineError::redacted(request, &e, spec)
+        })
+    }
+
+    /// Removes a container of this very deployment left under `name` by an interrupted
+    /// attempt; a container of anything else makes the create fail with a name conflict.
+    async fn remove_leftover(&self, spec: &DeploySpec, name: &str) {
+        let Ok(info) = self.docker.inspect_container(name, None).await else {
+            return;
+        };
+        let deployment = info
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_DEPLOYMENT));
+        if deployment == Some(&spec.deployment_id) {
+            if let Some(id) = info.id {
+                info!(
+                    container = name,
+                    "removing leftover of an interrupted attempt"
+                );
+                self.remove_quietly(&id).await;
+            }
+        }
+    }
+
+    /// Removes a container, running or not; one already gone is no error.
+    pub(super) async fn remove(&self, id: &str, name: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let request = Request::Remove {
+                    name: name.to_owned(),
+                };
+                let error = EngineError::new(request, &e);
+                if error.is_not_found() {
+                    Ok(())
+                } else {
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    /// Removes a container this deployment made and no longer needs; a failure is only logged
+    /// (the container serves nothing, and a later commit finds it by its labels).
+    pub(super) async fn remove_quietly(&self, id: &str) {
+        if let Err(e) = self.remove(id, id).await {
+            warn!(container = id, error = %e.message(), "could not remove container");
+        }
+    }
+
+    /// Stops a superseded container, first setting its restart policy to `no` so that a
+    /// daemon restart does not bring it back next to its successor.
+    pub(super) async fn stop_superseded(
+        &self,
+        container: &AppContainer,
+    ) -> Result<(), EngineError> {
+        let update = ContainerUpdateBody {
+            restart_policy: Some(restart_policy(RestartPolicyNameEnum::NO)),
+            ..Default::default()
+        };
+        if let Err(e) = self.docker.update_container(&container.id, update).await {
+            warn!(container = %container.name, error = %engine_message(&e), "could not clear restart policy");
+        }
+        let seconds = i32::try_from(self.stop_timeout.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::new().t(seconds).build();
+        self.docker
+            .stop_container(&container.id, Some(options))
+            .await
+            .map_err(|e| {
+                let request = Request::Stop {
+                    name: container.name.clone(),
+                };
+                EngineError::new(request, &e)
+            })
+    }
+
+    /// Starts a stopped container again and gives it back its own restart policy.
+    pub(super) async fn restart(&self, container: &AppContainer) -> Result<(), EngineError> {
+        self.docker
+            .start_container(&container.id, None)
+            .await
+            .map_err(|e| {
+                let request = Request::StartAgain {
+                    name: container.name.clone(),
+                };
+                EngineError::new(request, &e)
+            })?;
+        if let Some(policy) = container
+            .restart_policy
+            .as_deref()
+            .and_then(|p| parse_restart_policy(p).ok())
+        {
+            let update = ContainerUpdateBody {
+                restart_policy: Some(restart_policy(policy)),
+                ..Default::default()
+            };
+            if let Err(e) = self.docker.update_container(&container.id, update).await {
+                warn!(container = %container.name, error = %engine_message(&e), "could not restore restart policy");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A restart policy Docker does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown restart policy {0:?} (expected no, always, unless-stopped or on-failure)")]
+pub struct UnknownRestartPolicy(String);
+
+pub fn parse_restart_policy(name: &str) -> Result<RestartPolicyNameEnum, UnknownRestartPolicy> {
+    match name {
+        "" | "no" => Ok(RestartPolicyNameEnum::NO),
+        "always" => Ok(RestartPolicyNameEnum::ALWAYS),
+        "unless-stopped" => Ok(RestartPolicyNameEnum::UNLESS_STOPPED),
+        "on-failure" => Ok(RestartPolicyNameEnum::ON_FAILURE),
+        other => Err(UnknownRestartPolicy(other.to_owned())),
+    }
+}
+
+fn restart_policy(name: RestartPolicyNameEnum) -> RestartPolicy {
+    RestartPolicy {
+        name: Some(name),
+        maximum_retry_count: None,
+    }
+}
+
+/// `<container port>/<protocol>`, as the engine keys ports.
+fn port_key(port: &PortSpec) -> String {
+    let protocol = if port.protocol.is_empty() {
+        "tcp"
+    } else {
+        port.protocol.as_str()
+    };
+    format!("{}/{protocol}", port.container)
+}
+
+/// The published ports, `host->container/protocol`, for messages.
+pub fn host_ports(ports: &[PortSpec]) -> String {
+    let mapped: Vec<_> = ports
+        .iter()
+        .filter(|p| p.host != 0)
+        .map(|p| format!("{}->{}", p.host, port_key(p)))
+        .collect();
+    mapped.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_ports() {
+        assert_eq!(
+            container_name("web", "0123456789abcdef"),
+            "berth-web-01234567"
+        );
+        let udp = PortSpec {
+            host: 53,
+            container: 5353,
+            protocol: "udp".to_owned(),
+        };
+        let tcp = PortSpec {
+            host: 0,
+            container: 80,
+            protocol: String::new(),
+        };
+        assert_eq!(port_key(&udp), "5353/udp");
+        assert_eq!(port_key(&tcp), "80/tcp");
+        assert_eq!(host_ports(&[udp, tcp]), "53->5353/udp");
+    }
+
+    #[test]
+    fn restart_policies() {
+        assert_eq!(
+            parse_restart_policy("unless-stopped"),
+            Ok(RestartPolicyNameEnum::UNLESS_STOPPED)
+        );
+        assert_eq!(parse_restart_policy(""), Ok(RestartPolicyNameEnum::NO));
+        assert_eq!(
+            parse_restart_policy("sometimes").unwrap_err().to_string(),
+            "unknown restart policy \"sometimes\" (expected no, always, unless-stopped or on-failure)"
+        );
+    }
+}

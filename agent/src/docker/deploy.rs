@@ -1,0 +1,176 @@
+//! One deployment, strung together: check the spec, find what serves, pull, create and start
+//! a candidate, health-gate it, and hand it to the executor's cut-over; and the commit that
+//! later removes what a deployment superseded.
+//!
+//! Architecture invariant: nothing of the previous version is touched before the candidate
+//! passed its health gate; a failure before that removes only the candidate, and the previous
+//! containers keep serving.
+
+use tracing::warn;
+
+use super::containers::{parse_restart_policy, AppContainer};
+use super::cutover::Candidate;
+use super::error::DeployError;
+use super::health::{describe, Gate};
+use super::pull::image_reference;
+use super::{emit, failed, DockerExecutor};
+use crate::executor::{DeployOutcome, DeploySpec, EventSink};
+
+/// One run of [`Executor::deploy`](crate::executor::Executor::deploy).
+pub struct Deploy<'a> {
+    pub exec: &'a DockerExecutor,
+    pub spec: &'a DeploySpec,
+    pub events: &'a EventSink,
+}
+
+impl Deploy<'_> {
+    pub async fn run(&self) -> DeployOutcome {
+        let (exec, spec) = (self.exec, self.spec);
+        if let Err(error) = parse_restart_policy(&spec.restart_policy) {
+            return failed(self.events, error.to_string(), None, false);
+        }
+        let previous: Vec<_> = match exec.app_containers(&spec.app, false).await {
+            Ok(running) => running
+                .into_iter()
+                .filter(|c| c.deployment != spec.deployment_id)
+                .collect(),
+            Err(error) => return failed(self.events, error.to_string(), None, false),
+        };
+        let serving = previous.first().map(|c| c.id.clone());
+
+        // Nothing is touched before the image is here: a failed pull changes nothing.
+        if let Err(error) = exec.pull(spec, self.events).await {
+            return failed(self.events, error.to_string(), serving, false);
+        }
+
+        let cut_over = exec.cut_over;
+        let final_name = exec.container_name(&spec.app, &spec.deployment_id);
+        let candidate_name = cut_over.candidate_name(spec, &final_name);
+
+        self.emit(
+            "create",
+            format!("creating {candidate_name} from {}", image_reference(spec)),
+        );
+        let candidate = match exec.create(spec, &candidate_name, false).await {
+            Ok(id) => id,
+            Err(error) => return self.abandon(None, error, &previous).await,
+        };
+        self.emit("start", format!("starting {candidate_name}"));
+        if let Err(error) = exec.start(spec, &candidate, &candidate_name).await {
+            return self
+                .abandon(Some(&candidate), error.into(), &previous)
+                .await;
+        }
+        self.emit(
+            "health",
+            format!(
+                "checking {candidate_name}: {}",
+                describe(&spec.health_check)
+            ),
+        );
+        if let Err(error) = exec.check_health(spec, &candidate, Gate::Candidate).await {
+            return self
+                .abandon(Some(&candidate), error.into(), &previous)
+                .await;
+        }
+
+        let candidate = Candidate {
+            id: candidate,
+            name: candidate_name,
+        };
+        cut_over
+            .serve(self, candidate, &final_name, &previous)
+            .await
+    }
+
+    /// The new version failed before any previous container was touched: they kept serving.
+    async fn abandon(
+        &self,
+        candidate: Option<&str>,
+        error: DeployError,
+        previous: &[AppContainer],
+    ) -> DeployOutcome {
+        if let Some(id) = candidate {
+            self.exec.remove_quietly(id).await;
+        }
+        let (serving, note) = match previous.first() {
+            Some(c) => (
+                Some(c.id.clone()),
+                format!("; {} ({}) kept serving", c.name, c.version),
+            ),
+            None => (None, String::new()),
+        };
+        self.emit("failed", format!("{error}{note}"));
+        DeployOutcome {
+            success: false,
+            container_id: serving,
+            error: Some(error.to_string()),
+            rolled_back: !previous.is_empty(),
+        }
+    }
+
+    /// Container `id`, named `name`, serves the new version; `superseded` previous containers
+    /// were stopped and wait for the commit.
+    pub fn succeed(&self, id: String, name: &str, superseded: usize) -> DeployOutcome {
+        let kept = if superseded == 0 {
+            String::new()
+        } else {
+            format!("; {superseded} previous container(s) stopped, kept until commit")
+        };
+        self.emit(
+            "done",
+            format!("{name} serves {}{kept}", image_reference(self.spec)),
+        );
+        DeployOutcome {
+            success: true,
+            container_id: Some(id),
+            error: None,
+            rolled_back: false,
+        }
+    }
+
+    pub fn emit(&self, phase: &str, message: String) {
+        emit(self.events, phase, message);
+    }
+}
+
+/// Makes a successful deployment final: removes the containers of `app` that `deployment_id`
+/// superseded.
+pub async fn commit(exec: &DockerExecutor, app: &str, deployment_id: &str, events: &EventSink) {
+    let containers = match exec.app_containers(app, true).await {
+        Ok(containers) => containers,
+        Err(error) => {
+            warn!(%error, "cleanup failed");
+            emit(events, "cleanup", format!("cleanup failed: {error}"));
+            return;
+        }
+    };
+    // Only what this deployment superseded: never a container created after it (a commit
+    // arriving late must not remove a newer deployment).
+    let Some(current) = containers.iter().find(|c| c.deployment == deployment_id) else {
+        emit(
+            events,
+            "cleanup",
+            format!("no container of deployment {deployment_id}; nothing removed"),
+        );
+        return;
+    };
+    let superseded: Vec<_> = containers
+        .iter()
+        .filter(|c| c.deployment != deployment_id && c.created <= current.created)
+        .collect();
+    if superseded.is_empty() {
+        emit(
+            events,
+            "cleanup",
+            "no previous container to remove".to_owned(),
+        );
+    }
+    for container in superseded {
+        let message = match exec.remove(&container.id, &container.name).await {
+            Ok(()) => format!("removed {} ({})", container.name, container.version),
+            Err(error) => error.to_string(),
+        };
+        emit(events, "cleanup", message);
+    }
+}
