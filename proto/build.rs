@@ -1,6 +1,9 @@
 //! Generates the berth.v1 code with protox (a pure-Rust protobuf compiler), so building berth
 //! never needs a system `protoc`. The encoded descriptor set is kept for gRPC reflection.
 
+// Build scripts talk to cargo on stdout.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::PathBuf;
 
 use prost::Message as _;

@@ -4,6 +4,9 @@
 //! dispatches and maps errors to exit codes: 0 ok, 1 server or runtime error, 2 usage error. Commands that talk to the control plane connect on their own (see
 //! [`client::ConnectOptions::connect`]), so commands that need no server need no API key.
 
+// The CLI talks to its user on stdout and stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 #![forbid(unsafe_code)]
 
 mod agent;

@@ -12,6 +12,9 @@
 //! DEPLOYS (default 200) stays below the control plane's per-agent outbound queue (256): a
 //! larger burst to one agent is a different experiment (queue overflow, see fleet.rs).
 
+// A benchmark reports on stdout.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

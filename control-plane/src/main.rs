@@ -1,5 +1,8 @@
 //! `berth-control-plane`: parses config, sets up logging, runs the node until SIGINT/SIGTERM.
 
+// Prints the admin key and CA fingerprint to the operator at first start.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -75,10 +78,15 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn fleet_config(cert_ttl: u64, reconcile_timeout: u64) -> berth_control_plane::fleet::FleetConfig {
-    let mut config = berth_control_plane::fleet::FleetConfig::default();
-    config.cert_ttl = std::time::Duration::from_secs(cert_ttl);
-    config.rollout.reconcile_timeout = std::time::Duration::from_secs(reconcile_timeout);
-    config
+    let defaults = berth_control_plane::fleet::FleetConfig::default();
+    berth_control_plane::fleet::FleetConfig {
+        cert_ttl: std::time::Duration::from_secs(cert_ttl),
+        rollout: berth_control_plane::fleet::RolloutConfig {
+            reconcile_timeout: std::time::Duration::from_secs(reconcile_timeout),
+            ..defaults.rollout
+        },
+        ..defaults
+    }
 }
 
 async fn shutdown_signal() {

@@ -9,6 +9,9 @@
 //!
 //! cargo build --release --bins && target/release/fleet-sim --agents 1000
 
+// A benchmark reports on stdout.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
