@@ -13,6 +13,8 @@ mod enroll;
 mod prepare;
 mod reconcile;
 mod rollout;
+#[cfg(test)]
+mod tests;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};

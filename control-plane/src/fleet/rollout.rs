@@ -253,8 +253,8 @@ impl Fleet {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(Error::Internal("result channel closed".into())),
             Err(_) => Err(Error::Unavailable(format!(
-                "no result from agent {agent} within {}s",
-                self.inner.config.rollout.result_timeout.as_secs()
+                "no result from agent {agent} within {:?}",
+                self.inner.config.rollout.result_timeout
             ))),
         }
     }
