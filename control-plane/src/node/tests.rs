@@ -1,0 +1,305 @@
+//! An in-process cluster: a whole control plane (`node::start` + `Node::serve`, real TLS on
+//! loopback, SQLite file) and N agents (`berth_agent::run`, enrolled through the real token /
+//! CSR path, each on its own mTLS stream) whose executor is the in-memory fake. Everything a
+//! deploy crosses except Docker, in about a second; the Docker executor is covered by the
+//! e2e suite and the executor contract suite keeps the fake honest.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_agent::fake::FakeExecutor;
+use berth_agent::{AgentRuntime, CommandReceipt};
+use tempfile::TempDir;
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+use crate::fleet::{DeployTrigger, RolloutConfig};
+use crate::model::{DeploymentLog, DeploymentStatus, Target, TargetStatus};
+use crate::service::applications::ApplicationSpec;
+use crate::service::Actor;
+
+const MUST_HAPPEN: Duration = Duration::from_secs(20);
+
+struct Cluster {
+    dir: TempDir,
+    admin_url: String,
+    ca_fingerprint: String,
+    fleet: Fleet,
+    agents: HashMap<String, RunningAgent>,
+}
+
+struct RunningAgent {
+    executor: Arc<FakeExecutor>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    commands: mpsc::UnboundedReceiver<CommandReceipt>,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(dir.path().join("control-plane"));
+        config.grpc_listen = "127.0.0.1:0".parse().unwrap();
+        config.agent_listen = "127.0.0.1:0".parse().unwrap();
+        config.fleet.rollout = RolloutConfig {
+            connect_wait: Duration::from_secs(5),
+            result_timeout: MUST_HAPPEN,
+            reconcile_timeout: MUST_HAPPEN,
+        };
+        let node = start(config).await.unwrap();
+        let cluster = Cluster {
+            admin_url: format!("https://{}", node.grpc_addr),
+            ca_fingerprint: node.ca_fingerprint.clone(),
+            fleet: node.fleet.clone(),
+            dir,
+            agents: HashMap::new(),
+        };
+        tokio::spawn(node.serve(std::future::pending()));
+        cluster
+    }
+
+    /// Enrolls `name` (labels `role=web`) and starts it with `executor`.
+    async fn add_agent(&mut self, name: &str, executor: FakeExecutor) {
+        let labels = [("role".to_string(), "web".to_string())].into();
+        let (token, _) = self
+            .fleet
+            .create_enrollment_token(&Actor::system(), name, &labels, Some(60))
+            .await
+            .unwrap();
+        let identity =
+            berth_agent::enroll::enroll(&self.admin_url, &token, &self.ca_fingerprint, "test")
+                .await
+                .unwrap();
+        identity.save(&self.agent_dir(name)).unwrap();
+        self.run_agent(name, Arc::new(executor));
+        self.wait_connected(name).await;
+    }
+
+    fn agent_dir(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join("agents").join(name)
+    }
+
+    fn run_agent(&mut self, name: &str, executor: Arc<FakeExecutor>) {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (on_command, commands) = mpsc::unbounded_channel();
+        let runtime = AgentRuntime {
+            data_dir: self.agent_dir(name),
+            executor: executor.clone(),
+            version: "test".into(),
+            on_command: Some(on_command),
+            endpoint_override: None,
+        };
+        let task = tokio::spawn(berth_agent::run(runtime, async {
+            let _ = stopped.await;
+        }));
+        self.agents.insert(
+            name.to_string(),
+            RunningAgent {
+                executor,
+                stop: Some(stop),
+                task,
+                commands,
+            },
+        );
+    }
+
+    /// Stops an agent's process (its stream ends; commands already running finish and are
+    /// journaled), then starts it again on the same data directory.
+    async fn restart_agent(&mut self, name: &str) {
+        let mut agent = self.agents.remove(name).unwrap();
+        let _ = agent.stop.take().unwrap().send(());
+        agent.task.await.unwrap().unwrap();
+        self.run_agent(name, agent.executor);
+        self.wait_connected(name).await;
+    }
+
+    async fn wait_connected(&self, name: &str) {
+        let deadline = tokio::time::Instant::now() + MUST_HAPPEN;
+        while !self.fleet.is_connected(name) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never connected"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn executor(&self, name: &str) -> &FakeExecutor {
+        &self.agents[name].executor
+    }
+
+    async fn app(&self, name: &str, batch: u32) {
+        self.fleet
+            .service()
+            .create_application(
+                &Actor::system(),
+                ApplicationSpec {
+                    name: name.into(),
+                    image: "team/web".into(),
+                    version: None,
+                    repository: None,
+                    ports: vec![],
+                    webhook_enabled: false,
+                    auto_deploy: false,
+                    targets: vec![Target::Label {
+                        key: "role".into(),
+                        value: "web".into(),
+                    }],
+                    deploy_batch_size: Some(batch),
+                    health_check: None,
+                    restart_policy: None,
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn deploy(&self, app: &str, version: &str) -> String {
+        self.fleet
+            .deploy(
+                &Actor::system(),
+                app,
+                version,
+                DeployTrigger {
+                    trigger_type: "manual",
+                    source: None,
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn finished(&self, id: &str) -> DeploymentLog {
+        let log = self.fleet.wait_finished(id, MUST_HAPPEN).await.unwrap();
+        assert!(log.status.is_finished(), "{log:?}");
+        log
+    }
+
+    async fn deploy_and_wait(&self, app: &str, version: &str) -> DeploymentLog {
+        let id = self.deploy(app, version).await;
+        self.finished(&id).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_deploy_reaches_every_agent_and_a_bad_version_is_rolled_back_everywhere() {
+    let mut cluster = Cluster::start().await;
+    cluster.add_agent("a1", FakeExecutor::new()).await;
+    cluster
+        .add_agent(
+            "a2",
+            FakeExecutor::failing_version("v3", "health check timed out"),
+        )
+        .await;
+    cluster.add_agent("a3", FakeExecutor::new()).await;
+    cluster.app("web", 1).await;
+
+    let good = cluster.deploy_and_wait("web", "v2").await;
+    assert_eq!(good.status, DeploymentStatus::Success, "{good:?}");
+    for agent in ["a1", "a2", "a3"] {
+        assert_eq!(
+            cluster.executor(agent).current_version("web").as_deref(),
+            Some("v2"),
+            "{agent}"
+        );
+    }
+
+    // v3 passes on a1, fails its health gate on a2: a1 goes back to v2, a3 is never touched.
+    let bad = cluster.deploy_and_wait("web", "v3").await;
+    assert_eq!(bad.status, DeploymentStatus::Failed, "{bad:?}");
+    assert!(bad
+        .error_message
+        .as_deref()
+        .unwrap()
+        .contains("target a2 failed"));
+    // The rollback result is stored before the deployment finishes.
+    let targets = cluster
+        .fleet
+        .service()
+        .store()
+        .deployment_targets(&bad.deployment_id)
+        .await
+        .unwrap();
+    let status: Vec<_> = targets
+        .iter()
+        .map(|t| (t.agent_name.as_str(), t.status))
+        .collect();
+    assert_eq!(
+        status,
+        vec![
+            ("a1", TargetStatus::RolledBack),
+            ("a2", TargetStatus::Failed),
+            ("a3", TargetStatus::Skipped),
+        ]
+    );
+    for agent in ["a1", "a2", "a3"] {
+        assert_eq!(
+            cluster.executor(agent).current_version("web").as_deref(),
+            Some("v2"),
+            "{agent} serves v2 after the failed v3"
+        );
+    }
+    assert_eq!(cluster.executor("a3").deploy_count(), 1, "a3 never ran v3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_journaled_while_the_agent_was_away_is_replayed_and_the_deploy_runs_once() {
+    let mut cluster = Cluster::start().await;
+    cluster
+        .add_agent(
+            "a1",
+            FakeExecutor::new().with_delay(Duration::from_millis(400)),
+        )
+        .await;
+    cluster.app("web", 1).await;
+    let id = cluster.deploy("web", "v2").await;
+
+    // The command arrives; the agent's stream goes away while the deploy runs.
+    let receipt = tokio::time::timeout(
+        MUST_HAPPEN,
+        cluster.agents.get_mut("a1").unwrap().commands.recv(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(receipt.deployment_id, id);
+    let agent = cluster.agents.get_mut("a1").unwrap();
+    let _ = agent.stop.take().unwrap().send(());
+    // The deploy finishes offline; its result can only go to the journal.
+    let deadline = tokio::time::Instant::now() + MUST_HAPPEN;
+    while cluster.executor("a1").current_version("web").as_deref() != Some("v2") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deploy never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (log, _) = cluster
+        .fleet
+        .service()
+        .store()
+        .deployment(&id)
+        .await
+        .unwrap();
+    assert!(
+        !log.status.is_finished(),
+        "no result could reach the control plane yet"
+    );
+
+    // Back online: the journaled result is replayed (and the re-sent command is answered
+    // from the journal), so the deployment finishes without running twice.
+    let agent = cluster.agents.remove("a1").unwrap();
+    agent.task.await.unwrap().unwrap();
+    cluster.run_agent("a1", agent.executor);
+    let log = cluster.finished(&id).await;
+    assert_eq!(log.status, DeploymentStatus::Success, "{log:?}");
+    assert_eq!(cluster.executor("a1").deploy_count(), 1);
+
+    // And an agent restarted after everything was acknowledged has nothing to replay.
+    cluster.restart_agent("a1").await;
+    let again = cluster.deploy_and_wait("web", "v3").await;
+    assert_eq!(again.status, DeploymentStatus::Success);
+    assert_eq!(cluster.executor("a1").deploy_count(), 2);
+}
