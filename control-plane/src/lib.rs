@@ -11,6 +11,7 @@ pub mod model;
 pub mod node;
 pub mod notify;
 pub mod pki;
+pub mod provider;
 pub mod service;
 pub mod store;
 pub mod validate;

@@ -8,6 +8,7 @@
 mod api_keys;
 pub mod applications;
 mod env;
+pub mod providers;
 mod registry;
 mod secrets;
 
@@ -253,6 +254,22 @@ mod key_check_tests {
             "https://hooks.example/berth",
             &["deployment.finished".into()],
             None,
+        )
+        .await
+        .unwrap();
+        svc.add_provider(
+            &a,
+            "vault",
+            providers::ProviderSettings::HashicorpVault(crate::provider::vault::VaultConfig {
+                address: "https://vault.example:8200".into(),
+                mount: "secret".into(),
+                path: String::new(),
+                namespace: None,
+                auth: "token".into(),
+                role_id: None,
+                ca_cert: None,
+            }),
+            &SecretString::from("vault-token"),
         )
         .await
         .unwrap();

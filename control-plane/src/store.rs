@@ -11,6 +11,7 @@ mod audit;
 mod deployments;
 mod env;
 mod notifications;
+mod providers;
 mod registry;
 mod secrets;
 
@@ -30,6 +31,7 @@ pub use audit::AuditEntry;
 pub use deployments::{DeploymentEventRow, DeploymentTargetRow, NewDeployment};
 pub use env::{EnvResolutionRow, ImportOutcome};
 pub use notifications::{AttemptRecord, DeliveryRow, DueDelivery, NewDelivery, WebhookRow};
+pub use providers::{GroupSecretRow, ProviderRow, SyncRow, SyncWrite, SyncedSecret};
 pub use secrets::WriteCounts;
 
 /// The database handle. Cheap to clone.

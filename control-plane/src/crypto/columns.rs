@@ -58,6 +58,14 @@ pub const WEBHOOK_SECRET: EncryptedColumn = EncryptedColumn {
     only_where: None,
 };
 
+/// `secret_providers.credentials`, bound to the provider's id.
+pub const PROVIDER_CREDENTIALS: EncryptedColumn = EncryptedColumn {
+    table: "secret_providers",
+    column: "credentials",
+    aad_columns: &["id"],
+    only_where: None,
+};
+
 /// The settings key whose encrypted value proves which master key a database belongs to.
 pub const KEY_CHECK_SETTING: &str = "master_key_check";
 
@@ -74,6 +82,7 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     SECRET_VALUE,
     REPOSITORY_PASSWORD,
     WEBHOOK_SECRET,
+    PROVIDER_CREDENTIALS,
     KEY_CHECK_VALUE,
 ];
 
@@ -91,6 +100,11 @@ impl Aad {
     /// The AAD of `webhooks.secret`.
     pub fn webhook_secret(webhook_id: i64) -> Self {
         WEBHOOK_SECRET.aad(&[&webhook_id.to_string()])
+    }
+
+    /// The AAD of `secret_providers.credentials`.
+    pub fn provider_credentials(provider_id: i64) -> Self {
+        PROVIDER_CREDENTIALS.aad(&[&provider_id.to_string()])
     }
 
     /// The AAD of the master-key check value.

@@ -1,0 +1,324 @@
+//! External secret providers (SPEC §8): where a group's `synced` secrets come from.
+//!
+//! A provider is a [`SecretSource`]: it logs in and returns every secret under its configured
+//! path as `(reference, field) -> value`. Everything after the fetch is the same for every
+//! type and lives here and in `service/providers.rs`: the documented name rule
+//! ([`variable_name`]), the plan of a sync ([`plan`]: create / update / remove / unchanged /
+//! stale), and its all-or-nothing application.
+//!
+//! Architecture invariants: a source only reads from its provider, never writes; values
+//! travel in `SecretString` and never reach an error, a log line or a `secret_syncs` row; a
+//! sync fetches everything before it changes anything.
+
+pub mod http;
+pub mod vault;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use secrecy::{ExposeSecret as _, SecretString};
+
+use crate::error::{Error, Result};
+
+/// The seed's five provider types (`secret_providers.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderType {
+    HashicorpVault,
+    AwsSecretsManager,
+    Infisical,
+    AzureKeyvault,
+    GcpSecretManager,
+}
+
+impl ProviderType {
+    pub const ALL: [ProviderType; 5] = [
+        Self::HashicorpVault,
+        Self::AwsSecretsManager,
+        Self::Infisical,
+        Self::AzureKeyvault,
+        Self::GcpSecretManager,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HashicorpVault => "hashicorp-vault",
+            Self::AwsSecretsManager => "aws-secrets-manager",
+            Self::Infisical => "infisical",
+            Self::AzureKeyvault => "azure-keyvault",
+            Self::GcpSecretManager => "gcp-secret-manager",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.iter().map(|t| t.as_str()).collect();
+                Error::invalid(format!(
+                    "unknown provider type {s:?}: one of {}",
+                    known.join(", ")
+                ))
+            })
+    }
+}
+
+impl fmt::Display for ProviderType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One value read from a provider.
+pub struct FetchedSecret {
+    /// Where it lives upstream (path and field, ARN, …): `secrets.provider_reference`.
+    pub reference: String,
+    /// The key it is known by upstream, before [`variable_name`].
+    pub key: String,
+    pub value: SecretString,
+}
+
+impl fmt::Debug for FetchedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FetchedSecret")
+            .field("reference", &self.reference)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A provider client. `fetch` returns everything the configured path holds, or an error
+/// (then nothing is changed).
+#[async_trait::async_trait]
+pub trait SecretSource: Send + Sync {
+    async fn fetch(&self) -> Result<Vec<FetchedSecret>>;
+}
+
+/// The documented rule from an upstream key to a variable name: `/`, `-`, `.` and spaces
+/// become `_`; the result must then be a valid variable name (`[A-Za-z_][A-Za-z0-9_]*`).
+/// Case is kept.
+pub fn variable_name(key: &str) -> Option<String> {
+    let mapped: String = key
+        .trim_matches('/')
+        .chars()
+        .map(|c| {
+            if matches!(c, '/' | '-' | '.' | ' ') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    crate::validate::secret_name(&mapped).ok().map(|_| mapped)
+}
+
+/// Maps fetched keys to variable names; two keys on one name, or a key with no valid name,
+/// fail the whole sync with both keys named.
+pub fn map_names(fetched: Vec<FetchedSecret>) -> Result<BTreeMap<String, FetchedSecret>> {
+    let mut out: BTreeMap<String, FetchedSecret> = BTreeMap::new();
+    for secret in fetched {
+        let Some(name) = variable_name(&secret.key) else {
+            return Err(Error::invalid(format!(
+                "provider key {:?} ({}) cannot be mapped to a variable name: \
+                 after mapping / - . and spaces to _, it must match [A-Za-z_][A-Za-z0-9_]*",
+                secret.key, secret.reference
+            )));
+        };
+        if let Some(first) = out.get(&name) {
+            return Err(Error::invalid(format!(
+                "provider keys {:?} ({}) and {:?} ({}) both map to the variable name {name}",
+                first.key, first.reference, secret.key, secret.reference
+            )));
+        }
+        out.insert(name, secret);
+    }
+    Ok(out)
+}
+
+/// A secret of the group as the plan sees it.
+pub struct ExistingSecret {
+    pub id: i64,
+    /// Synced from this provider (otherwise manual, or from another provider).
+    pub synced_here: bool,
+    /// The stored value, decrypted to compare.
+    pub value: SecretString,
+    /// Environment variables referencing it (`app:KEY`, `(global):KEY`).
+    pub references: Vec<String>,
+}
+
+/// What a sync will do; computed before anything is written.
+#[derive(Default)]
+pub struct SyncPlan {
+    pub create: Vec<(String, FetchedSecret)>,
+    pub update: Vec<(i64, String, FetchedSecret)>,
+    /// Synced secrets gone upstream and referenced by nobody.
+    pub remove: Vec<(i64, String)>,
+    pub unchanged: Vec<(i64, String)>,
+    /// Synced secrets gone upstream but still referenced: kept, marked stale.
+    pub stale: Vec<(i64, String, Vec<String>)>,
+}
+
+impl SyncPlan {
+    /// Names only, never values: what `sync --dry-run` and the result print.
+    pub fn summary(&self) -> SyncSummary {
+        SyncSummary {
+            created: self.create.iter().map(|(n, _)| n.clone()).collect(),
+            updated: self.update.iter().map(|(_, n, _)| n.clone()).collect(),
+            removed: self.remove.iter().map(|(_, n)| n.clone()).collect(),
+            unchanged: self.unchanged.len(),
+            stale: self
+                .stale
+                .iter()
+                .map(|(_, n, refs)| (n.clone(), refs.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// A sync's outcome by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncSummary {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+    /// Names kept although gone upstream, with what references them.
+    pub stale: Vec<(String, Vec<String>)>,
+}
+
+impl SyncSummary {
+    /// `success`, or `partial` when something gone upstream had to be kept.
+    pub fn status(&self) -> &'static str {
+        if self.stale.is_empty() {
+            "success"
+        } else {
+            "partial"
+        }
+    }
+}
+
+/// Plans a sync of `fetched` into a group holding `existing` (by name). A fetched name that
+/// is a manual secret (or another provider's) fails the sync: a sync never touches them.
+pub fn plan(
+    fetched: BTreeMap<String, FetchedSecret>,
+    mut existing: BTreeMap<String, ExistingSecret>,
+) -> Result<SyncPlan> {
+    let mut plan = SyncPlan::default();
+    for (name, secret) in fetched {
+        match existing.remove(&name) {
+            None => plan.create.push((name, secret)),
+            Some(e) if !e.synced_here => {
+                return Err(Error::FailedPrecondition(format!(
+                    "the group already has a secret {name} that this provider does not own \
+                     (a manual one, or another provider's); rename or delete it, or rename {:?} upstream",
+                    secret.key
+                )))
+            }
+            Some(e) if e.value.expose_secret() == secret.value.expose_secret() => {
+                plan.unchanged.push((e.id, name))
+            }
+            Some(e) => plan.update.push((e.id, name, secret)),
+        }
+    }
+    let gone: BTreeSet<String> = existing
+        .iter()
+        .filter(|(_, e)| e.synced_here)
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in gone {
+        let e = existing.remove(&name).expect("listed above");
+        if e.references.is_empty() {
+            plan.remove.push((e.id, name));
+        } else {
+            plan.stale.push((e.id, name, e.references));
+        }
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetched(key: &str, value: &str) -> FetchedSecret {
+        FetchedSecret {
+            reference: format!("kv/{key}"),
+            key: key.to_string(),
+            value: SecretString::from(value.to_string()),
+        }
+    }
+
+    fn existing(id: i64, value: &str, synced_here: bool, references: &[&str]) -> ExistingSecret {
+        ExistingSecret {
+            id,
+            synced_here,
+            value: SecretString::from(value.to_string()),
+            references: references.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn keys_map_by_the_documented_rule() {
+        assert_eq!(
+            variable_name("DATABASE_URL").as_deref(),
+            Some("DATABASE_URL")
+        );
+        assert_eq!(variable_name("db/password").as_deref(), Some("db_password"));
+        assert_eq!(variable_name("api-key.v2").as_deref(), Some("api_key_v2"));
+        assert_eq!(variable_name("/nested/x/").as_deref(), Some("nested_x"));
+        assert_eq!(variable_name("1st"), None);
+        assert_eq!(variable_name("naïve"), None);
+        assert_eq!(variable_name(""), None);
+    }
+
+    #[test]
+    fn colliding_or_unmappable_keys_fail_with_both_names() {
+        let e = map_names(vec![fetched("api-key", "a"), fetched("api_key", "b")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"api-key\"") && e.contains("\"api_key\""),
+            "{e}"
+        );
+        let e = map_names(vec![fetched("9lives", "a")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("9lives"), "{e}");
+        assert!(!e.contains("\"a\""), "no value in errors: {e}");
+    }
+
+    #[test]
+    fn a_plan_creates_updates_keeps_removes_and_marks_stale() {
+        let fetched = map_names(vec![
+            fetched("NEW", "n"),
+            fetched("CHANGED", "new-value"),
+            fetched("SAME", "same"),
+        ])
+        .unwrap();
+        let existing = BTreeMap::from([
+            ("CHANGED".to_string(), existing(1, "old-value", true, &[])),
+            ("SAME".to_string(), existing(2, "same", true, &[])),
+            ("GONE".to_string(), existing(3, "x", true, &[])),
+            ("GONE_USED".to_string(), existing(4, "x", true, &["web:DB"])),
+            ("MANUAL".to_string(), existing(5, "m", false, &[])),
+        ]);
+        let summary = plan(fetched, existing).unwrap().summary();
+        assert_eq!(summary.created, vec!["NEW"]);
+        assert_eq!(summary.updated, vec!["CHANGED"]);
+        assert_eq!(summary.unchanged, 1);
+        assert_eq!(summary.removed, vec!["GONE"]);
+        assert_eq!(
+            summary.stale,
+            vec![("GONE_USED".to_string(), vec!["web:DB".to_string()])]
+        );
+        assert_eq!(summary.status(), "partial");
+    }
+
+    #[test]
+    fn a_manual_secret_is_never_overwritten_by_a_sync() {
+        let fetched = map_names(vec![fetched("MANUAL", "upstream")]).unwrap();
+        let existing = BTreeMap::from([("MANUAL".to_string(), existing(5, "m", false, &[]))]);
+        let e = plan(fetched, existing).err().unwrap().to_string();
+        assert!(e.contains("MANUAL") && e.contains("does not own"), "{e}");
+    }
+}

@@ -1,0 +1,228 @@
+//! The HTTP client every provider speaks through: one HTTP/1.1 request per call on a fresh
+//! connection, `http://` or `https://` with the TLS certificate always verified (against the
+//! system's roots, or a provider's own `--ca-cert`), a time limit, and a response body limit.
+//!
+//! Architecture invariant: errors name the provider's host and the step, never a URL's query,
+//! a header or a body (they carry tokens and secret values).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::error::{Error, Result};
+
+/// A provider's answer bigger than this is refused (a page of secrets is far smaller).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// Talks to one provider. Cheap to clone.
+#[derive(Clone)]
+pub struct ProviderHttp {
+    base: Uri,
+    tls: Option<tokio_rustls::TlsConnector>,
+    timeout: Duration,
+}
+
+/// An HTTP answer: status and body.
+pub struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Error::Unavailable(format!("malformed answer from the provider: {e}")))
+    }
+}
+
+impl ProviderHttp {
+    /// `base` is the provider's URL (`https://vault.example:8200`); `ca_pem` replaces the
+    /// system roots for a self-hosted server.
+    pub fn new(base: &str, ca_pem: Option<&str>, timeout: Duration) -> Result<Self> {
+        let base: Uri = base
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|_| Error::invalid(format!("invalid provider address {base:?}")))?;
+        let tls = match base.scheme_str() {
+            Some("https") => Some(connector(ca_pem)?),
+            Some("http") => None,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "provider address {base} must start with https:// or http://"
+                )))
+            }
+        };
+        if base.host().is_none() {
+            return Err(Error::invalid(format!(
+                "provider address {base} has no host"
+            )));
+        }
+        Ok(ProviderHttp { base, tls, timeout })
+    }
+
+    fn host(&self) -> &str {
+        self.base.host().unwrap_or("")
+    }
+
+    /// `method path` with a JSON body (or none) and extra headers.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer> {
+        tokio::time::timeout(self.timeout, self.call_inner(method, path, headers, body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(format!(
+                    "provider {} did not answer within {:?}",
+                    self.host(),
+                    self.timeout
+                )))
+            })
+    }
+
+    async fn call_inner(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer> {
+        let authority = self.base.authority().expect("checked in new").clone();
+        let base_path = self.base.path().trim_end_matches('/');
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{base_path}{path}"))
+            .header(header::HOST, authority.as_str())
+            .header(header::ACCEPT, "application/json")
+            .header(header::CONTENT_LENGTH, body.len())
+            .header(
+                header::USER_AGENT,
+                concat!("berth/", env!("CARGO_PKG_VERSION")),
+            );
+        if !body.is_empty() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| Error::invalid(format!("invalid request path for {}", self.host())))?;
+
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = authority
+            .port_u16()
+            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+        let unavailable =
+            |step: &str, e: String| Error::Unavailable(format!("provider {host}: {step}: {e}"));
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| unavailable("connect", e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            Some(tls) => {
+                let name = ServerName::try_from(host.clone())
+                    .map_err(|_| unavailable("tls", "invalid server name".into()))?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| unavailable("tls", e.to_string()))?;
+                exchange(TokioIo::new(stream), request)
+                    .await
+                    .map_err(|e| unavailable("http", e))
+            }
+            None => exchange(TokioIo::new(tcp), request)
+                .await
+                .map_err(|e| unavailable("http", e)),
+        }
+    }
+}
+
+async fn exchange<I>(io: I, request: Request<Full<Bytes>>) -> std::result::Result<Answer, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let outcome = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        Ok(Answer { status, body })
+    }
+    .await;
+    driver.abort();
+    outcome
+}
+
+fn connector(ca_pem: Option<&str>) -> Result<tokio_rustls::TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            let mut reader = std::io::BufReader::new(pem.as_bytes());
+            let mut added = 0;
+            for cert in rustls_pemfile::certs(&mut reader) {
+                let cert =
+                    cert.map_err(|e| Error::invalid(format!("invalid --ca-cert PEM: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| Error::invalid(format!("invalid --ca-cert: {e}")))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(Error::invalid("--ca-cert holds no certificate"));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Internal(format!("tls: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Percent-encodes one path segment (provider paths come from configuration and listings).
+pub fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

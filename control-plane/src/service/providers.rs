@@ -1,0 +1,319 @@
+//! External secret providers (SPEC §8, R-8.1, R-8.2): registering one (its credentials
+//! encrypted, bound to its row), linking a group, and syncs — fetch everything, plan, then
+//! apply in one transaction or change nothing and record why.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret as _, SecretString};
+
+use super::{mask_value, Actor, Permission, Service};
+use crate::crypto::Aad;
+use crate::error::{Error, Result};
+use crate::provider::vault::{VaultConfig, VaultSource};
+use crate::provider::{self, ExistingSecret, ProviderType, SecretSource, SyncSummary};
+use crate::store::{ProviderRow, SyncRow, SyncWrite, SyncedSecret};
+use crate::validate;
+
+/// A whole sync (login, every page, every value) must finish within this.
+pub const SYNC_TIME_LIMIT: Duration = Duration::from_secs(120);
+/// One request to a provider.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A provider's settings as `berth provider add` gives them.
+#[derive(Debug, Clone)]
+pub enum ProviderSettings {
+    HashicorpVault(VaultConfig),
+}
+
+impl ProviderSettings {
+    fn provider_type(&self) -> ProviderType {
+        match self {
+            ProviderSettings::HashicorpVault(_) => ProviderType::HashicorpVault,
+        }
+    }
+
+    fn config_json(&self) -> String {
+        match self {
+            ProviderSettings::HashicorpVault(c) => {
+                serde_json::to_string(c).expect("config serializes")
+            }
+        }
+    }
+
+    fn validate(&self, credential: &SecretString) -> Result<()> {
+        match self {
+            ProviderSettings::HashicorpVault(c) => c.validate(credential),
+        }
+    }
+}
+
+/// What a sync did (or, dry, would do).
+#[derive(Debug, Clone)]
+pub struct SyncOutcome {
+    pub provider: String,
+    pub group: String,
+    pub summary: SyncSummary,
+    pub dry_run: bool,
+}
+
+impl Service {
+    /// `berth provider add`: validated, credentials encrypted for the new row, audited
+    /// (names only).
+    pub async fn add_provider(
+        &self,
+        actor: &Actor,
+        name: &str,
+        settings: ProviderSettings,
+        credential: &SecretString,
+    ) -> Result<ProviderRow> {
+        actor.require(Permission::Write)?;
+        validate::name("provider", name)?;
+        settings.validate(credential)?;
+        let key = self.key.clone();
+        let row = self
+            .store
+            .insert_provider(
+                name,
+                settings.provider_type().as_str(),
+                &settings.config_json(),
+                |id| {
+                    key.encrypt(
+                        credential.expose_secret().as_bytes(),
+                        &Aad::provider_credentials(id),
+                    )
+                },
+            )
+            .await?;
+        self.audit(
+            actor,
+            "provider.add",
+            name,
+            Some(settings.provider_type().as_str()),
+        )
+        .await?;
+        Ok(row)
+    }
+
+    pub async fn list_providers(&self, actor: &Actor) -> Result<Vec<ProviderRow>> {
+        actor.require(Permission::Read)?;
+        self.store.list_providers().await
+    }
+
+    pub async fn get_provider(&self, actor: &Actor, name: &str) -> Result<ProviderRow> {
+        actor.require(Permission::Read)?;
+        self.store.provider(name).await
+    }
+
+    /// `berth provider remove`: its group and secrets stay, as manual ones.
+    pub async fn remove_provider(&self, actor: &Actor, name: &str) -> Result<()> {
+        actor.require(Permission::Write)?;
+        let row = self.store.provider(name).await?;
+        self.store.delete_provider(row.id).await?;
+        self.audit(actor, "provider.remove", name, None).await
+    }
+
+    /// Links `group` to `provider` (`None`: unlinks it). A group syncs from one provider.
+    pub async fn link_group(
+        &self,
+        actor: &Actor,
+        group: &str,
+        provider: Option<&str>,
+        auto_sync: bool,
+    ) -> Result<()> {
+        actor.require(Permission::Write)?;
+        let group_row = self.store.group(group).await?;
+        let provider_id = match provider {
+            Some(name) => {
+                let p = self.store.provider(name).await?;
+                if let Some(linked) = p.group_name.as_deref().filter(|g| *g != group) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "provider {name:?} already syncs into group {linked:?}; one provider feeds one group"
+                    )));
+                }
+                Some(p.id)
+            }
+            None => None,
+        };
+        self.store
+            .link_group(
+                group_row.id,
+                provider_id,
+                auto_sync && provider_id.is_some(),
+            )
+            .await?;
+        self.audit(actor, "group.link", group, provider).await
+    }
+
+    /// `berth provider history`.
+    pub async fn sync_history(&self, actor: &Actor, name: &str) -> Result<Vec<SyncRow>> {
+        actor.require(Permission::Read)?;
+        let row = self.store.provider(name).await?;
+        self.store.sync_history(row.id, 50).await
+    }
+
+    /// `berth provider test`: logs in and lists, writes nothing; the number of values found.
+    pub async fn test_provider(&self, actor: &Actor, name: &str) -> Result<usize> {
+        actor.require(Permission::Write)?;
+        let row = self.store.provider(name).await?;
+        let fetched = self.fetch(&row).await?;
+        Ok(provider::map_names(fetched)?.len())
+    }
+
+    /// `berth provider sync [--dry-run]`: fetch, plan, apply all or nothing. A failure
+    /// changes no secret and is recorded in `secret_syncs` and on the provider.
+    pub async fn sync_provider(
+        &self,
+        actor: &Actor,
+        name: &str,
+        dry_run: bool,
+    ) -> Result<SyncOutcome> {
+        actor.require(Permission::Write)?;
+        let row = self.store.provider(name).await?;
+        let Some(group) = row.group_name.clone() else {
+            return Err(Error::FailedPrecondition(format!(
+                "provider {name:?} is linked to no group: `berth group create GROUP --provider {name}`"
+            )));
+        };
+        let group_id = self.store.group(&group).await?.id;
+        let started = Instant::now();
+        let planned = self.plan_sync(&row, group_id).await;
+        let elapsed = |s: Instant| i64::try_from(s.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let (summary, write) = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                if !dry_run {
+                    self.store
+                        .record_failed_sync(
+                            row.id,
+                            Some(group_id),
+                            &e.to_string(),
+                            elapsed(started),
+                        )
+                        .await?;
+                }
+                return Err(e);
+            }
+        };
+        if !dry_run {
+            let write = SyncWrite {
+                duration_ms: elapsed(started),
+                ..write
+            };
+            self.store.apply_sync(&write).await?;
+            let details = format!(
+                "{} created, {} updated, {} removed, {} unchanged, {} stale",
+                summary.created.len(),
+                summary.updated.len(),
+                summary.removed.len(),
+                summary.unchanged,
+                summary.stale.len()
+            );
+            self.audit(actor, "provider.sync", name, Some(&details))
+                .await?;
+        }
+        Ok(SyncOutcome {
+            provider: row.name,
+            group,
+            summary,
+            dry_run,
+        })
+    }
+
+    async fn plan_sync(
+        &self,
+        row: &ProviderRow,
+        group_id: i64,
+    ) -> Result<(SyncSummary, SyncWrite)> {
+        let fetched = provider::map_names(self.fetch(row).await?)?;
+        let mut existing = BTreeMap::new();
+        for s in self.store.group_secrets(group_id).await? {
+            let value = self
+                .key
+                .decrypt_string(&s.value, &Aad::secret(group_id, &s.name))?;
+            let synced_here = s.source == "synced" && s.provider_id == Some(row.id);
+            let references = if synced_here {
+                self.store.secret_references(s.id).await?
+            } else {
+                Vec::new()
+            };
+            existing.insert(
+                s.name.clone(),
+                ExistingSecret {
+                    id: s.id,
+                    synced_here,
+                    value,
+                    references,
+                },
+            );
+        }
+        let plan = provider::plan(fetched, existing)?;
+        let summary = plan.summary();
+        let seal = |name: &str, f: &provider::FetchedSecret| -> Result<SyncedSecret> {
+            validate::secret_value(name, f.value.expose_secret())?;
+            Ok(SyncedSecret {
+                name: name.to_string(),
+                value: self.key.encrypt(
+                    f.value.expose_secret().as_bytes(),
+                    &Aad::secret(group_id, name),
+                ),
+                value_preview: mask_value(f.value.expose_secret()),
+                reference: f.reference.clone(),
+            })
+        };
+        let write = SyncWrite {
+            provider_id: row.id,
+            group_id,
+            create: plan
+                .create
+                .iter()
+                .map(|(n, f)| seal(n, f))
+                .collect::<Result<_>>()?,
+            update: plan
+                .update
+                .iter()
+                .map(|(id, n, f)| Ok((*id, seal(n, f)?)))
+                .collect::<Result<_>>()?,
+            remove: plan.remove.iter().map(|(id, _)| *id).collect(),
+            unchanged: plan.unchanged.iter().map(|(id, _)| *id).collect(),
+            stale: plan.stale.iter().map(|(id, _, _)| *id).collect(),
+            status: summary.status(),
+            duration_ms: 0,
+        };
+        Ok((summary, write))
+    }
+
+    /// Logs in and reads everything, within [`SYNC_TIME_LIMIT`].
+    async fn fetch(&self, row: &ProviderRow) -> Result<Vec<provider::FetchedSecret>> {
+        let credential = match &row.credentials {
+            Some(c) => self
+                .key
+                .decrypt_string(c, &Aad::provider_credentials(row.id))?,
+            None => SecretString::from(String::new()),
+        };
+        let source: Box<dyn SecretSource> = match ProviderType::parse(&row.provider_type)? {
+            ProviderType::HashicorpVault => {
+                let config: VaultConfig = serde_json::from_str(&row.config).map_err(|e| {
+                    Error::Internal(format!("stored config of provider {:?}: {e}", row.name))
+                })?;
+                Box::new(VaultSource::new(config, credential, REQUEST_TIMEOUT)?)
+            }
+            other => {
+                return Err(Error::FailedPrecondition(format!(
+                    "provider type {other} cannot be synced by this version of berth"
+                )))
+            }
+        };
+        tokio::time::timeout(SYNC_TIME_LIMIT, source.fetch())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(format!(
+                    "provider {:?} did not finish within {SYNC_TIME_LIMIT:?}",
+                    row.name
+                )))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests;
