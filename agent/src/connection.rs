@@ -243,6 +243,11 @@ async fn session(shared: &Arc<Shared>) -> anyhow::Result<()> {
         running,
     })))
     .await?;
+    // From here on a finishing command sends its result on this stream (queued behind the
+    // Hello). Set before the journal is read, so no result can finish between the replay and
+    // the switch and wait, unsent, for the next reconnect; one finishing during the replay
+    // may go twice, which the control plane ignores (a target is finished once).
+    *shared.outbound.lock().expect("outbound lock") = Some(tx.clone());
     // Results produced while the stream was down.
     for message in replay(&shared.journal)? {
         tx.send(message).await?;
@@ -252,7 +257,6 @@ async fn session(shared: &Arc<Shared>) -> anyhow::Result<()> {
         .await
         .map_err(|s| anyhow::anyhow!("stream refused: {} ({:?})", s.message(), s.code()))?
         .into_inner();
-    *shared.outbound.lock().expect("outbound lock") = Some(tx.clone());
     tracing::info!(agent = %shared.identity.lock().expect("identity lock").name, "connected to control plane");
 
     let mut heartbeat = tokio::time::interval(HEARTBEAT);

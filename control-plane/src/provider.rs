@@ -15,8 +15,11 @@ pub mod vault;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::time::Duration;
 
 use secrecy::{ExposeSecret as _, SecretString};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 
@@ -67,6 +70,72 @@ impl fmt::Display for ProviderType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The non-secret settings of one provider type, stored as `secret_providers.config` (JSON).
+/// Deserialized from the `key=value` settings of `berth provider add` (unknown keys are
+/// refused: `#[serde(deny_unknown_fields)]`), validated with the credential in hand.
+pub trait ProviderConfig: Serialize + DeserializeOwned {
+    fn validate(&self, credential: &SecretString) -> Result<()>;
+}
+
+/// The one place a type's settings are parsed: returns the JSON to store.
+pub fn config_json(
+    provider_type: ProviderType,
+    settings: &BTreeMap<String, String>,
+    credential: &SecretString,
+) -> Result<String> {
+    let value = serde_json::Value::Object(
+        settings
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+    );
+    match provider_type {
+        ProviderType::HashicorpVault => {
+            typed::<vault::VaultConfig>(provider_type, value, credential)
+        }
+        other => Err(unsupported(other)),
+    }
+}
+
+/// The one place a stored provider becomes a client.
+pub fn source(
+    provider_type: ProviderType,
+    config_json: &str,
+    credential: SecretString,
+    timeout: Duration,
+) -> Result<Box<dyn SecretSource>> {
+    match provider_type {
+        ProviderType::HashicorpVault => Ok(Box::new(vault::VaultSource::new(
+            stored(provider_type, config_json)?,
+            credential,
+            timeout,
+        )?)),
+        other => Err(unsupported(other)),
+    }
+}
+
+fn typed<C: ProviderConfig>(
+    provider_type: ProviderType,
+    value: serde_json::Value,
+    credential: &SecretString,
+) -> Result<String> {
+    let config: C = serde_json::from_value(value)
+        .map_err(|e| Error::invalid(format!("{provider_type} settings: {e}")))?;
+    config.validate(credential)?;
+    Ok(serde_json::to_string(&config).expect("config serializes"))
+}
+
+fn stored<C: ProviderConfig>(provider_type: ProviderType, json: &str) -> Result<C> {
+    serde_json::from_str(json)
+        .map_err(|e| Error::Internal(format!("stored {provider_type} config: {e}")))
+}
+
+fn unsupported(provider_type: ProviderType) -> Error {
+    Error::FailedPrecondition(format!(
+        "provider type {provider_type} is not supported by this version of berth"
+    ))
 }
 
 /// One value read from a provider.
@@ -255,6 +324,51 @@ mod tests {
             value: SecretString::from(value.to_string()),
             references: references.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn settings_are_typed_per_provider_and_unknown_ones_refused() {
+        let token = SecretString::from("t".to_string());
+        let settings = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let json = config_json(
+            ProviderType::HashicorpVault,
+            &settings(&[("address", "https://vault.example:8200")]),
+            &token,
+        )
+        .unwrap();
+        assert!(
+            json.contains("\"mount\":\"secret\"") && json.contains("\"auth\":\"token\""),
+            "{json}"
+        );
+        let e = config_json(
+            ProviderType::HashicorpVault,
+            &settings(&[("address", "https://v"), ("adress", "typo")]),
+            &token,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("adress"), "{e}");
+        let e = config_json(
+            ProviderType::HashicorpVault,
+            &settings(&[("address", "https://v"), ("auth", "approle")]),
+            &token,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--role-id"), "{e}");
+        let e = config_json(
+            ProviderType::HashicorpVault,
+            &settings(&[("address", "ftp://v")]),
+            &token,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("https://"), "{e}");
     }
 
     #[test]

@@ -260,15 +260,14 @@ mod key_check_tests {
         svc.add_provider(
             &a,
             "vault",
-            providers::ProviderSettings::HashicorpVault(crate::provider::vault::VaultConfig {
-                address: "https://vault.example:8200".into(),
-                mount: "secret".into(),
-                path: String::new(),
-                namespace: None,
-                auth: "token".into(),
-                role_id: None,
-                ca_cert: None,
-            }),
+            providers::ProviderSettings {
+                provider_type: crate::provider::ProviderType::HashicorpVault,
+                settings: [(
+                    "address".to_string(),
+                    "https://vault.example:8200".to_string(),
+                )]
+                .into(),
+            },
             &SecretString::from("vault-token"),
         )
         .await

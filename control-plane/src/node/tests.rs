@@ -38,6 +38,10 @@ struct RunningAgent {
 
 impl Cluster {
     async fn start() -> Cluster {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let mut config = NodeConfig::new(dir.path().join("control-plane"));
         config.grpc_listen = "127.0.0.1:0".parse().unwrap();
@@ -110,6 +114,12 @@ impl Cluster {
         let mut agent = self.agents.remove(name).unwrap();
         let _ = agent.stop.take().unwrap().send(());
         agent.task.await.unwrap().unwrap();
+        // As after a real restart, the old stream is gone before the new one comes.
+        let deadline = tokio::time::Instant::now() + MUST_HAPPEN;
+        while self.fleet.is_connected(name) {
+            assert!(tokio::time::Instant::now() < deadline, "{name}'s old stream stayed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.run_agent(name, agent.executor);
         self.wait_connected(name).await;
     }
@@ -277,6 +287,6 @@ async fn a_result_journaled_while_the_agent_was_away_is_replayed_and_the_deploy_
     // And an agent restarted after everything was acknowledged has nothing to replay.
     cluster.restart_agent("a1").await;
     let again = cluster.deploy_and_wait("web", "v3").await;
-    assert_eq!(again.status, DeploymentStatus::Success);
+    assert_eq!(again.status, DeploymentStatus::Success, "{again:?}");
     assert_eq!(cluster.executor("a1").deploy_count(), 2);
 }

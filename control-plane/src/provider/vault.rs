@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::http::{segment, Answer, ProviderHttp};
-use super::{FetchedSecret, SecretSource};
+use super::{FetchedSecret, ProviderConfig, SecretSource};
 use crate::error::{Error, Result};
 
 /// A folder tree deeper than this is refused (a listing loop, or a misconfigured path).
@@ -25,12 +25,15 @@ const MAX_DEPTH: usize = 16;
 /// Secrets one sync may read.
 const MAX_SECRETS: usize = 10_000;
 
-/// The non-secret settings, stored as `secret_providers.config`.
+/// The non-secret settings, stored as `secret_providers.config`. The credential is the
+/// token (`auth=token`) or the AppRole secret id (`auth=approle`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VaultConfig {
     /// `https://vault.example:8200`
     pub address: String,
     /// KV v2 mount, `secret` by default.
+    #[serde(default = "default_mount")]
     pub mount: String,
     /// Path under the mount; empty for the whole mount.
     #[serde(default)]
@@ -38,7 +41,8 @@ pub struct VaultConfig {
     /// Vault Enterprise / OpenBao namespace.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// `token` or `approle`.
+    /// `token` (default) or `approle`.
+    #[serde(default = "default_auth")]
     pub auth: String,
     /// AppRole role id (not a secret by itself; the secret id is).
     #[serde(default)]
@@ -48,8 +52,16 @@ pub struct VaultConfig {
     pub ca_cert: Option<String>,
 }
 
-impl VaultConfig {
-    pub fn validate(&self, credential: &SecretString) -> Result<()> {
+fn default_mount() -> String {
+    "secret".into()
+}
+
+fn default_auth() -> String {
+    "token".into()
+}
+
+impl ProviderConfig for VaultConfig {
+    fn validate(&self, credential: &SecretString) -> Result<()> {
         ProviderHttp::new(
             &self.address,
             self.ca_cert.as_deref(),

@@ -10,8 +10,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use super::{mask_value, Actor, Permission, Service};
 use crate::crypto::Aad;
 use crate::error::{Error, Result};
-use crate::provider::vault::{VaultConfig, VaultSource};
-use crate::provider::{self, ExistingSecret, ProviderType, SecretSource, SyncSummary};
+use crate::provider::{self, ExistingSecret, ProviderType, SyncSummary};
 use crate::store::{ProviderRow, SyncRow, SyncWrite, SyncedSecret};
 use crate::validate;
 
@@ -20,32 +19,12 @@ pub const SYNC_TIME_LIMIT: Duration = Duration::from_secs(120);
 /// One request to a provider.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A provider's settings as `berth provider add` gives them.
+/// A provider as `berth provider add` gives it: its type and its non-secret settings
+/// (`key=value`, the type's config fields); the credential travels separately.
 #[derive(Debug, Clone)]
-pub enum ProviderSettings {
-    HashicorpVault(VaultConfig),
-}
-
-impl ProviderSettings {
-    fn provider_type(&self) -> ProviderType {
-        match self {
-            ProviderSettings::HashicorpVault(_) => ProviderType::HashicorpVault,
-        }
-    }
-
-    fn config_json(&self) -> String {
-        match self {
-            ProviderSettings::HashicorpVault(c) => {
-                serde_json::to_string(c).expect("config serializes")
-            }
-        }
-    }
-
-    fn validate(&self, credential: &SecretString) -> Result<()> {
-        match self {
-            ProviderSettings::HashicorpVault(c) => c.validate(credential),
-        }
-    }
+pub struct ProviderSettings {
+    pub provider_type: ProviderType,
+    pub settings: BTreeMap<String, String>,
 }
 
 /// What a sync did (or, dry, would do).
@@ -69,27 +48,22 @@ impl Service {
     ) -> Result<ProviderRow> {
         actor.require(Permission::Write)?;
         validate::name("provider", name)?;
-        settings.validate(credential)?;
+        let config = provider::config_json(settings.provider_type, &settings.settings, credential)?;
         let key = self.key.clone();
         let row = self
             .store
-            .insert_provider(
-                name,
-                settings.provider_type().as_str(),
-                &settings.config_json(),
-                |id| {
-                    key.encrypt(
-                        credential.expose_secret().as_bytes(),
-                        &Aad::provider_credentials(id),
-                    )
-                },
-            )
+            .insert_provider(name, settings.provider_type.as_str(), &config, |id| {
+                key.encrypt(
+                    credential.expose_secret().as_bytes(),
+                    &Aad::provider_credentials(id),
+                )
+            })
             .await?;
         self.audit(
             actor,
             "provider.add",
             name,
-            Some(settings.provider_type().as_str()),
+            Some(settings.provider_type.as_str()),
         )
         .await?;
         Ok(row)
@@ -291,19 +265,12 @@ impl Service {
                 .decrypt_string(c, &Aad::provider_credentials(row.id))?,
             None => SecretString::from(String::new()),
         };
-        let source: Box<dyn SecretSource> = match ProviderType::parse(&row.provider_type)? {
-            ProviderType::HashicorpVault => {
-                let config: VaultConfig = serde_json::from_str(&row.config).map_err(|e| {
-                    Error::Internal(format!("stored config of provider {:?}: {e}", row.name))
-                })?;
-                Box::new(VaultSource::new(config, credential, REQUEST_TIMEOUT)?)
-            }
-            other => {
-                return Err(Error::FailedPrecondition(format!(
-                    "provider type {other} cannot be synced by this version of berth"
-                )))
-            }
-        };
+        let source = provider::source(
+            ProviderType::parse(&row.provider_type)?,
+            &row.config,
+            credential,
+            REQUEST_TIMEOUT,
+        )?;
         tokio::time::timeout(SYNC_TIME_LIMIT, source.fetch())
             .await
             .unwrap_or_else(|_| {

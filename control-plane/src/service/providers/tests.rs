@@ -172,15 +172,18 @@ impl Bao {
     }
 
     fn config(&self, path: &str, auth: &str, role_id: Option<String>) -> ProviderSettings {
-        ProviderSettings::HashicorpVault(VaultConfig {
-            address: self.address.clone(),
-            mount: "secret".into(),
-            path: path.into(),
-            namespace: None,
-            auth: auth.into(),
-            role_id,
-            ca_cert: None,
-        })
+        let mut settings = BTreeMap::from([
+            ("address".to_string(), self.address.clone()),
+            ("path".to_string(), path.to_string()),
+            ("auth".to_string(), auth.to_string()),
+        ]);
+        if let Some(role_id) = role_id {
+            settings.insert("role_id".into(), role_id);
+        }
+        ProviderSettings {
+            provider_type: ProviderType::HashicorpVault,
+            settings,
+        }
     }
 }
 
