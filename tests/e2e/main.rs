@@ -1,10 +1,18 @@
-//! berth's end-to-end suite: one test binary, real processes (`berth dev`, the `berth` CLI),
-//! real TLS, real SQLite files. Build the binaries first (`cargo build --workspace --bins`);
-//! the README's test command does.
+//! berth's end-to-end suite: one test binary, real processes (`berth dev`, `berth-agent`,
+//! `berth-webhook`, the `berth` CLI), real TLS, real SQLite files, the real Docker Engine and
+//! a real private registry. Build the binaries first (`cargo build --workspace --bins`); the
+//! README's test command does.
+//!
+//! `fixture` starts and reaches all of it; each other module is a suite named after the
+//! behaviour it checks.
 
-mod agents;
-mod common;
-mod foundation;
-mod notify;
-mod registry;
-mod webhook;
+// A test may say on stderr what it measured (the webhook shim's rate limit).
+#![allow(clippy::print_stderr)]
+
+mod fixture;
+
+mod admin_api;
+mod agent_certificates;
+mod agent_deploys;
+mod outgoing_notifications;
+mod webhook_shim;

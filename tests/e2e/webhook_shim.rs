@@ -1,323 +1,37 @@
-//! The webhook issue's acceptance: the seed's contract of `POST /webhook/deploy` through the
-//! real shim (in `berth dev` and the standalone `berth-webhook`), the CI script, hostile
-//! input, client IPs behind proxies, the legacy route, and registry push auto-deploys.
+//! The webhook shim (`POST /webhook/deploy`, in `berth dev` and the standalone
+//! `berth-webhook`): the seed's contract and statuses, the CI script, hostile input, client
+//! IPs behind proxies, the legacy route, the RPC behind it, and registry pushes that deploy.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use berth_proto::v1 as pb;
 use pb::api_key_service_client::ApiKeyServiceClient;
 use pb::application_service_client::ApplicationServiceClient;
-use pb::deploy_service_client::DeployServiceClient;
-use pb::repository_service_client::RepositoryServiceClient;
 use pb::webhook_service_client::WebhookServiceClient;
 use serde_json::{json, Value};
 
-use crate::common::{
-    authed, bin, build_test_images, dirs, docker_available, free_port, remove_app_containers,
-    repo_root, start_with_webhook, wait_connected, wait_deployment, wait_listening, DevNode,
+use crate::fixture::admin::{
+    add_repository, authed, create_api_key, create_app, deployment_count, deployments,
+    registry_app, unique, wait_deployment, AppSpec,
 };
-use crate::registry;
+use crate::fixture::agent::wait_connected;
+use crate::fixture::docker::{build_test_images, docker_available, remove_app_containers};
+use crate::fixture::http::{get, post, request, Response};
+use crate::fixture::node::{dirs, start_with_webhook};
+use crate::fixture::registry::Registry;
+use crate::fixture::repo_root;
+use crate::fixture::shim::StandaloneShim;
 
 const MISSING: &str = "Missing required fields: (applicationId or applicationName), version, token";
 const NOT_FOUND: &str = "Application not found. Please register the application first.";
 const INVALID_TOKEN: &str = "Invalid webhook token";
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{prefix}-{:08x}",
-        (nanos as u32) ^ std::process::id().rotate_left(16)
-    )
-}
-
-// ---------------------------------------------------------------------------------------------
-// A plain HTTP/1.1 client: every request on its own connection, every byte under our control.
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Response {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn error(&self) -> String {
-        self.json()["error"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-}
-
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the shim");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    if !body.is_empty() || method == "POST" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    // The shim may answer (413) before reading everything: write errors are not failures.
-    let _ = stream
-        .write_all(head.as_bytes())
-        .and_then(|_| stream.write_all(body));
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Response {
-        status,
-        headers,
-        body: body.to_string(),
-    }
-}
-
-/// `POST path` with a JSON body and an optional bearer token.
-fn post(port: u16, path: &str, body: &Value, bearer: Option<&str>) -> Response {
-    let auth = bearer.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(auth) = &auth {
-        headers.push(("Authorization", auth.as_str()));
-    }
-    http(port, "POST", path, &headers, body.to_string().as_bytes())
-}
-
-fn get(port: u16, path: &str, bearer: &str) -> Response {
-    http(
-        port,
-        "GET",
-        path,
-        &[("Authorization", &format!("Bearer {bearer}"))],
-        b"",
-    )
-}
 
 /// The path of an absolute or relative status URL.
 fn url_path(url: &str) -> String {
     match url.find("/webhook/") {
         Some(i) => url[i..].to_string(),
         None => panic!("not a status url: {url}"),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Admin-side helpers (gRPC, as the admin)
-// ---------------------------------------------------------------------------------------------
-
-struct App {
-    id: i64,
-    name: String,
-    token: String,
-}
-
-struct AppSpec<'a> {
-    image: &'a str,
-    repository: Option<String>,
-    auto_deploy: bool,
-    webhook_enabled: bool,
-}
-
-impl Default for AppSpec<'_> {
-    fn default() -> Self {
-        AppSpec {
-            image: "web",
-            repository: None,
-            auto_deploy: false,
-            webhook_enabled: true,
-        }
-    }
-}
-
-async fn create_app(node: &DevNode, name: &str, spec: AppSpec<'_>) -> App {
-    let created = ApplicationServiceClient::new(node.channel().await)
-        .create_application(authed(
-            pb::CreateApplicationRequest {
-                name: name.into(),
-                image: spec.image.into(),
-                repository: spec.repository,
-                webhook_enabled: Some(spec.webhook_enabled),
-                auto_deploy: spec.auto_deploy,
-                ..Default::default()
-            },
-            &node.admin_token(),
-        ))
-        .await
-        .expect("create application")
-        .into_inner();
-    App {
-        id: created.application.unwrap().id,
-        name: name.into(),
-        token: created.webhook_token,
-    }
-}
-
-async fn add_repository(node: &DevNode, name: &str, server: &str, username: &str, password: &str) {
-    RepositoryServiceClient::new(node.channel().await)
-        .add_repository(authed(
-            pb::AddRepositoryRequest {
-                name: name.into(),
-                url: server.into(),
-                username: Some(username.into()),
-                password: Some(password.into()),
-            },
-            &node.admin_token(),
-        ))
-        .await
-        .expect("add repository");
-}
-
-/// An application of the shared test registry's `web` image.
-async fn registry_app(node: &DevNode, name: &str) -> App {
-    let reg = registry::shared();
-    let repo = format!("reg-{name}");
-    add_repository(node, &repo, &reg.server, &reg.username, &reg.password).await;
-    create_app(
-        node,
-        name,
-        AppSpec {
-            repository: Some(repo),
-            ..Default::default()
-        },
-    )
-    .await
-}
-
-async fn deployments(node: &DevNode, app: &str) -> Vec<pb::DeploymentSummary> {
-    DeployServiceClient::new(node.channel().await)
-        .list_deployments(authed(
-            pb::ListDeploymentsRequest {
-                app: app.into(),
-                limit: 500,
-            },
-            &node.admin_token(),
-        ))
-        .await
-        .expect("list deployments")
-        .into_inner()
-        .deployments
-}
-
-/// Every `deployment_logs` row of every application, through the admin API.
-async fn deployment_count(node: &DevNode) -> usize {
-    let apps = ApplicationServiceClient::new(node.channel().await)
-        .list_applications(authed(pb::ListApplicationsRequest {}, &node.admin_token()))
-        .await
-        .expect("list applications")
-        .into_inner()
-        .applications;
-    let mut n = 0;
-    for app in apps {
-        n += deployments(node, &app.name).await.len();
-    }
-    n
-}
-
-async fn create_api_key(node: &DevNode, name: &str, role: &str) -> String {
-    ApiKeyServiceClient::new(node.channel().await)
-        .create_api_key(authed(
-            pb::CreateApiKeyRequest {
-                name: name.into(),
-                role: role.into(),
-            },
-            &node.admin_token(),
-        ))
-        .await
-        .expect("create api key")
-        .into_inner()
-        .key
-}
-
-/// A standalone `berth-webhook` process in front of `node`.
-struct StandaloneShim {
-    port: u16,
-    log_path: PathBuf,
-    child: Child,
-}
-
-impl StandaloneShim {
-    fn start(
-        node: &DevNode,
-        api_key: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-        log_dir: &Path,
-    ) -> StandaloneShim {
-        let port = free_port();
-        let log_path = log_dir.join(format!("shim-{port}.log"));
-        let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(bin("berth-webhook"));
-        cmd.args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--control-plane",
-            &node.addr,
-            "--ca-cert",
-        ])
-        .arg(&node.ca_cert)
-        .args(args)
-        .env("BERTH_WEBHOOK_API_KEY", api_key)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn berth-webhook");
-        wait_listening(port, "berth-webhook");
-        StandaloneShim {
-            port,
-            log_path,
-            child,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-impl Drop for StandaloneShim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -507,7 +221,7 @@ async fn every_seed_status_with_the_token_in_the_body_or_the_header() {
     // The status URL: only with this application's current token.
     assert_eq!(get(shim, &status_path, &other.token).status, 401);
     assert_eq!(get(shim, &status_path, &app.token).status, 401);
-    assert_eq!(http(shim, "GET", &status_path, &[], b"").status, 401);
+    assert_eq!(request(shim, "GET", &status_path, &[], b"").status, 401);
     assert_eq!(
         get(
             shim,
@@ -675,7 +389,7 @@ async fn hostile_input_gets_a_clear_error_writes_nothing_and_the_servers_keep_se
         );
         assert_eq!(r.json()["success"], false, "{what}");
         assert_eq!(
-            http(shim, "GET", "/healthz", &[], b"").status,
+            request(shim, "GET", "/healthz", &[], b"").status,
             200,
             "the shim keeps serving after {what}"
         );
@@ -697,7 +411,7 @@ async fn hostile_input_gets_a_clear_error_writes_nothing_and_the_servers_keep_se
         "application/x-www-form-urlencoded",
         "multipart/form-data; boundary=x",
     ] {
-        let r = http(
+        let r = request(
             shim,
             "POST",
             deploy,
@@ -708,7 +422,7 @@ async fn hostile_input_gets_a_clear_error_writes_nothing_and_the_servers_keep_se
     }
     check(
         "no content type",
-        http(shim, "POST", deploy, &[], body.as_bytes()),
+        request(shim, "POST", deploy, &[], body.as_bytes()),
         415,
         "must be JSON",
     );
@@ -720,7 +434,7 @@ async fn hostile_input_gets_a_clear_error_writes_nothing_and_the_servers_keep_se
         "[".repeat(20_000),
         "]".repeat(20_000)
     );
-    let r = http(
+    let r = request(
         shim,
         "POST",
         deploy,
@@ -729,7 +443,7 @@ async fn hostile_input_gets_a_clear_error_writes_nothing_and_the_servers_keep_se
     );
     check("deeply nested JSON", r, 400, "nested too deeply");
     for bad in ["{", "[]", "null", "\"v1\"", "{\"version\": \"v1\",}"] {
-        let r = http(
+        let r = request(
             shim,
             "POST",
             deploy,
@@ -808,9 +522,9 @@ async fn hostile_input_gets_a_clear_error_writes_nothing_and_the_servers_keep_se
         check(&format!("name {name:?}"), r, 404, NOT_FOUND);
     }
     // Odd routes and methods.
-    assert_eq!(http(shim, "GET", deploy, &[], b"").status, 405);
+    assert_eq!(request(shim, "GET", deploy, &[], b"").status, 405);
     assert_eq!(
-        http(
+        request(
             shim,
             "POST",
             "/webhook/deploy?wait=maybe",
@@ -833,9 +547,9 @@ async fn hostile_input_gets_a_clear_error_writes_nothing_and_the_servers_keep_se
         get(shim, "/webhook/deployments/%ZZ", &app.token).status,
         404
     );
-    assert_eq!(http(shim, "GET", "/nope", &[], b"").status, 404);
+    assert_eq!(request(shim, "GET", "/nope", &[], b"").status, 404);
     assert_eq!(
-        http(
+        request(
             shim,
             "POST",
             "/deploy",
@@ -896,7 +610,7 @@ async fn hostile_input_gets_a_clear_error_writes_nothing_and_the_servers_keep_se
     assert!((1..=60).contains(&retry), "{retry}");
     // A limited client is limited even with the right token; the servers keep serving.
     assert_eq!(post(shim, deploy, &valid(json!("v1")), None).status, 429);
-    assert_eq!(http(shim, "GET", "/healthz", &[], b"").status, 200);
+    assert_eq!(request(shim, "GET", "/healthz", &[], b"").status, 200);
     assert_eq!(
         deployment_count(&node).await,
         before,
@@ -937,7 +651,7 @@ async fn forwarded_for_is_honoured_only_from_trusted_proxies_and_the_legacy_rout
     let xff = |port: u16, forwarded: &str| {
         let body =
             json!({"applicationName": app.name, "version": "v1", "token": app.token}).to_string();
-        http(
+        request(
             port,
             "POST",
             "/webhook/deploy",
@@ -976,10 +690,8 @@ async fn forwarded_for_is_honoured_only_from_trusted_proxies_and_the_legacy_rout
         None,
     );
     assert_eq!(r.status, 401, "no token: {r:?}");
-    for r in [&r] {
-        assert_eq!(r.header("deprecation"), Some("true"));
-        assert!(r.header("sunset").is_some_and(|s| s.ends_with("GMT")));
-    }
+    assert_eq!(r.header("deprecation"), Some("true"));
+    assert!(r.header("sunset").is_some_and(|s| s.ends_with("GMT")));
     let r = legacy(
         json!({"name": app.name, "image": "evil/image", "version": "v1", "port": 22, "containerPort": 22, "secret": app.token}),
         None,
@@ -1021,7 +733,7 @@ async fn forwarded_for_is_honoured_only_from_trusted_proxies_and_the_legacy_rout
     // Calling the RPC directly skips nothing: a viewer key is refused, and the webhook key
     // still needs the application's token.
     let mut rpc = WebhookServiceClient::new(node.channel().await);
-    let request = |token: &str| pb::WebhookDeployRequest {
+    let rpc_request = |token: &str| pb::WebhookDeployRequest {
         application_name: Some(app.name.clone()),
         version: "v1".into(),
         token: token.into(),
@@ -1029,17 +741,17 @@ async fn forwarded_for_is_honoured_only_from_trusted_proxies_and_the_legacy_rout
         ..Default::default()
     };
     let e = rpc
-        .deploy(authed(request(&app.token), &viewer))
+        .deploy(authed(rpc_request(&app.token), &viewer))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     let e = rpc
-        .deploy(authed(request("whk_wrong"), &key))
+        .deploy(authed(rpc_request("whk_wrong"), &key))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     let e = rpc
-        .deploy(authed(request(&app.token), ""))
+        .deploy(authed(rpc_request(&app.token), ""))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
@@ -1059,7 +771,6 @@ async fn a_registry_push_deploys_the_auto_deploy_application_and_leaves_the_othe
     if !docker_available() {
         return;
     }
-    registry::shared();
     build_test_images();
     let d = dirs();
     let (node, _) = start_with_webhook(d.data.path(), d.logs.path(), true);
@@ -1086,28 +797,13 @@ async fn a_registry_push_deploys_the_auto_deploy_application_and_leaves_the_othe
     );
 
     // A second registry that notifies the shim.
-    let reg_dir = tempfile::tempdir().unwrap();
-    let reg_port = free_port();
-    let server = format!("127.0.0.1:{reg_port}");
-    let (user, password) = ("ci", format!("pw2-{}", std::process::id()));
-    let out = Command::new("sh")
-        .arg(repo_root().join("tests/registry/start.sh"))
-        .arg(reg_dir.path())
-        .arg(reg_port.to_string())
-        .args([user, password.as_str()])
-        .arg(format!("http://127.0.0.1:{}/webhook/registry", shim.port))
-        .env("BERTH_REGISTRY_NOTIFY_SECRET", &secret)
-        .env("BERTH_REGISTRY_WATCH_PID", std::process::id().to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "registry start failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let reg2 = Registry::start_notifying(
+        "notify",
+        &format!("http://127.0.0.1:{}/webhook/registry", shim.port),
+        &secret,
     );
-    let _stop = StopRegistry(reg_dir.path().to_path_buf());
-
-    add_repository(&node, "reg2", &server, user, &password).await;
+    let server = &reg2.server;
+    add_repository(&node, "reg2", server, &reg2.username, &reg2.password).await;
     let auto = create_app(
         &node,
         &unique("auto"),
@@ -1129,19 +825,7 @@ async fn a_registry_push_deploys_the_auto_deploy_application_and_leaves_the_othe
     .await;
 
     // Push web:v2 as web:v7.
-    // Credentials for the push go to a private docker config, not the user's.
-    let config = reg_dir.path().join("docker-config");
-    std::fs::create_dir_all(&config).unwrap();
-    docker(
-        &config,
-        &["login", "--username", user, "--password-stdin", &server],
-        Some(&password),
-    );
-    let target = format!("{server}/web:v7");
-    docker(&config, &["tag", "berth-test/web:v2", &target], None);
-    docker(&config, &["push", &target], None);
-    docker(&config, &["rmi", &target], None);
-    docker(&config, &["logout", &server], None);
+    reg2.push("berth-test/web:v2", "web:v7");
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let row = loop {
@@ -1174,37 +858,4 @@ async fn a_registry_push_deploys_the_auto_deploy_application_and_leaves_the_othe
     );
     assert!(!shim.log().contains(&secret));
     remove_app_containers(&auto.name);
-}
-
-struct StopRegistry(PathBuf);
-
-impl Drop for StopRegistry {
-    fn drop(&mut self) {
-        let _ = Command::new("sh")
-            .arg(repo_root().join("tests/registry/stop.sh"))
-            .arg(&self.0)
-            .output();
-    }
-}
-
-fn docker(config: &Path, args: &[&str], stdin: Option<&str>) {
-    let mut child = Command::new("docker")
-        .env("DOCKER_CONFIG", config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    if let Some(input) = stdin {
-        pipe.write_all(input.as_bytes()).unwrap();
-    }
-    drop(pipe);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

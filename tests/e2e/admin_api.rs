@@ -1,5 +1,7 @@
-//! The foundation issue's acceptance: the README tour, secrets at rest, restarts and master
-//! keys, roles, references, and hostile admin input.
+//! The admin API end to end, through the CLI and gRPC, with no agent involved: the README's
+//! quick tour, secrets at rest and master keys, restarts and kill -9, roles, references
+//! between secrets and environments, hostile admin input, health and reflection, concurrent
+//! writes.
 
 use berth_proto::v1 as pb;
 use pb::api_key_service_client::ApiKeyServiceClient;
@@ -8,32 +10,16 @@ use pb::env_service_client::EnvServiceClient;
 use pb::secret_service_client::SecretServiceClient;
 use tonic::Code;
 
-use crate::common::{
-    authed, dirs, dump_database, files_containing, ok, stderr, stdout, DevNode, Dirs,
-};
+use crate::fixture::admin::authed;
+use crate::fixture::data_dir::{dump_database, files_containing};
+use crate::fixture::node::{dirs, ok, stderr, stdout, DevNode};
 
 const DB_URL: &str = "postgresql://app:S3cr3t-Pa55w0rd@db.internal:5432/prod";
-
-/// A node without its local agent, for tests that compare the whole database.
-fn start_without_agent(d: &Dirs) -> DevNode {
-    DevNode::start_with(
-        d.data.path(),
-        d.logs.path(),
-        &[],
-        &["--no-agent", "--agent-listen", "127.0.0.1:0"],
-        crate::common::free_port(),
-    )
-    .unwrap_or_else(|log| panic!("{log}"))
-}
-
-fn start(d: &Dirs) -> DevNode {
-    DevNode::start(d.data.path(), d.logs.path(), &[]).unwrap_or_else(|log| panic!("{log}"))
-}
 
 #[test]
 fn quick_tour_from_the_readme() {
     let d = dirs();
-    let mut node = start(&d);
+    let mut node = DevNode::start_in(&d);
     let admin_key = node.admin_token();
     assert!(admin_key.starts_with("bk_"));
 
@@ -142,7 +128,7 @@ fn quick_tour_from_the_readme() {
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_keeps_secrets_and_a_wrong_master_key_is_refused() {
     let d = dirs();
-    let mut node = start(&d);
+    let mut node = DevNode::start_in(&d);
     ok(node.cli(&["group", "create", "g"], None));
     for i in 0..5 {
         ok(node.cli(
@@ -188,7 +174,7 @@ async fn restart_keeps_secrets_and_a_wrong_master_key_is_refused() {
     )
     .unwrap();
 
-    let node = start(&d);
+    let node = DevNode::start_in(&d);
     for i in 0..5 {
         let value = ok(node.cli(&["secret", "reveal", "g", &format!("S{i}"), "--yes"], None));
         assert_eq!(value.trim(), format!("value-{i}"));
@@ -198,7 +184,7 @@ async fn restart_keeps_secrets_and_a_wrong_master_key_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_loses_no_acknowledged_write() {
     let d = dirs();
-    let mut node = start(&d);
+    let mut node = DevNode::start_in(&d);
     let token = node.admin_token();
     let mut secrets = SecretServiceClient::new(node.channel().await);
     secrets
@@ -221,7 +207,7 @@ async fn kill_9_loses_no_acknowledged_write() {
         secrets.set_secret(authed(req, &token)).await.unwrap();
     }
     node.kill();
-    let node = start(&d);
+    let node = DevNode::start_in(&d);
     let mut secrets = SecretServiceClient::new(node.channel().await);
     let listed = secrets
         .list_secrets(authed(
@@ -239,7 +225,7 @@ async fn kill_9_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread")]
 async fn roles_are_enforced_with_the_right_codes() {
     let d = dirs();
-    let node = start(&d);
+    let node = DevNode::start_in(&d);
     let admin = node.admin_token();
     let channel = node.channel().await;
     let mut keys = ApiKeyServiceClient::new(channel.clone());
@@ -345,7 +331,7 @@ async fn roles_are_enforced_with_the_right_codes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ciphertext_copied_into_another_row_fails_to_decrypt() {
     let d = dirs();
-    let mut node = start(&d);
+    let mut node = DevNode::start_in(&d);
     ok(node.cli(&["group", "create", "g"], None));
     ok(node.cli(&["secret", "set", "g", "A"], Some("value-of-a")));
     ok(node.cli(&["secret", "set", "g", "B"], Some("value-of-b")));
@@ -362,7 +348,7 @@ async fn a_ciphertext_copied_into_another_row_fails_to_decrypt() {
     .unwrap();
     pool.close().await;
 
-    let node = start(&d);
+    let node = DevNode::start_in(&d);
     assert_eq!(
         ok(node.cli(&["secret", "reveal", "g", "A", "--yes"], None)).trim(),
         "value-of-a"
@@ -377,7 +363,7 @@ async fn a_ciphertext_copied_into_another_row_fails_to_decrypt() {
 #[test]
 fn deleting_a_referenced_secret_needs_force_and_lists_the_references() {
     let d = dirs();
-    let node = start(&d);
+    let node = DevNode::start_in(&d);
     ok(node.cli(&["group", "create", "g"], None));
     ok(node.cli(&["secret", "set", "g", "DB"], Some("v")));
     ok(node.cli(&["app", "create", "web", "--image", "web"], None));
@@ -412,7 +398,7 @@ fn deleting_a_referenced_secret_needs_force_and_lists_the_references() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_a_clear_error_and_stores_nothing() {
     let d = dirs();
-    let mut node = start_without_agent(&d);
+    let mut node = DevNode::start_without_agent(&d);
     let admin = node.admin_token();
     let channel = node.channel().await;
     let mut secrets = SecretServiceClient::new(channel.clone());
@@ -440,7 +426,7 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
     node.stop();
     let db = d.data.path().join("berth.db");
     let before = dump_database(&db).await;
-    let node = start_without_agent(&d);
+    let node = DevNode::start_without_agent(&d);
     let channel = node.channel().await;
     let mut secrets = SecretServiceClient::new(channel.clone());
     let mut env = EnvServiceClient::new(channel.clone());
@@ -699,7 +685,7 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn health_and_reflection_are_served() {
     let d = dirs();
-    let node = start(&d);
+    let node = DevNode::start_in(&d);
     let channel = node.channel().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let response = health
@@ -749,7 +735,7 @@ async fn concurrent_writes_all_succeed() {
     // SQLite allows one writer: write transactions start IMMEDIATE so they wait their turn
     // (busy_timeout) instead of failing with "database is locked" on a lock upgrade.
     let d = dirs();
-    let node = start_without_agent(&d);
+    let node = DevNode::start_without_agent(&d);
     let token = node.admin_token();
     let channel = node.channel().await;
     SecretServiceClient::new(channel.clone())

@@ -1,6 +1,6 @@
-//! Outgoing notifications: `berth webhook` against a receiver in the test that checks
-//! every request's HMAC signature with the secret `webhook add` printed, for deployments that
-//! fail before dispatch (no Docker needed).
+//! Outgoing notifications: `berth webhook` against a receiver in the test that checks every
+//! request's HMAC signature with the secret `webhook add` printed, retried deliveries, roles
+//! and input, for deployments that fail before dispatch (no Docker needed).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,9 +13,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::common::{
-    authed, deploy, files_containing, free_port, ok, stderr, wait_deployment, DevNode,
-};
+use crate::fixture::admin::{authed, deploy, wait_deployment};
+use crate::fixture::data_dir::files_containing;
+use crate::fixture::node::{dirs, ok, stderr, DevNode, Dirs};
 
 /// One request as the receiver read it; header names lowercased.
 struct Received {
@@ -116,16 +116,9 @@ fn expected_signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// A node without a local agent: deployments fail before dispatch, Docker or not.
-fn start_node() -> (crate::common::Dirs, DevNode) {
-    let d = crate::common::dirs();
-    let node = DevNode::start_with(
-        d.data.path(),
-        d.logs.path(),
-        &[],
-        &["--no-agent", "--agent-listen", "127.0.0.1:0"],
-        free_port(),
-    )
-    .unwrap_or_else(|log| panic!("{log}"));
+fn start_node() -> (Dirs, DevNode) {
+    let d = dirs();
+    let node = DevNode::start_without_agent(&d);
     (d, node)
 }
 
