@@ -75,6 +75,7 @@ impl Service {
         validate::secret_value(name, value.expose_secret())?;
         validate::description(description)?;
         let group_row = self.store.group(group).await?;
+        self.refuse_synced(group_row.id, group, &[name]).await?;
         let new = self.seal(group_row.id, name, value, description.map(str::to_string));
         self.store.write_secrets(group_row.id, &[new], true).await?;
         self.audit(actor, "secret.set", &format!("{group}/{name}"), None)
@@ -125,6 +126,7 @@ impl Service {
     ) -> Result<Vec<String>> {
         actor.require(Permission::Write)?;
         let secret = self.store.secret(group, name).await?;
+        self.refuse_synced(secret.group_id, group, &[name]).await?;
         let removed = self.store.delete_secret(&secret, force).await?;
         let details =
             (!removed.is_empty()).then(|| format!("removed references: {}", removed.join(", ")));
@@ -175,6 +177,8 @@ impl Service {
             }
             sealed.push(self.seal(group_row.id, name, value, None));
         }
+        let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+        self.refuse_synced(group_row.id, group, &names).await?;
         let counts = self
             .store
             .write_secrets(group_row.id, &sealed, overwrite)
@@ -186,6 +190,18 @@ impl Service {
         self.audit(actor, "secret.import", group, Some(&details))
             .await?;
         Ok(counts)
+    }
+
+    /// A synced secret is the provider's: editing it here would be undone by the next sync.
+    async fn refuse_synced(&self, group_id: i64, group: &str, names: &[&str]) -> Result<()> {
+        let synced = self.store.synced_secrets(group_id).await?;
+        if let Some((name, provider)) = synced.iter().find(|(n, _)| names.contains(&n.as_str())) {
+            return Err(Error::FailedPrecondition(format!(
+                "secret {group}/{name} is synced from provider {provider:?}: change it there and run \
+                 `berth provider sync {provider}` (a change made here would be undone by the next sync)"
+            )));
+        }
+        Ok(())
     }
 
     fn seal(

@@ -184,6 +184,18 @@ impl Store {
         Ok(())
     }
 
+    /// Names of a group's secrets that a provider owns, with the provider's name.
+    pub async fn synced_secrets(&self, group_id: i64) -> Result<Vec<(String, String)>> {
+        sqlx::query_as(
+            "SELECT s.name, COALESCE(p.name, '?') FROM secrets s LEFT JOIN secret_providers p ON p.id = s.provider_id \
+             WHERE s.group_id = ? AND s.source = 'synced' ORDER BY s.name",
+        )
+        .bind(group_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
     pub async fn group_secrets(&self, group_id: i64) -> Result<Vec<GroupSecretRow>> {
         sqlx::query_as(
             "SELECT id, name, source, provider_id, value FROM secrets WHERE group_id = ? ORDER BY name",

@@ -298,6 +298,74 @@ async fn a_token_sync_reads_nested_folders_and_maps_fields_to_names() {
     let history = svc.sync_history(&admin(), "vault").await.unwrap();
     assert_eq!(history.len(), 3);
     assert!(history.iter().all(|h| h.status == "success"));
+
+    // Synced secrets belong to the provider: no hand edits, deletes or imports over them.
+    for e in [
+        svc.set_secret(
+            &admin(),
+            "vault-group",
+            "stripe_key",
+            &SecretString::from("x"),
+            None,
+        )
+        .await
+        .unwrap_err(),
+        svc.delete_secret(&admin(), "vault-group", "stripe_key", true)
+            .await
+            .unwrap_err(),
+        svc.import_secrets(
+            &admin(),
+            "vault-group",
+            crate::service::ImportFormat::Dotenv,
+            &SecretString::from("stripe_key=y\nOTHER=z\n"),
+            true,
+        )
+        .await
+        .unwrap_err(),
+    ] {
+        let e = e.to_string();
+        assert!(
+            e.contains("synced from provider \"vault\"") && e.contains("berth provider sync vault"),
+            "{e}"
+        );
+    }
+    // Manual secrets beside them are the admin's, and a sync leaves them alone.
+    svc.set_secret(
+        &admin(),
+        "vault-group",
+        "MANUAL_ONE",
+        &SecretString::from("m"),
+        None,
+    )
+    .await
+    .unwrap();
+    let after_manual = svc.sync_provider(&admin(), "vault", false).await.unwrap();
+    assert!(
+        after_manual.summary.removed.is_empty(),
+        "{:?}",
+        after_manual.summary
+    );
+    assert!(values(&svc, "vault-group")
+        .await
+        .contains(&("MANUAL_ONE".to_string(), "m".to_string())));
+
+    // Removing the provider keeps the group and its secrets, as manual ones.
+    svc.remove_provider(&admin(), "vault").await.unwrap();
+    let kept = svc
+        .list_secrets(&admin(), Some("vault-group"))
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 4);
+    assert!(kept.iter().all(|s| s.source == "manual"));
+    svc.set_secret(
+        &admin(),
+        "vault-group",
+        "stripe_key",
+        &SecretString::from("now mine"),
+        None,
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
