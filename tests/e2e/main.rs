@@ -14,5 +14,6 @@ mod fixture;
 mod admin_api;
 mod agent_certificates;
 mod agent_deploys;
+mod docker_executor;
 mod outgoing_notifications;
 mod webhook_shim;
