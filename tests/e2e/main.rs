@@ -15,5 +15,6 @@ mod admin_api;
 mod agent_certificates;
 mod agent_deploys;
 mod docker_executor;
+mod executor_contract;
 mod outgoing_notifications;
 mod webhook_shim;
