@@ -10,8 +10,8 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # Debian packages the suites use (installed only when missing):
-#   docker-registry  a real private registry for pulls with credentials (agents suite)
-#   busybox-static   the static busybox test images are built from (agents suite)
+#   docker-registry  a real private registry for pulls with credentials (the Docker suites)
+#   busybox-static   the static busybox test images are built from (the Docker suites)
 #   apache2-utils    htpasswd, for the registry's basic auth
 #   curl             the webhook CI-script test
 need_pkgs=()

@@ -8,7 +8,9 @@
 //! - [`shim`]: the standalone `berth-webhook` process;
 //! - [`http`]: raw HTTP/1.1 requests, pages served on a host port, and a poller;
 //! - [`docker`]: the Docker Engine, the test images, containers by label;
-//! - [`registry`]: private registries with basic auth, and the one the binary shares.
+//! - [`registry`]: private registries with basic auth, and the one the binary shares;
+//! - [`executor`]: an [`berth_agent::executor::Executor`] driven directly, and an app of one
+//!   test on the real engine.
 //!
 //! Processes listen on `127.0.0.1` ports chosen at run time, write their logs apart from their
 //! data, and are killed when their handle drops. Docker tests never skip silently: with `CI`
@@ -20,6 +22,7 @@ pub mod admin;
 pub mod agent;
 pub mod data_dir;
 pub mod docker;
+pub mod executor;
 pub mod http;
 pub mod node;
 pub mod process;

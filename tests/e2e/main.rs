@@ -14,5 +14,7 @@ mod fixture;
 mod admin_api;
 mod agent_certificates;
 mod agent_deploys;
+mod docker_executor;
+mod executor_contract;
 mod outgoing_notifications;
 mod webhook_shim;

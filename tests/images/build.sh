@@ -1,5 +1,5 @@
 #!/bin/sh
-# Builds the local test images the agent's Docker suite deploys, offline, from Debian's
+# Builds the local test images the Docker suites deploy, offline, from Debian's
 # busybox-static (`apt-get install -y busybox-static`):
 #
 #   berth-test/web:v1, :v2  busybox httpd on port 80; the page is written at start from the
