@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "berth/v1/deploy.proto",
     "berth/v1/webhook.proto",
     "berth/v1/notify.proto",
+    "berth/v1/providers.proto",
 ];
 
 /// Messages that carry a secret: no derived `Debug` (src/redact.rs writes a redacting one).

@@ -11,6 +11,7 @@ mod convert;
 mod deploy;
 mod env;
 mod notify;
+mod providers;
 mod registry;
 mod secrets;
 mod webhook;
@@ -28,6 +29,7 @@ pub use applications::ApplicationApi;
 pub use deploy::{AgentAdminApi, DeployApi};
 pub use env::EnvApi;
 pub use notify::NotifyApi;
+pub use providers::ProviderApi;
 pub use registry::{AllowlistApi, RepositoryApi};
 pub use secrets::SecretApi;
 pub use webhook::{WebhookApi, CALLER_REFUSED_METADATA};
@@ -79,6 +81,7 @@ pub struct AdminServices {
     pub api_keys: pb::api_key_service_server::ApiKeyServiceServer<ApiKeyApi>,
     pub repositories: pb::repository_service_server::RepositoryServiceServer<RepositoryApi>,
     pub allowlist: pb::allowlist_service_server::AllowlistServiceServer<AllowlistApi>,
+    pub providers: pb::provider_service_server::ProviderServiceServer<ProviderApi>,
 }
 
 impl AdminServices {
@@ -98,8 +101,11 @@ impl AdminServices {
                 RepositoryApi::new(service.clone()),
             ),
             allowlist: pb::allowlist_service_server::AllowlistServiceServer::new(
-                AllowlistApi::new(service),
+                AllowlistApi::new(service.clone()),
             ),
+            providers: pb::provider_service_server::ProviderServiceServer::new(ProviderApi::new(
+                service,
+            )),
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct SecretGroup {
     pub secret_count: i64,
     pub created_at: String,
     pub updated_at: String,
+    /// Name of the linked provider.
+    pub provider_name: Option<String>,
 }
 
 /// A `secrets` row joined with its group's name. `value` is the stored ciphertext.
@@ -33,6 +35,10 @@ pub struct Secret {
     pub last_synced_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// For synced secrets: the provider's name.
+    pub provider_name: Option<String>,
+    /// Gone upstream but still referenced, since then.
+    pub stale_since: Option<String>,
 }
 
 impl std::fmt::Debug for Secret {

@@ -203,6 +203,11 @@ impl Node {
         self.fleet.on_finished(notifier.finished_hook());
         let notifier_task = tokio::spawn(notifier.run(stopped(stop_rx.clone())));
         self.fleet.reconcile().await?;
+        // Auto-sync of external secret providers: its own tasks, bounded in time.
+        let auto_sync = tokio::spawn(crate::service::providers::auto_sync::run(
+            self.service.clone(),
+            stopped(stop_rx.clone()),
+        ));
         let reaper = {
             let fleet = self.fleet.clone();
             tokio::spawn(async move {
@@ -260,6 +265,7 @@ impl Node {
             .add_service(admin.api_keys)
             .add_service(admin.repositories)
             .add_service(admin.allowlist)
+            .add_service(admin.providers)
             .add_service(pb::deploy_service_server::DeployServiceServer::new(
                 DeployApi::new(self.fleet.clone()),
             ))
@@ -283,6 +289,7 @@ impl Node {
             .await?;
         agent_task.await??;
         reaper.abort();
+        let _ = auto_sync.await;
         let _ = notifier_task.await;
         self.service.store().close().await;
         tracing::info!("control plane stopped");

@@ -134,6 +134,8 @@ impl Actor {
 pub struct Service {
     store: Store,
     key: Arc<MasterKey>,
+    /// Providers with a sync in progress: syncs of one provider never overlap.
+    syncing: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
 }
 
 impl Service {
@@ -174,6 +176,7 @@ impl Service {
         Ok(Service {
             store,
             key: Arc::new(key),
+            syncing: Arc::default(),
         })
     }
 
@@ -267,6 +270,7 @@ mod key_check_tests {
                     "https://vault.example:8200".to_string(),
                 )]
                 .into(),
+                sync_interval: None,
             },
             &SecretString::from("vault-token"),
         )

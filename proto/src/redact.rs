@@ -130,6 +130,16 @@ redacted_debug!(WebhookDeployRequest {
     hide: [token],
     hide_opt: []
 });
+redacted_debug!(AddProviderRequest {
+    show: [name, r#type, settings, sync_interval_seconds],
+    hide: [credential],
+    hide_opt: []
+});
+redacted_debug!(UpdateProviderRequest {
+    show: [name, settings, sync_interval_seconds],
+    hide: [],
+    hide_opt: [credential]
+});
 redacted_debug!(WebhookStatusRequest {
     show: [deployment_id, client_ip],
     hide: [token],
@@ -328,6 +338,14 @@ mod tests {
             ),
         );
         assert_hidden(
+            "AddProviderRequest",
+            format!("{:?}", AddProviderRequest { credential: s(), ..Default::default() }),
+        );
+        assert_hidden(
+            "UpdateProviderRequest",
+            format!("{:?}", UpdateProviderRequest { credential: Some(s()), ..Default::default() }),
+        );
+        assert_hidden(
             "WebhookStatusRequest",
             format!(
                 "{:?}",
@@ -342,6 +360,6 @@ mod tests {
     #[test]
     fn every_redacted_message_is_tested() {
         // A message added to the list without a line in the test above is caught here.
-        assert_eq!(REDACTED_MESSAGES.len(), 16);
+        assert_eq!(REDACTED_MESSAGES.len(), 18);
     }
 }

@@ -14,6 +14,7 @@ pub fn group(g: model::SecretGroup) -> pb::SecretGroup {
         secret_count: g.secret_count,
         created_at: g.created_at,
         updated_at: g.updated_at,
+        provider: g.provider_name,
     }
 }
 
@@ -30,6 +31,8 @@ pub fn secret(s: model::Secret) -> pb::SecretSummary {
         last_synced_at: s.last_synced_at,
         created_at: s.created_at,
         updated_at: s.updated_at,
+        provider: s.provider_name,
+        stale_since: s.stale_since,
     }
 }
 

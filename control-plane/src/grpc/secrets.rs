@@ -27,7 +27,33 @@ impl pb::secret_service_server::SecretService for SecretApi {
         let r = request.into_inner();
         let group = self
             .service
-            .create_group(&actor, &r.name, r.description.as_deref())
+            .create_group_linked(
+                &actor,
+                &r.name,
+                r.description.as_deref(),
+                r.provider.as_deref(),
+                r.auto_sync,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::group(group)))
+    }
+
+    async fn update_group(
+        &self,
+        request: Request<pb::UpdateGroupRequest>,
+    ) -> Result<Response<pb::SecretGroup>, Status> {
+        let actor = authenticate(&self.service, &request).await?;
+        let r = request.into_inner();
+        let group = self
+            .service
+            .update_group(
+                &actor,
+                &r.name,
+                r.description.as_deref(),
+                r.provider.as_deref(),
+                r.auto_sync,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(convert::group(group)))

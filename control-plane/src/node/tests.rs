@@ -117,7 +117,10 @@ impl Cluster {
         // As after a real restart, the old stream is gone before the new one comes.
         let deadline = tokio::time::Instant::now() + MUST_HAPPEN;
         while self.fleet.is_connected(name) {
-            assert!(tokio::time::Instant::now() < deadline, "{name}'s old stream stayed");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name}'s old stream stayed"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.run_agent(name, agent.executor);

@@ -18,6 +18,9 @@ use crate::validate;
 pub const SYNC_TIME_LIMIT: Duration = Duration::from_secs(120);
 /// One request to a provider.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Auto-sync interval: the default, and the least allowed.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(300);
+pub const MIN_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A provider as `berth provider add` gives it: its type and its non-secret settings
 /// (`key=value`, the type's config fields); the credential travels separately.
@@ -25,6 +28,29 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ProviderSettings {
     pub provider_type: ProviderType,
     pub settings: BTreeMap<String, String>,
+    /// Auto-sync interval; `None`: [`DEFAULT_SYNC_INTERVAL`].
+    pub sync_interval: Option<Duration>,
+}
+
+fn interval_seconds(interval: Option<Duration>) -> Result<i64> {
+    let interval = interval.unwrap_or(DEFAULT_SYNC_INTERVAL);
+    if interval < MIN_SYNC_INTERVAL {
+        return Err(Error::invalid(format!(
+            "sync interval {}s is below the minimum of {}s",
+            interval.as_secs(),
+            MIN_SYNC_INTERVAL.as_secs()
+        )));
+    }
+    Ok(i64::try_from(interval.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `berth provider update`: settings to change (an empty value removes one), a new
+/// credential, a new interval.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderPatch {
+    pub settings: BTreeMap<String, String>,
+    pub credential: Option<SecretString>,
+    pub sync_interval: Option<Duration>,
 }
 
 /// What a sync did (or, dry, would do).
@@ -49,15 +75,22 @@ impl Service {
         actor.require(Permission::Write)?;
         validate::name("provider", name)?;
         let config = provider::config_json(settings.provider_type, &settings.settings, credential)?;
+        let interval = interval_seconds(settings.sync_interval)?;
         let key = self.key.clone();
         let row = self
             .store
-            .insert_provider(name, settings.provider_type.as_str(), &config, |id| {
-                key.encrypt(
-                    credential.expose_secret().as_bytes(),
-                    &Aad::provider_credentials(id),
-                )
-            })
+            .insert_provider(
+                name,
+                settings.provider_type.as_str(),
+                &config,
+                interval,
+                |id| {
+                    key.encrypt(
+                        credential.expose_secret().as_bytes(),
+                        &Aad::provider_credentials(id),
+                    )
+                },
+            )
             .await?;
         self.audit(
             actor,
@@ -76,6 +109,55 @@ impl Service {
 
     pub async fn get_provider(&self, actor: &Actor, name: &str) -> Result<ProviderRow> {
         actor.require(Permission::Read)?;
+        self.store.provider(name).await
+    }
+
+    /// `berth provider update`: the merged settings are validated as a whole, with the new
+    /// credential or the stored one.
+    pub async fn update_provider(
+        &self,
+        actor: &Actor,
+        name: &str,
+        patch: ProviderPatch,
+    ) -> Result<ProviderRow> {
+        actor.require(Permission::Write)?;
+        let row = self.store.provider(name).await?;
+        let provider_type = ProviderType::parse(&row.provider_type)?;
+        let mut settings = provider_settings(&row)?;
+        for (key, value) in &patch.settings {
+            if value.is_empty() {
+                settings.remove(key);
+            } else {
+                settings.insert(key.clone(), value.clone());
+            }
+        }
+        let credential = match &patch.credential {
+            Some(c) => c.clone(),
+            None => self.credential(&row)?,
+        };
+        let config = provider::config_json(provider_type, &settings, &credential)?;
+        let interval = match patch.sync_interval {
+            Some(i) => interval_seconds(Some(i))?,
+            None => row.sync_interval_s,
+        };
+        let sealed = patch.credential.as_ref().map(|c| {
+            self.key.encrypt(
+                c.expose_secret().as_bytes(),
+                &Aad::provider_credentials(row.id),
+            )
+        });
+        self.store
+            .update_provider(row.id, &config, sealed.as_deref(), interval)
+            .await?;
+        let mut changed: Vec<&str> = patch.settings.keys().map(String::as_str).collect();
+        if patch.credential.is_some() {
+            changed.push("credential");
+        }
+        if patch.sync_interval.is_some() {
+            changed.push("sync interval");
+        }
+        self.audit(actor, "provider.update", name, Some(&changed.join(", ")))
+            .await?;
         self.store.provider(name).await
     }
 
@@ -150,6 +232,7 @@ impl Service {
             )));
         };
         let group_id = self.store.group(&group).await?.id;
+        let _running = SyncGuard::take(self, row.id, name)?;
         let started = Instant::now();
         let planned = self.plan_sync(&row, group_id).await;
         let elapsed = |s: Instant| i64::try_from(s.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -257,14 +340,18 @@ impl Service {
         Ok((summary, write))
     }
 
-    /// Logs in and reads everything, within [`SYNC_TIME_LIMIT`].
-    async fn fetch(&self, row: &ProviderRow) -> Result<Vec<provider::FetchedSecret>> {
-        let credential = match &row.credentials {
+    fn credential(&self, row: &ProviderRow) -> Result<SecretString> {
+        match &row.credentials {
             Some(c) => self
                 .key
-                .decrypt_string(c, &Aad::provider_credentials(row.id))?,
-            None => SecretString::from(String::new()),
-        };
+                .decrypt_string(c, &Aad::provider_credentials(row.id)),
+            None => Ok(SecretString::from(String::new())),
+        }
+    }
+
+    /// Logs in and reads everything, within [`SYNC_TIME_LIMIT`].
+    async fn fetch(&self, row: &ProviderRow) -> Result<Vec<provider::FetchedSecret>> {
+        let credential = self.credential(row)?;
         let source = provider::source(
             ProviderType::parse(&row.provider_type)?,
             &row.config,
@@ -282,5 +369,63 @@ impl Service {
     }
 }
 
+/// Held while a provider syncs; a second sync of the same provider is refused meanwhile.
+struct SyncGuard<'a> {
+    service: &'a Service,
+    provider_id: i64,
+}
+
+impl<'a> SyncGuard<'a> {
+    fn take(service: &'a Service, provider_id: i64, name: &str) -> Result<Self> {
+        if !service
+            .syncing
+            .lock()
+            .expect("syncing lock")
+            .insert(provider_id)
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "a sync of provider {name:?} is already running"
+            )));
+        }
+        Ok(SyncGuard {
+            service,
+            provider_id,
+        })
+    }
+}
+
+impl Drop for SyncGuard<'_> {
+    fn drop(&mut self) {
+        self.service
+            .syncing
+            .lock()
+            .expect("syncing lock")
+            .remove(&self.provider_id);
+    }
+}
+
+/// A stored provider's settings as `key=value` strings (what `provider show` prints and
+/// `update` patches).
+pub fn provider_settings(row: &ProviderRow) -> Result<BTreeMap<String, String>> {
+    let json: serde_json::Value = serde_json::from_str(&row.config)
+        .map_err(|e| Error::Internal(format!("stored config of provider {:?}: {e}", row.name)))?;
+    let mut out = BTreeMap::new();
+    if let serde_json::Value::Object(map) = json {
+        for (key, value) in map {
+            match value {
+                serde_json::Value::Null => {}
+                serde_json::Value::String(s) => {
+                    out.insert(key, s);
+                }
+                other => {
+                    out.insert(key, other.to_string());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub mod auto_sync;
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,73 @@ impl Service {
         Ok(group)
     }
 
+    /// `berth group create --provider P [--auto-sync]`: the provider is checked before the
+    /// group is created, so a typo creates nothing.
+    pub async fn create_group_linked(
+        &self,
+        actor: &Actor,
+        name: &str,
+        description: Option<&str>,
+        provider: Option<&str>,
+        auto_sync: bool,
+    ) -> Result<SecretGroup> {
+        actor.require(Permission::Write)?;
+        if auto_sync && provider.is_none() {
+            return Err(Error::invalid("--auto-sync needs --provider"));
+        }
+        if let Some(p) = provider {
+            self.store.provider(p).await?;
+        }
+        self.create_group(actor, name, description).await?;
+        if let Some(p) = provider {
+            self.link_group(actor, name, Some(p), auto_sync).await?;
+        }
+        self.store.group(name).await
+    }
+
+    /// `berth group update`: description, provider link (`Some("")` unlinks) and auto-sync.
+    pub async fn update_group(
+        &self,
+        actor: &Actor,
+        name: &str,
+        description: Option<&str>,
+        provider: Option<&str>,
+        auto_sync: Option<bool>,
+    ) -> Result<SecretGroup> {
+        actor.require(Permission::Write)?;
+        validate::description(description)?;
+        let group = self.store.group(name).await?;
+        // Everything is checked before anything is written.
+        let link = if provider.is_some() || auto_sync.is_some() {
+            let provider = match provider {
+                Some("") => None,
+                Some(p) => Some(self.store.provider(p).await?.name),
+                None => group.provider_name.clone(),
+            };
+            let auto_sync = auto_sync.unwrap_or(group.auto_sync && provider.is_some());
+            if auto_sync && provider.is_none() {
+                return Err(Error::invalid(format!(
+                    "group {name:?} has no provider to sync from: link one with --provider"
+                )));
+            }
+            Some((provider, auto_sync))
+        } else {
+            None
+        };
+        if let Some(description) = description {
+            let description = (!description.is_empty()).then_some(description);
+            self.store
+                .set_group_description(group.id, description)
+                .await?;
+            self.audit(actor, "group.update", name, None).await?;
+        }
+        if let Some((provider, auto_sync)) = link {
+            self.link_group(actor, name, provider.as_deref(), auto_sync)
+                .await?;
+        }
+        self.store.group(name).await
+    }
+
     pub async fn list_groups(&self, actor: &Actor) -> Result<Vec<SecretGroup>> {
         actor.require(Permission::Read)?;
         self.store.list_groups().await

@@ -19,6 +19,7 @@ pub struct ProviderRow {
     pub last_sync_at: Option<String>,
     pub last_sync_status: Option<String>,
     pub last_sync_error: Option<String>,
+    pub sync_interval_s: i64,
     pub created_at: String,
     pub updated_at: String,
     /// The group it syncs into, if one is linked.
@@ -37,7 +38,7 @@ impl std::fmt::Debug for ProviderRow {
 }
 
 const PROVIDER_COLUMNS: &str = "p.id, p.name, p.type, p.config, p.credentials, p.enabled, p.auto_sync, \
-     p.last_sync_at, p.last_sync_status, p.last_sync_error, p.created_at, p.updated_at, \
+     p.last_sync_at, p.last_sync_status, p.last_sync_error, p.sync_interval_s, p.created_at, p.updated_at, \
      (SELECT g.name FROM secret_groups g WHERE g.provider_id = p.id ORDER BY g.id LIMIT 1) AS group_name";
 
 /// A secret of a group as a sync compares it.
@@ -95,6 +96,7 @@ impl Store {
         name: &str,
         provider_type: &str,
         config_json: &str,
+        sync_interval_s: i64,
         seal: impl FnOnce(i64) -> String,
     ) -> Result<ProviderRow> {
         let mut tx = self
@@ -103,11 +105,12 @@ impl Store {
             .await
             .map_err(internal)?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO secret_providers (name, type, config) VALUES (?, ?, ?) RETURNING id",
+            "INSERT INTO secret_providers (name, type, config, sync_interval_s) VALUES (?, ?, ?, ?) RETURNING id",
         )
         .bind(name)
         .bind(provider_type)
         .bind(config_json)
+        .bind(sync_interval_s)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| conflict(e, || format!("provider {name:?} already exists")))?;
@@ -119,6 +122,28 @@ impl Store {
             .map_err(internal)?;
         tx.commit().await.map_err(internal)?;
         self.provider(name).await
+    }
+
+    /// Replaces a provider's settings, and its credentials when `credentials` is given.
+    pub async fn update_provider(
+        &self,
+        id: i64,
+        config_json: &str,
+        credentials: Option<&str>,
+        sync_interval_s: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE secret_providers SET config = ?, credentials = COALESCE(?, credentials), sync_interval_s = ?, \
+             updated_at = datetime('now') WHERE id = ?",
+        )
+        .bind(config_json)
+        .bind(credentials)
+        .bind(sync_interval_s)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(internal)?;
+        Ok(())
     }
 
     pub async fn provider(&self, name: &str) -> Result<ProviderRow> {

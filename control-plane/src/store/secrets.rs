@@ -5,11 +5,13 @@ use crate::error::{Error, Result};
 use crate::model::{NewSecret, Secret, SecretGroup};
 
 const GROUP_COLUMNS: &str = "g.id, g.name, g.description, g.provider_id, g.auto_sync, \
-     (SELECT COUNT(*) FROM secrets s WHERE s.group_id = g.id) AS secret_count, g.created_at, g.updated_at";
+     (SELECT COUNT(*) FROM secrets s WHERE s.group_id = g.id) AS secret_count, g.created_at, g.updated_at, \
+     (SELECT p.name FROM secret_providers p WHERE p.id = g.provider_id) AS provider_name";
 
 const SECRET_COLUMNS: &str =
     "s.id, s.name, s.group_id, g.name AS group_name, s.value, s.value_preview, \
-     s.description, s.source, s.last_synced_at, s.created_at, s.updated_at";
+     s.description, s.source, s.last_synced_at, s.created_at, s.updated_at, \
+     (SELECT p.name FROM secret_providers p WHERE p.id = s.provider_id) AS provider_name, s.stale_since";
 
 /// Outcome of writing a batch of secrets.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,18 @@ impl Store {
         .await
         .map_err(|e| conflict(e, || format!("group {name:?} already exists")))?;
         self.group_by_id(id).await
+    }
+
+    pub async fn set_group_description(&self, id: i64, description: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "UPDATE secret_groups SET description = ?, updated_at = datetime('now') WHERE id = ?",
+        )
+        .bind(description)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(internal)?;
+        Ok(())
     }
 
     async fn group_by_id(&self, id: i64) -> Result<SecretGroup> {

@@ -183,6 +183,7 @@ impl Bao {
         ProviderSettings {
             provider_type: ProviderType::HashicorpVault,
             settings,
+            sync_interval: None,
         }
     }
 }
@@ -413,6 +414,69 @@ async fn approle_logs_in_and_a_referenced_secret_gone_upstream_is_kept_stale() {
 }
 
 #[tokio::test]
+async fn auto_sync_groups_are_synced_by_the_scheduler_and_syncs_never_overlap() {
+    let Some(bao) = bao().await else { return };
+    bao.put("auto", json!({"TOKEN": "abc"})).await;
+    let svc = service().await;
+    let a = admin();
+    svc.add_provider(
+        &a,
+        "auto",
+        bao.config("auto", "token", None),
+        &SecretString::from(ROOT_TOKEN.to_string()),
+    )
+    .await
+    .unwrap();
+    svc.create_group_linked(&a, "auto-group", None, Some("auto"), true)
+        .await
+        .unwrap();
+    // A provider whose group is not auto-synced is left alone.
+    linked(
+        &svc,
+        "manual-only",
+        bao.config("auto", "token", None),
+        ROOT_TOKEN,
+    )
+    .await;
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let scheduler = tokio::spawn(auto_sync::run_every(
+        svc.clone(),
+        Duration::from_millis(50),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while svc.sync_history(&a, "auto").await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no auto-sync happened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    scheduler.await.unwrap();
+    assert_eq!(
+        values(&svc, "auto-group").await,
+        vec![("TOKEN".to_string(), "abc".to_string())]
+    );
+    assert!(svc
+        .sync_history(&a, "manual-only")
+        .await
+        .unwrap()
+        .is_empty());
+
+    // While a sync of a provider runs, another one of the same provider is refused.
+    let row = svc.store().provider("auto").await.unwrap();
+    let guard = SyncGuard::take(&svc, row.id, "auto").unwrap();
+    let e = svc.sync_provider(&a, "auto", false).await.unwrap_err();
+    assert!(e.to_string().contains("already running"), "{e}");
+    drop(guard);
+    svc.sync_provider(&a, "auto", false).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_refused_login_changes_nothing_and_is_recorded() {
     let Some(bao) = bao().await else { return };
     bao.put("svc", json!({"A": "1"})).await;
@@ -461,4 +525,111 @@ async fn a_refused_login_changes_nothing_and_is_recorded() {
         .credentials
         .unwrap();
     assert!(stored.starts_with("v1:") && !stored.contains(ROOT_TOKEN));
+}
+
+#[tokio::test]
+async fn linking_checks_the_provider_first_and_one_provider_feeds_one_group() {
+    let svc = service().await;
+    let a = admin();
+    let e = svc
+        .create_group_linked(&a, "g1", None, Some("nope"), false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+    assert!(
+        svc.get_group(&a, "g1").await.is_err(),
+        "a typo creates nothing"
+    );
+    let e = svc
+        .create_group_linked(&a, "g1", None, None, true)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--provider"), "{e}");
+
+    let settings = ProviderSettings {
+        provider_type: ProviderType::HashicorpVault,
+        settings: [(
+            "address".to_string(),
+            "https://vault.example:8200".to_string(),
+        )]
+        .into(),
+        sync_interval: Some(Duration::from_secs(10)),
+    };
+    let e = svc
+        .add_provider(&a, "v", settings.clone(), &SecretString::from("t"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("minimum of 30s"), "{e}");
+    let settings = ProviderSettings {
+        sync_interval: None,
+        ..settings
+    };
+    svc.add_provider(&a, "v", settings, &SecretString::from("t"))
+        .await
+        .unwrap();
+    let g = svc
+        .create_group_linked(&a, "g1", Some("desc"), Some("v"), true)
+        .await
+        .unwrap();
+    assert_eq!(g.provider_name.as_deref(), Some("v"));
+    assert!(g.auto_sync);
+    svc.create_group(&a, "g2", None).await.unwrap();
+    let e = svc
+        .update_group(&a, "g2", None, Some("v"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("already syncs into group \"g1\""),
+        "{e}"
+    );
+    // Asking for auto-sync without a provider is refused, and nothing is written.
+    let e = svc
+        .update_group(&a, "g1", Some("new description"), Some(""), Some(true))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no provider"), "{e}");
+    assert_eq!(
+        svc.get_group(&a, "g1")
+            .await
+            .unwrap()
+            .0
+            .description
+            .as_deref(),
+        Some("desc")
+    );
+    // Unlinking turns auto-sync off with it.
+    let g = svc
+        .update_group(&a, "g1", Some("new description"), Some(""), None)
+        .await
+        .unwrap();
+    assert!(!g.auto_sync);
+    assert_eq!(g.provider_name, None);
+    assert_eq!(g.description.as_deref(), Some("new description"));
+    // Updating a provider keeps what is not changed and validates the result.
+    let p = svc
+        .update_provider(
+            &a,
+            "v",
+            ProviderPatch {
+                settings: [("mount".to_string(), "kv".to_string())].into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let s = provider_settings(&p).unwrap();
+    assert_eq!(s["mount"], "kv");
+    assert_eq!(s["address"], "https://vault.example:8200");
+    let e = svc
+        .update_provider(
+            &a,
+            "v",
+            ProviderPatch {
+                settings: [("auth".to_string(), "approle".to_string())].into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--role-id"), "{e}");
 }
