@@ -129,6 +129,15 @@ impl Connection {
         AgentAdminServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
+    pub fn providers(
+        &self,
+    ) -> berth_proto::v1::provider_service_client::ProviderServiceClient<AuthChannel> {
+        berth_proto::v1::provider_service_client::ProviderServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
     pub fn notifications(
         &self,
     ) -> berth_proto::v1::notification_service_client::NotificationServiceClient<AuthChannel> {

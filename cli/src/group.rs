@@ -1,6 +1,9 @@
 //! `berth group`: secret groups (SecretService group RPCs).
 
-use berth_proto::v1::{CreateGroupRequest, DeleteGroupRequest, GetGroupRequest, ListGroupsRequest};
+use anyhow::bail;
+use berth_proto::v1::{
+    CreateGroupRequest, DeleteGroupRequest, GetGroupRequest, ListGroupsRequest, UpdateGroupRequest,
+};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -15,11 +18,34 @@ pub struct GroupArgs {
 
 #[derive(Subcommand)]
 enum GroupCommand {
-    /// Create a secret group
+    /// Create a secret group, optionally fed by a provider
     Create {
         name: String,
         #[arg(long)]
         description: Option<String>,
+        /// Its secrets come from this provider (`berth provider sync`)
+        #[arg(long)]
+        provider: Option<String>,
+        /// Sync it on the provider's interval
+        #[arg(long, requires = "provider")]
+        auto_sync: bool,
+    },
+    /// Change a group's description, provider link or auto-sync
+    Update {
+        name: String,
+        /// New description ("" removes it)
+        #[arg(long)]
+        description: Option<String>,
+        /// Link to this provider
+        #[arg(long, conflicts_with = "no_provider")]
+        provider: Option<String>,
+        /// Unlink the provider (its secrets stay)
+        #[arg(long)]
+        no_provider: bool,
+        #[arg(long, conflicts_with = "no_auto_sync")]
+        auto_sync: bool,
+        #[arg(long)]
+        no_auto_sync: bool,
     },
     /// List secret groups
     List,
@@ -37,14 +63,71 @@ enum GroupCommand {
 pub async fn run(args: GroupArgs, connect: &ConnectOptions, format: Format) -> anyhow::Result<()> {
     let mut client = connect.connect().await?.secrets();
     match args.command {
-        GroupCommand::Create { name, description } => {
+        GroupCommand::Create {
+            name,
+            description,
+            provider,
+            auto_sync,
+        } => {
             let group = client
-                .create_group(CreateGroupRequest { name, description })
+                .create_group(CreateGroupRequest {
+                    name,
+                    description,
+                    provider,
+                    auto_sync,
+                })
                 .await?
                 .into_inner();
             match format {
                 Format::Json => output::print_json(&output::secret_group_json(&group)),
-                Format::Table => println!("created group {}", group.name),
+                Format::Table => match &group.provider {
+                    Some(p) => println!(
+                        "created group {} fed by provider {p}{}; sync it now with: berth provider sync {p}",
+                        group.name,
+                        if group.auto_sync { " (auto-sync)" } else { "" }
+                    ),
+                    None => println!("created group {}", group.name),
+                },
+            }
+        }
+        GroupCommand::Update {
+            name,
+            description,
+            provider,
+            no_provider,
+            auto_sync,
+            no_auto_sync,
+        } => {
+            let provider = if no_provider {
+                Some(String::new())
+            } else {
+                provider
+            };
+            let auto_sync = match (auto_sync, no_auto_sync) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            if description.is_none() && provider.is_none() && auto_sync.is_none() {
+                bail!("nothing to update: give --description, --provider/--no-provider or --auto-sync/--no-auto-sync");
+            }
+            let group = client
+                .update_group(UpdateGroupRequest {
+                    name,
+                    description,
+                    provider,
+                    auto_sync,
+                })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => output::print_json(&output::secret_group_json(&group)),
+                Format::Table => println!(
+                    "updated group {}: provider {}, auto-sync {}",
+                    group.name,
+                    output::or_dash(group.provider.as_deref()),
+                    if group.auto_sync { "on" } else { "off" }
+                ),
             }
         }
         GroupCommand::List => {
@@ -91,6 +174,10 @@ pub async fn run(args: GroupArgs, connect: &ConnectOptions, format: Format) -> a
                         "  Description:  {}",
                         output::or_dash(group.description.as_deref())
                     );
+                    println!(
+                        "  Provider:     {}",
+                        output::or_dash(group.provider.as_deref())
+                    );
                     println!("  Sync:         {}", sync_text(group.auto_sync));
                     println!("  Secrets:      {}", group.secret_count);
                     println!("  Created:      {}", output::short_time(&group.created_at));
@@ -101,7 +188,7 @@ pub async fn run(args: GroupArgs, connect: &ConnectOptions, format: Format) -> a
                         table.row(vec![
                             secret.name.clone(),
                             secret.value_preview.clone(),
-                            secret.source.clone(),
+                            crate::secret::source_text(secret),
                             output::or_dash(secret.description.as_deref()),
                             output::short_time(&secret.updated_at),
                         ]);

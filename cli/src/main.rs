@@ -6,7 +6,6 @@
 
 // The CLI talks to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
-
 #![forbid(unsafe_code)]
 
 mod agent;
@@ -20,6 +19,7 @@ mod env;
 mod group;
 mod output;
 mod prompt;
+mod provider;
 mod repository;
 mod secret;
 mod webhook;
@@ -65,6 +65,8 @@ enum Command {
     Apikey(apikey::ApiKeyArgs),
     /// Image registries and their credentials
     Repository(repository::RepositoryArgs),
+    /// External secret providers (Vault, AWS, Infisical, Azure, GCP) and their syncs
+    Provider(Box<provider::ProviderArgs>),
     /// The image allowlist
     Allowlist(allowlist::AllowlistArgs),
     /// Deploy an application at a version; list and show deployments
@@ -101,6 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Env(args) => env::run(args, connect, format).await,
         Command::Apikey(args) => apikey::run(args, connect, format).await,
         Command::Repository(args) => repository::run(args, connect, format).await,
+        Command::Provider(args) => provider::run(*args, connect, format).await,
         Command::Allowlist(args) => allowlist::run(args, connect, format).await,
         Command::Deploy(args) => deploy::run(args, connect, format).await,
         Command::Agent(args) => agent::run(args, connect, format).await,

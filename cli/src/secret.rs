@@ -284,13 +284,31 @@ fn render_tree(groups: &[SecretGroup], secrets: &[SecretSummary]) -> String {
                 "   {:<name_width$}  {:<preview_width$}  {}",
                 secret.name,
                 preview(secret),
-                secret.source
+                source_text(secret)
             );
             out.push_str(line.trim_end());
             out.push('\n');
         }
     }
     out
+}
+
+/// `manual`, `synced from vault (2026-11-30 10:00)`, and `STALE` when it is gone upstream but
+/// kept because something references it.
+pub fn source_text(secret: &SecretSummary) -> String {
+    match (&secret.provider, secret.source.as_str()) {
+        (Some(provider), "synced") => {
+            let mut text = format!("synced from {provider}");
+            if let Some(at) = &secret.last_synced_at {
+                text.push_str(&format!(" ({})", crate::output::short_time(at)));
+            }
+            if secret.stale_since.is_some() {
+                text.push_str(", STALE: gone upstream, still referenced");
+            }
+            text
+        }
+        _ => secret.source.clone(),
+    }
 }
 
 fn preview(secret: &SecretSummary) -> &str {

@@ -192,6 +192,8 @@ async fn kill_9_loses_no_acknowledged_write() {
             pb::CreateGroupRequest {
                 name: "g".into(),
                 description: None,
+                provider: None,
+                auto_sync: false,
             },
             &token,
         ))
@@ -251,6 +253,8 @@ async fn roles_are_enforced_with_the_right_codes() {
             pb::CreateGroupRequest {
                 name: "g".into(),
                 description: None,
+                provider: None,
+                auto_sync: false,
             },
             &admin,
         ))
@@ -408,6 +412,8 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
             pb::CreateGroupRequest {
                 name: "g".into(),
                 description: None,
+                provider: None,
+                auto_sync: false,
             },
             &admin,
         ))
@@ -537,6 +543,8 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
                     pb::CreateGroupRequest {
                         name: "g".into(),
                         description: None,
+                        provider: None,
+                        auto_sync: false,
                     },
                     &admin,
                 ))
@@ -743,6 +751,8 @@ async fn concurrent_writes_all_succeed() {
             pb::CreateGroupRequest {
                 name: "g".into(),
                 description: None,
+                provider: None,
+                auto_sync: false,
             },
             &token,
         ))

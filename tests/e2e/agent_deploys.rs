@@ -46,6 +46,8 @@ async fn register_app(
             pb::CreateGroupRequest {
                 name: group.clone(),
                 description: None,
+                provider: None,
+                auto_sync: false,
             },
             &admin,
         ))

@@ -9,6 +9,7 @@
 //! - [`http`]: raw HTTP/1.1 requests, pages served on a host port, and a poller;
 //! - [`docker`]: the Docker Engine, the test images, containers by label;
 //! - [`registry`]: private registries with basic auth, and the one the binary shares;
+//! - [`openbao`]: a real OpenBao dev server, the Vault-API peer of the provider suite;
 //! - [`executor`]: an [`berth_agent::executor::Executor`] driven directly, and an app of one
 //!   test on the real engine.
 //!
@@ -25,6 +26,7 @@ pub mod docker;
 pub mod executor;
 pub mod http;
 pub mod node;
+pub mod openbao;
 pub mod process;
 pub mod registry;
 pub mod shim;

@@ -17,4 +17,5 @@ mod agent_deploys;
 mod docker_executor;
 mod executor_contract;
 mod outgoing_notifications;
+mod secret_providers;
 mod webhook_shim;
