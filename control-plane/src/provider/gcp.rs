@@ -27,6 +27,8 @@
 //! shown (they name resources, never values); 401 and 403 become `PermissionDenied`.
 
 mod service_account;
+#[cfg(test)]
+mod tests;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -18,7 +18,10 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
-/// Where a key file that names no `token_uri` logs in (every key Google issues names it).
+/// Google's token endpoint: where a key file that names no `token_uri` logs in (every key
+/// Google issues names it), and the assertion's `aud` wherever it is posted: Google documents
+/// that "when making an access token request this value is always" this URL, and its own
+/// client library (google-auth) sends it whatever the key's `token_uri`.
 const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 /// How long an assertion is valid; Google accepts at most one hour.
 const ASSERTION_LIFETIME_SECS: u64 = 3600;
@@ -27,7 +30,7 @@ const ASSERTION_LIFETIME_SECS: u64 = 3600;
 pub struct ServiceAccount {
     /// The account's identity (`berth@my-project.iam.gserviceaccount.com`): the JWT's `iss`.
     pub client_email: String,
-    /// The OAuth token endpoint: where the assertion is posted, and its `aud`.
+    /// The OAuth token endpoint: where the assertion is posted.
     pub token_uri: String,
     /// Which of the account's keys signs (the JWT header's `kid`).
     key_id: Option<String>,
@@ -111,7 +114,7 @@ impl ServiceAccount {
         let claims = serde_json::json!({
             "iss": self.client_email,
             "scope": scope,
-            "aud": self.token_uri,
+            "aud": GOOGLE_TOKEN_URI,
             "iat": now,
             "exp": now + ASSERTION_LIFETIME_SECS,
         });
@@ -209,7 +212,7 @@ mod tests {
             serde_json::json!({
                 "iss": "berth@berth-test.iam.gserviceaccount.com",
                 "scope": "https://scope.example",
-                "aud": "https://oauth2.example/token",
+                "aud": GOOGLE_TOKEN_URI,
                 "iat": 1_700_000_000u64,
                 "exp": 1_700_003_600u64,
             })
