@@ -226,3 +226,119 @@ pub fn segment(s: &str) -> String {
     }
     out
 }
+
+// Added for OAuth token endpoints (gcp-secret-manager). Kept apart from `call_inner` so that
+// function stays as it is while other provider types are added in parallel; the two can be
+// folded together once they have all landed.
+
+/// Splits a full URL (`https://oauth2.googleapis.com/token`) into the origin that
+/// [`ProviderHttp::new`] takes and the path with its query (`/token`). Errors name no part of
+/// the URL but its host: an OAuth URL may come from a credential.
+pub fn split_url(url: &str) -> Result<(String, String)> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| Error::invalid("invalid URL (not an absolute http(s) URL)"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(Error::invalid("invalid URL (not an absolute http(s) URL)"));
+    };
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/");
+    Ok((format!("{scheme}://{authority}"), path.to_string()))
+}
+
+/// An `application/x-www-form-urlencoded` body (RFC 6749 §4.1.3, Appendix B).
+pub fn form_encode(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", segment(k), segment(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+impl ProviderHttp {
+    /// `method path` with a body of any media type (a form-encoded OAuth token request, …),
+    /// under the same time limit, TLS rules and body limit as [`ProviderHttp::call`].
+    pub async fn call_with_body(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Answer> {
+        tokio::time::timeout(
+            self.timeout,
+            self.call_with_body_inner(method, path, headers, content_type, body),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Unavailable(format!(
+                "provider {} did not answer within {:?}",
+                self.host(),
+                self.timeout
+            )))
+        })
+    }
+
+    async fn call_with_body_inner(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Answer> {
+        let authority = self.base.authority().expect("checked in new").clone();
+        let base_path = self.base.path().trim_end_matches('/');
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{base_path}{path}"))
+            .header(header::HOST, authority.as_str())
+            .header(header::ACCEPT, "application/json")
+            .header(header::CONTENT_LENGTH, body.len())
+            .header(header::CONTENT_TYPE, content_type)
+            .header(
+                header::USER_AGENT,
+                concat!("berth/", env!("CARGO_PKG_VERSION")),
+            );
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(body))
+            .map_err(|_| Error::invalid(format!("invalid request path for {}", self.host())))?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = authority
+            .port_u16()
+            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+        let unavailable =
+            |step: &str, e: String| Error::Unavailable(format!("provider {host}: {step}: {e}"));
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| unavailable("connect", e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            Some(tls) => {
+                let name = ServerName::try_from(host.clone())
+                    .map_err(|_| unavailable("tls", "invalid server name".into()))?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| unavailable("tls", e.to_string()))?;
+                exchange(TokioIo::new(stream), request)
+                    .await
+                    .map_err(|e| unavailable("http", e))
+            }
+            None => exchange(TokioIo::new(tcp), request)
+                .await
+                .map_err(|e| unavailable("http", e)),
+        }
+    }
+}
