@@ -10,6 +10,7 @@
 //! travel in `SecretString` and never reach an error, a log line or a `secret_syncs` row; a
 //! sync fetches everything before it changes anything.
 
+pub mod aws;
 pub mod gcp;
 pub mod http;
 pub mod vault;
@@ -96,6 +97,9 @@ pub fn config_json(
         ProviderType::HashicorpVault => {
             typed::<vault::VaultConfig>(provider_type, value, credential)
         }
+        ProviderType::AwsSecretsManager => {
+            typed::<aws::AwsConfig>(provider_type, value, credential)
+        }
         ProviderType::GcpSecretManager => typed::<gcp::GcpConfig>(provider_type, value, credential),
         other => Err(unsupported(other)),
     }
@@ -110,6 +114,11 @@ pub fn source(
 ) -> Result<Box<dyn SecretSource>> {
     match provider_type {
         ProviderType::HashicorpVault => Ok(Box::new(vault::VaultSource::new(
+            stored(provider_type, config_json)?,
+            credential,
+            timeout,
+        )?)),
+        ProviderType::AwsSecretsManager => Ok(Box::new(aws::AwsSource::new(
             stored(provider_type, config_json)?,
             credential,
             timeout,

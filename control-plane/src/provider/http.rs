@@ -118,37 +118,7 @@ impl ProviderHttp {
         let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|_| Error::invalid(format!("invalid request path for {}", self.host())))?;
-
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = authority
-            .port_u16()
-            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
-        let unavailable =
-            |step: &str, e: String| Error::Unavailable(format!("provider {host}: {step}: {e}"));
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| unavailable("connect", e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            Some(tls) => {
-                let name = ServerName::try_from(host.clone())
-                    .map_err(|_| unavailable("tls", "invalid server name".into()))?;
-                let stream = tls
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| unavailable("tls", e.to_string()))?;
-                exchange(TokioIo::new(stream), request)
-                    .await
-                    .map_err(|e| unavailable("http", e))
-            }
-            None => exchange(TokioIo::new(tcp), request)
-                .await
-                .map_err(|e| unavailable("http", e)),
-        }
+        self.send(request).await
     }
 }
 
@@ -227,9 +197,89 @@ pub fn segment(s: &str) -> String {
     out
 }
 
-// Added for OAuth token endpoints (gcp-secret-manager). Kept apart from `call_inner` so that
-// function stays as it is while other provider types are added in parallel; the two can be
-// folded together once they have all landed.
+/// Requests whose bytes matter to the provider (AWS signs the body and its headers with
+/// SigV4): the caller gives every header and the exact body.
+impl ProviderHttp {
+    /// The `Host` header every request carries: the base URL's authority.
+    pub fn authority(&self) -> &str {
+        self.base.authority().map(|a| a.as_str()).unwrap_or("")
+    }
+
+    /// The path a request for `path` is sent to: the base URL's path, then `path`.
+    pub fn full_path(&self, path: &str) -> String {
+        format!("{}{path}", self.base.path().trim_end_matches('/'))
+    }
+
+    /// `method path` with `body` as it is and exactly `headers` besides `Host`,
+    /// `Content-Length` and `User-Agent` (no `Accept` nor `Content-Type` of its own).
+    pub async fn call_exact(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Answer> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(self.full_path(path))
+            .header(header::HOST, self.authority())
+            .header(header::CONTENT_LENGTH, body.len())
+            .header(
+                header::USER_AGENT,
+                concat!("berth/", env!("CARGO_PKG_VERSION")),
+            );
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(body))
+            .map_err(|_| Error::invalid(format!("invalid request for {}", self.host())))?;
+        tokio::time::timeout(self.timeout, self.send(request))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(format!(
+                    "provider {} did not answer within {:?}",
+                    self.host(),
+                    self.timeout
+                )))
+            })
+    }
+
+    /// One request on a fresh connection (TLS when the base URL is `https://`).
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer> {
+        let authority = self.base.authority().expect("checked in new").clone();
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = authority
+            .port_u16()
+            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+        let unavailable =
+            |step: &str, e: String| Error::Unavailable(format!("provider {host}: {step}: {e}"));
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| unavailable("connect", e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            Some(tls) => {
+                let name = ServerName::try_from(host.clone())
+                    .map_err(|_| unavailable("tls", "invalid server name".into()))?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| unavailable("tls", e.to_string()))?;
+                exchange(TokioIo::new(stream), request)
+                    .await
+                    .map_err(|e| unavailable("http", e))
+            }
+            None => exchange(TokioIo::new(tcp), request)
+                .await
+                .map_err(|e| unavailable("http", e)),
+        }
+    }
+}
 
 /// Splits a full URL (`https://oauth2.googleapis.com/token`) into the origin that
 /// [`ProviderHttp::new`] takes and the path with its query (`/token`). Errors name no part of
@@ -269,76 +319,11 @@ impl ProviderHttp {
         content_type: &str,
         body: Bytes,
     ) -> Result<Answer> {
-        tokio::time::timeout(
-            self.timeout,
-            self.call_with_body_inner(method, path, headers, content_type, body),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(Error::Unavailable(format!(
-                "provider {} did not answer within {:?}",
-                self.host(),
-                self.timeout
-            )))
-        })
-    }
-
-    async fn call_with_body_inner(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&'static str, &str)],
-        content_type: &str,
-        body: Bytes,
-    ) -> Result<Answer> {
-        let authority = self.base.authority().expect("checked in new").clone();
-        let base_path = self.base.path().trim_end_matches('/');
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{base_path}{path}"))
-            .header(header::HOST, authority.as_str())
-            .header(header::ACCEPT, "application/json")
-            .header(header::CONTENT_LENGTH, body.len())
-            .header(header::CONTENT_TYPE, content_type)
-            .header(
-                header::USER_AGENT,
-                concat!("berth/", env!("CARGO_PKG_VERSION")),
-            );
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request
-            .body(Full::new(body))
-            .map_err(|_| Error::invalid(format!("invalid request path for {}", self.host())))?;
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = authority
-            .port_u16()
-            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
-        let unavailable =
-            |step: &str, e: String| Error::Unavailable(format!("provider {host}: {step}: {e}"));
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| unavailable("connect", e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            Some(tls) => {
-                let name = ServerName::try_from(host.clone())
-                    .map_err(|_| unavailable("tls", "invalid server name".into()))?;
-                let stream = tls
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| unavailable("tls", e.to_string()))?;
-                exchange(TokioIo::new(stream), request)
-                    .await
-                    .map_err(|e| unavailable("http", e))
-            }
-            None => exchange(TokioIo::new(tcp), request)
-                .await
-                .map_err(|e| unavailable("http", e)),
-        }
+        let mut all: Vec<(&str, &str)> = vec![
+            ("accept", "application/json"),
+            ("content-type", content_type),
+        ];
+        all.extend(headers.iter().map(|(k, v)| (*k, *v)));
+        self.call_exact(method, path, &all, body).await
     }
 }

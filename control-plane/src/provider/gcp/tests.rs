@@ -255,6 +255,7 @@ impl Double {
         ProviderSettings {
             provider_type: ProviderType::GcpSecretManager,
             settings,
+            sync_interval: None,
         }
     }
 }
