@@ -10,7 +10,9 @@
 //! travel in `SecretString` and never reach an error, a log line or a `secret_syncs` row; a
 //! sync fetches everything before it changes anything.
 
+pub mod azure_keyvault;
 pub mod http;
+pub mod infisical;
 pub mod vault;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,6 +97,12 @@ pub fn config_json(
         ProviderType::HashicorpVault => {
             typed::<vault::VaultConfig>(provider_type, value, credential)
         }
+        ProviderType::Infisical => {
+            typed::<infisical::InfisicalConfig>(provider_type, value, credential)
+        }
+        ProviderType::AzureKeyvault => {
+            typed::<azure_keyvault::AzureKeyvaultConfig>(provider_type, value, credential)
+        }
         other => Err(unsupported(other)),
     }
 }
@@ -108,6 +116,16 @@ pub fn source(
 ) -> Result<Box<dyn SecretSource>> {
     match provider_type {
         ProviderType::HashicorpVault => Ok(Box::new(vault::VaultSource::new(
+            stored(provider_type, config_json)?,
+            credential,
+            timeout,
+        )?)),
+        ProviderType::Infisical => Ok(Box::new(infisical::InfisicalSource::new(
+            stored(provider_type, config_json)?,
+            credential,
+            timeout,
+        )?)),
+        ProviderType::AzureKeyvault => Ok(Box::new(azure_keyvault::AzureKeyvaultSource::new(
             stored(provider_type, config_json)?,
             credential,
             timeout,

@@ -78,7 +78,40 @@ impl ProviderHttp {
         headers: &[(&'static str, &str)],
         body: Option<&serde_json::Value>,
     ) -> Result<Answer> {
-        tokio::time::timeout(self.timeout, self.call_inner(method, path, headers, body))
+        let body = body.map(|b| ("application/json", b.to_string()));
+        self.send(method, path, headers, body).await
+    }
+
+    /// `POST path` with an `application/x-www-form-urlencoded` body (what OAuth 2.0 token
+    /// endpoints take).
+    pub async fn call_form(
+        &self,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        form: &[(&str, &str)],
+    ) -> Result<Answer> {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", segment(k), segment(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        self.send(
+            Method::POST,
+            path,
+            headers,
+            Some(("application/x-www-form-urlencoded", body)),
+        )
+        .await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        body: Option<(&'static str, String)>,
+    ) -> Result<Answer> {
+        tokio::time::timeout(self.timeout, self.send_inner(method, path, headers, body))
             .await
             .unwrap_or_else(|_| {
                 Err(Error::Unavailable(format!(
@@ -89,16 +122,19 @@ impl ProviderHttp {
             })
     }
 
-    async fn call_inner(
+    async fn send_inner(
         &self,
         method: Method,
         path: &str,
         headers: &[(&'static str, &str)],
-        body: Option<&serde_json::Value>,
+        body: Option<(&'static str, String)>,
     ) -> Result<Answer> {
         let authority = self.base.authority().expect("checked in new").clone();
         let base_path = self.base.path().trim_end_matches('/');
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let (content_type, body) = match body {
+            Some((content_type, body)) => (Some(content_type), body),
+            None => (None, String::new()),
+        };
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{base_path}{path}"))
@@ -109,8 +145,8 @@ impl ProviderHttp {
                 header::USER_AGENT,
                 concat!("berth/", env!("CARGO_PKG_VERSION")),
             );
-        if !body.is_empty() {
-            request = request.header(header::CONTENT_TYPE, "application/json");
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
         }
         for (name, value) in headers {
             request = request.header(*name, *value);
