@@ -11,8 +11,10 @@
 //! sync fetches everything before it changes anything.
 
 pub mod aws;
+pub mod azure_keyvault;
 pub mod gcp;
 pub mod http;
+pub mod infisical;
 pub mod vault;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -101,7 +103,12 @@ pub fn config_json(
             typed::<aws::AwsConfig>(provider_type, value, credential)
         }
         ProviderType::GcpSecretManager => typed::<gcp::GcpConfig>(provider_type, value, credential),
-        other => Err(unsupported(other)),
+        ProviderType::Infisical => {
+            typed::<infisical::InfisicalConfig>(provider_type, value, credential)
+        }
+        ProviderType::AzureKeyvault => {
+            typed::<azure_keyvault::AzureKeyvaultConfig>(provider_type, value, credential)
+        }
     }
 }
 
@@ -128,7 +135,16 @@ pub fn source(
             credential,
             timeout,
         )?)),
-        other => Err(unsupported(other)),
+        ProviderType::Infisical => Ok(Box::new(infisical::InfisicalSource::new(
+            stored(provider_type, config_json)?,
+            credential,
+            timeout,
+        )?)),
+        ProviderType::AzureKeyvault => Ok(Box::new(azure_keyvault::AzureKeyvaultSource::new(
+            stored(provider_type, config_json)?,
+            credential,
+            timeout,
+        )?)),
     }
 }
 
@@ -146,12 +162,6 @@ fn typed<C: ProviderConfig>(
 fn stored<C: ProviderConfig>(provider_type: ProviderType, json: &str) -> Result<C> {
     serde_json::from_str(json)
         .map_err(|e| Error::Internal(format!("stored {provider_type} config: {e}")))
-}
-
-fn unsupported(provider_type: ProviderType) -> Error {
-    Error::FailedPrecondition(format!(
-        "provider type {provider_type} is not supported by this version of berth"
-    ))
 }
 
 /// One value read from a provider.

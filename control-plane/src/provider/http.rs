@@ -78,27 +78,62 @@ impl ProviderHttp {
         headers: &[(&'static str, &str)],
         body: Option<&serde_json::Value>,
     ) -> Result<Answer> {
-        tokio::time::timeout(self.timeout, self.call_inner(method, path, headers, body))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Unavailable(format!(
-                    "provider {} did not answer within {:?}",
-                    self.host(),
-                    self.timeout
-                )))
-            })
+        let body = body.map(|b| ("application/json", b.to_string()));
+        self.send_body(method, path, headers, body).await
     }
 
-    async fn call_inner(
+    /// `POST path` with an `application/x-www-form-urlencoded` body (what OAuth 2.0 token
+    /// endpoints take).
+    pub async fn call_form(
+        &self,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        form: &[(&str, &str)],
+    ) -> Result<Answer> {
+        self.send_body(
+            Method::POST,
+            path,
+            headers,
+            Some(("application/x-www-form-urlencoded", form_encode(form))),
+        )
+        .await
+    }
+
+    /// A request with `Accept: application/json` and a typed body, under the time limit.
+    async fn send_body(
         &self,
         method: Method,
         path: &str,
         headers: &[(&'static str, &str)],
-        body: Option<&serde_json::Value>,
+        body: Option<(&'static str, String)>,
+    ) -> Result<Answer> {
+        tokio::time::timeout(
+            self.timeout,
+            self.send_body_inner(method, path, headers, body),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Unavailable(format!(
+                "provider {} did not answer within {:?}",
+                self.host(),
+                self.timeout
+            )))
+        })
+    }
+
+    async fn send_body_inner(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        body: Option<(&'static str, String)>,
     ) -> Result<Answer> {
         let authority = self.base.authority().expect("checked in new").clone();
         let base_path = self.base.path().trim_end_matches('/');
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let (content_type, body) = match body {
+            Some((content_type, body)) => (Some(content_type), body),
+            None => (None, String::new()),
+        };
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{base_path}{path}"))
@@ -109,8 +144,8 @@ impl ProviderHttp {
                 header::USER_AGENT,
                 concat!("berth/", env!("CARGO_PKG_VERSION")),
             );
-        if !body.is_empty() {
-            request = request.header(header::CONTENT_TYPE, "application/json");
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
         }
         for (name, value) in headers {
             request = request.header(*name, *value);

@@ -11,6 +11,10 @@ use serde_json::json;
 
 use super::*;
 use crate::provider::http::ProviderHttp;
+
+mod azure_keyvault;
+mod doubles;
+mod infisical;
 use crate::service::testing::{admin, service};
 use crate::service::SetEnvValue;
 
