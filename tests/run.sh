@@ -14,6 +14,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 #   busybox-static   the static busybox test images are built from (the Docker suites)
 #   apache2-utils    htpasswd, for the registry's basic auth
 #   curl             the webhook CI-script test
+# Python packages (provider peers and vendor SDKs) go into a venv: tests/providers/setup.sh.
 need_pkgs=()
 command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || need_pkgs+=(busybox-static)
@@ -26,6 +27,14 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
+
+log "installing the provider test peers (OpenBao, moto, the vendor SDKs) into a venv"
+# Exports BERTH_PROVIDER_PYTHON and BERTH_BAO_BIN for the provider suites.
+eval "$(bash tests/providers/setup.sh)"
+
+log "checking formatting and the workspace lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 
 log "building the binaries the end-to-end tests start"
 cargo build --workspace --bins

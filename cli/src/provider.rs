@@ -135,6 +135,9 @@ struct SettingsArgs {
     /// gcp: project id (the credential is the service-account key JSON)
     #[arg(long)]
     project: Option<String>,
+    /// gcp: Secret Manager list filter, e.g. labels.env=prod
+    #[arg(long)]
+    filter: Option<String>,
     /// PEM file of the CA that signed a self-hosted server's certificate (TLS is always verified)
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<std::path::PathBuf>,
@@ -169,6 +172,7 @@ impl SettingsArgs {
             ("tenant_id", &self.tenant_id),
             ("authority_host", &self.authority_host),
             ("project", &self.project),
+            ("filter", &self.filter),
         ];
         for (key, value) in flags {
             if let Some(value) = value {

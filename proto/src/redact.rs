@@ -339,11 +339,23 @@ mod tests {
         );
         assert_hidden(
             "AddProviderRequest",
-            format!("{:?}", AddProviderRequest { credential: s(), ..Default::default() }),
+            format!(
+                "{:?}",
+                AddProviderRequest {
+                    credential: s(),
+                    ..Default::default()
+                }
+            ),
         );
         assert_hidden(
             "UpdateProviderRequest",
-            format!("{:?}", UpdateProviderRequest { credential: Some(s()), ..Default::default() }),
+            format!(
+                "{:?}",
+                UpdateProviderRequest {
+                    credential: Some(s()),
+                    ..Default::default()
+                }
+            ),
         );
         assert_hidden(
             "WebhookStatusRequest",
