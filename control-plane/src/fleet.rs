@@ -77,6 +77,9 @@ struct Inner {
     connected: Notify,
     /// Called once per finished deployment (outgoing notifications subscribe here).
     on_finished: Mutex<Vec<FinishedHook>>,
+    /// Per application: held while deciding whether a deployment runs or queues, and while
+    /// the next queued one takes the slot (one deployment per application at a time).
+    app_slots: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     next_session: AtomicU64,
 }
 
@@ -115,6 +118,7 @@ impl Fleet {
                 changed: Notify::new(),
                 connected: Notify::new(),
                 on_finished: Mutex::new(Vec::new()),
+                app_slots: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
             }),
         }
@@ -395,6 +399,16 @@ impl Fleet {
             .expect("live lock")
             .get(agent)
             .map(|a| a.labels.clone())
+    }
+
+    fn app_slot(&self, application_id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner
+            .app_slots
+            .lock()
+            .expect("slots lock")
+            .entry(application_id)
+            .or_default()
+            .clone()
     }
 
     /// Subscribes to finished deployments (called after the final status is stored).

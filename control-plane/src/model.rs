@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 mod status;
 
-pub use status::{DeploymentStatus, TargetStatus, UNFINISHED_SQL};
+pub use status::{DeploymentStatus, TargetStatus, ACTIVE_SQL, UNFINISHED_SQL};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SecretGroup {
@@ -194,6 +194,8 @@ pub struct DeploymentLog {
     pub started_at: String,
     pub completed_at: Option<String>,
     pub duration_ms: Option<i64>,
+    /// For a superseded deployment: the newer one that replaced it.
+    pub superseded_by: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -85,10 +85,7 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot open database: {e}")))?;
-        sqlx::migrate!("../migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| Error::FailedPrecondition(format!("cannot migrate database: {e}")))?;
+        migrate(&pool).await?;
         Ok(Store {
             log_pool: pool.clone(),
             pool,
@@ -158,6 +155,42 @@ impl Store {
     }
 }
 
+/// Applies pending migrations with foreign keys off, then checks them. SQLite changes a
+/// constraint by rebuilding the table, and dropping the old table would otherwise fire the
+/// children's `ON DELETE CASCADE` (a migration runs inside a transaction, where the pragma
+/// cannot change). Every migration is one transaction; the connection gets its foreign keys
+/// back whatever happens.
+async fn migrate(pool: &SqlitePool) -> Result<(), Error> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot open database: {e}")))?;
+    sqlx::query("PRAGMA foreign_keys = OFF")
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+    let migrated = sqlx::migrate!("../migrations").run_direct(&mut *conn).await;
+    let violations = sqlx::query("PRAGMA foreign_key_check")
+        .fetch_all(&mut *conn)
+        .await
+        .map(|rows| rows.len());
+    let restored = sqlx::query("PRAGMA foreign_keys = ON")
+        .execute(&mut *conn)
+        .await;
+    if restored.is_err() {
+        // Never hand a connection without foreign keys back to the pool.
+        conn.detach();
+    }
+    migrated.map_err(|e| Error::FailedPrecondition(format!("cannot migrate database: {e}")))?;
+    restored.map_err(internal)?;
+    match violations.map_err(internal)? {
+        0 => Ok(()),
+        n => Err(Error::FailedPrecondition(format!(
+            "cannot migrate database: {n} rows break a foreign key after the migration"
+        ))),
+    }
+}
+
 /// The SQL condition selecting the rows of a table whose `column` holds ciphertext.
 fn encrypted_rows(column: &EncryptedColumn) -> String {
     match column.only_where {
@@ -184,4 +217,70 @@ pub(crate) fn conflict(e: sqlx::Error, message: impl FnOnce() -> String) -> Erro
         }
     }
     internal(e)
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    /// Migration 5 rebuilds `deployment_logs`; the children of every deployment (targets and
+    /// the step log, both `ON DELETE CASCADE`) must survive it.
+    #[tokio::test]
+    async fn rebuilding_a_parent_table_keeps_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("berth.db"))
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let mut before = sqlx::migrate!("../migrations");
+        before.migrations = Cow::Owned(
+            before
+                .migrations
+                .iter()
+                .filter(|m| m.version < 5)
+                .cloned()
+                .collect(),
+        );
+        before.run(&pool).await.unwrap();
+        for sql in [
+            "INSERT INTO applications (name, image) VALUES ('web', 'team/web')",
+            "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, status) \
+             VALUES (1, 'v1', 'd1', 'manual', 'success')",
+            "INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES ('d1', 'a1', 'success')",
+            "INSERT INTO deployment_events (deployment_id, phase, message) VALUES ('d1', 'done', 'ok')",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        migrate(&pool).await.unwrap();
+        let count = |table: &'static str| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(count("deployment_logs").await, 1);
+        assert_eq!(count("deployment_targets").await, 1);
+        assert_eq!(count("deployment_events").await, 1);
+        // The new states are accepted, and foreign keys are enforced again.
+        sqlx::query("UPDATE deployment_logs SET status = 'superseded', superseded_by = 'd2'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let orphan = sqlx::query(
+            "INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES ('nope', 'a1', 'pending')",
+        )
+        .execute(&pool)
+        .await;
+        assert!(orphan.is_err(), "foreign keys are on after migrating");
+    }
 }

@@ -68,6 +68,8 @@ impl Fleet {
     }
 
     /// The deployment itself, for callers that authorized it their own way (the webhook).
+    /// One deployment per application runs at a time: while another holds the slot, this one
+    /// is queued (and supersedes an older queued one); it starts when the slot frees.
     pub(crate) async fn start_deployment(
         &self,
         actor_name: &str,
@@ -78,20 +80,34 @@ impl Fleet {
         validate::version(version)?;
         let store = self.service().store();
         let deployment_id = uuid::Uuid::new_v4().to_string();
+        let slot = self.app_slot(app.id);
+        let _slot = slot.lock().await;
+        if let Some(running) = store.active_deployment(app.id).await? {
+            let superseded = store
+                .enqueue_deployment(
+                    &NewDeployment {
+                        deployment_id: &deployment_id,
+                        application_id: app.id,
+                        version,
+                        trigger_type: trigger.trigger_type,
+                        trigger_source: trigger.source.as_deref(),
+                        targets: &[],
+                        actor: actor_name,
+                    },
+                    &running,
+                )
+                .await?;
+            tracing::info!(deployment = %deployment_id, app = %app.name, behind = %running, "deployment queued");
+            self.inner.changed.notify_waiters();
+            for id in superseded {
+                self.notify_finished(&id).await;
+            }
+            return Ok(deployment_id);
+        }
         // Everything that can refuse a deployment is decided before anything is dispatched:
         // the allowlist and the environment first, then the targets.
-        let mut prepared = self.prepare_command(&app, version, &deployment_id).await;
-        let targets = match &prepared {
-            Ok(_) => match self.select_targets(&app).await {
-                Ok(targets) => targets,
-                Err(e) => {
-                    prepared = Err(e);
-                    Vec::new()
-                }
-            },
-            Err(_) => Vec::new(),
-        };
-        store
+        let (prepared, targets) = self.prepare(&app, version, &deployment_id).await;
+        let superseded = store
             .insert_deployment(&NewDeployment {
                 deployment_id: &deployment_id,
                 application_id: app.id,
@@ -102,34 +118,121 @@ impl Fleet {
                 actor: actor_name,
             })
             .await?;
+        for id in superseded {
+            self.notify_finished(&id).await;
+        }
+        self.launch(actor_name, app, &deployment_id, prepared, targets)
+            .await?;
+        Ok(deployment_id)
+    }
+
+    /// After a deployment of an application finished: the newest queued one takes the slot
+    /// (the older queued ones are superseded by it). Runs in a task of its own: the caller may
+    /// hold nothing of the application's.
+    pub(super) fn start_next(&self, application_id: i64) {
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fleet.start_next_now(application_id).await {
+                tracing::error!(application_id, error = %e, "cannot start the next queued deployment");
+            }
+        });
+    }
+
+    async fn start_next_now(&self, application_id: i64) -> Result<()> {
+        let store = self.service().store();
+        let slot = self.app_slot(application_id);
+        let _slot = slot.lock().await;
+        if store.active_deployment(application_id).await?.is_some() {
+            return Ok(());
+        }
+        let Some((log, superseded)) = store.take_next_queued(application_id).await? else {
+            return Ok(());
+        };
+        for id in &superseded {
+            self.notify_finished(id).await;
+        }
+        let (_, app_name) = store.deployment(&log.deployment_id).await?;
+        let app = store.application(&app_name).await?;
+        tracing::info!(deployment = %log.deployment_id, app = %app.name, "queued deployment starts");
+        store
+            .add_deployment_event(
+                &log.deployment_id,
+                None,
+                "dequeued",
+                "the application's slot is free; starting",
+            )
+            .await?;
+        let (prepared, targets) = self.prepare(&app, &log.version, &log.deployment_id).await;
+        store.add_targets(&log.deployment_id, &targets).await?;
+        let actor = log
+            .trigger_source
+            .clone()
+            .unwrap_or_else(|| log.trigger_type.clone());
+        self.launch(&actor, app, &log.deployment_id, prepared, targets)
+            .await
+    }
+
+    /// The command and the targets, or why the deployment is refused.
+    async fn prepare(
+        &self,
+        app: &Application,
+        version: &str,
+        deployment_id: &str,
+    ) -> (Result<pb::DeployCommand>, Vec<String>) {
+        let mut prepared = self.prepare_command(app, version, deployment_id).await;
+        let targets = match &prepared {
+            Ok(_) => match self.select_targets(app).await {
+                Ok(targets) => targets,
+                Err(e) => {
+                    prepared = Err(e);
+                    Vec::new()
+                }
+            },
+            Err(_) => Vec::new(),
+        };
+        (prepared, targets)
+    }
+
+    /// Starts the rollout of a recorded deployment, or records why it was refused (nothing
+    /// reached an agent) and hands the slot on.
+    async fn launch(
+        &self,
+        actor_name: &str,
+        app: Application,
+        deployment_id: &str,
+        prepared: Result<pb::DeployCommand>,
+        targets: Vec<String>,
+    ) -> Result<()> {
+        let store = self.service().store();
         match prepared {
             Ok(command) => {
                 let fleet = self.clone();
-                let id = deployment_id.clone();
+                let id = deployment_id.to_string();
                 tokio::spawn(async move { fleet.run_rollout(id, app, command, targets).await });
             }
             Err(e) => {
                 // Refused before dispatch: recorded, audited, nothing reached an agent.
                 let reason = e.to_string();
                 store
-                    .add_deployment_event(&deployment_id, None, "failed", &reason)
+                    .add_deployment_event(deployment_id, None, "failed", &reason)
                     .await?;
                 for agent in &targets {
                     store
-                        .finish_target(&deployment_id, agent, TargetStatus::Skipped, None, None)
+                        .finish_target(deployment_id, agent, TargetStatus::Skipped, None, None)
                         .await?;
                 }
                 store
-                    .finish_deployment(&deployment_id, false, Some(&reason))
+                    .finish_deployment(deployment_id, false, Some(&reason))
                     .await?;
                 store
                     .audit(actor_name, "deployment.refused", &app.name, Some(&reason))
                     .await?;
                 self.inner.changed.notify_waiters();
-                self.notify_finished(&deployment_id).await;
+                self.notify_finished(deployment_id).await;
+                self.start_next(app.id);
             }
         }
-        Ok(deployment_id)
+        Ok(())
     }
 
     /// The agents an application runs on: named agents and label selectors; with no targets

@@ -12,6 +12,11 @@ impl Fleet {
     /// agents' reports, or marked failed with the reason after `reconcile_timeout`.
     pub async fn reconcile(&self) -> Result<()> {
         let store = self.service().store();
+        // Queued deployments of applications with nothing running start now; the others
+        // start when the deployment being reconciled concludes.
+        for application_id in store.apps_with_queued().await? {
+            self.start_next(application_id);
+        }
         for deployment_id in store.unfinished_deployments().await? {
             let fleet = self.clone();
             tokio::spawn(async move {

@@ -193,6 +193,10 @@ impl Fleet {
         }
         self.inner.changed.notify_waiters();
         self.notify_finished(deployment_id).await;
+        // The application's slot is free: the newest queued deployment takes it.
+        if let Ok((log, _)) = store.deployment(deployment_id).await {
+            self.start_next(log.application_id);
+        }
         Ok(())
     }
 

@@ -529,3 +529,192 @@ async fn a_deployment_the_crash_left_undispatched_is_failed_with_the_reason() {
         "{why}"
     );
 }
+
+async fn status(fleet: &Fleet, id: &str) -> DeploymentLog {
+    fleet.service().store().deployment(id).await.unwrap().0
+}
+
+async fn app_with(h: &Harness, name: &str) {
+    h.app(name, 1).await;
+}
+
+#[tokio::test]
+async fn a_deployment_of_a_busy_app_waits_and_only_the_newest_queued_one_runs() {
+    let h = Harness::new(&["a1"], rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+    h.app("web", 1).await;
+    let mut a1 = ScriptedAgent::connect(&h.fleet, "a1").await;
+    let v2 = deploy(&h.fleet, "web", "v2").await;
+    assert_eq!(a1.next().await, deploy_of(&v2, "v2"));
+
+    // v3 and v4 arrive while v2 runs: v3 waits, then v4 supersedes it.
+    let v3 = deploy(&h.fleet, "web", "v3").await;
+    assert_eq!(status(&h.fleet, &v3).await.status, DeploymentStatus::Queued);
+    assert!(phases(&h.fleet, &v3).await.contains(&"queued".to_string()));
+    let v4 = deploy(&h.fleet, "web", "v4").await;
+    let superseded = status(&h.fleet, &v3).await;
+    assert_eq!(superseded.status, DeploymentStatus::Superseded);
+    assert_eq!(superseded.superseded_by.as_deref(), Some(v4.as_str()));
+    assert!(superseded.status.is_finished());
+    assert_eq!(status(&h.fleet, &v4).await.status, DeploymentStatus::Queued);
+    // Nothing of v3 or v4 reaches the agent while v2 runs.
+    a1.idle().await;
+
+    a1.deployed(&v2).await;
+    assert_eq!(
+        finished(&h.fleet, &v2).await.status,
+        DeploymentStatus::Success
+    );
+    assert_eq!(a1.next().await, Command::Commit { id: v2.clone() });
+    // The slot is free: v4 (never v3) runs.
+    assert_eq!(a1.next().await, deploy_of(&v4, "v4"));
+    a1.deployed(&v4).await;
+    assert_eq!(
+        finished(&h.fleet, &v4).await.status,
+        DeploymentStatus::Success
+    );
+    assert_eq!(a1.next().await, Command::Commit { id: v4.clone() });
+    a1.idle().await;
+    assert!(
+        targets(&h.fleet, &v3).await.is_empty(),
+        "v3 never had a target"
+    );
+}
+
+#[tokio::test]
+async fn a_new_deployment_supersedes_a_queued_one_even_when_the_slot_just_freed() {
+    let h = Harness::new(&["a1"], rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+    h.app("web", 1).await;
+    let mut a1 = ScriptedAgent::connect(&h.fleet, "a1").await;
+    let v2 = deploy(&h.fleet, "web", "v2").await;
+    a1.next().await;
+    let v3 = deploy(&h.fleet, "web", "v3").await;
+    a1.deployed(&v2).await;
+    finished(&h.fleet, &v2).await;
+    // Whether v3 already took the slot or not, v4 is the last word.
+    let v4 = deploy(&h.fleet, "web", "v4").await;
+    let mut ran = Vec::new();
+    loop {
+        match a1.next().await {
+            Command::Deploy { id, version } => {
+                ran.push(version.clone());
+                a1.deployed(&id).await;
+                if id == v4 {
+                    break;
+                }
+            }
+            Command::Commit { .. } | Command::Rollback { .. } => {}
+        }
+    }
+    assert_eq!(
+        finished(&h.fleet, &v4).await.status,
+        DeploymentStatus::Success
+    );
+    let v3_status = finished(&h.fleet, &v3).await.status;
+    assert!(
+        matches!(
+            v3_status,
+            DeploymentStatus::Success | DeploymentStatus::Superseded
+        ),
+        "{v3_status:?}"
+    );
+    assert_eq!(ran.last().map(String::as_str), Some("v4"), "{ran:?}");
+}
+
+#[tokio::test]
+async fn deployments_of_different_apps_run_side_by_side() {
+    let h = Harness::new(&["a1"], rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+    app_with(&h, "web").await;
+    app_with(&h, "api").await;
+    let mut a1 = ScriptedAgent::connect(&h.fleet, "a1").await;
+    let web = deploy(&h.fleet, "web", "v2").await;
+    let api = deploy(&h.fleet, "api", "v7").await;
+    // Both commands are out before either answers.
+    let first = a1.next().await;
+    let second = a1.next().await;
+    let mut got = vec![first, second];
+    got.sort_by_key(|c| format!("{c:?}"));
+    let mut want = vec![deploy_of(&web, "v2"), deploy_of(&api, "v7")];
+    want.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(got, want);
+    a1.deployed(&web).await;
+    a1.deployed(&api).await;
+    assert_eq!(
+        finished(&h.fleet, &web).await.status,
+        DeploymentStatus::Success
+    );
+    assert_eq!(
+        finished(&h.fleet, &api).await.status,
+        DeploymentStatus::Success
+    );
+}
+
+#[tokio::test]
+async fn after_a_crash_queued_deployments_run_after_the_reconciled_one_and_none_twice() {
+    let h = Harness::new(&["a1"], rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+    h.app("web", 1).await;
+    let dir = h.dir.path().to_path_buf();
+    let (v2, v3) = on_a_runtime_that_crashes(async move {
+        let fleet = fleet_on(&dir, rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+        let mut a1 = ScriptedAgent::connect(&fleet, "a1").await;
+        let v2 = deploy(&fleet, "web", "v2").await;
+        a1.next().await;
+        let v3 = deploy(&fleet, "web", "v3").await;
+        (v2, v3)
+    });
+    let fleet = h.restarted(rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+    fleet.reconcile().await.unwrap();
+    let mut a1 = ScriptedAgent::connect(&fleet, "a1").await;
+    assert_eq!(status(&fleet, &v3).await.status, DeploymentStatus::Queued);
+    // The agent replays v2's result; then v3 takes the slot.
+    a1.deployed(&v2).await;
+    assert_eq!(
+        finished(&fleet, &v2).await.status,
+        DeploymentStatus::Success
+    );
+    assert_eq!(a1.next().await, Command::Commit { id: v2.clone() });
+    assert_eq!(a1.next().await, deploy_of(&v3, "v3"));
+    a1.deployed(&v3).await;
+    assert_eq!(
+        finished(&fleet, &v3).await.status,
+        DeploymentStatus::Success
+    );
+    assert_eq!(a1.next().await, Command::Commit { id: v3.clone() });
+    a1.idle().await;
+}
+
+#[tokio::test]
+async fn after_a_crash_a_queue_with_nothing_running_starts_at_once() {
+    let h = Harness::new(&["a1"], rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+    h.app("web", 1).await;
+    let dir = h.dir.path().to_path_buf();
+    let v3 = on_a_runtime_that_crashes(async move {
+        let fleet = fleet_on(&dir, rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+        let mut a1 = ScriptedAgent::connect(&fleet, "a1").await;
+        let v2 = deploy(&fleet, "web", "v2").await;
+        a1.next().await;
+        let v3 = deploy(&fleet, "web", "v3").await;
+        a1.deployed(&v2).await;
+        // v2 is finished; the process dies before v3 takes the slot (or right after).
+        finished(&fleet, &v2).await;
+        v3
+    });
+    let fleet = h.restarted(rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+    let dispatched_before_the_crash = status(&fleet, &v3).await.status.is_active();
+    let mut a1 = ScriptedAgent::connect(&fleet, "a1").await;
+    fleet.reconcile().await.unwrap();
+    if !dispatched_before_the_crash {
+        // Queued with nothing running: it starts at once.
+        loop {
+            match a1.next().await {
+                Command::Deploy { id, .. } if id == v3 => break,
+                _ => {}
+            }
+        }
+    }
+    // Run now, or replayed from the agent's journal when it ran before the crash.
+    a1.deployed(&v3).await;
+    assert_eq!(
+        finished(&fleet, &v3).await.status,
+        DeploymentStatus::Success
+    );
+}

@@ -23,18 +23,26 @@ pub enum DeploymentStatus {
     /// Allowed by the seed's schema; berth records a rolled-back deploy as `Failed` with the
     /// reason, and its targets as `rolled_back`.
     RolledBack,
+    /// Waiting for the application's running deployment (one per application at a time).
+    Queued,
+    /// A newer deployment of the application replaced it before it ran: finished, never ran.
+    Superseded,
 }
 
 /// SQL list of the unfinished deployment states, for `status IN {UNFINISHED_SQL}`.
-pub const UNFINISHED_SQL: &str = "('pending', 'running')";
+pub const UNFINISHED_SQL: &str = "('pending', 'running', 'queued')";
+/// SQL list of the states of the one deployment of an application that holds its slot.
+pub const ACTIVE_SQL: &str = "('pending', 'running')";
 
 impl DeploymentStatus {
-    pub const ALL: [DeploymentStatus; 5] = [
+    pub const ALL: [DeploymentStatus; 7] = [
         Self::Pending,
         Self::Running,
         Self::Success,
         Self::Failed,
         Self::RolledBack,
+        Self::Queued,
+        Self::Superseded,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -44,12 +52,19 @@ impl DeploymentStatus {
             Self::Success => "success",
             Self::Failed => "failed",
             Self::RolledBack => "rolled_back",
+            Self::Queued => "queued",
+            Self::Superseded => "superseded",
         }
     }
 
     /// True once the deployment reached a final state: watchers stop, the webhook answers.
     pub const fn is_finished(self) -> bool {
-        !matches!(self, Self::Pending | Self::Running)
+        !matches!(self, Self::Pending | Self::Running | Self::Queued)
+    }
+
+    /// True while it holds its application's one deployment slot (dispatching or running).
+    pub const fn is_active(self) -> bool {
+        matches!(self, Self::Pending | Self::Running)
     }
 
     /// Whether a status string sent by a control plane is final. An unknown state (a newer
@@ -195,6 +210,14 @@ mod tests {
             sql_list(&TargetStatus::ALL, TargetStatus::as_str, |s| !s
                 .is_finished()),
             TargetStatus::OPEN_SQL
+        );
+        assert_eq!(
+            sql_list(
+                &DeploymentStatus::ALL,
+                DeploymentStatus::as_str,
+                DeploymentStatus::is_active
+            ),
+            ACTIVE_SQL
         );
     }
 

@@ -141,6 +141,7 @@ mod tests {
             started_at: "2025-10-23 10:30:00".into(),
             completed_at: Some("2025-10-23 10:30:02".into()),
             duration_ms: Some(2013),
+            superseded_by: None,
         };
         let stored = serde_json::to_string(&DeploymentPayload::new(&log, "web")).unwrap();
         let sent_at = OffsetDateTime::from_unix_timestamp_nanos(1_761_215_402_120_999_999).unwrap();

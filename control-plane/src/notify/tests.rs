@@ -106,6 +106,7 @@ fn finished_log(status: &str) -> DeploymentLog {
         started_at: "2025-10-23 10:30:00".into(),
         completed_at: Some("2025-10-23 10:30:01".into()),
         duration_ms: Some(1000),
+        superseded_by: None,
     }
 }
 

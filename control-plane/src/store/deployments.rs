@@ -3,7 +3,7 @@
 
 use super::{internal, Store};
 use crate::error::{Error, Result};
-use crate::model::{DeploymentLog, DeploymentStatus, TargetStatus, UNFINISHED_SQL};
+use crate::model::{DeploymentLog, DeploymentStatus, TargetStatus, ACTIVE_SQL, UNFINISHED_SQL};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeploymentTargetRow {
@@ -42,12 +42,15 @@ const NOW_MS: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 impl Store {
     /// Inserts the aggregate row (pending), one target row per agent, and marks the
     /// application `deploying`, in one transaction (durable before anything is dispatched).
-    pub async fn insert_deployment(&self, d: &NewDeployment<'_>) -> Result<()> {
+    /// A deployment still queued for the application is superseded by this newer one; their
+    /// ids are returned.
+    pub async fn insert_deployment(&self, d: &NewDeployment<'_>) -> Result<Vec<String>> {
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(internal)?;
+        let superseded = supersede_queued(&mut tx, d.application_id, d.deployment_id).await?;
         sqlx::query(
             "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -85,7 +88,8 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(internal)?;
-        tx.commit().await.map_err(internal)
+        tx.commit().await.map_err(internal)?;
+        Ok(superseded)
     }
 
     /// Records, in one transaction (one fsync), that a command is about to be sent to a batch
@@ -294,11 +298,182 @@ impl Store {
         .map_err(internal)
     }
 
-    /// Deployments a previous run of the control plane left unfinished.
+    /// Deployments a previous run of the control plane left dispatching or running (queued
+    /// ones are started after these, see [`Store::apps_with_queued`]).
     pub async fn unfinished_deployments(&self) -> Result<Vec<String>> {
-        sqlx::query_scalar(&format!("SELECT deployment_id FROM deployment_logs WHERE status IN {UNFINISHED_SQL} ORDER BY id"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(internal)
+        sqlx::query_scalar(&format!(
+            "SELECT deployment_id FROM deployment_logs WHERE status IN {ACTIVE_SQL} ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)
     }
+
+    /// The deployment of an application that holds its slot (pending or running), if any.
+    pub async fn active_deployment(&self, application_id: i64) -> Result<Option<String>> {
+        sqlx::query_scalar(&format!(
+            "SELECT deployment_id FROM deployment_logs WHERE application_id = ? AND status IN {ACTIVE_SQL} \
+             ORDER BY id LIMIT 1"
+        ))
+        .bind(application_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
+    /// Records a deployment that waits behind `behind`, in one transaction: older queued
+    /// deployments of the application are superseded by it (only the newest waits). Returns
+    /// the ids it superseded.
+    pub async fn enqueue_deployment(
+        &self,
+        d: &NewDeployment<'_>,
+        behind: &str,
+    ) -> Result<Vec<String>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
+        let superseded = supersede_queued(&mut tx, d.application_id, d.deployment_id).await?;
+        sqlx::query(
+            "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(d.application_id)
+        .bind(d.version)
+        .bind(d.deployment_id)
+        .bind(d.trigger_type)
+        .bind(d.trigger_source)
+        .bind(DeploymentStatus::Queued)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?;
+        sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, NULL, 'queued', ?)")
+            .bind(d.deployment_id)
+            .bind(format!("queued behind deployment {behind}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
+        sqlx::query(
+            "INSERT INTO audit_log (actor, action, target, details) \
+             SELECT ?, 'deployment.queue', name, ? FROM applications WHERE id = ?",
+        )
+        .bind(d.actor)
+        .bind(format!(
+            "{} version {} behind {behind}",
+            d.deployment_id, d.version
+        ))
+        .bind(d.application_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
+        Ok(superseded)
+    }
+
+    /// Takes the newest queued deployment of an application to run it: it becomes pending,
+    /// and the older queued ones are superseded by it, in one transaction. Returns it and the
+    /// ids it superseded; `None` when nothing is queued.
+    pub async fn take_next_queued(
+        &self,
+        application_id: i64,
+    ) -> Result<Option<(DeploymentLog, Vec<String>)>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
+        let next: Option<String> = sqlx::query_scalar(
+            "SELECT deployment_id FROM deployment_logs WHERE application_id = ? AND status = ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(application_id)
+        .bind(DeploymentStatus::Queued)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(internal)?;
+        let Some(next) = next else {
+            return Ok(None);
+        };
+        let superseded = supersede_queued(&mut tx, application_id, &next).await?;
+        sqlx::query("UPDATE deployment_logs SET status = ? WHERE deployment_id = ?")
+            .bind(DeploymentStatus::Pending)
+            .bind(&next)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
+        sqlx::query("UPDATE applications SET status = 'deploying', updated_at = datetime('now') WHERE id = ?")
+            .bind(application_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
+        let log: DeploymentLog =
+            sqlx::query_as("SELECT * FROM deployment_logs WHERE deployment_id = ?")
+                .bind(&next)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
+        Ok(Some((log, superseded)))
+    }
+
+    /// The target rows of a deployment taken from the queue, before anything is dispatched.
+    pub async fn add_targets(&self, deployment_id: &str, targets: &[String]) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
+        for agent in targets {
+            sqlx::query("INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES (?, ?, ?)")
+                .bind(deployment_id)
+                .bind(agent)
+                .bind(TargetStatus::Pending)
+                .execute(&mut *tx)
+                .await
+                .map_err(internal)?;
+        }
+        tx.commit().await.map_err(internal)
+    }
+
+    /// Applications with a queued deployment and none holding the slot (after a restart).
+    pub async fn apps_with_queued(&self) -> Result<Vec<i64>> {
+        sqlx::query_scalar(&format!(
+            "SELECT DISTINCT application_id FROM deployment_logs q WHERE q.status = 'queued' AND NOT EXISTS \
+             (SELECT 1 FROM deployment_logs a WHERE a.application_id = q.application_id AND a.status IN {ACTIVE_SQL})"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)
+    }
+}
+
+/// Supersedes every queued deployment of an application but `by`, recording why.
+async fn supersede_queued(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    application_id: i64,
+    by: &str,
+) -> Result<Vec<String>> {
+    let superseded: Vec<String> = sqlx::query_scalar(&format!(
+        "UPDATE deployment_logs SET status = ?, superseded_by = ?, error_message = ?, completed_at = datetime('now'), \
+         duration_ms = CAST((julianday({NOW_MS}) - julianday(started_at)) * 86400000 AS INTEGER) \
+         WHERE application_id = ? AND status = ? AND deployment_id != ? RETURNING deployment_id"
+    ))
+    .bind(DeploymentStatus::Superseded)
+    .bind(by)
+    .bind(format!("superseded by deployment {by}"))
+    .bind(application_id)
+    .bind(DeploymentStatus::Queued)
+    .bind(by)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(internal)?;
+    for id in &superseded {
+        sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, NULL, 'superseded', ?)")
+            .bind(id)
+            .bind(format!("superseded by deployment {by}"))
+            .execute(&mut **tx)
+            .await
+            .map_err(internal)?;
+    }
+    Ok(superseded)
 }
