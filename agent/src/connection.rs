@@ -6,7 +6,7 @@
 //! (deployment, kind) runs at most once: a re-sent command gets the recorded result, and a
 //! command a previous process died running is reported failed, never run again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,6 +57,21 @@ struct Shared {
     /// The current stream's sender, when connected.
     outbound: Mutex<Option<mpsc::Sender<pb::AgentMessage>>>,
     identity: Mutex<Identity>,
+    /// Per application: held while one of its commands runs, so two deploys (or a deploy and
+    /// a rollback) of one application never run at once, even when commands arrive together
+    /// after a reconnect; the second waits for the first.
+    app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The lock of one application's commands.
+fn app_lock(shared: &Shared, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+    shared
+        .app_locks
+        .lock()
+        .expect("app locks")
+        .entry(app.to_string())
+        .or_default()
+        .clone()
 }
 
 /// Runs until `shutdown` resolves. The agent must already be enrolled.
@@ -75,6 +90,7 @@ pub async fn run(
         journal,
         outbound: Mutex::new(None),
         identity: Mutex::new(identity),
+        app_locks: Mutex::new(HashMap::new()),
     });
     tokio::pin!(shutdown);
     let mut backoff = Backoff::new();
@@ -420,7 +436,11 @@ fn start<F, Fut>(
                 }
             })
         };
-        let result = work(shared.clone(), events_tx).await;
+        let result = {
+            let lock = app_lock(&shared, &app);
+            let _running = lock.lock().await;
+            work(shared.clone(), events_tx).await
+        };
         let _ = forward.await;
         if let Err(e) = shared.journal.finish(&deployment_id, kind, &result) {
             tracing::error!(deployment = %deployment_id, error = %e, "cannot journal result");
@@ -622,7 +642,7 @@ mod tests {
     /// An agent whose stream is `outbound` (`None`: down), deploying with `executor`.
     fn agent(
         dir: &std::path::Path,
-        executor: Arc<FakeExecutor>,
+        executor: Arc<dyn Executor>,
         outbound: Option<mpsc::Sender<pb::AgentMessage>>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
@@ -635,6 +655,7 @@ mod tests {
             },
             journal: Journal::open(dir).unwrap(),
             outbound: Mutex::new(outbound),
+            app_locks: Mutex::new(HashMap::new()),
             identity: Mutex::new(Identity {
                 name: "agent-1".to_owned(),
                 endpoint: "127.0.0.1:1".to_owned(),
@@ -840,6 +861,96 @@ mod tests {
                 timeout: Duration::from_secs(20),
                 grace: Duration::from_secs(3),
             }
+        );
+    }
+
+    /// Counts how many deploys run at once, per application and in all.
+    #[derive(Default)]
+    struct Overlap {
+        now: std::sync::Mutex<HashMap<String, usize>>,
+        most_per_app: std::sync::Mutex<HashMap<String, usize>>,
+        total_now: std::sync::atomic::AtomicUsize,
+        most_total: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Executor for Overlap {
+        async fn deploy(
+            &self,
+            spec: &DeploySpec,
+            _events: &crate::executor::EventSink,
+        ) -> crate::executor::DeployOutcome {
+            use std::sync::atomic::Ordering::SeqCst;
+            {
+                let mut now = self.now.lock().unwrap();
+                let n = now.entry(spec.app.clone()).or_default();
+                *n += 1;
+                let mut most = self.most_per_app.lock().unwrap();
+                let m = most.entry(spec.app.clone()).or_default();
+                *m = (*m).max(*n);
+            }
+            let total = self.total_now.fetch_add(1, SeqCst) + 1;
+            self.most_total.fetch_max(total, SeqCst);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            self.total_now.fetch_sub(1, SeqCst);
+            *self.now.lock().unwrap().get_mut(&spec.app).unwrap() -= 1;
+            crate::executor::DeployOutcome {
+                success: true,
+                container_id: Some(format!("c-{}", spec.deployment_id)),
+                error: None,
+                rolled_back: false,
+            }
+        }
+
+        async fn commit(&self, _app: &str, _id: &str, _events: &crate::executor::EventSink) {}
+
+        async fn rollback(
+            &self,
+            _app: &str,
+            _id: &str,
+            _events: &crate::executor::EventSink,
+        ) -> crate::executor::DeployOutcome {
+            unreachable!("no rollback in this test")
+        }
+
+        async fn runtime_version(&self) -> String {
+            "overlap".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn two_commands_of_one_app_never_run_at_once_but_other_apps_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let executor = Arc::new(Overlap::default());
+        let (tx, mut rx) = mpsc::channel(64);
+        let shared = agent(dir.path(), executor.clone(), Some(tx));
+        // As after a reconnect: three commands arrive together, two of them for `web`.
+        let command = |id: &str, app: &str| pb::ControlMessage {
+            msg: Some(In::Deploy(pb::DeployCommand {
+                deployment_id: id.to_owned(),
+                app: app.to_owned(),
+                image: "registry/x".to_owned(),
+                version: "v1".to_owned(),
+                ..Default::default()
+            })),
+        };
+        handle(&shared, command("d-web-1", "web"));
+        handle(&shared, command("d-web-2", "web"));
+        handle(&shared, command("d-api-1", "api"));
+        for _ in 0..3 {
+            assert!(next_result(&mut rx).await.success);
+        }
+        assert_eq!(
+            executor.most_per_app.lock().unwrap()["web"],
+            1,
+            "web ran twice at once"
+        );
+        assert_eq!(
+            executor
+                .most_total
+                .load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "another application is not held back"
         );
     }
 }

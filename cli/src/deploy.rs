@@ -82,6 +82,21 @@ impl std::fmt::Display for DeploymentFailed {
 
 impl std::error::Error for DeploymentFailed {}
 
+/// A deployment replaced by a newer deployment of the same application before it ran. `main`
+/// exits 3 (not 1: nothing failed, and a retry is not needed).
+#[derive(Debug)]
+pub struct DeploymentSuperseded {
+    deployment_id: String,
+}
+
+impl std::fmt::Display for DeploymentSuperseded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "deployment {} was superseded", self.deployment_id)
+    }
+}
+
+impl std::error::Error for DeploymentSuperseded {}
+
 pub async fn run(args: DeployArgs, connect: &ConnectOptions, format: Format) -> anyhow::Result<()> {
     match args.command {
         Some(DeployCommand::List { app, limit }) => {
@@ -200,6 +215,8 @@ async fn start(
                 progress.finish(&summary);
                 return if succeeded(&summary.status) {
                     Ok(())
+                } else if summary.status == DeploymentStatus::Superseded.as_str() {
+                    Err(DeploymentSuperseded { deployment_id: id }.into())
                 } else {
                     Err(DeploymentFailed { deployment_id: id }.into())
                 };
@@ -296,6 +313,19 @@ fn print_json_line(value: serde_json::Value) {
 /// `deployment <id> of web v2: running (2 targets)`, with the reason when it was refused.
 fn started_line(detail: &DeploymentDetail) -> String {
     let deployment = detail.deployment.clone().unwrap_or_default();
+    if deployment.status == DeploymentStatus::Queued.as_str() {
+        // "queued behind deployment <id>", as the control plane recorded it.
+        let why = detail
+            .events
+            .iter()
+            .rev()
+            .find(|e| e.phase == "queued")
+            .map_or("queued", |e| e.message.as_str());
+        return format!(
+            "deployment {} of {} {}: {why}",
+            deployment.deployment_id, detail.app, deployment.version
+        );
+    }
     let mut line = format!(
         "deployment {} of {} {}: {}",
         deployment.deployment_id, detail.app, deployment.version, deployment.status
@@ -337,6 +367,10 @@ fn final_line(summary: &DeploymentSummary) -> String {
     let id = &summary.deployment_id;
     if succeeded(&summary.status) {
         return format!("deployment {id} succeeded");
+    }
+    if summary.status == DeploymentStatus::Superseded.as_str() {
+        let by = summary.superseded_by.as_deref().unwrap_or("a newer one");
+        return format!("deployment {id} superseded by {by}: a newer deployment of the application replaced it before it ran");
     }
     let error = summary
         .error_message
@@ -533,7 +567,28 @@ mod tests {
             started_at: "2025-10-23 10:30:00".into(),
             completed_at: Some("2025-10-23 10:30:12".into()),
             duration_ms: Some(12_000),
+            superseded_by: None,
         }
+    }
+
+    #[test]
+    fn queued_and_superseded_deployments_say_so() {
+        let detail = DeploymentDetail {
+            app: "web".into(),
+            deployment: Some(summary("queued", None)),
+            targets: vec![],
+            events: vec![event(None, "queued", "queued behind deployment d-0")],
+        };
+        assert_eq!(
+            started_line(&detail),
+            "deployment d-1 of web v2: queued behind deployment d-0"
+        );
+        let mut superseded = summary("superseded", None);
+        superseded.superseded_by = Some("d-9".into());
+        assert_eq!(
+            final_line(&superseded),
+            "deployment d-1 superseded by d-9: a newer deployment of the application replaced it before it ran"
+        );
     }
 
     #[test]

@@ -130,6 +130,10 @@ fn report(err: anyhow::Error) -> ExitCode {
         // The command's own output already said how the deployment ended.
         return ExitCode::from(1);
     }
+    if err.downcast_ref::<deploy::DeploymentSuperseded>().is_some() {
+        // Not a failure: a newer deployment of the application replaced it.
+        return ExitCode::from(3);
+    }
     eprintln!("error: {}", client::describe_error(&err));
     ExitCode::from(1)
 }

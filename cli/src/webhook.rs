@@ -12,10 +12,11 @@ use crate::client::ConnectOptions;
 use crate::output::{self, Format, Table};
 use crate::prompt;
 
-const EVENTS: [&str; 3] = [
+const EVENTS: [&str; 4] = [
     "deployment.finished",
     "deployment.succeeded",
     "deployment.failed",
+    "deployment.superseded",
 ];
 
 #[derive(Args)]

@@ -44,7 +44,14 @@ pub const EVENT_FINISHED: &str = "deployment.finished";
 pub const EVENT_SUCCEEDED: &str = "deployment.succeeded";
 pub const EVENT_FAILED: &str = "deployment.failed";
 /// Every event a webhook may subscribe to.
-pub const EVENTS: [&str; 3] = [EVENT_FINISHED, EVENT_SUCCEEDED, EVENT_FAILED];
+/// A queued deployment replaced by a newer one of the same application before it ran.
+pub const EVENT_SUPERSEDED: &str = "deployment.superseded";
+pub const EVENTS: [&str; 4] = [
+    EVENT_FINISHED,
+    EVENT_SUCCEEDED,
+    EVENT_FAILED,
+    EVENT_SUPERSEDED,
+];
 
 /// Attempts per delivery before it is marked failed.
 pub const MAX_ATTEMPTS: u32 = 6;
@@ -67,13 +74,13 @@ pub fn retry_delay(attempts_made: u32) -> Option<Duration> {
     Some(FIRST_RETRY.saturating_mul(factor).min(MAX_RETRY))
 }
 
-/// The event a finished deployment raises: succeeded for `success`, failed for anything else
-/// (`failed`, `rolled_back`).
+/// The event a finished deployment raises: succeeded for `success`, superseded for
+/// `superseded`, failed for anything else (`failed`, `rolled_back`).
 pub fn event_for_status(status: DeploymentStatus) -> &'static str {
-    if status == DeploymentStatus::Success {
-        EVENT_SUCCEEDED
-    } else {
-        EVENT_FAILED
+    match status {
+        DeploymentStatus::Success => EVENT_SUCCEEDED,
+        DeploymentStatus::Superseded => EVENT_SUPERSEDED,
+        _ => EVENT_FAILED,
     }
 }
 

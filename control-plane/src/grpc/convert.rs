@@ -157,6 +157,7 @@ pub fn deployment(d: model::DeploymentLog) -> pb::DeploymentSummary {
         started_at: d.started_at,
         completed_at: d.completed_at,
         duration_ms: d.duration_ms,
+        superseded_by: d.superseded_by,
     }
 }
 

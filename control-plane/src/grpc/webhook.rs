@@ -66,6 +66,7 @@ fn deployment(d: WebhookDeployment) -> pb::WebhookDeployResponse {
             started_at: log.started_at,
             completed_at: log.completed_at,
             duration_ms: log.duration_ms,
+            superseded_by: log.superseded_by,
         }),
         finished,
     }

@@ -293,3 +293,44 @@ async fn a_result_journaled_while_the_agent_was_away_is_replayed_and_the_deploy_
     assert_eq!(again.status, DeploymentStatus::Success, "{again:?}");
     assert_eq!(cluster.executor("a1").deploy_count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_deploys_of_one_app_runs_the_first_and_the_last_and_supersedes_the_rest() {
+    let mut cluster = Cluster::start().await;
+    cluster
+        .add_agent(
+            "a1",
+            FakeExecutor::new().with_delay(Duration::from_millis(300)),
+        )
+        .await;
+    cluster.app("web", 1).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(cluster.deploy("web", &format!("v{i}")).await);
+    }
+    let mut outcomes = Vec::new();
+    for id in &ids {
+        outcomes.push(cluster.finished(id).await.status);
+    }
+    let ran = outcomes
+        .iter()
+        .filter(|s| **s == DeploymentStatus::Success)
+        .count();
+    assert!(
+        outcomes
+            .iter()
+            .all(|s| matches!(s, DeploymentStatus::Success | DeploymentStatus::Superseded)),
+        "{outcomes:?}"
+    );
+    assert!(
+        ran <= 2,
+        "one runs, at most one more after it: {outcomes:?}"
+    );
+    assert_eq!(outcomes[0], DeploymentStatus::Success, "{outcomes:?}");
+    assert_eq!(outcomes[19], DeploymentStatus::Success, "{outcomes:?}");
+    assert_eq!(
+        cluster.executor("a1").current_version("web").as_deref(),
+        Some("v19")
+    );
+    assert_eq!(cluster.executor("a1").deploy_count(), ran);
+}

@@ -29,6 +29,10 @@ fn finished_matches_both_outcomes_and_rolled_back_counts_as_failed() {
     assert_eq!(event_for_status(DeploymentStatus::Success), EVENT_SUCCEEDED);
     assert_eq!(event_for_status(DeploymentStatus::Failed), EVENT_FAILED);
     assert_eq!(event_for_status(DeploymentStatus::RolledBack), EVENT_FAILED);
+    assert_eq!(
+        event_for_status(DeploymentStatus::Superseded),
+        EVENT_SUPERSEDED
+    );
     let finished = vec![EVENT_FINISHED.to_string()];
     assert!(subscribed(&finished, EVENT_SUCCEEDED) && subscribed(&finished, EVENT_FAILED));
     let failed = vec![EVENT_FAILED.to_string()];

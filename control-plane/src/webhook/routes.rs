@@ -306,8 +306,10 @@ impl Shim {
             .map_err(|s| Reply::from_status(&s))
     }
 
-    /// The seed's success body; 500 with `success: false` for a failed deployment, 202 with
-    /// the status URL for one still in progress.
+    /// The seed's success body; 500 with `success: false` for a failed deployment, 409 with
+    /// `success: false` and the newer deployment's id for a superseded one (a retry is not
+    /// needed: a newer deployment of the application replaced it), 202 with the status URL
+    /// for one still queued or in progress.
     fn deployment_reply(
         &self,
         response: pb::WebhookDeployResponse,
@@ -334,6 +336,12 @@ impl Shim {
             body["success"] = json!(true);
             body["message"] = json!("Deployment completed successfully");
             StatusCode::OK
+        } else if d.status == DeploymentStatus::Superseded.as_str() {
+            body["success"] = json!(false);
+            body["message"] =
+                json!("Deployment superseded by a newer deployment of this application");
+            body["supersededBy"] = json!(d.superseded_by);
+            StatusCode::CONFLICT
         } else {
             body["success"] = json!(false);
             body["message"] = json!("Deployment failed");
