@@ -546,3 +546,75 @@ async fn kill_9_of_the_control_plane_mid_deploy_leaves_nothing_pending_and_runs_
     );
     remove_app_containers(&app);
 }
+
+/// Two deploys of one app 0.3 s apart, then three at once, with a published port (the race
+/// that once failed a healthy release with "port is already allocated"): every deployment
+/// ends `success` or `superseded`, never `failed`; the newest one serves; one container
+/// serves the app.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_deploys_of_one_app_queue_and_the_newest_serves() {
+    if !docker_available() {
+        return;
+    }
+    let d = dirs();
+    let node = DevNode::start_in(&d);
+    wait_connected(&node, "local").await;
+    let app = unique("race");
+    let port = free_port();
+    register_app(
+        &node,
+        &app,
+        Some(port),
+        &registry::shared().password,
+        vec![],
+    )
+    .await;
+    for (round, versions) in [vec!["v2", "v1"], vec!["v2", "v1", "v2"]]
+        .into_iter()
+        .enumerate()
+    {
+        let mut ids = Vec::new();
+        for (i, version) in versions.iter().enumerate() {
+            if round == 0 && i > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            ids.push(deploy(&node, &app, version).await);
+        }
+        let mut outcomes = Vec::new();
+        for id in &ids {
+            let detail = wait_deployment(&node, id, Duration::from_secs(180)).await;
+            outcomes.push(status(&detail).to_string());
+        }
+        assert!(
+            outcomes.iter().all(|s| s == "success" || s == "superseded"),
+            "round {round}: {outcomes:?}"
+        );
+        assert_eq!(
+            outcomes.last().map(String::as_str),
+            Some("success"),
+            "round {round}"
+        );
+        let newest = versions.last().unwrap();
+        let page = http::page(port).expect("the app serves");
+        assert!(
+            page.contains(&format!("version={newest}")),
+            "round {round}: {page}"
+        );
+    }
+    let running: Vec<String> = containers_with_label(&format!("berth.app={app}"))
+        .into_iter()
+        .filter(|c| {
+            let out = std::process::Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Running}}", c])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim() == "true"
+        })
+        .collect();
+    assert_eq!(
+        running.len(),
+        1,
+        "one container serves the app: {running:?}"
+    );
+    remove_app_containers(&app);
+}
