@@ -80,6 +80,9 @@ struct Inner {
     /// Per application: held while deciding whether a deployment runs or queues, and while
     /// the next queued one takes the slot (one deployment per application at a time).
     app_slots: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Running deployments a newer one asked to cancel (`--cancel-in-progress`), by id: the
+    /// newer deployment's id. Checked between batches.
+    cancels: Mutex<HashMap<String, String>>,
     next_session: AtomicU64,
 }
 
@@ -119,6 +122,7 @@ impl Fleet {
                 connected: Notify::new(),
                 on_finished: Mutex::new(Vec::new()),
                 app_slots: Mutex::new(HashMap::new()),
+                cancels: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
             }),
         }
@@ -399,6 +403,31 @@ impl Fleet {
             .expect("live lock")
             .get(agent)
             .map(|a| a.labels.clone())
+    }
+
+    fn request_cancel(&self, deployment_id: &str, by: &str) {
+        self.inner
+            .cancels
+            .lock()
+            .expect("cancels lock")
+            .insert(deployment_id.to_string(), by.to_string());
+    }
+
+    fn cancel_requested(&self, deployment_id: &str) -> Option<String> {
+        self.inner
+            .cancels
+            .lock()
+            .expect("cancels lock")
+            .get(deployment_id)
+            .cloned()
+    }
+
+    fn cancel_done(&self, deployment_id: &str) {
+        self.inner
+            .cancels
+            .lock()
+            .expect("cancels lock")
+            .remove(deployment_id);
     }
 
     fn app_slot(&self, application_id: i64) -> Arc<tokio::sync::Mutex<()>> {

@@ -47,6 +47,10 @@ pub struct DeployTrigger {
     pub trigger_type: &'static str,
     /// Client IP, API key name, …
     pub source: Option<String>,
+    /// Stop the application's running deployment instead of waiting for it: no further
+    /// batch is dispatched, targets already updated are rolled back when others were not
+    /// reached, and it ends `superseded` by this one (`berth deploy --cancel-in-progress`).
+    pub cancel_in_progress: bool,
 }
 
 impl Fleet {
@@ -98,6 +102,17 @@ impl Fleet {
                 )
                 .await?;
             tracing::info!(deployment = %deployment_id, app = %app.name, behind = %running, "deployment queued");
+            if trigger.cancel_in_progress {
+                self.request_cancel(&running, &deployment_id);
+                store
+                    .add_deployment_event(
+                        &running,
+                        None,
+                        "cancel",
+                        &format!("cancelled by deployment {deployment_id}: no further batch; finishing cleanly"),
+                    )
+                    .await?;
+            }
             self.inner.changed.notify_waiters();
             for id in superseded {
                 self.notify_finished(&id).await;

@@ -108,7 +108,31 @@ impl Fleet {
             if failure.is_some() {
                 break;
             }
+            if reached < targets.len() {
+                if let Some(by) = self.cancel_requested(deployment_id) {
+                    // Cancelled by a newer deployment: stop between batches; the targets
+                    // updated so far are rolled back, so no host is left on this version
+                    // while others were never reached.
+                    let reason = format!("cancelled by deployment {by}");
+                    store
+                        .add_deployment_event(deployment_id, None, "cancel", &reason)
+                        .await?;
+                    self.cancel_done(deployment_id);
+                    return self
+                        .conclude_as(
+                            deployment_id,
+                            &succeeded,
+                            &targets[reached..],
+                            Some(reason),
+                            Some(&by),
+                        )
+                        .await;
+                }
+            }
         }
+        // Every batch went out: the deployment finishes on its own (a cancel that came too
+        // late to stop a batch changes nothing; the newer deployment follows it).
+        self.cancel_done(deployment_id);
         self.conclude(deployment_id, &succeeded, &targets[reached..], failure)
             .await
     }
@@ -121,6 +145,20 @@ impl Fleet {
         succeeded: &[String],
         untouched: &[String],
         failure: Option<String>,
+    ) -> Result<()> {
+        self.conclude_as(deployment_id, succeeded, untouched, failure, None)
+            .await
+    }
+
+    /// [`Fleet::conclude`]; with `superseded_by`, the rolled-back deployment ends
+    /// `superseded` by that one instead of `failed`.
+    pub(super) async fn conclude_as(
+        &self,
+        deployment_id: &str,
+        succeeded: &[String],
+        untouched: &[String],
+        failure: Option<String>,
+        superseded_by: Option<&str>,
     ) -> Result<()> {
         let store = self.service().store();
         let (_, app) = store.deployment(deployment_id).await?;
@@ -164,7 +202,7 @@ impl Fleet {
                     .add_deployment_event(deployment_id, None, "failed", &reason)
                     .await?;
                 store
-                    .finish_deployment(deployment_id, false, Some(&reason))
+                    .finish_deployment_as(deployment_id, false, Some(&reason), superseded_by)
                     .await?;
                 tracing::warn!(deployment = %deployment_id, %app, %reason, "deployment failed");
             }

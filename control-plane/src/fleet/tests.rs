@@ -115,6 +115,7 @@ async fn deploy(fleet: &Fleet, app: &str, version: &str) -> String {
             DeployTrigger {
                 trigger_type: "manual",
                 source: None,
+                cancel_in_progress: false,
             },
         )
         .await
@@ -122,10 +123,7 @@ async fn deploy(fleet: &Fleet, app: &str, version: &str) -> String {
 }
 
 async fn finished(fleet: &Fleet, id: &str) -> DeploymentLog {
-    let log = fleet
-        .wait_finished(id, Duration::from_secs(3600))
-        .await
-        .unwrap();
+    let log = fleet.wait_finished(id, MUST_HAPPEN * 3).await.unwrap();
     assert!(log.status.is_finished(), "{log:?}");
     log
 }
@@ -687,34 +685,75 @@ async fn after_a_crash_a_queue_with_nothing_running_starts_at_once() {
     let h = Harness::new(&["a1"], rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
     h.app("web", 1).await;
     let dir = h.dir.path().to_path_buf();
-    let v3 = on_a_runtime_that_crashes(async move {
+    let (v2, v3) = on_a_runtime_that_crashes(async move {
         let fleet = fleet_on(&dir, rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
         let mut a1 = ScriptedAgent::connect(&fleet, "a1").await;
         let v2 = deploy(&fleet, "web", "v2").await;
         a1.next().await;
         let v3 = deploy(&fleet, "web", "v3").await;
-        a1.deployed(&v2).await;
-        // v2 is finished; the process dies before v3 takes the slot (or right after).
-        finished(&fleet, &v2).await;
-        v3
+        (v2, v3)
     });
+    // v2's outcome was recorded just before the crash; v3 never took the slot.
+    let store = Store::open(&h.dir.path().join("berth.db")).await.unwrap();
+    assert!(store.finish_deployment(&v2, true, None).await.unwrap());
+    store.close().await;
     let fleet = h.restarted(rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
-    let dispatched_before_the_crash = status(&fleet, &v3).await.status.is_active();
+    assert_eq!(status(&fleet, &v3).await.status, DeploymentStatus::Queued);
     let mut a1 = ScriptedAgent::connect(&fleet, "a1").await;
     fleet.reconcile().await.unwrap();
-    if !dispatched_before_the_crash {
-        // Queued with nothing running: it starts at once.
-        loop {
-            match a1.next().await {
-                Command::Deploy { id, .. } if id == v3 => break,
-                _ => {}
-            }
-        }
-    }
-    // Run now, or replayed from the agent's journal when it ran before the crash.
+    // Queued with nothing running: it starts at once.
+    assert_eq!(a1.next().await, deploy_of(&v3, "v3"));
     a1.deployed(&v3).await;
     assert_eq!(
         finished(&fleet, &v3).await.status,
+        DeploymentStatus::Success
+    );
+}
+
+#[tokio::test]
+async fn cancel_in_progress_stops_between_batches_rolls_back_and_starts_the_newer_one() {
+    let h = Harness::new(&["a1", "a2"], rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+    h.app("web", 1).await;
+    let mut a1 = ScriptedAgent::connect(&h.fleet, "a1").await;
+    let mut a2 = ScriptedAgent::connect(&h.fleet, "a2").await;
+    let v2 = deploy(&h.fleet, "web", "v2").await;
+    assert_eq!(a1.next().await, deploy_of(&v2, "v2"));
+    let v3 = h
+        .fleet
+        .deploy(
+            &Actor::system(),
+            "web",
+            "v3",
+            DeployTrigger {
+                trigger_type: "manual",
+                source: None,
+                cancel_in_progress: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(status(&h.fleet, &v3).await.status, DeploymentStatus::Queued);
+    // The batch in flight finishes; no further batch goes out; a1 goes back.
+    a1.deployed(&v2).await;
+    assert_eq!(a1.next().await, Command::Rollback { id: v2.clone() });
+    a1.answer(&v2, pb::CommandKind::Rollback, None).await;
+    let cancelled = finished(&h.fleet, &v2).await;
+    assert_eq!(cancelled.status, DeploymentStatus::Superseded);
+    assert_eq!(cancelled.superseded_by.as_deref(), Some(v3.as_str()));
+    assert_eq!(
+        targets(&h.fleet, &v2).await,
+        vec![
+            ("a1".to_string(), TargetStatus::RolledBack),
+            ("a2".to_string(), TargetStatus::Skipped),
+        ]
+    );
+    // Then v3 runs, batch by batch.
+    assert_eq!(a1.next().await, deploy_of(&v3, "v3"));
+    a1.deployed(&v3).await;
+    assert_eq!(a2.next().await, deploy_of(&v3, "v3"));
+    a2.deployed(&v3).await;
+    assert_eq!(
+        finished(&h.fleet, &v3).await.status,
         DeploymentStatus::Success
     );
 }

@@ -115,6 +115,7 @@ impl Fleet {
         let trigger = DeployTrigger {
             trigger_type: "webhook",
             source: Some(request.client_ip.to_string()),
+            cancel_in_progress: false,
         };
         let actor_name = format!("webhook:{}", request.client_ip);
         let deployment_id = self
@@ -225,6 +226,7 @@ impl Fleet {
                 let trigger = DeployTrigger {
                     trigger_type: "registry",
                     source: Some(format!("{}/{}:{}", push.host, push.repository, push.tag)),
+                    cancel_in_progress: false,
                 };
                 let id = self
                     .start_deployment(

@@ -79,6 +79,7 @@ impl pb::deploy_service_server::DeployService for DeployApi {
         let trigger = DeployTrigger {
             trigger_type: "manual",
             source: Some(actor.name.clone()),
+            cancel_in_progress: r.cancel_in_progress,
         };
         let id = self
             .fleet

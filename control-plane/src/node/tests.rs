@@ -177,6 +177,7 @@ impl Cluster {
                 DeployTrigger {
                     trigger_type: "manual",
                     source: None,
+                    cancel_in_progress: false,
                 },
             )
             .await

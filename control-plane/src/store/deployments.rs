@@ -191,6 +191,19 @@ impl Store {
         success: bool,
         error: Option<&str>,
     ) -> Result<bool> {
+        self.finish_deployment_as(deployment_id, success, error, None)
+            .await
+    }
+
+    /// [`Store::finish_deployment`]; a failed deployment with `superseded_by` ends
+    /// `superseded` by that one (cancelled, its targets rolled back).
+    pub async fn finish_deployment_as(
+        &self,
+        deployment_id: &str,
+        success: bool,
+        error: Option<&str>,
+        superseded_by: Option<&str>,
+    ) -> Result<bool> {
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -207,15 +220,16 @@ impl Store {
             return Ok(false);
         };
         sqlx::query(&format!(
-            "UPDATE deployment_logs SET status = ?, error_message = ?, completed_at = datetime('now'), \
+            "UPDATE deployment_logs SET status = ?, error_message = ?, superseded_by = ?, completed_at = datetime('now'), \
              duration_ms = CAST((julianday({NOW_MS}) - julianday(started_at)) * 86400000 AS INTEGER) WHERE deployment_id = ?"
         ))
-        .bind(if success {
-            DeploymentStatus::Success
-        } else {
-            DeploymentStatus::Failed
+        .bind(match (success, superseded_by) {
+            (true, _) => DeploymentStatus::Success,
+            (false, Some(_)) => DeploymentStatus::Superseded,
+            (false, None) => DeploymentStatus::Failed,
         })
         .bind(error)
+        .bind(superseded_by)
         .bind(deployment_id)
         .execute(&mut *tx)
         .await
