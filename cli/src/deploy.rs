@@ -45,10 +45,14 @@ struct StartArgs {
     /// Version (image tag) to deploy
     #[arg(required = true)]
     version: Option<String>,
-    /// Stream the events until the deployment finishes; exit 1 unless it succeeds. With
-    /// `-o json`, one JSON object per line
+    /// Stream the events until the deployment finishes; exit 1 unless it succeeds (3 when a
+    /// newer deployment superseded it). With `-o json`, one JSON object per line
     #[arg(long)]
     follow: bool,
+    /// Stop the application's running deployment (no further batch, updated hosts rolled
+    /// back) instead of queueing behind it
+    #[arg(long)]
+    cancel_in_progress: bool,
 }
 
 #[derive(Subcommand)]
@@ -153,6 +157,7 @@ pub async fn run(args: DeployArgs, connect: &ConnectOptions, format: Format) -> 
                 app: Some(app),
                 version: Some(version),
                 follow,
+                cancel_in_progress,
             } = args.start
             else {
                 return Err(clap::Error::raw(
@@ -161,7 +166,12 @@ pub async fn run(args: DeployArgs, connect: &ConnectOptions, format: Format) -> 
                 )
                 .into());
             };
-            start(connect, format, DeployRequest { app, version }, follow).await?;
+            let request = DeployRequest {
+                app,
+                version,
+                cancel_in_progress,
+            };
+            start(connect, format, request, follow).await?;
         }
     }
     Ok(())

@@ -363,6 +363,7 @@ async fn main() -> anyhow::Result<()> {
                 pb::DeployRequest {
                     app: "latency".into(),
                     version: format!("v{i}"),
+                    cancel_in_progress: false,
                 },
                 &key,
             ))
@@ -412,6 +413,7 @@ async fn main() -> anyhow::Result<()> {
             pb::DeployRequest {
                 app: "fanout".into(),
                 version: "v1".into(),
+                cancel_in_progress: false,
             },
             &key,
         ))
