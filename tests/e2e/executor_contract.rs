@@ -281,7 +281,7 @@ async fn a_late_commit_never_removes_a_newer_deployment(s: &impl Subject) {
 }
 
 /// A deploy the executor cannot run (an unknown restart policy) fails before anything is
-/// touched.
+/// touched; the outcome names the container that kept serving.
 async fn an_unknown_restart_policy_fails_before_anything_is_touched(s: &impl Subject) {
     let v1 = deploy_tag(s, "v1").await;
     let mut spec = s.spec("v2");
@@ -289,6 +289,7 @@ async fn an_unknown_restart_policy_fails_before_anything_is_touched(s: &impl Sub
     let refused = deploy_spec(s, &spec).await;
     let outcome = &refused.outcome;
     assert!(!outcome.success && !outcome.rolled_back, "{outcome:?}");
+    assert_eq!(outcome.container_id.as_deref(), Some(v1.container()));
     let error = outcome.error.clone().unwrap_or_default();
     assert!(
         error.starts_with("unknown restart policy \"sometimes\""),

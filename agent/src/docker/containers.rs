@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, ContainerUpdateBody, HostConfig, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    RestartPolicy as EngineRestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use super::error::{engine_message, DeployError, EngineError, Request};
 use super::pull::image_reference;
 use super::DockerExecutor;
-use crate::executor::{DeploySpec, PortSpec};
+use crate::executor::{DeploySpec, PortSpec, RestartPolicy};
 
 const LABEL_APP: &str = "berth.app";
 const LABEL_DEPLOYMENT: &str = "berth.deployment";
@@ -159,7 +159,7 @@ impl DockerExecutor {
             }
             bindings
         });
-        let policy = parse_restart_policy(&spec.restart_policy)?;
+        let policy = spec.restart_policy()?;
         let body = ContainerCreateBody {
             image: Some(image_reference(spec)),
             env: Some(env),
@@ -168,7 +168,7 @@ impl DockerExecutor {
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
             host_config: Some(HostConfig {
                 port_bindings,
-                restart_policy: Some(restart_policy(policy)),
+                restart_policy: Some(engine_restart_policy(policy)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -256,7 +256,7 @@ impl DockerExecutor {
         container: &AppContainer,
     ) -> Result<(), EngineError> {
         let update = ContainerUpdateBody {
-            restart_policy: Some(restart_policy(RestartPolicyNameEnum::NO)),
+            restart_policy: Some(engine_restart_policy(RestartPolicy::No)),
             ..Default::default()
         };
         if let Err(e) = self.docker.update_container(&container.id, update).await {
@@ -289,10 +289,10 @@ impl DockerExecutor {
         if let Some(policy) = container
             .restart_policy
             .as_deref()
-            .and_then(|p| parse_restart_policy(p).ok())
+            .and_then(|p| p.parse().ok())
         {
             let update = ContainerUpdateBody {
-                restart_policy: Some(restart_policy(policy)),
+                restart_policy: Some(engine_restart_policy(policy)),
                 ..Default::default()
             };
             if let Err(e) = self.docker.update_container(&container.id, update).await {
@@ -303,23 +303,14 @@ impl DockerExecutor {
     }
 }
 
-/// A restart policy Docker does not know.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown restart policy {0:?} (expected no, always, unless-stopped or on-failure)")]
-pub struct UnknownRestartPolicy(String);
-
-pub fn parse_restart_policy(name: &str) -> Result<RestartPolicyNameEnum, UnknownRestartPolicy> {
-    match name {
-        "" | "no" => Ok(RestartPolicyNameEnum::NO),
-        "always" => Ok(RestartPolicyNameEnum::ALWAYS),
-        "unless-stopped" => Ok(RestartPolicyNameEnum::UNLESS_STOPPED),
-        "on-failure" => Ok(RestartPolicyNameEnum::ON_FAILURE),
-        other => Err(UnknownRestartPolicy(other.to_owned())),
-    }
-}
-
-fn restart_policy(name: RestartPolicyNameEnum) -> RestartPolicy {
-    RestartPolicy {
+fn engine_restart_policy(policy: RestartPolicy) -> EngineRestartPolicy {
+    let name = match policy {
+        RestartPolicy::No => RestartPolicyNameEnum::NO,
+        RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
+        RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+        RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+    };
+    EngineRestartPolicy {
         name: Some(name),
         maximum_retry_count: None,
     }
@@ -368,18 +359,5 @@ mod tests {
         assert_eq!(port_key(&udp), "5353/udp");
         assert_eq!(port_key(&tcp), "80/tcp");
         assert_eq!(host_ports(&[udp, tcp]), "53->5353/udp");
-    }
-
-    #[test]
-    fn restart_policies() {
-        assert_eq!(
-            parse_restart_policy("unless-stopped"),
-            Ok(RestartPolicyNameEnum::UNLESS_STOPPED)
-        );
-        assert_eq!(parse_restart_policy(""), Ok(RestartPolicyNameEnum::NO));
-        assert_eq!(
-            parse_restart_policy("sometimes").unwrap_err().to_string(),
-            "unknown restart policy \"sometimes\" (expected no, always, unless-stopped or on-failure)"
-        );
     }
 }

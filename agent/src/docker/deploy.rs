@@ -1,4 +1,4 @@
-//! One deployment, strung together: check the spec, find what serves, pull, create and start
+//! One deployment, strung together: find what serves, check the spec, pull, create and start
 //! a candidate, health-gate it, and hand it to the executor's cut-over; and the commit that
 //! later removes what a deployment superseded.
 //!
@@ -8,7 +8,7 @@
 
 use tracing::warn;
 
-use super::containers::{parse_restart_policy, AppContainer};
+use super::containers::AppContainer;
 use super::cutover::Candidate;
 use super::error::DeployError;
 use super::health::{describe, Gate};
@@ -26,9 +26,6 @@ pub struct Deploy<'a> {
 impl Deploy<'_> {
     pub async fn run(&self) -> DeployOutcome {
         let (exec, spec) = (self.exec, self.spec);
-        if let Err(error) = parse_restart_policy(&spec.restart_policy) {
-            return failed(self.events, error.to_string(), None, false);
-        }
         let previous: Vec<_> = match exec.app_containers(&spec.app, false).await {
             Ok(running) => running
                 .into_iter()
@@ -37,6 +34,10 @@ impl Deploy<'_> {
             Err(error) => return failed(self.events, error.to_string(), None, false),
         };
         let serving = previous.first().map(|c| c.id.clone());
+
+        if let Err(error) = spec.restart_policy() {
+            return failed(self.events, error.to_string(), serving, false);
+        }
 
         // Nothing is touched before the image is here: a failed pull changes nothing.
         if let Err(error) = exec.pull(spec, self.events).await {
