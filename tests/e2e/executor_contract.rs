@@ -11,8 +11,8 @@
 //!
 //! Where the fake drifts from Docker, the behaviour asserts what Docker does, and its fake
 //! variant is `#[ignore]`d with the drift as the reason; where Docker itself breaks what its
-//! code means to do (a known bug), its Docker variant is. Run them with
-//! `cargo nextest run -p berth-tests --run-ignored only executor_contract`.
+//! code means to do (a known bug), its Docker variant is. None is ignored today; run the
+//! ignored ones with `cargo nextest run -p berth-tests --run-ignored only executor_contract`.
 
 use std::time::Duration;
 
@@ -506,36 +506,17 @@ contract! {
     a_second_deploy_supersedes_the_first_and_commit_removes_it;
     a_commit_of_another_deployment_removes_nothing;
     a_rollback_puts_the_previous_container_back;
-    #[fake_drift = "FakeExecutor drift: a second rollback of a deployment fails with \
-                   'deployment .. does not serve'; Docker reports the same rolled_back \
-                   outcome again"]
     a_second_rollback_answers_as_the_first;
     a_rollback_with_nothing_to_restore_fails;
     a_rollback_after_commit_has_nothing_to_restore;
     a_failing_version_never_interrupts_the_serving_one;
     a_failing_first_deploy_leaves_nothing;
-    #[fake_drift = "FakeExecutor drift: a deployment run again keeps its first container as \
-                   a superseded one; Docker replaces it"]
     a_deployment_run_again_replaces_its_own_container;
-    #[fake_drift = "FakeExecutor drift: a late commit removes nothing; Docker removes what \
-                   the committed deployment superseded"]
     a_late_commit_removes_what_its_deployment_superseded;
-    #[fake_drift = "FakeExecutor drift: ignores the restart policy, so an unknown one \
-                   deploys; Docker refuses it before touching anything"]
     an_unknown_restart_policy_fails_before_anything_is_touched;
-    #[fake_drift = "FakeExecutor drift: reports one pull event; Docker reports two \
-                   (pulling, pulled)"]
     a_deploy_reports_its_phases;
-    #[fake_drift = "FakeExecutor drift: ignores host ports; Docker creates, starts and \
-                   checks a second, final container that publishes them"]
     a_deploy_with_host_ports_checks_the_final_container_too;
-    #[fake_drift = "FakeExecutor drift: reports one pull event; Docker reports two \
-                   (pulling, pulled)"]
     a_failed_deploy_reports_its_phases_then_failed;
-    #[fake_drift = "FakeExecutor drift: a rollback reports one event (the restore); Docker \
-                   reports the removal of the new container, then the restore"]
     a_rollback_reports_the_removal_then_the_restore;
-    #[fake_drift = "FakeExecutor drift: a commit reports one event for all it removed; \
-                   Docker reports one per removed container"]
     a_commit_reports_each_container_it_removes;
 }
