@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -29,7 +30,8 @@ pub struct DeploySpec {
     pub ports: Vec<PortSpec>,
     pub registry_auth: Option<RegistryAuth>,
     pub health_check: HealthCheck,
-    /// Docker restart policy name: `no`, `always`, `unless-stopped`, `on-failure`.
+    /// Docker restart policy name: `no`, `always`, `unless-stopped`, `on-failure` (see
+    /// [`DeploySpec::restart_policy`]).
     pub restart_policy: String,
     /// Overrides the image's CMD when not empty.
     pub command: Vec<String>,
@@ -48,6 +50,43 @@ impl fmt::Debug for DeploySpec {
             .finish_non_exhaustive()
     }
 }
+
+impl DeploySpec {
+    /// The restart policy asked for; an unknown one is refused by every executor before it
+    /// touches anything.
+    pub fn restart_policy(&self) -> Result<RestartPolicy, UnknownRestartPolicy> {
+        self.restart_policy.parse()
+    }
+}
+
+/// What the host does when a container stops, as Docker names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// `no` (also the empty name).
+    No,
+    Always,
+    UnlessStopped,
+    OnFailure,
+}
+
+impl FromStr for RestartPolicy {
+    type Err = UnknownRestartPolicy;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "" | "no" => Ok(RestartPolicy::No),
+            "always" => Ok(RestartPolicy::Always),
+            "unless-stopped" => Ok(RestartPolicy::UnlessStopped),
+            "on-failure" => Ok(RestartPolicy::OnFailure),
+            other => Err(UnknownRestartPolicy(other.to_owned())),
+        }
+    }
+}
+
+/// A restart policy no executor knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown restart policy {0:?} (expected no, always, unless-stopped or on-failure)")]
+pub struct UnknownRestartPolicy(String);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortSpec {
@@ -131,4 +170,22 @@ pub trait Executor: Send + Sync + 'static {
 
     /// `Docker version` string for `berth agent list`.
     async fn runtime_version(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies() {
+        assert_eq!("unless-stopped".parse(), Ok(RestartPolicy::UnlessStopped));
+        assert_eq!("".parse(), Ok(RestartPolicy::No));
+        assert_eq!(
+            "sometimes"
+                .parse::<RestartPolicy>()
+                .unwrap_err()
+                .to_string(),
+            "unknown restart policy \"sometimes\" (expected no, always, unless-stopped or on-failure)"
+        );
+    }
 }

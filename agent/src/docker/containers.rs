@@ -3,9 +3,13 @@
 //!
 //! Labels say everything berth needs to find a container again: `berth.app`,
 //! `berth.deployment`, `berth.version`, `berth.agent` (the owner, when several agents share an
-//! engine) and `berth.restart-policy`, the policy to restore when a stopped container serves
+//! engine), `berth.restart-policy`, the policy to restore when a stopped container serves
 //! again (stopping one sets its policy to `no`, so a daemon restart cannot revive a superseded
-//! version next to the new one).
+//! version next to the new one), and `berth.generation`, the deployment's place in the app's
+//! order on this host (one more than the highest generation of the app's containers when it
+//! started). Which container is newer, so what a commit removes and what a rollback restores,
+//! is decided by that number, never by clocks: the engine lists creation times in whole
+//! seconds, and two deployments often start within one.
 //!
 //! Architecture invariant: the engine is the only state (an agent restart loses nothing), and
 //! environment values reach the engine in the create body only.
@@ -14,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, ContainerUpdateBody, HostConfig, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    RestartPolicy as EngineRestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -26,7 +30,7 @@ use tracing::{info, warn};
 use super::error::{engine_message, DeployError, EngineError, Request};
 use super::pull::image_reference;
 use super::DockerExecutor;
-use crate::executor::{DeploySpec, PortSpec};
+use crate::executor::{DeploySpec, PortSpec, RestartPolicy};
 
 const LABEL_APP: &str = "berth.app";
 const LABEL_DEPLOYMENT: &str = "berth.deployment";
@@ -34,6 +38,7 @@ const LABEL_VERSION: &str = "berth.version";
 const LABEL_RESTART_POLICY: &str = "berth.restart-policy";
 /// The agent that owns a container, when several agents share one engine.
 const LABEL_AGENT: &str = "berth.agent";
+const LABEL_GENERATION: &str = "berth.generation";
 
 /// `berth-<app>-<first 8 characters of the deployment id>`.
 pub fn container_name(app: &str, deployment_id: &str) -> String {
@@ -48,7 +53,11 @@ pub struct AppContainer {
     pub name: String,
     pub deployment: String,
     pub version: String,
-    /// Creation time, Unix seconds.
+    /// The deployment's place in the app's order on this host; 0 for a container made before
+    /// berth labelled it.
+    pub generation: u64,
+    /// Creation time, Unix seconds: orders containers of one generation (those made before
+    /// the label) only.
     pub created: i64,
     pub running: bool,
     /// The policy the deployment asked for (the engine's may have been set to `no`).
@@ -68,11 +77,41 @@ impl AppContainer {
             id,
             deployment: labels.get(LABEL_DEPLOYMENT).cloned().unwrap_or_default(),
             version: labels.get(LABEL_VERSION).cloned().unwrap_or_default(),
+            generation: labels
+                .get(LABEL_GENERATION)
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(0),
             created: summary.created.unwrap_or(0),
             running: summary.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
             restart_policy: labels.get(LABEL_RESTART_POLICY).cloned(),
         })
     }
+
+    /// Newer containers order higher: by generation, then by creation second (which only
+    /// tells apart containers made before generations, and never within one second).
+    pub fn order(&self) -> (u64, i64) {
+        (self.generation, self.created)
+    }
+
+    /// A container as the labels of a test describe it.
+    #[cfg(test)]
+    pub fn labelled(deployment: &str, generation: u64, created: i64, running: bool) -> Self {
+        Self {
+            id: format!("id-{deployment}"),
+            name: format!("berth-web-{deployment}"),
+            deployment: deployment.to_owned(),
+            version: "v1".to_owned(),
+            generation,
+            created,
+            running,
+            restart_policy: None,
+        }
+    }
+}
+
+/// The generation of a deployment that starts among `containers` (all of the app's).
+pub fn next_generation(containers: &[AppContainer]) -> u64 {
+    containers.iter().map(|c| c.generation).max().unwrap_or(0) + 1
 }
 
 impl DockerExecutor {
@@ -85,7 +124,8 @@ impl DockerExecutor {
         }
     }
 
-    /// Every container of `app` (running ones only unless `all`), newest first.
+    /// Every container of `app` (running ones only unless `all`), newest first (see
+    /// [`AppContainer::order`]).
     pub(super) async fn app_containers(
         &self,
         app: &str,
@@ -116,15 +156,17 @@ impl DockerExecutor {
             .into_iter()
             .filter_map(AppContainer::from_summary)
             .collect();
-        containers.sort_by_key(|c| std::cmp::Reverse(c.created));
+        containers.sort_by_key(|c| std::cmp::Reverse(c.order()));
         Ok(containers)
     }
 
-    /// Creates a container of `spec` named `name`; with `publish`, it binds the host ports.
+    /// Creates a container of `spec` named `name`, labelled with the deployment's
+    /// `generation`; with `publish`, it binds the host ports.
     pub(super) async fn create(
         &self,
         spec: &DeploySpec,
         name: &str,
+        generation: u64,
         publish: bool,
     ) -> Result<String, DeployError> {
         self.remove_leftover(spec, name).await;
@@ -139,6 +181,7 @@ impl DockerExecutor {
             (LABEL_DEPLOYMENT.to_owned(), spec.deployment_id.clone()),
             (LABEL_VERSION.to_owned(), spec.version.clone()),
             (LABEL_RESTART_POLICY.to_owned(), spec.restart_policy.clone()),
+            (LABEL_GENERATION.to_owned(), generation.to_string()),
         ]);
         if let Some(agent) = &self.scope {
             labels.insert(LABEL_AGENT.to_owned(), agent.clone());
@@ -159,7 +202,7 @@ impl DockerExecutor {
             }
             bindings
         });
-        let policy = parse_restart_policy(&spec.restart_policy)?;
+        let policy = spec.restart_policy()?;
         let body = ContainerCreateBody {
             image: Some(image_reference(spec)),
             env: Some(env),
@@ -168,7 +211,7 @@ impl DockerExecutor {
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
             host_config: Some(HostConfig {
                 port_bindings,
-                restart_policy: Some(restart_policy(policy)),
+                restart_policy: Some(engine_restart_policy(policy)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -256,7 +299,7 @@ impl DockerExecutor {
         container: &AppContainer,
     ) -> Result<(), EngineError> {
         let update = ContainerUpdateBody {
-            restart_policy: Some(restart_policy(RestartPolicyNameEnum::NO)),
+            restart_policy: Some(engine_restart_policy(RestartPolicy::No)),
             ..Default::default()
         };
         if let Err(e) = self.docker.update_container(&container.id, update).await {
@@ -289,10 +332,10 @@ impl DockerExecutor {
         if let Some(policy) = container
             .restart_policy
             .as_deref()
-            .and_then(|p| parse_restart_policy(p).ok())
+            .and_then(|p| p.parse().ok())
         {
             let update = ContainerUpdateBody {
-                restart_policy: Some(restart_policy(policy)),
+                restart_policy: Some(engine_restart_policy(policy)),
                 ..Default::default()
             };
             if let Err(e) = self.docker.update_container(&container.id, update).await {
@@ -303,23 +346,14 @@ impl DockerExecutor {
     }
 }
 
-/// A restart policy Docker does not know.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown restart policy {0:?} (expected no, always, unless-stopped or on-failure)")]
-pub struct UnknownRestartPolicy(String);
-
-pub fn parse_restart_policy(name: &str) -> Result<RestartPolicyNameEnum, UnknownRestartPolicy> {
-    match name {
-        "" | "no" => Ok(RestartPolicyNameEnum::NO),
-        "always" => Ok(RestartPolicyNameEnum::ALWAYS),
-        "unless-stopped" => Ok(RestartPolicyNameEnum::UNLESS_STOPPED),
-        "on-failure" => Ok(RestartPolicyNameEnum::ON_FAILURE),
-        other => Err(UnknownRestartPolicy(other.to_owned())),
-    }
-}
-
-fn restart_policy(name: RestartPolicyNameEnum) -> RestartPolicy {
-    RestartPolicy {
+fn engine_restart_policy(policy: RestartPolicy) -> EngineRestartPolicy {
+    let name = match policy {
+        RestartPolicy::No => RestartPolicyNameEnum::NO,
+        RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
+        RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+        RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+    };
+    EngineRestartPolicy {
         name: Some(name),
         maximum_retry_count: None,
     }
@@ -371,15 +405,17 @@ mod tests {
     }
 
     #[test]
-    fn restart_policies() {
-        assert_eq!(
-            parse_restart_policy("unless-stopped"),
-            Ok(RestartPolicyNameEnum::UNLESS_STOPPED)
-        );
-        assert_eq!(parse_restart_policy(""), Ok(RestartPolicyNameEnum::NO));
-        assert_eq!(
-            parse_restart_policy("sometimes").unwrap_err().to_string(),
-            "unknown restart policy \"sometimes\" (expected no, always, unless-stopped or on-failure)"
-        );
+    fn newer_is_decided_by_generation_then_by_creation() {
+        // Generations decide, whatever the clock says; containers from before the label
+        // (generation 0) are older than every labelled one.
+        let legacy = AppContainer::labelled("d0", 0, 200, false);
+        let first = AppContainer::labelled("d1", 1, 300, false);
+        let second = AppContainer::labelled("d2", 2, 100, true);
+        assert!(legacy.order() < first.order() && first.order() < second.order());
+        assert!(AppContainer::labelled("d", 0, 100, false).order() < legacy.order());
+
+        assert_eq!(next_generation(&[]), 1);
+        assert_eq!(next_generation(std::slice::from_ref(&legacy)), 1);
+        assert_eq!(next_generation(&[second, legacy, first]), 3);
     }
 }

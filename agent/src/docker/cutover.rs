@@ -32,6 +32,9 @@ pub enum CutOver {
 pub struct Candidate {
     pub id: String,
     pub name: String,
+    /// The deployment's generation (see `containers`): the final container is labelled with
+    /// it too.
+    pub generation: u64,
 }
 
 impl CutOver {

@@ -1,4 +1,4 @@
-//! One deployment, strung together: check the spec, find what serves, pull, create and start
+//! One deployment, strung together: find what serves, check the spec, pull, create and start
 //! a candidate, health-gate it, and hand it to the executor's cut-over; and the commit that
 //! later removes what a deployment superseded.
 //!
@@ -8,7 +8,7 @@
 
 use tracing::warn;
 
-use super::containers::{parse_restart_policy, AppContainer};
+use super::containers::{next_generation, AppContainer};
 use super::cutover::Candidate;
 use super::error::DeployError;
 use super::health::{describe, Gate};
@@ -26,17 +26,21 @@ pub struct Deploy<'a> {
 impl Deploy<'_> {
     pub async fn run(&self) -> DeployOutcome {
         let (exec, spec) = (self.exec, self.spec);
-        if let Err(error) = parse_restart_policy(&spec.restart_policy) {
-            return failed(self.events, error.to_string(), None, false);
-        }
-        let previous: Vec<_> = match exec.app_containers(&spec.app, false).await {
-            Ok(running) => running
-                .into_iter()
-                .filter(|c| c.deployment != spec.deployment_id)
-                .collect(),
+        let containers = match exec.app_containers(&spec.app, true).await {
+            Ok(containers) => containers,
             Err(error) => return failed(self.events, error.to_string(), None, false),
         };
+        // Newer than every container of the app, kept or not: what its commit may remove.
+        let generation = next_generation(&containers);
+        let previous: Vec<_> = containers
+            .into_iter()
+            .filter(|c| c.running && c.deployment != spec.deployment_id)
+            .collect();
         let serving = previous.first().map(|c| c.id.clone());
+
+        if let Err(error) = spec.restart_policy() {
+            return failed(self.events, error.to_string(), serving, false);
+        }
 
         // Nothing is touched before the image is here: a failed pull changes nothing.
         if let Err(error) = exec.pull(spec, self.events).await {
@@ -51,7 +55,7 @@ impl Deploy<'_> {
             "create",
             format!("creating {candidate_name} from {}", image_reference(spec)),
         );
-        let candidate = match exec.create(spec, &candidate_name, false).await {
+        let candidate = match exec.create(spec, &candidate_name, generation, false).await {
             Ok(id) => id,
             Err(error) => return self.abandon(None, error, &previous).await,
         };
@@ -77,6 +81,7 @@ impl Deploy<'_> {
         let candidate = Candidate {
             id: candidate,
             name: candidate_name,
+            generation,
         };
         cut_over
             .serve(self, candidate, &final_name, &previous)
@@ -145,9 +150,7 @@ pub async fn commit(exec: &DockerExecutor, app: &str, deployment_id: &str, event
             return;
         }
     };
-    // Only what this deployment superseded: never a container created after it (a commit
-    // arriving late must not remove a newer deployment).
-    let Some(current) = containers.iter().find(|c| c.deployment == deployment_id) else {
+    let Some(superseded) = superseded(&containers, deployment_id) else {
         emit(
             events,
             "cleanup",
@@ -155,10 +158,6 @@ pub async fn commit(exec: &DockerExecutor, app: &str, deployment_id: &str, event
         );
         return;
     };
-    let superseded: Vec<_> = containers
-        .iter()
-        .filter(|c| c.deployment != deployment_id && c.created <= current.created)
-        .collect();
     if superseded.is_empty() {
         emit(
             events,
@@ -172,5 +171,71 @@ pub async fn commit(exec: &DockerExecutor, app: &str, deployment_id: &str, event
             Err(error) => error.to_string(),
         };
         emit(events, "cleanup", message);
+    }
+}
+
+/// What committing `deployment_id` removes of `containers` (all of the app's): the containers
+/// older than the deployment's own, i.e. those it superseded. Never a newer deployment's, so a
+/// commit arriving late removes nothing that replaced it. `None` when the deployment has no
+/// container here.
+fn superseded<'a>(
+    containers: &'a [AppContainer],
+    deployment_id: &str,
+) -> Option<Vec<&'a AppContainer>> {
+    let committed = containers
+        .iter()
+        .filter(|c| c.deployment == deployment_id)
+        .map(AppContainer::order)
+        .max()?;
+    Some(
+        containers
+            .iter()
+            .filter(|c| c.deployment != deployment_id && c.order() < committed)
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployments(containers: Option<Vec<&AppContainer>>) -> Option<Vec<&str>> {
+        containers.map(|cs| cs.iter().map(|c| c.deployment.as_str()).collect())
+    }
+
+    #[test]
+    fn a_commit_removes_what_its_deployment_superseded_and_nothing_newer() {
+        // d1, d2, d3 started within one second: only generations tell them apart.
+        let containers = [
+            AppContainer::labelled("d3", 3, 100, true),
+            AppContainer::labelled("d2", 2, 100, false),
+            AppContainer::labelled("d1", 1, 100, false),
+            AppContainer::labelled("d0", 0, 50, false),
+        ];
+        assert_eq!(
+            deployments(superseded(&containers, "d2")),
+            Some(vec!["d1", "d0"])
+        );
+        assert_eq!(
+            deployments(superseded(&containers, "d3")),
+            Some(vec!["d2", "d1", "d0"])
+        );
+        assert_eq!(deployments(superseded(&containers, "d0")), Some(vec![]));
+        assert_eq!(deployments(superseded(&containers, "unknown")), None);
+    }
+
+    #[test]
+    fn containers_from_before_generations_are_ordered_by_creation_second() {
+        let containers = [
+            AppContainer::labelled("new", 0, 101, true),
+            AppContainer::labelled("same-second", 0, 100, false),
+            AppContainer::labelled("old", 0, 100, false),
+        ];
+        assert_eq!(
+            deployments(superseded(&containers, "new")),
+            Some(vec!["same-second", "old"])
+        );
+        // Within one second nothing is known to be older: nothing is removed.
+        assert_eq!(deployments(superseded(&containers, "old")), Some(vec![]));
     }
 }

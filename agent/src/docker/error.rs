@@ -14,9 +14,8 @@ use std::fmt;
 use bollard::errors::Error as DockerError;
 use secrecy::ExposeSecret;
 
-use super::containers::UnknownRestartPolicy;
 use super::health::HealthError;
-use crate::executor::DeploySpec;
+use crate::executor::{DeploySpec, UnknownRestartPolicy};
 
 /// Why a deployment failed: the one error its steps (create, start, health gate, cut-over)
 /// pass around. Its `Display` is the outcome's error, word for word.

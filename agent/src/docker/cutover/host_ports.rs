@@ -77,7 +77,10 @@ pub(super) async fn serve(
             host_ports(&spec.ports)
         ),
     );
-    let final_id = match exec.create(spec, final_name, true).await {
+    let final_id = match exec
+        .create(spec, final_name, candidate.generation, true)
+        .await
+    {
         Ok(id) => id,
         Err(error) => return put_back(deploy, previous, error, previous).await,
     };
