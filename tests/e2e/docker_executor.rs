@@ -14,7 +14,7 @@ use bollard::models::{ContainerSummaryStateEnum, HealthStatusEnum, RestartPolicy
 use secrecy::SecretString;
 
 use crate::fixture::executor::DockerApp;
-use crate::fixture::http::{expect_page, Poller};
+use crate::fixture::http::{expect_page, wait_page, Poller};
 use crate::fixture::process::free_port;
 use crate::fixture::registry::Registry;
 
@@ -32,8 +32,9 @@ async fn a_failing_version_never_interrupts_the_serving_one() {
 
     let v1 = app.deploy(app.spec("v1", Some(port), http.clone())).await;
     assert!(v1.outcome.success, "{:?}", v1.outcome);
+    // Put back and running; its server may take a moment to listen again.
     assert_eq!(
-        expect_page(port),
+        wait_page(port, Duration::from_secs(10)),
         format!("version=v1 secret={}", app.secret)
     );
 
@@ -132,8 +133,9 @@ async fn rollback_after_a_successful_deploy_restores_the_previous_container() {
     assert_eq!(rollback.outcome.container_id, v1.outcome.container_id);
     assert_eq!(rollback.phases(), ["rollback", "rollback"]);
 
+    // Put back and running; its server may take a moment to listen again.
     assert_eq!(
-        expect_page(port),
+        wait_page(port, Duration::from_secs(10)),
         format!("version=v1 secret={}", app.secret)
     );
     assert_eq!(app.container_ids().await, [v1.container()]);
@@ -181,8 +183,9 @@ async fn a_final_container_that_cannot_start_puts_the_previous_one_back() {
         "{phases:?}"
     );
 
+    // Put back and running; its server may take a moment to listen again.
     assert_eq!(
-        expect_page(port),
+        wait_page(port, Duration::from_secs(10)),
         format!("version=v1 secret={}", app.secret)
     );
     assert_eq!(app.container_ids().await, [v1.container()]);
