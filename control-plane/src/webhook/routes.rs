@@ -306,49 +306,17 @@ impl Shim {
             .map_err(|s| Reply::from_status(&s))
     }
 
-    /// The seed's success body; 500 with `success: false` for a failed deployment, 409 with
-    /// `success: false` and the newer deployment's id for a superseded one (a retry is not
-    /// needed: a newer deployment of the application replaced it), 202 with the status URL
-    /// for one still queued or in progress.
     fn deployment_reply(
         &self,
         response: pb::WebhookDeployResponse,
         pending_message: &str,
     ) -> Reply {
-        let Some(d) = response.deployment else {
-            return Reply::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the control plane sent no deployment",
-            );
-        };
-        let app = d.application.clone().unwrap_or_default();
-        let mut body = json!({
-            "deploymentId": d.deployment_id,
-            "application": { "id": app.id, "name": app.name, "version": d.version },
-            "status": d.status,
-            "statusUrl": self.status_url(&d.deployment_id),
-        });
-        let status = if !response.finished {
-            body["success"] = json!(true);
-            body["message"] = json!(pending_message);
-            StatusCode::ACCEPTED
-        } else if d.status == DeploymentStatus::Success.as_str() {
-            body["success"] = json!(true);
-            body["message"] = json!("Deployment completed successfully");
-            StatusCode::OK
-        } else if d.status == DeploymentStatus::Superseded.as_str() {
-            body["success"] = json!(false);
-            body["message"] =
-                json!("Deployment superseded by a newer deployment of this application");
-            body["supersededBy"] = json!(d.superseded_by);
-            StatusCode::CONFLICT
-        } else {
-            body["success"] = json!(false);
-            body["message"] = json!("Deployment failed");
-            body["error"] = json!(d.error_message);
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        Reply::new(status, body)
+        let status_url = response
+            .deployment
+            .as_ref()
+            .map(|d| self.status_url(&d.deployment_id))
+            .unwrap_or_default();
+        deployment_reply(response, pending_message, status_url)
     }
 
     fn status_url(&self, deployment_id: &str) -> String {
@@ -435,6 +403,50 @@ fn finish(route: &'static str, ip: IpAddr, outcome: Outcome) -> Reply {
     reply
 }
 
+/// The seed's success body; 500 with `success: false` for a failed deployment, 409 with
+/// `success: false` and the newer deployment's id for a superseded one (a retry is not
+/// needed: a newer deployment of the application replaced it), 202 with the status URL
+/// for one still queued or in progress.
+fn deployment_reply(
+    response: pb::WebhookDeployResponse,
+    pending_message: &str,
+    status_url: String,
+) -> Reply {
+    let Some(d) = response.deployment else {
+        return Reply::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the control plane sent no deployment",
+        );
+    };
+    let app = d.application.clone().unwrap_or_default();
+    let mut body = json!({
+        "deploymentId": d.deployment_id,
+        "application": { "id": app.id, "name": app.name, "version": d.version },
+        "status": d.status,
+        "statusUrl": status_url,
+    });
+    let status = if !response.finished {
+        body["success"] = json!(true);
+        body["message"] = json!(pending_message);
+        StatusCode::ACCEPTED
+    } else if d.status == DeploymentStatus::Success.as_str() {
+        body["success"] = json!(true);
+        body["message"] = json!("Deployment completed successfully");
+        StatusCode::OK
+    } else if d.status == DeploymentStatus::Superseded.as_str() {
+        body["success"] = json!(false);
+        body["message"] = json!("Deployment superseded by a newer deployment of this application");
+        body["supersededBy"] = json!(d.superseded_by);
+        StatusCode::CONFLICT
+    } else {
+        body["success"] = json!(false);
+        body["message"] = json!("Deployment failed");
+        body["error"] = json!(d.error_message);
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    Reply::new(status, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,6 +470,38 @@ mod tests {
         );
         assert_eq!(ignored, 3);
         assert!(push_events(json!({"events": {}}).as_object().unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_superseded_deployment_answers_409_with_the_newer_id() {
+        let answer = |status: &str, finished: bool| {
+            deployment_reply(
+                pb::WebhookDeployResponse {
+                    deployment: Some(pb::WebhookDeployment {
+                        deployment_id: "d1".into(),
+                        status: status.into(),
+                        superseded_by: (status == "superseded").then(|| "d2".to_string()),
+                        ..Default::default()
+                    }),
+                    finished,
+                },
+                "Deployment in progress",
+                "/webhook/deployments/d1".into(),
+            )
+        };
+        let r = answer("superseded", true);
+        assert_eq!(r.status, StatusCode::CONFLICT);
+        assert_eq!(r.body["success"], false);
+        assert_eq!(r.body["status"], "superseded");
+        assert_eq!(r.body["supersededBy"], "d2");
+        assert_eq!(answer("success", true).status, StatusCode::OK);
+        assert_eq!(
+            answer("failed", true).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let queued = answer("queued", false);
+        assert_eq!(queued.status, StatusCode::ACCEPTED);
+        assert_eq!(queued.body["statusUrl"], "/webhook/deployments/d1");
     }
 
     #[test]
