@@ -39,6 +39,8 @@ pub struct DevArgs {
     /// free port when that one is taken].
     #[arg(long)]
     pub webhook_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub registry: node::RegistrySecretArgs,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -52,6 +54,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let registry_secret = args.registry.load()?;
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let webhook_listener = berth_control_plane::webhook::bind(args.webhook_listen).await?;
@@ -76,6 +79,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             fleet.rollout.reconcile_timeout =
                 std::time::Duration::from_secs(args.reconcile_timeout);
             fleet.cert_ttl = std::time::Duration::from_secs(args.agent_cert_ttl);
+            fleet.registry_secret = registry_secret;
             fleet
         },
     })

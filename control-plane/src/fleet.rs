@@ -45,6 +45,9 @@ pub struct FleetConfig {
     /// Lifetime of agent certificates (default 30 days).
     pub cert_ttl: Duration,
     pub rollout: RolloutConfig,
+    /// What registries must present on `RegistryPush`; `None` (the default) refuses every
+    /// registry notification.
+    pub registry_secret: Option<webhook::RegistrySecret>,
 }
 
 impl Default for FleetConfig {
@@ -53,6 +56,7 @@ impl Default for FleetConfig {
             agent_endpoint: "127.0.0.1:7444".to_string(),
             cert_ttl: Duration::from_secs(30 * 86400),
             rollout: RolloutConfig::default(),
+            registry_secret: None,
         }
     }
 }

@@ -43,6 +43,8 @@ struct Args {
     /// After a restart, seconds to wait for agents to report unfinished deployments.
     #[arg(long, env = "BERTH_RECONCILE_TIMEOUT", default_value_t = 120)]
     reconcile_timeout: u64,
+    #[command(flatten)]
+    registry: node::RegistrySecretArgs,
 }
 
 #[tokio::main]
@@ -54,6 +56,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let mut fleet = fleet_config(args.agent_cert_ttl, args.reconcile_timeout);
+    fleet.registry_secret = args.registry.load()?;
     let config = NodeConfig {
         data_dir: args.data_dir,
         grpc_listen: args.listen,
@@ -63,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
         webhook_public_url: args.webhook_public_url,
         agent_listen: args.agent_listen,
         agent_endpoint: args.agent_endpoint,
-        fleet: fleet_config(args.agent_cert_ttl, args.reconcile_timeout),
+        fleet,
     };
     let node = node::start(config).await?;
     if let Some(key) = &node.initial_admin_key {

@@ -18,6 +18,7 @@ use tonic::transport::Certificate;
 
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
+use crate::fleet::webhook::RegistrySecret;
 use crate::fleet::{Fleet, FleetConfig};
 use crate::grpc::{
     AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi, WebhookApi,
@@ -57,6 +58,65 @@ impl MasterKeySource {
         } else {
             MasterKeySource::DataDir
         }
+    }
+}
+
+/// The registry notification secret as `berth-control-plane` and `berth dev` take it.
+/// Unset: every registry notification is refused. Set: it must be at least
+/// [`RegistrySecret::MIN_CHARS`] characters, from whichever source, or the node refuses to
+/// start.
+#[derive(clap::Args, Default)]
+pub struct RegistrySecretArgs {
+    /// Enables registry notifications (POST /webhook/registry on the shim): the secret
+    /// registries send as `Authorization: Bearer <secret>`, at least 16 characters. Command
+    /// lines are visible to other users of this machine: prefer the environment variable or
+    /// --registry-secret-file.
+    #[arg(long, env = "BERTH_REGISTRY_NOTIFY_SECRET", hide_env_values = true)]
+    pub registry_secret: Option<String>,
+    /// File holding the registry notification secret (surrounding whitespace is ignored).
+    #[arg(
+        long,
+        env = "BERTH_REGISTRY_NOTIFY_SECRET_FILE",
+        value_name = "PATH",
+        conflicts_with = "registry_secret"
+    )]
+    pub registry_secret_file: Option<PathBuf>,
+}
+
+impl RegistrySecretArgs {
+    /// The configured secret; an error names the source of an empty, short or unreadable one.
+    pub fn load(&self) -> anyhow::Result<Option<RegistrySecret>> {
+        let (secret, source) = match (&self.registry_secret, &self.registry_secret_file) {
+            (Some(value), _) => (
+                SecretString::from(value.clone()),
+                "--registry-secret (BERTH_REGISTRY_NOTIFY_SECRET)".to_string(),
+            ),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot read the registry secret file {}: {e}",
+                        path.display()
+                    )
+                })?;
+                (SecretString::from(text), format!("{}", path.display()))
+            }
+            (None, None) => return Ok(None),
+        };
+        RegistrySecret::new(&secret)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{source}: {e}"))
+    }
+}
+
+impl std::fmt::Debug for RegistrySecretArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrySecretArgs")
+            .field(
+                "registry_secret",
+                &self.registry_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("registry_secret_file", &self.registry_secret_file)
+            .finish()
     }
 }
 

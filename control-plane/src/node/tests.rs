@@ -19,6 +19,8 @@ use crate::model::{DeploymentLog, DeploymentStatus, Target, TargetStatus};
 use crate::service::applications::ApplicationSpec;
 use crate::service::Actor;
 
+mod registry_push;
+
 const MUST_HAPPEN: Duration = Duration::from_secs(20);
 
 struct Cluster {
@@ -38,6 +40,11 @@ struct RunningAgent {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A cluster whose node configuration `configure` adjusts first.
+    async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -51,6 +58,7 @@ impl Cluster {
             result_timeout: MUST_HAPPEN,
             reconcile_timeout: MUST_HAPPEN,
         };
+        configure(&mut config);
         let node = start(config).await.unwrap();
         let cluster = Cluster {
             admin_url: format!("https://{}", node.grpc_addr),
@@ -61,6 +69,19 @@ impl Cluster {
         };
         tokio::spawn(node.serve(std::future::pending()));
         cluster
+    }
+
+    /// A TLS channel to the admin port, verifying the node's CA.
+    async fn admin_channel(&self) -> tonic::transport::Channel {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.fleet.ca_pem()));
+        tonic::transport::Channel::from_shared(self.admin_url.clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     /// Enrolls `name` (labels `role=web`) and starts it with `executor`.
