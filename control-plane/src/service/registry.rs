@@ -256,7 +256,7 @@ mod tests {
         use rand::{Rng as _, SeedableRng as _};
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         let alphabet: Vec<char> = "ab./:*-_\u{e9}\u{1f600}".chars().collect();
-        let mut text = |rng: &mut rand::rngs::StdRng| -> String {
+        let text = |rng: &mut rand::rngs::StdRng| -> String {
             let len = rng.gen_range(0..12);
             (0..len)
                 .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
