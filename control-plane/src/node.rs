@@ -23,7 +23,7 @@ use crate::fleet::{Fleet, FleetConfig};
 use crate::grpc::{
     AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi, WebhookApi,
 };
-use crate::pki::{write_private, Pki};
+use crate::pki::{write_new_private, write_private, Pki};
 use crate::service::applications::WEBHOOK_URL_SETTING;
 use crate::service::Service;
 use crate::store::Store;
@@ -375,7 +375,7 @@ async fn load_master_key(config: &NodeConfig, store: &Store) -> Result<MasterKey
                 )));
             }
             let (key, text) = MasterKey::generate();
-            write_private(&path, &text)?;
+            write_new_private(&path, &text)?;
             tracing::info!(path = %path.display(), key_id = key.id(), "created master key; back it up");
             Ok(key)
         }
