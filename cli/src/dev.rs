@@ -129,11 +129,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             fleet: node.fleet.clone(),
         })
     };
-    let server = tokio::spawn(node.serve(async move {
-        let mut rx = stop_rx;
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
-    }));
-    let agent = local_agent.map(|a| tokio::spawn(a.run()));
+    };
+    let server = tokio::spawn(node.serve(stopped(stop_rx.clone())));
+    let agent = local_agent.map(|a| tokio::spawn(a.run(stopped(stop_rx.clone()))));
     let shim = tokio::spawn(berth_control_plane::webhook::serve(
         shim_config,
         webhook_listener,
@@ -142,10 +142,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         },
     ));
     shutdown_signal().await;
+    // Everything stops together; the node ends the agent streams itself and closes its
+    // store last, once every stream has recorded its disconnect.
     let _ = stop_tx.send(true);
-    shim.abort();
-    if let Some(agent) = agent {
-        agent.abort();
+    let others = async {
+        if let Some(agent) = agent {
+            let _ = agent.await;
+        }
+        let _ = shim.await;
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(20), others)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the local agent or the shim did not stop in time");
     }
     server.await?
 }
@@ -161,13 +171,16 @@ struct LocalAgent {
 }
 
 impl LocalAgent {
-    async fn run(self) {
-        if let Err(e) = self.try_run().await {
+    async fn run(self, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Err(e) = self.try_run(stop).await {
             tracing::error!(error = %e, "local agent stopped");
         }
     }
 
-    async fn try_run(self) -> anyhow::Result<()> {
+    async fn try_run(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let executor = match berth_agent::docker::DockerExecutor::connect().await {
             Ok(executor) => std::sync::Arc::new(executor.with_scope("local")),
             Err(e) => {
@@ -206,7 +219,7 @@ impl LocalAgent {
             on_command: None,
             endpoint_override: Some(self.endpoint),
         };
-        berth_agent::run(runtime, std::future::pending()).await
+        berth_agent::run(runtime, stop).await
     }
 }
 

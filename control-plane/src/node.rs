@@ -1,5 +1,9 @@
 //! A running control plane: opens the store, loads the master key and the PKI, bootstraps
 //! the first admin key, and serves the admin gRPC API over TLS (with health and reflection).
+//!
+//! At stop, the order is: refuse new agent streams and end the live ones, let both servers
+//! drain, wait for every stream handler to record its disconnect, stop the background tasks,
+//! and only then close the store. Connected agents never hold the stop up.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +36,8 @@ pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7443";
 pub const DEFAULT_AGENT_ADDR: &str = "127.0.0.1:7444";
 /// Streams silent for this long are dropped (agents heartbeat every 10 s).
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
+/// At stop, how long agent stream handlers get to record their disconnect.
+const STREAM_DRAIN: Duration = Duration::from_secs(10);
 const DATABASE_FILE: &str = "berth.db";
 const MASTER_KEY_FILE: &str = "master.key";
 /// Where the all-in-one node leaves the first admin key (mode 0600).
@@ -298,6 +304,16 @@ impl Node {
             );
         tracing::info!(addr = %self.agent_addr, "agent api listening (mtls)");
         let agent_task = tokio::spawn(agent_server);
+        // Agent streams never end on their own: at stop they are ended here, so that the
+        // agent server can drain, and their handlers finish before the store closes.
+        let streams_closed = {
+            let fleet = self.fleet.clone();
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                stop.await;
+                fleet.close_streams(STREAM_DRAIN).await;
+            })
+        };
         let shutdown = stopped(stop_rx);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         let admin = AdminServices::new(self.service.clone());
@@ -348,6 +364,7 @@ impl Node {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
         agent_task.await??;
+        let _ = streams_closed.await;
         reaper.abort();
         let _ = auto_sync.await;
         let _ = notifier_task.await;

@@ -789,3 +789,27 @@ async fn concurrent_writes_all_succeed() {
         .into_inner();
     assert_eq!(listed.secrets.len(), 24);
 }
+
+/// Stopping `berth dev` (SIGTERM) stops the servers and lets every agent stream record its
+/// disconnect before the store closes: no "cannot record disconnect … closed pool".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_stop_closes_the_store_last_and_logs_no_error() {
+    if !crate::fixture::docker::docker_available() {
+        return;
+    }
+    let d = dirs();
+    let mut node = DevNode::start_in(&d);
+    crate::fixture::agent::wait_connected(&node, "local").await;
+    let started = std::time::Instant::now();
+    node.stop();
+    let log = node.log();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "the stop took {:?}:\n{log}",
+        started.elapsed()
+    );
+    assert!(log.contains("control plane stopped"), "{log}");
+    for error in ["closed pool", "cannot record disconnect", "ERROR"] {
+        assert!(!log.contains(error), "{error:?} at stop:\n{log}");
+    }
+}

@@ -117,7 +117,12 @@ impl pb::agent_service_server::AgentService for AgentApi {
                     },
                     reason = &mut session.killed => {
                         let reason = reason.unwrap_or("stream closed by the control plane");
-                        let _ = tx.send(Err(Status::permission_denied(reason))).await;
+                        let end = if reason == crate::fleet::SHUTTING_DOWN {
+                            Status::unavailable(reason)
+                        } else {
+                            Status::permission_denied(reason)
+                        };
+                        let _ = tx.send(Err(end)).await;
                         break;
                     }
                     inbound = inbound.message() => match inbound {
@@ -133,6 +138,8 @@ impl pb::agent_service_server::AgentService for AgentApi {
                 }
             }
             fleet.close_session(&agent.name, session.id).await;
+            // Only now may the node close the store (the session counts as open until here).
+            drop(session);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -20,6 +20,7 @@ use crate::service::applications::ApplicationSpec;
 use crate::service::Actor;
 
 mod registry_push;
+mod shutdown;
 
 const MUST_HAPPEN: Duration = Duration::from_secs(20);
 
@@ -29,6 +30,9 @@ struct Cluster {
     ca_fingerprint: String,
     fleet: Fleet,
     agents: HashMap<String, RunningAgent>,
+    /// Stops the node (as SIGTERM does); `serving` ends once it has stopped.
+    stop: Option<oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 struct RunningAgent {
@@ -60,15 +64,28 @@ impl Cluster {
         };
         configure(&mut config);
         let node = start(config).await.unwrap();
-        let cluster = Cluster {
+        let (stop, stopped) = oneshot::channel::<()>();
+        Cluster {
             admin_url: format!("https://{}", node.grpc_addr),
             ca_fingerprint: node.ca_fingerprint.clone(),
             fleet: node.fleet.clone(),
             dir,
             agents: HashMap::new(),
-        };
-        tokio::spawn(node.serve(std::future::pending()));
-        cluster
+            stop: Some(stop),
+            serving: Some(tokio::spawn(node.serve(async {
+                let _ = stopped.await;
+            }))),
+        }
+    }
+
+    /// Stops the node as SIGTERM does (agents keep running) and waits until `serve` returns.
+    async fn stop_node(&mut self) -> anyhow::Result<()> {
+        let _ = self.stop.take().expect("node running").send(());
+        let serving = self.serving.take().expect("node running");
+        tokio::time::timeout(MUST_HAPPEN, serving)
+            .await
+            .expect("the node stops in time")
+            .expect("serve does not panic")
     }
 
     /// A TLS channel to the admin port, verifying the node's CA.
