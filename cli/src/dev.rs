@@ -68,7 +68,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         grpc_listen: args.grpc_listen,
         server_names: vec!["localhost".to_string(), "127.0.0.1".to_string()],
         master_key: MasterKeySource::from_vars(|k| std::env::var(k).ok()),
-        write_admin_token_file: true,
         // Stored (for `berth app show`) when chosen; the default matches the default address.
         webhook_public_url: (args.webhook_public_url.is_some() || args.webhook_listen.is_some())
             .then(|| webhook_public_url.clone()),

@@ -1,6 +1,6 @@
 //! `berth-control-plane`: parses config, sets up logging, runs the node until SIGINT/SIGTERM.
 
-// Prints the admin key and CA fingerprint to the operator at first start.
+// Tells the operator where the first admin key is, and the CA fingerprint.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::net::SocketAddr;
@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use berth_control_plane::node::{self, MasterKeySource, NodeConfig};
 use clap::Parser;
-use secrecy::ExposeSecret as _;
 
 /// The berth control plane: secrets, environments, applications and deployments.
 #[derive(Parser, Debug)]
@@ -63,18 +62,17 @@ async fn main() -> anyhow::Result<()> {
         grpc_listen: args.listen,
         server_names: args.server_name,
         master_key: MasterKeySource::from_vars(|k| std::env::var(k).ok()),
-        write_admin_token_file: false,
         webhook_public_url: args.webhook_public_url,
         agent_listen: args.agent_listen,
         agent_endpoint: args.agent_endpoint,
         fleet,
     };
     let node = node::start(config).await?;
-    if let Some(key) = &node.initial_admin_key {
-        // Shown exactly once, on stdout, like `vault operator init`; never logged.
+    if let (Some(_), Some(path)) = (&node.initial_admin_key, &node.admin_token_file) {
+        // Only where it is: the output of a service is kept in its journal.
         println!(
-            "Initial admin API key (shown once, store it now):\n\n    {}\n",
-            key.expose_secret()
+            "Initial admin API key written to {} (mode 0600): store it safely, then delete the file\n",
+            path.display()
         );
     }
     println!("CA fingerprint: {}", node.ca_fingerprint);

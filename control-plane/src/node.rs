@@ -40,7 +40,7 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
 const STREAM_DRAIN: Duration = Duration::from_secs(10);
 const DATABASE_FILE: &str = "berth.db";
 const MASTER_KEY_FILE: &str = "master.key";
-/// Where the all-in-one node leaves the first admin key (mode 0600).
+/// Where a node leaves its first admin key (mode 0600), never printed or logged.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 /// Where the master key comes from, in priority order.
@@ -134,8 +134,6 @@ pub struct NodeConfig {
     /// Names and addresses the server certificate is valid for.
     pub server_names: Vec<String>,
     pub master_key: MasterKeySource,
-    /// All-in-one mode: write the first admin key to `<data-dir>/admin.token` (0600).
-    pub write_admin_token_file: bool,
     /// Public base URL of the webhook shim, shown in `berth app show`.
     pub webhook_public_url: Option<String>,
     /// Agent API (mTLS). Port 0 picks a free port.
@@ -153,7 +151,6 @@ impl NodeConfig {
             grpc_listen: DEFAULT_GRPC_ADDR.parse().expect("valid default"),
             server_names: vec!["localhost".to_string(), "127.0.0.1".to_string()],
             master_key: MasterKeySource::DataDir,
-            write_admin_token_file: false,
             webhook_public_url: None,
             agent_listen: DEFAULT_AGENT_ADDR.parse().expect("valid default"),
             agent_endpoint: None,
@@ -169,9 +166,9 @@ pub struct Node {
     pub fleet: Fleet,
     pub ca_cert_path: PathBuf,
     pub ca_fingerprint: String,
-    /// The first admin key, on the very first start only.
+    /// The first admin key, on the very first start only (also in [`Node::admin_token_file`]).
     pub initial_admin_key: Option<SecretString>,
-    /// Where the first admin key was written, in all-in-one mode.
+    /// Where the first admin key was written (`<data-dir>/admin.token`), while it is there.
     pub admin_token_file: Option<PathBuf>,
     pub service: Service,
     listener: TcpListener,
@@ -202,22 +199,18 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
         }
     }
 
-    let mut admin_token_file = None;
+    // The first admin key goes to a private file, never to the output: a service's output
+    // ends up in a journal that more people read than the data directory.
+    let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
     let initial_admin_key = match service.bootstrap_admin_key().await? {
         Some(created) => {
-            if config.write_admin_token_file {
-                let path = config.data_dir.join(ADMIN_TOKEN_FILE);
-                write_private(&path, created.key.expose_secret())?;
-                admin_token_file = Some(path);
-            }
+            write_private(&token_path, created.key.expose_secret())?;
+            tracing::info!(path = %token_path.display(), "created the first admin api key");
             Some(created.key)
         }
-        None => {
-            let path = config.data_dir.join(ADMIN_TOKEN_FILE);
-            admin_token_file = path.exists().then_some(path);
-            None
-        }
+        None => None,
     };
+    let admin_token_file = token_path.exists().then_some(token_path);
 
     let listener = TcpListener::bind(config.grpc_listen)
         .await
