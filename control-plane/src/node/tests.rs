@@ -19,6 +19,8 @@ use crate::model::{DeploymentLog, DeploymentStatus, Target, TargetStatus};
 use crate::service::applications::ApplicationSpec;
 use crate::service::Actor;
 
+mod deploy_records;
+mod enrollment;
 mod registry_push;
 mod shutdown;
 
