@@ -395,8 +395,18 @@ fn deleting_a_referenced_secret_needs_force_and_lists_the_references() {
         "{err}"
     );
     assert!(ok(node.cli(&["secret", "list", "--group", "g"], None)).contains("DB"));
+    // Deleting the whole group is refused the same way, naming the same references.
+    let out = node.cli(&["group", "delete", "g"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("web:DATABASE_URL") && err.contains("force"),
+        "{err}"
+    );
+    assert!(ok(node.cli(&["group", "show", "g"], None)).contains("DB"));
     ok(node.cli(&["secret", "delete", "g", "DB", "--force"], None));
     assert!(!ok(node.cli(&["env", "list", "--app", "web"], None)).contains("DATABASE_URL"));
+    ok(node.cli(&["group", "delete", "g"], None));
 }
 
 #[tokio::test(flavor = "multi_thread")]
