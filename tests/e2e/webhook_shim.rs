@@ -945,4 +945,14 @@ fn a_registry_secret_that_is_empty_blank_or_short_refuses_to_start() {
             assert!(!data.exists(), "case {i} (dev: {dev}) wrote its data dir");
         }
     }
+
+    // The shim holds no registry secret any more: given one, it says where it went.
+    let shim = Command::new(bin("berth-webhook"))
+        .args(["--listen", "127.0.0.1:0", "--registry-secret-file", &blank])
+        .env("BERTH_WEBHOOK_API_KEY", "bk_unused")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&shim.stderr);
+    assert!(!shim.status.success(), "{said}");
+    assert!(said.contains("moved to berth-control-plane"), "{said}");
 }

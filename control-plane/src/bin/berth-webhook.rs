@@ -46,6 +46,12 @@ struct Args {
         default_value_t = 20
     )]
     failed_auth_per_minute: u32,
+    /// Earlier releases checked the registry secret here; given now, it stops the start
+    /// with the reason (a shim that silently ignored it would look protected).
+    #[arg(long, hide = true, num_args = 0..=1, value_name = "IGNORED")]
+    registry_secret: Option<Option<String>>,
+    #[arg(long, hide = true, num_args = 0..=1, value_name = "IGNORED")]
+    registry_secret_file: Option<Option<String>>,
 }
 
 #[tokio::main]
@@ -57,6 +63,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.registry_secret.is_some() || args.registry_secret_file.is_some() {
+        anyhow::bail!(
+            "--registry-secret/--registry-secret-file moved to berth-control-plane: the control plane holds and checks the registry notification secret, the shim only forwards what registries send"
+        );
+    }
     let api_key = match (&args.token_file, std::env::var("BERTH_WEBHOOK_API_KEY")) {
         (Some(path), _) => read_secret(path)?,
         (None, Ok(key)) if !key.trim().is_empty() => SecretString::from(key.trim().to_string()),
