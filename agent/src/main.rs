@@ -7,7 +7,7 @@ use std::sync::Arc;
 use berth_agent::docker::DockerExecutor;
 use berth_agent::{enroll, AgentRuntime, Identity};
 use clap::Parser;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 
 /// The berth agent: runs deploys on this host's Docker Engine.
 #[derive(Parser, Debug)]
@@ -16,9 +16,14 @@ struct Args {
     /// The control plane's admin URL, used once for enrollment (e.g. https://cp.example:7443).
     #[arg(long, env = "BERTH_CONTROL_PLANE")]
     control_plane: Option<String>,
-    /// One-time enrollment token from `berth agent token create`.
+    /// One-time enrollment token from `berth agent token create`. A command line is visible
+    /// to other users of this host (ps, /proc): prefer BERTH_ENROLL_TOKEN or
+    /// --enroll-token-file.
     #[arg(long, env = "BERTH_ENROLL_TOKEN", hide_env_values = true)]
     enroll_token: Option<String>,
+    /// File holding the enrollment token; "-" reads it from stdin.
+    #[arg(long, env = "BERTH_ENROLL_TOKEN_FILE", value_name = "PATH")]
+    enroll_token_file: Option<PathBuf>,
     /// sha256:… fingerprint of the control plane's CA, printed by `berth agent token create`.
     #[arg(long, env = "BERTH_CA_FINGERPRINT")]
     ca_fingerprint: Option<String>,
@@ -46,23 +51,23 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let version = env!("CARGO_PKG_VERSION").to_string();
     if !Identity::exists(&args.data_dir) {
-        let (Some(url), Some(token), Some(fingerprint)) = (
-            &args.control_plane,
-            &args.enroll_token,
-            &args.ca_fingerprint,
-        ) else {
+        let token = match (&args.enroll_token, &args.enroll_token_file) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "the enrollment token is given twice: pass --enroll-token (BERTH_ENROLL_TOKEN) or --enroll-token-file, not both"
+            ),
+            (Some(token), None) => Some(SecretString::from(token.trim().to_string())),
+            (None, Some(path)) => Some(read_token_file(path)?),
+            (None, None) => None,
+        };
+        let (Some(url), Some(token), Some(fingerprint)) =
+            (&args.control_plane, token, &args.ca_fingerprint)
+        else {
             anyhow::bail!(
-                "{} holds no identity: enroll with --control-plane URL --enroll-token TOKEN --ca-fingerprint sha256:…",
+                "{} holds no identity: enroll with --control-plane URL --ca-fingerprint sha256:… and the token in BERTH_ENROLL_TOKEN or --enroll-token-file",
                 args.data_dir.display()
             );
         };
-        let identity = enroll::enroll(
-            url,
-            &SecretString::from(token.clone()),
-            fingerprint,
-            &version,
-        )
-        .await?;
+        let identity = enroll::enroll(url, &token, fingerprint, &version).await?;
         identity.save(&args.data_dir)?;
         tracing::info!(agent = %identity.name, endpoint = %identity.endpoint, "enrolled");
     }
@@ -80,6 +85,30 @@ async fn main() -> anyhow::Result<()> {
         endpoint_override: None,
     };
     berth_agent::run(runtime, shutdown_signal()).await
+}
+
+/// The enrollment token from a file, or from stdin for `-`; surrounding whitespace is not
+/// part of it.
+fn read_token_file(path: &std::path::Path) -> anyhow::Result<SecretString> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    if path == std::path::Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| anyhow::anyhow!("cannot read the enrollment token from stdin: {e}"))?;
+    } else {
+        text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the enrollment token file {}: {e}",
+                path.display()
+            )
+        })?;
+    }
+    let token = SecretString::from(text.trim().to_string());
+    if token.expose_secret().is_empty() {
+        anyhow::bail!("the enrollment token in {} is empty", path.display());
+    }
+    Ok(token)
 }
 
 async fn shutdown_signal() {

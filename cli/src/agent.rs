@@ -153,12 +153,13 @@ pub async fn run(args: AgentArgs, connect: &ConnectOptions, format: Format) -> a
     Ok(())
 }
 
-/// The `berth-agent` command line that enrolls with this token, ready to paste.
+/// The `berth-agent` command line that enrolls with this token, ready to paste. The token is
+/// in the environment: a command line is readable by every user of the host.
 fn agent_command(addr: &str, token: &str, ca_fingerprint: &str) -> String {
     format!(
-        "berth-agent --control-plane {} --enroll-token {} --ca-fingerprint {} --data-dir {AGENT_DATA_DIR}",
-        shell_word(addr),
+        "BERTH_ENROLL_TOKEN={} berth-agent --control-plane {} --ca-fingerprint {} --data-dir {AGENT_DATA_DIR}",
         shell_word(token),
+        shell_word(addr),
         shell_word(ca_fingerprint),
     )
 }
@@ -300,9 +301,11 @@ mod tests {
 
     #[test]
     fn the_agent_command_is_ready_to_paste() {
+        // The token travels in the environment, not on berth-agent's command line (which
+        // other users of the host can read).
         assert_eq!(
             agent_command("https://cp.example:7443", "bet_abc-123", "sha256:00ff"),
-            "berth-agent --control-plane https://cp.example:7443 --enroll-token bet_abc-123 \
+            "BERTH_ENROLL_TOKEN=bet_abc-123 berth-agent --control-plane https://cp.example:7443 \
              --ca-fingerprint sha256:00ff --data-dir /var/lib/berth-agent"
         );
         assert_eq!(shell_word("it's"), r"'it'\''s'");

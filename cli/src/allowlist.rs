@@ -18,8 +18,21 @@ pub struct AllowlistArgs {
 
 #[derive(Subcommand)]
 enum AllowlistCommand {
-    /// Allow an image name, or a prefix ending in * (e.g. "registry.local:5000/team/*")
+    /// Allow an image, or every image under a registry or repository path
+    ///
+    /// Patterns match whole path components, never part of one:
+    ///
+    ///   reg.io/team/app   exactly that image
+    ///   reg.io/team/*     every image under reg.io/team/ (not reg.io/team itself)
+    ///   reg.io/team*      reg.io/team and every image under reg.io/team/
+    ///   reg.io:5000/*     every image of the registry reg.io:5000
+    ///
+    /// So "reg.io*" allows reg.io/x but not reg.io.evil.com/x or reg.io:5000/x, and
+    /// "reg.io/team*" does not allow reg.io/teamx. A * anywhere but at the end is refused.
+    /// Images are matched with their registry, without tag, as the agent pulls them.
+    #[command(verbatim_doc_comment)]
     Add {
+        /// An image, or a registry/repository prefix followed by /* or *
         pattern: String,
         #[arg(long)]
         description: Option<String>,

@@ -1,7 +1,7 @@
 //! The connection to the control plane's admin API: address, TLS, and the API key sent as
 //! `authorization: Bearer bk_...` on every request.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -32,9 +32,19 @@ pub struct ConnectOptions {
     )]
     addr: String,
 
-    /// API key (bk_...), sent as a bearer token
+    /// API key (bk_...), sent as a bearer token. A command line is visible to other users of
+    /// this machine (ps, /proc): prefer BERTH_TOKEN or --token-file
     #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+
+    /// File holding the API key; "-" reads it from the first line of stdin (what follows is
+    /// the command's own input, e.g. the value of `berth secret set`)
+    #[arg(long, env = "BERTH_TOKEN_FILE", global = true, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+
+    /// The key read from stdin (`--token-file -`), before the command reads its own input.
+    #[arg(skip)]
+    stdin_token: Option<String>,
 
     /// PEM file of the CA certificate that signed the control plane's certificate
     #[arg(
@@ -52,12 +62,33 @@ impl ConnectOptions {
         &self.addr
     }
 
+    /// With `--token-file -`, reads the key from stdin now: called before a command reads
+    /// its own input from stdin, so the key is always the first line.
+    pub fn read_stdin_token(&mut self) -> anyhow::Result<()> {
+        if self.token.is_none() && self.token_file.as_deref() == Some(Path::new("-")) {
+            self.stdin_token = Some(read_token_file(Path::new("-"))?);
+        }
+        Ok(())
+    }
+
+    /// The API key from `--token` or `--token-file` (one of them).
+    fn api_key(&self) -> anyhow::Result<String> {
+        if let Some(token) = &self.stdin_token {
+            return Ok(token.clone());
+        }
+        match (self.token.as_deref(), &self.token_file) {
+            (Some(_), Some(_)) => bail!(
+                "an api key is given twice: pass --token (BERTH_TOKEN) or --token-file (BERTH_TOKEN_FILE), not both"
+            ),
+            (Some(token), None) if !token.trim().is_empty() => Ok(token.trim().to_string()),
+            (None, Some(path)) => read_token_file(path),
+            _ => bail!("no api key: set BERTH_TOKEN or pass --token-file"),
+        }
+    }
+
     /// Connects now; called by each command that needs the server, never up front.
     pub async fn connect(&self) -> anyhow::Result<Connection> {
-        let Some(token) = self.token.as_deref().filter(|t| !t.is_empty()) else {
-            bail!("no api key: pass --token or set BERTH_TOKEN");
-        };
-        let auth = BearerAuth::new(token)?;
+        let auth = BearerAuth::new(&self.api_key()?)?;
 
         let mut endpoint = Endpoint::from_shared(self.addr.clone())
             .with_context(|| format!("invalid address {:?}", self.addr))?
@@ -85,6 +116,27 @@ impl ConnectOptions {
             .with_context(|| format!("cannot connect to {}", self.addr))?;
         Ok(Connection { channel, auth })
     }
+}
+
+/// A token from a file, or from the first line of stdin for `-` (the rest of stdin stays for
+/// the command: `berth secret set` reads its value after it). Surrounding whitespace is not
+/// part of it; an empty one is an error.
+pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    let text = if path == Path::new("-") {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the api key from stdin")?;
+        line
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the api key file {}", path.display()))?
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("the api key in {} is empty", path.display());
+    }
+    Ok(token.to_string())
 }
 
 /// An open channel plus the interceptor that authenticates each request on it.

@@ -39,6 +39,8 @@ pub struct DevArgs {
     /// free port when that one is taken].
     #[arg(long)]
     pub webhook_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub registry: node::RegistrySecretArgs,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -52,6 +54,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let registry_secret = args.registry.load()?;
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let webhook_listener = berth_control_plane::webhook::bind(args.webhook_listen).await?;
@@ -65,7 +68,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         grpc_listen: args.grpc_listen,
         server_names: vec!["localhost".to_string(), "127.0.0.1".to_string()],
         master_key: MasterKeySource::from_vars(|k| std::env::var(k).ok()),
-        write_admin_token_file: true,
         // Stored (for `berth app show`) when chosen; the default matches the default address.
         webhook_public_url: (args.webhook_public_url.is_some() || args.webhook_listen.is_some())
             .then(|| webhook_public_url.clone()),
@@ -76,6 +78,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             fleet.rollout.reconcile_timeout =
                 std::time::Duration::from_secs(args.reconcile_timeout);
             fleet.cert_ttl = std::time::Duration::from_secs(args.agent_cert_ttl);
+            fleet.registry_secret = registry_secret;
             fleet
         },
     })
@@ -125,11 +128,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             fleet: node.fleet.clone(),
         })
     };
-    let server = tokio::spawn(node.serve(async move {
-        let mut rx = stop_rx;
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
-    }));
-    let agent = local_agent.map(|a| tokio::spawn(a.run()));
+    };
+    let server = tokio::spawn(node.serve(stopped(stop_rx.clone())));
+    let agent = local_agent.map(|a| tokio::spawn(a.run(stopped(stop_rx.clone()))));
     let shim = tokio::spawn(berth_control_plane::webhook::serve(
         shim_config,
         webhook_listener,
@@ -138,10 +141,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         },
     ));
     shutdown_signal().await;
+    // Everything stops together; the node ends the agent streams itself and closes its
+    // store last, once every stream has recorded its disconnect.
     let _ = stop_tx.send(true);
-    shim.abort();
-    if let Some(agent) = agent {
-        agent.abort();
+    let others = async {
+        if let Some(agent) = agent {
+            let _ = agent.await;
+        }
+        let _ = shim.await;
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(20), others)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the local agent or the shim did not stop in time");
     }
     server.await?
 }
@@ -157,13 +170,16 @@ struct LocalAgent {
 }
 
 impl LocalAgent {
-    async fn run(self) {
-        if let Err(e) = self.try_run().await {
+    async fn run(self, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Err(e) = self.try_run(stop).await {
             tracing::error!(error = %e, "local agent stopped");
         }
     }
 
-    async fn try_run(self) -> anyhow::Result<()> {
+    async fn try_run(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let executor = match berth_agent::docker::DockerExecutor::connect().await {
             Ok(executor) => std::sync::Arc::new(executor.with_scope("local")),
             Err(e) => {
@@ -202,7 +218,7 @@ impl LocalAgent {
             on_command: None,
             endpoint_override: Some(self.endpoint),
         };
-        berth_agent::run(runtime, std::future::pending()).await
+        berth_agent::run(runtime, stop).await
     }
 }
 

@@ -93,7 +93,10 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Dev(_) | Command::Completion { .. }) {
+        cli.connect.read_stdin_token()?;
+    }
     let (connect, format) = (&cli.connect, cli.output);
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
@@ -147,5 +150,13 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Keys are accepted from a file or stdin, and the help says why argv is the wrong place.
+    #[test]
+    fn the_help_says_a_token_on_the_command_line_is_visible_to_other_users() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--token-file"), "{help}");
+        assert!(help.contains("visible to other users"), "{help}");
     }
 }

@@ -18,7 +18,7 @@ mod tests;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ pub use prepare::{DeployTrigger, RolloutConfig};
 
 /// Outbound queue depth per agent; a full queue means a stuck agent, not a reason to block.
 const OUTBOUND_QUEUE: usize = 1024;
+/// Why every stream ends when the node stops (the agent reconnects to the next one).
+pub const SHUTTING_DOWN: &str = "the control plane is shutting down";
 
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
@@ -45,6 +47,9 @@ pub struct FleetConfig {
     /// Lifetime of agent certificates (default 30 days).
     pub cert_ttl: Duration,
     pub rollout: RolloutConfig,
+    /// What registries must present on `RegistryPush`; `None` (the default) refuses every
+    /// registry notification.
+    pub registry_secret: Option<webhook::RegistrySecret>,
 }
 
 impl Default for FleetConfig {
@@ -53,6 +58,7 @@ impl Default for FleetConfig {
             agent_endpoint: "127.0.0.1:7444".to_string(),
             cert_ttl: Duration::from_secs(30 * 86400),
             rollout: RolloutConfig::default(),
+            registry_secret: None,
         }
     }
 }
@@ -84,6 +90,12 @@ struct Inner {
     /// newer deployment's id. Checked between batches.
     cancels: Mutex<HashMap<String, String>>,
     next_session: AtomicU64,
+    /// Set (under the `live` lock) when the node stops: no stream registers after it.
+    closing: AtomicBool,
+    /// Stream handlers still running (a [`StreamGuard`] each), and their wake-up: the node
+    /// closes the store only once they have recorded their disconnect.
+    open_streams: AtomicUsize,
+    streams_done: Notify,
 }
 
 type WaitKey = (String, String, i32);
@@ -106,6 +118,19 @@ pub struct Session {
     pub id: u64,
     pub outbound: mpsc::Receiver<pb::ControlMessage>,
     pub killed: oneshot::Receiver<&'static str>,
+    /// Held by the stream's handler until it has closed the session.
+    _running: StreamGuard,
+}
+
+/// Counts a running stream handler; [`Fleet::close_streams`] waits for all of them.
+struct StreamGuard(Arc<Inner>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.open_streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.streams_done.notify_waiters();
+        }
+    }
 }
 
 impl Fleet {
@@ -124,6 +149,9 @@ impl Fleet {
                 app_slots: Mutex::new(HashMap::new()),
                 cancels: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
+                closing: AtomicBool::new(false),
+                open_streams: AtomicUsize::new(0),
+                streams_done: Notify::new(),
             }),
         }
     }
@@ -177,16 +205,25 @@ impl Fleet {
         let (tx, outbound) = mpsc::channel(OUTBOUND_QUEUE);
         let (kill, killed) = oneshot::channel();
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
-        let previous = self.inner.live.lock().expect("live lock").insert(
-            agent.name.clone(),
-            LiveAgent {
-                session: id,
-                tx,
-                labels: agent.labels(),
-                last_heartbeat: Instant::now(),
-                kill: Some(kill),
-            },
-        );
+        let (previous, running) = {
+            let mut live = self.inner.live.lock().expect("live lock");
+            if self.inner.closing.load(Ordering::Acquire) {
+                return Err(Error::Unavailable(SHUTTING_DOWN.to_string()));
+            }
+            self.inner.open_streams.fetch_add(1, Ordering::AcqRel);
+            let running = StreamGuard(self.inner.clone());
+            let previous = live.insert(
+                agent.name.clone(),
+                LiveAgent {
+                    session: id,
+                    tx,
+                    labels: agent.labels(),
+                    last_heartbeat: Instant::now(),
+                    kill: Some(kill),
+                },
+            );
+            (previous, running)
+        };
         if let Some(mut previous) = previous {
             if let Some(kill) = previous.kill.take() {
                 let _ = kill.send("replaced by a newer stream of the same agent");
@@ -208,7 +245,37 @@ impl Fleet {
             id,
             outbound,
             killed,
+            _running: running,
         })
+    }
+
+    /// When the node stops: refuses new streams, ends every live one ([`SHUTTING_DOWN`]),
+    /// and waits (at most `limit`) until their handlers have recorded the disconnects, so
+    /// that the store can be closed after. Connected agents do not hold the stop up.
+    pub async fn close_streams(&self, limit: Duration) {
+        let killed: Vec<oneshot::Sender<&'static str>> = {
+            let mut live = self.inner.live.lock().expect("live lock");
+            self.inner.closing.store(true, Ordering::Release);
+            live.values_mut().filter_map(|a| a.kill.take()).collect()
+        };
+        for kill in killed {
+            let _ = kill.send(SHUTTING_DOWN);
+        }
+        let all_closed = async {
+            loop {
+                let done = self.inner.streams_done.notified();
+                if self.inner.open_streams.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        };
+        if tokio::time::timeout(limit, all_closed).await.is_err() {
+            tracing::warn!(
+                streams = self.inner.open_streams.load(Ordering::Acquire),
+                "agent streams still open at shutdown"
+            );
+        }
     }
 
     /// Unregisters a stream that ended (if it is still the agent's current one).

@@ -1,6 +1,6 @@
 //! `berth-control-plane`: parses config, sets up logging, runs the node until SIGINT/SIGTERM.
 
-// Prints the admin key and CA fingerprint to the operator at first start.
+// Tells the operator where the first admin key is, and the CA fingerprint.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::net::SocketAddr;
@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use berth_control_plane::node::{self, MasterKeySource, NodeConfig};
 use clap::Parser;
-use secrecy::ExposeSecret as _;
 
 /// The berth control plane: secrets, environments, applications and deployments.
 #[derive(Parser, Debug)]
@@ -43,6 +42,8 @@ struct Args {
     /// After a restart, seconds to wait for agents to report unfinished deployments.
     #[arg(long, env = "BERTH_RECONCILE_TIMEOUT", default_value_t = 120)]
     reconcile_timeout: u64,
+    #[command(flatten)]
+    registry: node::RegistrySecretArgs,
 }
 
 #[tokio::main]
@@ -54,23 +55,24 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let mut fleet = fleet_config(args.agent_cert_ttl, args.reconcile_timeout);
+    fleet.registry_secret = args.registry.load()?;
     let config = NodeConfig {
         data_dir: args.data_dir,
         grpc_listen: args.listen,
         server_names: args.server_name,
         master_key: MasterKeySource::from_vars(|k| std::env::var(k).ok()),
-        write_admin_token_file: false,
         webhook_public_url: args.webhook_public_url,
         agent_listen: args.agent_listen,
         agent_endpoint: args.agent_endpoint,
-        fleet: fleet_config(args.agent_cert_ttl, args.reconcile_timeout),
+        fleet,
     };
     let node = node::start(config).await?;
-    if let Some(key) = &node.initial_admin_key {
-        // Shown exactly once, on stdout, like `vault operator init`; never logged.
+    if let (Some(_), Some(path)) = (&node.initial_admin_key, &node.admin_token_file) {
+        // Only where it is: the output of a service is kept in its journal.
         println!(
-            "Initial admin API key (shown once, store it now):\n\n    {}\n",
-            key.expose_secret()
+            "Initial admin API key written to {} (mode 0600): store it safely, then delete the file\n",
+            path.display()
         );
     }
     println!("CA fingerprint: {}", node.ca_fingerprint);

@@ -1,5 +1,9 @@
 //! A running control plane: opens the store, loads the master key and the PKI, bootstraps
 //! the first admin key, and serves the admin gRPC API over TLS (with health and reflection).
+//!
+//! At stop, the order is: refuse new agent streams and end the live ones, let both servers
+//! drain, wait for every stream handler to record its disconnect, stop the background tasks,
+//! and only then close the store. Connected agents never hold the stop up.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,11 +22,12 @@ use tonic::transport::Certificate;
 
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
+use crate::fleet::webhook::RegistrySecret;
 use crate::fleet::{Fleet, FleetConfig};
 use crate::grpc::{
     AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi, WebhookApi,
 };
-use crate::pki::{write_private, Pki};
+use crate::pki::{write_new_private, write_private, Pki};
 use crate::service::applications::WEBHOOK_URL_SETTING;
 use crate::service::Service;
 use crate::store::Store;
@@ -31,9 +36,11 @@ pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7443";
 pub const DEFAULT_AGENT_ADDR: &str = "127.0.0.1:7444";
 /// Streams silent for this long are dropped (agents heartbeat every 10 s).
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
+/// At stop, how long agent stream handlers get to record their disconnect.
+const STREAM_DRAIN: Duration = Duration::from_secs(10);
 const DATABASE_FILE: &str = "berth.db";
 const MASTER_KEY_FILE: &str = "master.key";
-/// Where the all-in-one node leaves the first admin key (mode 0600).
+/// Where a node leaves its first admin key (mode 0600), never printed or logged.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 /// Where the master key comes from, in priority order.
@@ -60,6 +67,65 @@ impl MasterKeySource {
     }
 }
 
+/// The registry notification secret as `berth-control-plane` and `berth dev` take it.
+/// Unset: every registry notification is refused. Set: it must be at least
+/// [`RegistrySecret::MIN_CHARS`] characters, from whichever source, or the node refuses to
+/// start.
+#[derive(clap::Args, Default)]
+pub struct RegistrySecretArgs {
+    /// Enables registry notifications (POST /webhook/registry on the shim): the secret
+    /// registries send as `Authorization: Bearer <secret>`, at least 16 characters. Command
+    /// lines are visible to other users of this machine: prefer the environment variable or
+    /// --registry-secret-file.
+    #[arg(long, env = "BERTH_REGISTRY_NOTIFY_SECRET", hide_env_values = true)]
+    pub registry_secret: Option<String>,
+    /// File holding the registry notification secret (surrounding whitespace is ignored).
+    #[arg(
+        long,
+        env = "BERTH_REGISTRY_NOTIFY_SECRET_FILE",
+        value_name = "PATH",
+        conflicts_with = "registry_secret"
+    )]
+    pub registry_secret_file: Option<PathBuf>,
+}
+
+impl RegistrySecretArgs {
+    /// The configured secret; an error names the source of an empty, short or unreadable one.
+    pub fn load(&self) -> anyhow::Result<Option<RegistrySecret>> {
+        let (secret, source) = match (&self.registry_secret, &self.registry_secret_file) {
+            (Some(value), _) => (
+                SecretString::from(value.clone()),
+                "--registry-secret (BERTH_REGISTRY_NOTIFY_SECRET)".to_string(),
+            ),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot read the registry secret file {}: {e}",
+                        path.display()
+                    )
+                })?;
+                (SecretString::from(text), format!("{}", path.display()))
+            }
+            (None, None) => return Ok(None),
+        };
+        RegistrySecret::new(&secret)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{source}: {e}"))
+    }
+}
+
+impl std::fmt::Debug for RegistrySecretArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrySecretArgs")
+            .field(
+                "registry_secret",
+                &self.registry_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("registry_secret_file", &self.registry_secret_file)
+            .finish()
+    }
+}
+
 pub struct NodeConfig {
     /// SQLite file, PKI, and (by default) the master key live here.
     pub data_dir: PathBuf,
@@ -68,8 +134,6 @@ pub struct NodeConfig {
     /// Names and addresses the server certificate is valid for.
     pub server_names: Vec<String>,
     pub master_key: MasterKeySource,
-    /// All-in-one mode: write the first admin key to `<data-dir>/admin.token` (0600).
-    pub write_admin_token_file: bool,
     /// Public base URL of the webhook shim, shown in `berth app show`.
     pub webhook_public_url: Option<String>,
     /// Agent API (mTLS). Port 0 picks a free port.
@@ -87,7 +151,6 @@ impl NodeConfig {
             grpc_listen: DEFAULT_GRPC_ADDR.parse().expect("valid default"),
             server_names: vec!["localhost".to_string(), "127.0.0.1".to_string()],
             master_key: MasterKeySource::DataDir,
-            write_admin_token_file: false,
             webhook_public_url: None,
             agent_listen: DEFAULT_AGENT_ADDR.parse().expect("valid default"),
             agent_endpoint: None,
@@ -103,9 +166,9 @@ pub struct Node {
     pub fleet: Fleet,
     pub ca_cert_path: PathBuf,
     pub ca_fingerprint: String,
-    /// The first admin key, on the very first start only.
+    /// The first admin key, on the very first start only (also in [`Node::admin_token_file`]).
     pub initial_admin_key: Option<SecretString>,
-    /// Where the first admin key was written, in all-in-one mode.
+    /// Where the first admin key was written (`<data-dir>/admin.token`), while it is there.
     pub admin_token_file: Option<PathBuf>,
     pub service: Service,
     listener: TcpListener,
@@ -136,22 +199,18 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
         }
     }
 
-    let mut admin_token_file = None;
+    // The first admin key goes to a private file, never to the output: a service's output
+    // ends up in a journal that more people read than the data directory.
+    let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
     let initial_admin_key = match service.bootstrap_admin_key().await? {
         Some(created) => {
-            if config.write_admin_token_file {
-                let path = config.data_dir.join(ADMIN_TOKEN_FILE);
-                write_private(&path, created.key.expose_secret())?;
-                admin_token_file = Some(path);
-            }
+            write_private(&token_path, created.key.expose_secret())?;
+            tracing::info!(path = %token_path.display(), "created the first admin api key");
             Some(created.key)
         }
-        None => {
-            let path = config.data_dir.join(ADMIN_TOKEN_FILE);
-            admin_token_file = path.exists().then_some(path);
-            None
-        }
+        None => None,
     };
+    let admin_token_file = token_path.exists().then_some(token_path);
 
     let listener = TcpListener::bind(config.grpc_listen)
         .await
@@ -238,6 +297,16 @@ impl Node {
             );
         tracing::info!(addr = %self.agent_addr, "agent api listening (mtls)");
         let agent_task = tokio::spawn(agent_server);
+        // Agent streams never end on their own: at stop they are ended here, so that the
+        // agent server can drain, and their handlers finish before the store closes.
+        let streams_closed = {
+            let fleet = self.fleet.clone();
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                stop.await;
+                fleet.close_streams(STREAM_DRAIN).await;
+            })
+        };
         let shutdown = stopped(stop_rx);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         let admin = AdminServices::new(self.service.clone());
@@ -288,6 +357,7 @@ impl Node {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
         agent_task.await??;
+        let _ = streams_closed.await;
         reaper.abort();
         let _ = auto_sync.await;
         let _ = notifier_task.await;
@@ -315,7 +385,7 @@ async fn load_master_key(config: &NodeConfig, store: &Store) -> Result<MasterKey
                 )));
             }
             let (key, text) = MasterKey::generate();
-            write_private(&path, &text)?;
+            write_new_private(&path, &text)?;
             tracing::info!(path = %path.display(), key_id = key.id(), "created master key; back it up");
             Ok(key)
         }

@@ -2,7 +2,8 @@
 //! every start after. It signs the control plane's server certificate (and, with the agents
 //! issue, agents' client certificates).
 //!
-//! Architecture invariant: private keys are written 0600 and never leave this module's files.
+//! Architecture invariant: private keys are written 0600 and never leave this module's files;
+//! an existing key file is never replaced by a new CA (half a CA refuses to start).
 
 use std::path::{Path, PathBuf};
 
@@ -85,20 +86,39 @@ impl Pki {
         std::fs::create_dir_all(paths.ca_cert.parent().expect("pki dir has a parent"))
             .map_err(io("create pki dir"))?;
 
-        let (ca_key, ca_cert_pem) = if paths.ca_key.exists() && paths.ca_cert.exists() {
-            let key = KeyPair::from_pem(&read(&paths.ca_key)?).map_err(pki_err("read ca key"))?;
-            (key, read(&paths.ca_cert)?)
-        } else {
-            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-                .map_err(pki_err("generate ca key"))?;
-            let mut params = ca_params();
-            let now = OffsetDateTime::now_utc();
-            params.not_before = now - Duration::hours(1);
-            params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
-            let cert = params.self_signed(&key).map_err(pki_err("create ca"))?;
-            write_private(&paths.ca_key, &key.serialize_pem())?;
-            write_public(&paths.ca_cert, &cert.pem())?;
-            (key, cert.pem())
+        let (ca_key, ca_cert_pem) = match (paths.ca_key.exists(), paths.ca_cert.exists()) {
+            (true, true) => {
+                let key =
+                    KeyPair::from_pem(&read(&paths.ca_key)?).map_err(pki_err("read ca key"))?;
+                (key, read(&paths.ca_cert)?)
+            }
+            // Half a CA is damage, not a first start: a new CA would replace the key every
+            // agent certificate chains to, and the whole fleet would have to re-enroll.
+            (true, false) | (false, true) => {
+                let (present, missing) = if paths.ca_key.exists() {
+                    (&paths.ca_key, &paths.ca_cert)
+                } else {
+                    (&paths.ca_cert, &paths.ca_key)
+                };
+                return Err(Error::FailedPrecondition(format!(
+                    "{} exists but {} is missing: restore it from a backup (or remove both to \
+                     create a new CA, after which every agent must enroll again)",
+                    present.display(),
+                    missing.display()
+                )));
+            }
+            (false, false) => {
+                let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                    .map_err(pki_err("generate ca key"))?;
+                let mut params = ca_params();
+                let now = OffsetDateTime::now_utc();
+                params.not_before = now - Duration::hours(1);
+                params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
+                let cert = params.self_signed(&key).map_err(pki_err("create ca"))?;
+                write_new_private(&paths.ca_key, &key.serialize_pem())?;
+                write_public(&paths.ca_cert, &cert.pem())?;
+                (key, cert.pem())
+            }
         };
         let ca_signer = ca_params()
             .self_signed(&ca_key)
@@ -195,6 +215,32 @@ pub fn write_private(path: &Path, contents: &str) -> Result<()> {
     file.sync_all().map_err(io("sync private file"))
 }
 
+/// Writes a new private file (0600 from its creation), refusing when the path exists: a key
+/// is never replaced by accident.
+pub fn write_new_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::FailedPrecondition(format!(
+                "{} already exists; refusing to replace a key",
+                path.display()
+            ))
+        } else {
+            Error::FailedPrecondition(format!("write private file {}: {e}", path.display()))
+        }
+    })?;
+    file.write_all(contents.as_bytes())
+        .map_err(io("write private file"))?;
+    file.sync_all().map_err(io("sync private file"))
+}
+
 fn write_public(path: &Path, contents: &str) -> Result<()> {
     std::fs::write(path, contents).map_err(io("write certificate"))
 }
@@ -236,5 +282,64 @@ mod tests {
         let third = Pki::load_or_create(dir.path(), &["berth.example".to_string()]).unwrap();
         assert_eq!(first.ca_fingerprint, third.ca_fingerprint);
         assert_ne!(first.server_cert_pem, third.server_cert_pem);
+    }
+
+    /// A CA key without its certificate (or the reverse) is a damaged data directory: a new
+    /// CA would lock out every enrolled agent, so the node refuses to start and touches
+    /// neither file.
+    #[test]
+    fn half_a_ca_refuses_to_start_and_overwrites_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_string()];
+        let pki = Pki::load_or_create(dir.path(), &names).unwrap();
+        let key = std::fs::read(&pki.paths.ca_key).unwrap();
+        let cert = std::fs::read(&pki.paths.ca_cert).unwrap();
+
+        std::fs::remove_file(&pki.paths.ca_cert).unwrap();
+        let e = Pki::load_or_create(dir.path(), &names).unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::FailedPrecondition);
+        let message = e.to_string();
+        assert!(
+            message.contains("ca.key") && message.contains("ca.crt") && message.contains("missing"),
+            "{message}"
+        );
+        assert_eq!(
+            std::fs::read(&pki.paths.ca_key).unwrap(),
+            key,
+            "ca.key kept"
+        );
+        assert!(!pki.paths.ca_cert.exists());
+
+        std::fs::write(&pki.paths.ca_cert, &cert).unwrap();
+        std::fs::remove_file(&pki.paths.ca_key).unwrap();
+        let e = Pki::load_or_create(dir.path(), &names).unwrap_err();
+        assert!(e.to_string().contains("ca.key"), "{e}");
+        assert_eq!(
+            std::fs::read(&pki.paths.ca_cert).unwrap(),
+            cert,
+            "ca.crt kept"
+        );
+        assert!(!pki.paths.ca_key.exists());
+
+        // Both back: the same CA as before.
+        std::fs::write(&pki.paths.ca_key, &key).unwrap();
+        let again = Pki::load_or_create(dir.path(), &names).unwrap();
+        assert_eq!(again.ca_fingerprint, pki.ca_fingerprint);
+    }
+
+    #[test]
+    fn a_new_key_file_never_replaces_an_existing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.key");
+        write_new_private(&path, "first").unwrap();
+        let e = write_new_private(&path, "second").unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 }

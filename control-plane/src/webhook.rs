@@ -5,16 +5,18 @@
 //! own narrow API key (role `webhook`) and forwards each request to `berth.v1.WebhookService`,
 //! adding the one thing only it knows: the client IP, resolved with its trusted-proxy rules.
 //!
-//! Architecture invariant: the shim decides nothing about applications or tokens; the
-//! control plane does every check again, so calling the RPC directly skips nothing. What the
-//! shim adds is protection of the control plane: body limit, JSON-only, version syntax,
-//! the failed-auth limit per client, and timeouts.
+//! Architecture invariant: the shim decides nothing about applications, tokens or registry
+//! secrets, and holds none; the control plane does every check, so calling the RPC directly
+//! skips nothing. What the shim adds is protection of the control plane: body limit,
+//! JSON-only, version syntax, the failed-auth limit per client, and timeouts.
 //!
 //! Routes:
 //! - `POST /webhook/deploy` — the seed's body; token in the body or `Authorization: Bearer`;
 //!   `?wait=false` answers 202 at once
 //! - `GET /webhook/deployments/{id}` — the deployment's state, with the same token
-//! - `POST /webhook/registry` — Docker distribution notifications (shared secret)
+//! - `POST /webhook/registry` — Docker distribution notifications: the registry's secret
+//!   (`Authorization: Bearer`) is forwarded and checked by the control plane, which holds it
+//!   (`--registry-secret-file` of `berth-control-plane`); no header is a 401 here
 //! - `POST /deploy` — the seed's legacy route, off unless enabled
 //! - `GET /healthz`
 
@@ -63,8 +65,6 @@ pub struct ShimConfig {
     pub trusted_proxies: TrustedProxies,
     /// Serve the seed's legacy `POST /deploy`.
     pub enable_legacy_deploy: bool,
-    /// Shared secret registries send in `Authorization: Bearer`; `None` disables the route.
-    pub registry_secret: Option<SecretString>,
     /// Public base URL of this shim, for absolute status URLs; relative ones without it.
     pub public_url: Option<String>,
     /// How long `POST /webhook/deploy` waits for the deployment before answering 202.
@@ -85,7 +85,6 @@ impl ShimConfig {
             api_key,
             trusted_proxies: TrustedProxies::default(),
             enable_legacy_deploy: false,
-            registry_secret: None,
             public_url: None,
             wait_timeout: Duration::from_secs(30),
             failed_auth_per_minute: 20,
@@ -100,7 +99,6 @@ pub(crate) struct Shim {
     proxies: TrustedProxies,
     limiter: FailedAuthLimiter,
     legacy_deploy: bool,
-    registry_secret: Option<SecretString>,
     public_url: Option<String>,
     wait_timeout: Duration,
 }
@@ -124,7 +122,6 @@ pub fn router(config: ShimConfig) -> anyhow::Result<Router> {
         proxies: config.trusted_proxies,
         limiter: FailedAuthLimiter::new(config.failed_auth_per_minute),
         legacy_deploy: config.enable_legacy_deploy,
-        registry_secret: config.registry_secret,
         public_url: config.public_url,
         wait_timeout,
     });
@@ -153,9 +150,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let legacy = config.enable_legacy_deploy;
-    let registry = config.registry_secret.is_some();
     let app = router(config)?;
-    tracing::info!(addr = %listener.local_addr()?, legacy_deploy = legacy, registry_notifications = registry, "webhook shim listening");
+    tracing::info!(addr = %listener.local_addr()?, legacy_deploy = legacy, "webhook shim listening");
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

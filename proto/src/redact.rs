@@ -145,6 +145,11 @@ redacted_debug!(WebhookStatusRequest {
     hide: [token],
     hide_opt: []
 });
+redacted_debug!(RegistryPushRequest {
+    show: [events, client_ip],
+    hide: [secret],
+    hide_opt: []
+});
 
 /// The resolved environment travels here: names are shown, values never.
 impl fmt::Debug for DeployCommand {
@@ -367,11 +372,21 @@ mod tests {
                 }
             ),
         );
+        assert_hidden(
+            "RegistryPushRequest",
+            format!(
+                "{:?}",
+                RegistryPushRequest {
+                    secret: s(),
+                    ..Default::default()
+                }
+            ),
+        );
     }
 
     #[test]
     fn every_redacted_message_is_tested() {
         // A message added to the list without a line in the test above is caught here.
-        assert_eq!(REDACTED_MESSAGES.len(), 18);
+        assert_eq!(REDACTED_MESSAGES.len(), 19);
     }
 }

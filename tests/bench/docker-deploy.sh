@@ -73,7 +73,7 @@ echo "deploy of a pre-pulled image, median of $ROUNDS: berth deploy ${B} ms, doc
 TOKEN_OUT=$("$BIN/berth" -o json agent token create idle-agent)
 TOKEN=$(echo "$TOKEN_OUT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 FP=$(echo "$TOKEN_OUT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ca_fingerprint"])')
-"$BIN/berth-agent" --control-plane "$BERTH_ADDR" --enroll-token "$TOKEN" --ca-fingerprint "$FP" \
+BERTH_ENROLL_TOKEN="$TOKEN" "$BIN/berth-agent" --control-plane "$BERTH_ADDR" --ca-fingerprint "$FP" \
   --data-dir "$WORK/idle-agent" >"$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
 PIDS+=($AGENT_PID)

@@ -85,24 +85,29 @@ fn start_control_plane(
         .spawn()
         .expect("start berth-control-plane (build with cargo build --release --bins)");
     let stdout = child.stdout.take().unwrap();
-    let key = std::thread::spawn(move || {
+    // A first start writes the admin key to <data>/admin.token and says so (never the key).
+    let created = std::thread::spawn(move || {
         use std::io::BufRead as _;
-        let mut key = None;
+        let mut created = false;
         for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
         {
-            if let Some(k) = line.trim().strip_prefix("bk_") {
-                key = Some(format!("bk_{k}"));
-            }
+            created |= line.starts_with("Initial admin API key written to");
             if line.starts_with("CA fingerprint") {
                 break;
             }
         }
-        key
+        created
     })
     .join()
     .unwrap();
+    let key = created.then(|| {
+        std::fs::read_to_string(data.join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_string()
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_err() {
         assert!(Instant::now() < deadline, "control plane did not start");
@@ -240,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
     let cp_dir = tmp.path().join("cp");
     let (admin_port, agent_port) = (free_port(), free_port());
     let (mut cp, key) = start_control_plane(&cp_dir, admin_port, agent_port);
-    let key = key.expect("initial admin key on stdout");
+    let key = key.expect("initial admin key in admin.token");
     let ca = cp_dir.join("pki/ca.crt");
     let channel = admin_channel(&cp.admin, &ca).await;
     let mut admin = pb::agent_admin_service_client::AgentAdminServiceClient::new(channel.clone())

@@ -395,8 +395,18 @@ fn deleting_a_referenced_secret_needs_force_and_lists_the_references() {
         "{err}"
     );
     assert!(ok(node.cli(&["secret", "list", "--group", "g"], None)).contains("DB"));
+    // Deleting the whole group is refused the same way, naming the same references.
+    let out = node.cli(&["group", "delete", "g"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("web:DATABASE_URL") && err.contains("force"),
+        "{err}"
+    );
+    assert!(ok(node.cli(&["group", "show", "g"], None)).contains("DB"));
     ok(node.cli(&["secret", "delete", "g", "DB", "--force"], None));
     assert!(!ok(node.cli(&["env", "list", "--app", "web"], None)).contains("DATABASE_URL"));
+    ok(node.cli(&["group", "delete", "g"], None));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -788,4 +798,162 @@ async fn concurrent_writes_all_succeed() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.secrets.len(), 24);
+}
+
+/// Stopping `berth dev` (SIGTERM) stops the servers and lets every agent stream record its
+/// disconnect before the store closes: no "cannot record disconnect … closed pool".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_stop_closes_the_store_last_and_logs_no_error() {
+    if !crate::fixture::docker::docker_available() {
+        return;
+    }
+    let d = dirs();
+    let mut node = DevNode::start_in(&d);
+    crate::fixture::agent::wait_connected(&node, "local").await;
+    let started = std::time::Instant::now();
+    node.stop();
+    let log = node.log();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "the stop took {:?}:\n{log}",
+        started.elapsed()
+    );
+    assert!(log.contains("control plane stopped"), "{log}");
+    for error in ["closed pool", "cannot record disconnect", "ERROR"] {
+        assert!(!log.contains(error), "{error:?} at stop:\n{log}");
+    }
+}
+
+/// The standalone control plane's first admin key goes to a 0600 file in its data directory,
+/// never to its output (a journal keeps that); the CLI reads it from a file or stdin, so it
+/// never needs to be on a command line.
+#[test]
+fn the_first_admin_key_is_written_to_a_private_file_and_read_from_a_file_or_stdin() {
+    use std::process::{Command, Stdio};
+
+    use crate::fixture::process::{bin, free_port, wait_listening, Process};
+
+    let d = dirs();
+    let port = free_port();
+    let mut command = Command::new(bin("berth-control-plane"));
+    command
+        .arg("--data-dir")
+        .arg(d.data.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--agent-listen", "127.0.0.1:0"])
+        .env_remove("BERTH_MASTER_KEY")
+        .env_remove("BERTH_MASTER_KEY_FILE")
+        .env_remove("BERTH_REGISTRY_NOTIFY_SECRET")
+        .env_remove("BERTH_REGISTRY_NOTIFY_SECRET_FILE");
+    let mut process = Process::spawn(command, d.logs.path().join("control-plane.log"));
+    wait_listening(port, "berth-control-plane");
+
+    let path = d.data.path().join("admin.token");
+    let output = process.log();
+    assert!(
+        !output.contains("bk_"),
+        "the key is in the output:\n{output}"
+    );
+    assert!(
+        output.contains(&path.display().to_string()),
+        "the output does not say where the key is:\n{output}"
+    );
+    let key = std::fs::read_to_string(&path).unwrap();
+    assert!(key.trim().starts_with("bk_"), "{key}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(bin("berth"))
+            .args(args)
+            .env("BERTH_ADDR", format!("https://127.0.0.1:{port}"))
+            .env("BERTH_CA_CERT", d.data.path().join("pki/ca.crt"))
+            .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_TOKEN_FILE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(input) = stdin {
+            std::io::Write::write_all(&mut pipe, input.as_bytes()).unwrap();
+        }
+        drop(pipe);
+        child.wait_with_output().unwrap()
+    };
+    let path_arg = path.display().to_string();
+    let listed = ok(cli(&["--token-file", &path_arg, "apikey", "list"], None));
+    assert!(listed.contains("admin"), "{listed}");
+    let listed = ok(cli(&["--token-file", "-", "apikey", "list"], Some(&key)));
+    assert!(listed.contains("admin"), "{listed}");
+    // From stdin, the key is the first line; the rest is the command's own input.
+    ok(cli(
+        &["--token-file", &path_arg, "group", "create", "g"],
+        None,
+    ));
+    ok(cli(
+        &["--token-file", "-", "secret", "set", "g", "NAME"],
+        Some(&format!("{}\nthe-value\n", key.trim())),
+    ));
+    let revealed = ok(cli(
+        &[
+            "--token-file",
+            &path_arg,
+            "secret",
+            "reveal",
+            "g",
+            "NAME",
+            "--yes",
+        ],
+        None,
+    ));
+    assert!(
+        revealed.contains("the-value") && !revealed.contains("bk_"),
+        "{revealed}"
+    );
+    // The file wins over nothing, but a token from two places is a usage error.
+    let both = cli(
+        &[
+            "--token",
+            key.trim(),
+            "--token-file",
+            &path_arg,
+            "apikey",
+            "list",
+        ],
+        None,
+    );
+    assert!(!both.status.success());
+    let wrong = d.logs.path().join("wrong.token");
+    std::fs::write(&wrong, "\n").unwrap();
+    let empty = cli(
+        &[
+            "--token-file",
+            &wrong.display().to_string(),
+            "apikey",
+            "list",
+        ],
+        None,
+    );
+    assert!(!empty.status.success());
+    assert!(stderr(&empty).contains("empty"), "{}", stderr(&empty));
+
+    // A restart does not print (or rewrite) anything about a key.
+    process.stop();
+    let before = std::fs::read_to_string(&path).unwrap();
+    let mut command = Command::new(bin("berth-control-plane"));
+    command
+        .arg("--data-dir")
+        .arg(d.data.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--agent-listen", "127.0.0.1:0"]);
+    let second = Process::spawn(command, d.logs.path().join("control-plane-2.log"));
+    wait_listening(port, "berth-control-plane");
+    assert!(!second.log().contains("bk_"), "{}", second.log());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
 }

@@ -195,3 +195,65 @@ async fn agents_renew_their_certificate_over_the_stream_without_a_restart() {
         "the superseded certificate still works"
     );
 }
+
+/// The enrollment token never has to be on `berth-agent`'s command line, which every user of
+/// the host can read: the fixture enrolls from a file, and stdin works too.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_enrolls_with_its_token_from_a_file_or_stdin() {
+    use std::process::{Command, Stdio};
+
+    use crate::fixture::process::bin;
+
+    if !docker_available() {
+        return;
+    }
+    let d = dirs();
+    let node = DevNode::start_with_agent_port(&d);
+    let from_file = unique("file");
+    let _agent = AgentProcess::start(&node, &from_file, &[], d.logs.path()).await;
+    wait_connected(&node, &from_file).await;
+
+    let from_stdin = unique("stdin");
+    let created = AgentAdminServiceClient::new(node.channel().await)
+        .create_enrollment_token(authed(
+            pb::CreateEnrollmentTokenRequest {
+                agent_name: from_stdin.clone(),
+                labels: Default::default(),
+                ttl_seconds: 600,
+            },
+            &node.admin_token(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let data = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(d.logs.path().join("agent-stdin.log")).unwrap();
+    let mut child = Command::new(bin("berth-agent"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--control-plane", &node.addr])
+        .args(["--ca-fingerprint", &created.ca_fingerprint])
+        .args(["--enroll-token-file", "-"])
+        .env_remove("BERTH_ENROLL_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, format!("{}\n", created.token).as_bytes()).unwrap();
+    drop(stdin);
+    wait_connected(&node, &from_stdin).await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let help = Command::new(bin("berth-agent"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--enroll-token-file") && help.contains("visible to other users"),
+        "{help}"
+    );
+}

@@ -18,7 +18,8 @@ use crate::fixture::admin::{
 use crate::fixture::agent::wait_connected;
 use crate::fixture::docker::{build_test_images, docker_available, remove_app_containers};
 use crate::fixture::http::{get, post, request, Response};
-use crate::fixture::node::{dirs, start_with_webhook};
+use crate::fixture::node::{dirs, start_with_webhook, start_with_webhook_env};
+use crate::fixture::process::{bin, Process};
 use crate::fixture::registry::Registry;
 use crate::fixture::repo_root;
 use crate::fixture::shim::StandaloneShim;
@@ -773,17 +774,17 @@ async fn a_registry_push_deploys_the_auto_deploy_application_and_leaves_the_othe
     }
     build_test_images();
     let d = dirs();
-    let (node, _) = start_with_webhook(d.data.path(), d.logs.path(), true);
-    wait_connected(&node, "local").await;
-    let secret = format!("notify-{}", std::process::id());
-    let key = create_api_key(&node, "registry-shim", "webhook").await;
-    let shim = StandaloneShim::start(
-        &node,
-        &key,
-        &[],
-        &[("BERTH_REGISTRY_NOTIFY_SECRET", &secret)],
+    // The control plane holds the secret and checks it; the shim only forwards it.
+    let secret = format!("registry-notify-secret-{}", std::process::id());
+    let (node, _) = start_with_webhook_env(
+        d.data.path(),
         d.logs.path(),
+        true,
+        &[("BERTH_REGISTRY_NOTIFY_SECRET", &secret)],
     );
+    wait_connected(&node, "local").await;
+    let key = create_api_key(&node, "registry-shim", "webhook").await;
+    let shim = StandaloneShim::start(&node, &key, &[], &[], d.logs.path());
 
     // The wrong secret is refused.
     let envelope = json!({"events": [{"action": "push", "target": {"repository": "web", "tag": "v9"}, "request": {"host": "x"}}]});
@@ -795,6 +796,19 @@ async fn a_registry_push_deploys_the_auto_deploy_application_and_leaves_the_othe
         post(shim.port, "/webhook/registry", &envelope, None).status,
         401
     );
+    // Called directly with the shim's key, the RPC asks for the same secret.
+    let mut rpc = WebhookServiceClient::new(node.channel().await);
+    let direct = pb::RegistryPushRequest {
+        events: vec![pb::RegistryPushEvent {
+            host: "127.0.0.1:1".into(),
+            repository: "web".into(),
+            tag: "v9".into(),
+        }],
+        client_ip: "192.0.2.1".into(),
+        secret: String::new(),
+    };
+    let refused = rpc.registry_push(authed(direct, &key)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
     // A second registry that notifies the shim.
     let reg2 = Registry::start_notifying(
@@ -857,5 +871,88 @@ async fn a_registry_push_deploys_the_auto_deploy_application_and_leaves_the_othe
         "auto_deploy off: untouched"
     );
     assert!(!shim.log().contains(&secret));
+    assert!(!node.log().contains(&secret));
     remove_app_containers(&auto.name);
+}
+
+/// An empty, blank or short registry secret would let anyone deploy: from a flag, the
+/// environment or a file, the control plane (standalone or `berth dev`) refuses to start,
+/// before it writes anything.
+#[test]
+fn a_registry_secret_that_is_empty_blank_or_short_refuses_to_start() {
+    let d = dirs();
+    let blank_file = d.logs.path().join("blank.secret");
+    std::fs::write(&blank_file, " \n\t\n").unwrap();
+    let short_file = d.logs.path().join("short.secret");
+    std::fs::write(&short_file, "fifteen-chars-x\n").unwrap();
+    let (blank, short) = (
+        blank_file.display().to_string(),
+        short_file.display().to_string(),
+    );
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case; 7] = [
+        (&["--registry-secret", ""], &[]),
+        (&[], &[("BERTH_REGISTRY_NOTIFY_SECRET", "")]),
+        (&["--registry-secret", "   "], &[]),
+        (&[], &[("BERTH_REGISTRY_NOTIFY_SECRET", "short")]),
+        (&[], &[("BERTH_REGISTRY_NOTIFY_SECRET", "   ")]),
+        (&["--registry-secret-file", &blank], &[]),
+        (&[], &[("BERTH_REGISTRY_NOTIFY_SECRET_FILE", &short)]),
+    ];
+    for (i, (args, env)) in cases.iter().enumerate() {
+        for dev in [false, true] {
+            let data = d.data.path().join(format!("case-{i}-{dev}"));
+            let mut command = if dev {
+                let mut c = Command::new(bin("berth"));
+                c.args(["dev", "--no-agent", "--grpc-listen", "127.0.0.1:0"]);
+                c
+            } else {
+                let mut c = Command::new(bin("berth-control-plane"));
+                c.args(["--listen", "127.0.0.1:0"]);
+                c
+            };
+            command
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--agent-listen", "127.0.0.1:0"])
+                .args(*args)
+                .env_remove("BERTH_REGISTRY_NOTIFY_SECRET")
+                .env_remove("BERTH_REGISTRY_NOTIFY_SECRET_FILE");
+            for (k, v) in *env {
+                command.env(k, v);
+            }
+            let log = d.logs.path().join(format!("refused-{i}-{dev}.log"));
+            let mut process = Process::spawn(command, log);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let status = loop {
+                if let Some(status) = process.exited() {
+                    break status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "case {i} (dev: {dev}) started:\n{}",
+                    process.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let output = process.log();
+            assert!(!status.success(), "case {i} (dev: {dev}): {output}");
+            assert!(
+                output.contains("registry notification secret")
+                    && (output.contains("empty") || output.contains("at least 16")),
+                "case {i} (dev: {dev}) gives no clear error: {output}"
+            );
+            assert!(!data.exists(), "case {i} (dev: {dev}) wrote its data dir");
+        }
+    }
+
+    // The shim holds no registry secret any more: given one, it says where it went.
+    let shim = Command::new(bin("berth-webhook"))
+        .args(["--listen", "127.0.0.1:0", "--registry-secret-file", &blank])
+        .env("BERTH_WEBHOOK_API_KEY", "bk_unused")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&shim.stderr);
+    assert!(!shim.status.success(), "{said}");
+    assert!(said.contains("moved to berth-control-plane"), "{said}");
 }

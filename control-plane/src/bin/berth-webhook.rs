@@ -10,7 +10,8 @@ use berth_control_plane::webhook::{self, ShimConfig, TrustedProxies};
 use clap::Parser;
 use secrecy::SecretString;
 
-/// The berth webhook shim: CI webhooks (HTTP) in, control-plane RPCs out. Stateless.
+/// The berth webhook shim: CI webhooks (HTTP) in, control-plane RPCs out. Stateless: it
+/// holds no webhook token and no registry secret (the control plane checks both).
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -32,17 +33,6 @@ struct Args {
     /// Serve the deprecated seed route POST /deploy (registered applications only).
     #[arg(long, env = "BERTH_WEBHOOK_ENABLE_LEGACY_DEPLOY")]
     enable_legacy_deploy: bool,
-    /// Shared secret registries send as `Authorization: Bearer <secret>`; enables
-    /// POST /webhook/registry. Prefer the env var or --registry-secret-file over argv.
-    #[arg(long, env = "BERTH_REGISTRY_NOTIFY_SECRET", hide_env_values = true)]
-    registry_secret: Option<String>,
-    /// File holding the registry notification secret.
-    #[arg(
-        long,
-        env = "BERTH_REGISTRY_NOTIFY_SECRET_FILE",
-        conflicts_with = "registry_secret"
-    )]
-    registry_secret_file: Option<PathBuf>,
     /// Public base URL of this shim, for absolute status URLs.
     #[arg(long, env = "BERTH_WEBHOOK_PUBLIC_URL")]
     public_url: Option<String>,
@@ -56,6 +46,12 @@ struct Args {
         default_value_t = 20
     )]
     failed_auth_per_minute: u32,
+    /// Earlier releases checked the registry secret here; given now, it stops the start
+    /// with the reason (a shim that silently ignored it would look protected).
+    #[arg(long, hide = true, num_args = 0..=1, value_name = "IGNORED")]
+    registry_secret: Option<Option<String>>,
+    #[arg(long, hide = true, num_args = 0..=1, value_name = "IGNORED")]
+    registry_secret_file: Option<Option<String>>,
 }
 
 #[tokio::main]
@@ -67,6 +63,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.registry_secret.is_some() || args.registry_secret_file.is_some() {
+        anyhow::bail!(
+            "--registry-secret/--registry-secret-file moved to berth-control-plane: the control plane holds and checks the registry notification secret, the shim only forwards what registries send"
+        );
+    }
     let api_key = match (&args.token_file, std::env::var("BERTH_WEBHOOK_API_KEY")) {
         (Some(path), _) => read_secret(path)?,
         (None, Ok(key)) if !key.trim().is_empty() => SecretString::from(key.trim().to_string()),
@@ -79,16 +80,21 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let registry_secret = match (&args.registry_secret, &args.registry_secret_file) {
-        (Some(secret), _) if !secret.is_empty() => Some(SecretString::from(secret.clone())),
-        (_, Some(path)) => Some(read_secret(path)?),
-        _ => None,
-    };
+    for var in [
+        "BERTH_REGISTRY_NOTIFY_SECRET",
+        "BERTH_REGISTRY_NOTIFY_SECRET_FILE",
+    ] {
+        if std::env::var_os(var).is_some() {
+            tracing::warn!(
+                var,
+                "ignored: the control plane checks registry notifications; set it on berth-control-plane"
+            );
+        }
+    }
     let mut config = ShimConfig::new(args.control_plane, ca_cert_pem, api_key);
     config.trusted_proxies =
         TrustedProxies::parse(&args.trusted_proxy).map_err(anyhow::Error::msg)?;
     config.enable_legacy_deploy = args.enable_legacy_deploy;
-    config.registry_secret = registry_secret;
     config.public_url = args.public_url;
     config.wait_timeout = Duration::from_secs(args.wait_timeout);
     config.failed_auth_per_minute = args.failed_auth_per_minute;

@@ -6,6 +6,12 @@
 //! behind it authenticates with one application's token, compared as a digest in constant
 //! time. A token only ever deploys its own application, and only the version is chosen by
 //! the caller: image, ports and environment are the registered application's.
+//!
+//! Registry notifications authenticate the same way: the shim forwards the secret the
+//! registry presented, and the control plane compares it with its own
+//! [`RegistrySecret`] (configured on the control plane, off by default, at least
+//! [`RegistrySecret::MIN_CHARS`] characters). The shim holds no registry secret, so a
+//! webhook-role key calling `RegistryPush` directly needs the same secret as the HTTP route.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -35,6 +41,60 @@ pub const MAX_WAIT: Duration = Duration::from_secs(50);
 pub const MAX_REGISTRY_EVENTS: usize = 100;
 /// Characters of a refused token that may reach the log: "whk_" and four more.
 const LOGGED_TOKEN_CHARS: usize = 8;
+
+/// `POST /webhook/registry` while the control plane has no registry secret.
+pub const REGISTRY_NOT_ENABLED: &str = "registry notifications are not enabled: start the control plane with --registry-secret-file (BERTH_REGISTRY_NOTIFY_SECRET_FILE)";
+pub const INVALID_REGISTRY_SECRET: &str = "Invalid registry notification secret";
+
+/// The shared secret registries present as `Authorization: Bearer <secret>`. Held
+/// as a digest only; compared in constant time; never printed.
+#[derive(Clone)]
+pub struct RegistrySecret {
+    digest: String,
+}
+
+impl RegistrySecret {
+    /// Shortest secret accepted: an empty or guessable one would open the route to anyone.
+    pub const MIN_CHARS: usize = 16;
+
+    /// The secret as configured (surrounding whitespace, such as a file's final newline, is
+    /// not part of it). Refuses an empty, whitespace-only or short secret, and characters a
+    /// registry cannot send in a header.
+    pub fn new(secret: &SecretString) -> Result<Self> {
+        let text = secret.expose_secret().trim();
+        if text.is_empty() {
+            return Err(Error::invalid(
+                "the registry notification secret is empty; it would let anyone deploy: set one of at least 16 characters (e.g. openssl rand -hex 32)",
+            ));
+        }
+        if !text.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(Error::invalid(
+                "the registry notification secret must be printable ASCII without spaces (it travels in an Authorization header)",
+            ));
+        }
+        if text.len() < Self::MIN_CHARS {
+            return Err(Error::invalid(format!(
+                "the registry notification secret is {} characters long; at least {} are required (e.g. openssl rand -hex 32)",
+                text.len(),
+                Self::MIN_CHARS
+            )));
+        }
+        Ok(RegistrySecret {
+            digest: crate::crypto::token_digest(text),
+        })
+    }
+
+    /// Whether a registry presented this secret (constant time; an empty one never matches).
+    pub fn matches(&self, presented: &SecretString) -> bool {
+        !presented.expose_secret().is_empty() && token_matches(presented, &self.digest)
+    }
+}
+
+impl std::fmt::Debug for RegistrySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistrySecret(<redacted>)")
+    }
+}
 
 /// The seed's 403 message, word for word.
 pub fn webhook_disabled(app: &str) -> String {
@@ -167,14 +227,18 @@ impl Fleet {
 
     /// deploys each pushed tag to the `auto_deploy` applications whose image is the
     /// pushed repository. Tags that are not valid versions, repositories nothing uses, and
-    /// repeats of a deployment still in progress are counted as ignored.
+    /// repeats of a deployment still in progress are counted as ignored. Nothing is read
+    /// before `secret` (what the registry presented) is checked: refused when this control
+    /// plane has no registry secret (not found) or it differs (unauthenticated, audited).
     pub async fn registry_push(
         &self,
         actor: &Actor,
+        secret: &SecretString,
         pushes: &[RegistryPush],
         client_ip: IpAddr,
     ) -> Result<RegistryOutcome> {
         actor.require(Permission::WebhookDeploy)?;
+        self.check_registry_secret(secret, client_ip).await?;
         // A registry may deliver the same push in several notifications at once: the check
         // "already deploying this tag" and the start of the deployment must not interleave.
         static REGISTRY_PUSHES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -303,6 +367,28 @@ impl Fleet {
         Err(Error::Unauthenticated(INVALID_TOKEN.to_string()))
     }
 
+    /// The registry notification secret, checked like a webhook token: a refusal is logged
+    /// and audited with the client IP, never with what was presented.
+    async fn check_registry_secret(&self, secret: &SecretString, client_ip: IpAddr) -> Result<()> {
+        let Some(expected) = &self.inner.config.registry_secret else {
+            return Err(Error::not_found(REGISTRY_NOT_ENABLED));
+        };
+        if expected.matches(secret) {
+            return Ok(());
+        }
+        tracing::warn!(%client_ip, "registry notification secret refused");
+        self.service()
+            .store()
+            .audit(
+                &format!("registry:{client_ip}"),
+                "registry.secret_refused",
+                "registry",
+                Some(&format!("client {client_ip}")),
+            )
+            .await?;
+        Err(Error::Unauthenticated(INVALID_REGISTRY_SECRET.to_string()))
+    }
+
     /// Whether the application's latest deployment is this version and still in progress
     /// (a registry re-sending the same notification).
     async fn deploying(&self, app_id: i64, version: &str) -> Result<bool> {
@@ -345,13 +431,20 @@ mod tests {
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 7));
 
+    const REGISTRY_SECRET: &str = "0123456789abcdef-registry";
+
     async fn fleet() -> (Fleet, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(dir.path(), &["localhost".to_string()]).unwrap();
-        (
-            Fleet::new(service().await, Arc::new(pki), FleetConfig::default()),
-            dir,
-        )
+        let config = FleetConfig {
+            registry_secret: Some(RegistrySecret::new(&secret(REGISTRY_SECRET)).unwrap()),
+            ..FleetConfig::default()
+        };
+        (Fleet::new(service().await, Arc::new(pki), config), dir)
+    }
+
+    fn secret(text: &str) -> SecretString {
+        SecretString::from(text.to_string())
     }
 
     fn shim() -> Actor {
@@ -553,6 +646,7 @@ mod tests {
         let outcome = fleet
             .registry_push(
                 &shim(),
+                &secret(REGISTRY_SECRET),
                 &[
                     push("web", "v7"),
                     push("web", "v7"),
@@ -582,6 +676,88 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_registry_push_needs_the_control_planes_own_secret() {
+        let (fleet, _dir) = fleet().await;
+        let svc = fleet.service().clone();
+        let mut auto = new_app("auto");
+        auto.image = "127.0.0.1:5000/web".into();
+        auto.auto_deploy = true;
+        let app = svc.create_application(&admin(), auto).await.unwrap();
+        let push = [RegistryPush {
+            host: "127.0.0.1:5000".into(),
+            repository: "web".into(),
+            tag: "v7".into(),
+        }];
+        for presented in ["", "wrong-but-long-enough-secret", &REGISTRY_SECRET[..16]] {
+            let e = fleet
+                .registry_push(&shim(), &secret(presented), &push, IP)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (e.code(), e.to_string()),
+                (ErrorCode::Unauthenticated, INVALID_REGISTRY_SECRET.into()),
+                "{presented:?}"
+            );
+        }
+        let audit = svc.store().list_audit(10).await.unwrap();
+        let refusals: Vec<_> = audit
+            .iter()
+            .filter(|e| e.action == "registry.secret_refused")
+            .collect();
+        assert_eq!(refusals.len(), 3);
+        assert_eq!(refusals[0].actor, format!("registry:{IP}"));
+        assert!(!format!("{audit:?}").contains("wrong-but-long"));
+
+        // A control plane without a secret refuses every notification, an empty one too.
+        let (unconfigured, _dir2) = {
+            let dir = tempfile::tempdir().unwrap();
+            let pki = Pki::load_or_create(dir.path(), &["localhost".to_string()]).unwrap();
+            let fleet = Fleet::new(svc.clone(), Arc::new(pki), FleetConfig::default());
+            (fleet, dir)
+        };
+        for presented in ["", REGISTRY_SECRET] {
+            let e = unconfigured
+                .registry_push(&shim(), &secret(presented), &push, IP)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), ErrorCode::NotFound, "{presented:?}");
+        }
+        assert!(svc
+            .store()
+            .recent_deployments(app.application.id, 10)
+            .await
+            .unwrap()
+            .is_empty());
+
+        // The right secret (whitespace around it is not part of it) deploys.
+        let outcome = fleet
+            .registry_push(&shim(), &secret(REGISTRY_SECRET), &push, IP)
+            .await
+            .unwrap();
+        assert_eq!(outcome.started.len(), 1);
+    }
+
+    #[test]
+    fn an_empty_blank_or_short_registry_secret_is_refused() {
+        for bad in [
+            "",
+            "   ",
+            "\n\t \n",
+            "short-secret",
+            "fifteen-chars-x",
+            "has a space in it ok",
+        ] {
+            let e = RegistrySecret::new(&secret(bad)).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidArgument, "{bad:?}");
+        }
+        let padded = RegistrySecret::new(&secret(&format!("  {REGISTRY_SECRET}\n"))).unwrap();
+        assert!(padded.matches(&secret(REGISTRY_SECRET)));
+        assert!(!padded.matches(&secret("")));
+        assert!(!format!("{padded:?}").contains(REGISTRY_SECRET));
+        assert!(RegistrySecret::new(&secret("sixteen-chars-xx")).is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use berth_proto::v1 as pb;
 use secrecy::SecretString;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -101,14 +101,23 @@ impl pb::agent_service_server::AgentService for AgentApi {
                 ))
             }
         };
-        let mut session = self
-            .fleet
-            .open_session(&agent, &hello)
-            .await
-            .map_err(status)?;
-        let (tx, rx) = mpsc::channel::<Result<pb::ControlMessage, Status>>(64);
+        // The session is opened, served and closed in one task of its own: this handler's
+        // future is dropped when the client goes away before it answers, and a session
+        // registered by a dropped future would never be closed (a ghost stream, no
+        // disconnect recorded).
+        let (opened_tx, opened) = oneshot::channel();
         let fleet = self.fleet.clone();
         tokio::spawn(async move {
+            let mut session = match fleet.open_session(&agent, &hello).await {
+                Ok(session) => session,
+                Err(e) => {
+                    let _ = opened_tx.send(Err(status(e)));
+                    return;
+                }
+            };
+            let (tx, rx) = mpsc::channel::<Result<pb::ControlMessage, Status>>(64);
+            // A client already gone is seen below: its inbound stream ends.
+            let _ = opened_tx.send(Ok(rx));
             loop {
                 tokio::select! {
                     outbound = session.outbound.recv() => match outbound {
@@ -117,7 +126,12 @@ impl pb::agent_service_server::AgentService for AgentApi {
                     },
                     reason = &mut session.killed => {
                         let reason = reason.unwrap_or("stream closed by the control plane");
-                        let _ = tx.send(Err(Status::permission_denied(reason))).await;
+                        let end = if reason == crate::fleet::SHUTTING_DOWN {
+                            Status::unavailable(reason)
+                        } else {
+                            Status::permission_denied(reason)
+                        };
+                        let _ = tx.send(Err(end)).await;
                         break;
                     }
                     inbound = inbound.message() => match inbound {
@@ -133,7 +147,12 @@ impl pb::agent_service_server::AgentService for AgentApi {
                 }
             }
             fleet.close_session(&agent.name, session.id).await;
+            // Only now may the node close the store (the session counts as open until here).
+            drop(session);
         });
+        let rx = opened
+            .await
+            .map_err(|_| Status::internal("the agent session ended before it opened"))??;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

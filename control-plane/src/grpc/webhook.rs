@@ -135,7 +135,7 @@ impl pb::webhook_service_server::WebhookService for WebhookApi {
             .collect();
         let outcome = self
             .fleet
-            .registry_push(&actor, &pushes, ip)
+            .registry_push(&actor, &SecretString::from(r.secret), &pushes, ip)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RegistryPushResponse {

@@ -19,6 +19,11 @@ use crate::model::{DeploymentLog, DeploymentStatus, Target, TargetStatus};
 use crate::service::applications::ApplicationSpec;
 use crate::service::Actor;
 
+mod deploy_records;
+mod enrollment;
+mod registry_push;
+mod shutdown;
+
 const MUST_HAPPEN: Duration = Duration::from_secs(20);
 
 struct Cluster {
@@ -27,6 +32,9 @@ struct Cluster {
     ca_fingerprint: String,
     fleet: Fleet,
     agents: HashMap<String, RunningAgent>,
+    /// Stops the node (as SIGTERM does); `serving` ends once it has stopped.
+    stop: Option<oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 struct RunningAgent {
@@ -38,6 +46,11 @@ struct RunningAgent {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A cluster whose node configuration `configure` adjusts first.
+    async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -51,16 +64,43 @@ impl Cluster {
             result_timeout: MUST_HAPPEN,
             reconcile_timeout: MUST_HAPPEN,
         };
+        configure(&mut config);
         let node = start(config).await.unwrap();
-        let cluster = Cluster {
+        let (stop, stopped) = oneshot::channel::<()>();
+        Cluster {
             admin_url: format!("https://{}", node.grpc_addr),
             ca_fingerprint: node.ca_fingerprint.clone(),
             fleet: node.fleet.clone(),
             dir,
             agents: HashMap::new(),
-        };
-        tokio::spawn(node.serve(std::future::pending()));
-        cluster
+            stop: Some(stop),
+            serving: Some(tokio::spawn(node.serve(async {
+                let _ = stopped.await;
+            }))),
+        }
+    }
+
+    /// Stops the node as SIGTERM does (agents keep running) and waits until `serve` returns.
+    async fn stop_node(&mut self) -> anyhow::Result<()> {
+        let _ = self.stop.take().expect("node running").send(());
+        let serving = self.serving.take().expect("node running");
+        tokio::time::timeout(MUST_HAPPEN, serving)
+            .await
+            .expect("the node stops in time")
+            .expect("serve does not panic")
+    }
+
+    /// A TLS channel to the admin port, verifying the node's CA.
+    async fn admin_channel(&self) -> tonic::transport::Channel {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.fleet.ca_pem()));
+        tonic::transport::Channel::from_shared(self.admin_url.clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     /// Enrolls `name` (labels `role=web`) and starts it with `executor`.

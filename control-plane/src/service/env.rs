@@ -531,6 +531,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_referenced_group_cannot_be_deleted_without_force() {
+        let svc = service().await;
+        app(&svc, "myapp").await;
+        svc.create_group(&admin(), "g", None).await.unwrap();
+        svc.set_secret(&admin(), "g", "DB", &s("v"), None)
+            .await
+            .unwrap();
+        svc.set_env(
+            &admin(),
+            Some("myapp"),
+            "DATABASE",
+            SetEnvValue::Secret("g/DB".into()),
+            None,
+        )
+        .await
+        .unwrap();
+        svc.set_env(&admin(), None, "ALL", SetEnvValue::Group("g".into()), None)
+            .await
+            .unwrap();
+
+        let err = svc.delete_group(&admin(), "g", false).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::FailedPrecondition);
+        let message = err.to_string();
+        assert!(
+            message.contains("myapp:DATABASE") && message.contains("(global):ALL"),
+            "{message}"
+        );
+        // Nothing went: the group, its secret and both variables are all there.
+        assert!(svc.store().secret("g", "DB").await.is_ok());
+        assert_eq!(
+            svc.list_env(&admin(), Some("myapp")).await.unwrap().len(),
+            1
+        );
+        assert_eq!(svc.list_env(&admin(), None).await.unwrap().len(), 1);
+
+        let removed = svc.delete_group(&admin(), "g", true).await.unwrap();
+        assert_eq!(removed, ["(global):ALL", "myapp:DATABASE"]);
+        assert_eq!(
+            svc.store().group("g").await.unwrap_err().code(),
+            ErrorCode::NotFound
+        );
+        assert!(svc.list_env(&admin(), None).await.unwrap().is_empty());
+        let audit = svc.store().list_audit(5).await.unwrap();
+        let deleted = audit.iter().find(|e| e.action == "group.delete").unwrap();
+        assert!(
+            deleted
+                .details
+                .as_deref()
+                .unwrap_or("")
+                .contains("myapp:DATABASE"),
+            "{deleted:?}"
+        );
+
+        // An unreferenced group needs no force.
+        svc.create_group(&admin(), "lonely", None).await.unwrap();
+        svc.set_secret(&admin(), "lonely", "X", &s("v"), None)
+            .await
+            .unwrap();
+        assert!(svc
+            .delete_group(&admin(), "lonely", false)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
     async fn two_global_rows_with_one_key_are_impossible() {
         let svc = service().await;
         svc.set_env(&admin(), None, "A", SetEnvValue::Plain("1".into()), None)

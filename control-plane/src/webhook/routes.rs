@@ -17,8 +17,6 @@ use axum::response::{IntoResponse as _, Response};
 use berth_proto::v1 as pb;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{json, Value};
-use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq as _;
 
 use super::reply::Reply;
 use super::request::{self, application, bearer, json_object, require_json, string_field};
@@ -110,44 +108,34 @@ pub(super) async fn registry(
 ) -> Reply {
     let ip = shim.proxies.client_ip(peer.ip(), &headers);
     let outcome = async {
-        let Some(secret) = &shim.registry_secret else {
-            return Err(Reply::error(
-                StatusCode::NOT_FOUND,
-                "registry notifications are not enabled on this shim (set --registry-secret)",
-            ));
-        };
-        shim.limiter
-            .acquire(ip, Instant::now())
-            .map_err(Reply::too_many_attempts)?;
-        let presented = bearer(&headers).unwrap_or_else(|| SecretString::from(String::new()));
-        if !same_secret(&presented, secret) {
+        // The control plane checks the secret (the shim holds none); without one there is
+        // nothing to check, and the attempt counts against the client.
+        let Some(secret) = bearer(&headers) else {
+            shim.limiter
+                .acquire(ip, Instant::now())
+                .map_err(Reply::too_many_attempts)?;
             return Err(Reply::error(
                 StatusCode::UNAUTHORIZED,
-                "Invalid registry notification secret",
+                "missing registry notification secret: send Authorization: Bearer <secret>",
             ));
-        }
-        shim.limiter.refund(ip, Instant::now());
+        };
         require_json(&headers)?;
         let body = json_object(body)?;
         let (events, mut ignored) = push_events(&body)?;
-        let mut started = Vec::new();
-        if !events.is_empty() {
-            let mut call = tonic::Request::new(pb::RegistryPushRequest {
-                events,
-                client_ip: ip.to_string(),
-            });
-            shim.authorize(&mut call, Duration::from_secs(30));
-            let response = shim
-                .client
-                .clone()
-                .registry_push(call)
-                .await
-                .map_err(|s| Reply::from_status(&s))?
-                .into_inner();
-            ignored += response.ignored;
-            started = response.started;
-        }
-        let deployments: Vec<Value> = started
+        // Forwarded even without a push event, so that no answer is given before the
+        // control plane has checked the secret.
+        let mut call = tonic::Request::new(pb::RegistryPushRequest {
+            events,
+            client_ip: ip.to_string(),
+            secret: secret.expose_secret().to_string(),
+        });
+        shim.authorize(&mut call, Duration::from_secs(30));
+        let response = shim
+            .limited(ip, shim.client.clone().registry_push(call))
+            .await?;
+        ignored += response.ignored;
+        let deployments: Vec<Value> = response
+            .started
             .into_iter()
             .map(|d| {
                 let app = d.application.clone().unwrap_or_default();
@@ -376,13 +364,6 @@ fn push_events(
     Ok((pushes, ignored))
 }
 
-/// Compares digests, so neither the content nor the length of the secret leaks by timing.
-fn same_secret(presented: &SecretString, expected: &SecretString) -> bool {
-    let a = Sha256::digest(presented.expose_secret().as_bytes());
-    let b = Sha256::digest(expected.expose_secret().as_bytes());
-    a.ct_eq(&b).into()
-}
-
 fn non_empty<T: From<String>>(value: Option<String>) -> Option<T> {
     value.filter(|v| !v.is_empty()).map(T::from)
 }
@@ -450,6 +431,59 @@ fn deployment_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A shim in front of a control plane that is not there: whatever it answers without
+    /// asking the control plane, it decided alone.
+    async fn lone_shim() -> SocketAddr {
+        let config = crate::webhook::ShimConfig::new(
+            "http://127.0.0.1:1",
+            None,
+            SecretString::from("bk_shim".to_string()),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(crate::webhook::serve(
+            config,
+            listener,
+            std::future::pending(),
+        ));
+        addr
+    }
+
+    async fn post_status(addr: SocketAddr, path: &str, headers: &str) -> u16 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = r#"{"events":[]}"#;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer[9..12].parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_registry_notification_without_a_secret_is_401_and_one_with_is_forwarded() {
+        let addr = lone_shim().await;
+        assert_eq!(post_status(addr, "/webhook/registry", "").await, 401);
+        assert_eq!(
+            post_status(addr, "/webhook/registry", "Authorization: Bearer \r\n").await,
+            401
+        );
+        // The shim has no secret to compare with: the control plane decides (here: 503, it
+        // cannot be reached), even for a notification without a push event.
+        assert_eq!(
+            post_status(
+                addr,
+                "/webhook/registry",
+                "Authorization: Bearer some-secret\r\n"
+            )
+            .await,
+            503
+        );
+    }
 
     #[test]
     fn only_tag_pushes_are_forwarded() {
@@ -502,13 +536,5 @@ mod tests {
         let queued = answer("queued", false);
         assert_eq!(queued.status, StatusCode::ACCEPTED);
         assert_eq!(queued.body["statusUrl"], "/webhook/deployments/d1");
-    }
-
-    #[test]
-    fn secrets_compare_by_value() {
-        let s = |v: &str| SecretString::from(v.to_string());
-        assert!(same_secret(&s("abc"), &s("abc")));
-        assert!(!same_secret(&s("abc"), &s("abd")));
-        assert!(!same_secret(&s(""), &s("abc")));
     }
 }
