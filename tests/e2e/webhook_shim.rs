@@ -862,7 +862,8 @@ async fn a_registry_push_deploys_the_auto_deploy_application_and_leaves_the_othe
         Some(format!("{server}/web:v7").as_str())
     );
     let done = wait_deployment(&node, &row.deployment_id, Duration::from_secs(120)).await;
-    assert_eq!(done.deployment.unwrap().status, "success");
+    let done = done.deployment.unwrap();
+    assert_eq!(done.status, "success", "{done:?}");
     // The pull by the agent notifies too; nothing deploys twice, the manual app never.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(deployments(&node, &auto.name).await.len(), 1);
