@@ -32,6 +32,9 @@ pub struct Secret {
     pub value_preview: String,
     pub description: Option<String>,
     pub source: String,
+    /// When a sync last wrote this row (created, updated, or back from stale). A sync that
+    /// finds the value unchanged writes nothing: the provider's `last_sync_at` says when the
+    /// group was last confirmed upstream.
     pub last_synced_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,

@@ -235,9 +235,13 @@ pub struct ExistingSecret {
     pub id: i64,
     /// Synced from this provider (otherwise manual, or from another provider).
     pub synced_here: bool,
-    /// The stored value, decrypted to compare.
-    pub value: SecretString,
-    /// Environment variables referencing it (`app:KEY`, `(global):KEY`).
+    /// Kept although it was gone upstream.
+    pub stale: bool,
+    /// The stored value, decrypted to compare: only for a secret this provider owns and
+    /// still holds (nothing else is ever compared).
+    pub value: Option<SecretString>,
+    /// Environment variables referencing it (`app:KEY`, `(global):KEY`): only looked up for
+    /// a secret this provider owns and no longer holds (nothing else needs them).
     pub references: Vec<String>,
 }
 
@@ -249,6 +253,8 @@ pub struct SyncPlan {
     /// Synced secrets gone upstream and referenced by nobody.
     pub remove: Vec<(i64, String)>,
     pub unchanged: Vec<(i64, String)>,
+    /// Of the unchanged, those that were stale: back upstream.
+    pub revived: Vec<i64>,
     /// Synced secrets gone upstream but still referenced: kept, marked stale.
     pub stale: Vec<(i64, String, Vec<String>)>,
 }
@@ -309,7 +315,13 @@ pub fn plan(
                     secret.key
                 )))
             }
-            Some(e) if e.value.expose_secret() == secret.value.expose_secret() => {
+            Some(e)
+                if e.value.as_ref().map(|v| v.expose_secret())
+                    == Some(secret.value.expose_secret()) =>
+            {
+                if e.stale {
+                    plan.revived.push(e.id);
+                }
                 plan.unchanged.push((e.id, name))
             }
             Some(e) => plan.update.push((e.id, name, secret)),
@@ -347,7 +359,8 @@ mod tests {
         ExistingSecret {
             id,
             synced_here,
-            value: SecretString::from(value.to_string()),
+            stale: false,
+            value: Some(SecretString::from(value.to_string())),
             references: references.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -452,6 +465,24 @@ mod tests {
             vec![("GONE_USED".to_string(), vec!["web:DB".to_string()])]
         );
         assert_eq!(summary.status(), "partial");
+    }
+
+    #[test]
+    fn an_unchanged_value_is_not_rewritten_and_a_stale_one_back_upstream_is_revived() {
+        let fetched = map_names(vec![fetched("BACK", "same"), fetched("SAME", "s")]).unwrap();
+        let back = ExistingSecret {
+            stale: true,
+            ..existing(1, "same", true, &[])
+        };
+        let existing = BTreeMap::from([
+            ("BACK".to_string(), back),
+            ("SAME".to_string(), existing(2, "s", true, &[])),
+        ]);
+        let plan = plan(fetched, existing).unwrap();
+        assert!(plan.create.is_empty() && plan.update.is_empty());
+        assert_eq!(plan.unchanged.len(), 2);
+        assert_eq!(plan.revived, vec![1]);
+        assert_eq!(plan.summary().status(), "success");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::{mask_value, Actor, Permission, Service};
 use crate::crypto::Aad;
 use crate::error::{Error, Result};
 use crate::provider::{self, ExistingSecret, ProviderType, SyncSummary};
-use crate::store::{ProviderRow, SyncRow, SyncWrite, SyncedSecret};
+use crate::store::{GroupSecretRow, ProviderRow, SyncRow, SyncWrite, SyncedSecret};
 use crate::validate;
 
 /// A whole sync (login, every page, every value) must finish within this.
@@ -60,6 +60,20 @@ pub struct SyncOutcome {
     pub group: String,
     pub summary: SyncSummary,
     pub dry_run: bool,
+    /// Where the time went: the provider's part apart from berth's own (the benchmark's
+    /// figures; `secret_syncs.duration_ms` keeps only the whole).
+    pub timings: SyncTimings,
+}
+
+/// The phases of one sync, in order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncTimings {
+    /// Login and every read from the provider.
+    pub fetch: Duration,
+    /// Reading and decrypting the group's secrets, the diff, encrypting what changed.
+    pub plan: Duration,
+    /// The transaction that applies the plan and records the sync (zero for a dry run).
+    pub apply: Duration,
 }
 
 impl Service {
@@ -234,7 +248,8 @@ impl Service {
         let group_id = self.store.group(&group).await?.id;
         let _running = SyncGuard::take(self, row.id, name)?;
         let started = Instant::now();
-        let planned = self.plan_sync(&row, group_id).await;
+        let mut timings = SyncTimings::default();
+        let planned = self.plan_sync(&row, group_id, &mut timings).await;
         let elapsed = |s: Instant| i64::try_from(s.elapsed().as_millis()).unwrap_or(i64::MAX);
         let (summary, write) = match planned {
             Ok(p) => p,
@@ -257,7 +272,9 @@ impl Service {
                 duration_ms: elapsed(started),
                 ..write
             };
+            let applying = Instant::now();
             self.store.apply_sync(&write).await?;
+            timings.apply = applying.elapsed();
             let details = format!(
                 "{} created, {} updated, {} removed, {} unchanged, {} stale",
                 summary.created.len(),
@@ -274,33 +291,52 @@ impl Service {
             group,
             summary,
             dry_run,
+            timings,
         })
     }
 
+    /// Fetches and plans, filling in `timings.fetch` and `timings.plan`.
     async fn plan_sync(
         &self,
         row: &ProviderRow,
         group_id: i64,
+        timings: &mut SyncTimings,
     ) -> Result<(SyncSummary, SyncWrite)> {
-        let fetched = provider::map_names(self.fetch(row).await?)?;
+        let fetching = Instant::now();
+        let fetched = self.fetch(row).await;
+        timings.fetch = fetching.elapsed();
+        let planning = Instant::now();
+        let fetched = provider::map_names(fetched?)?;
+        let rows = self.store.group_secrets(group_id).await?;
+        let synced_here =
+            |s: &GroupSecretRow| s.source == "synced" && s.provider_id == Some(row.id);
+        // Only what the plan reads: the values this provider owns and still holds (to
+        // compare), and the references of those it no longer holds (removed, or kept stale).
+        let gone: Vec<i64> = rows
+            .iter()
+            .filter(|s| synced_here(s) && !fetched.contains_key(&s.name))
+            .map(|s| s.id)
+            .collect();
+        let mut references = self.store.secret_references(&gone).await?;
         let mut existing = BTreeMap::new();
-        for s in self.store.group_secrets(group_id).await? {
-            let value = self
-                .key
-                .decrypt_string(&s.value, &Aad::secret(group_id, &s.name))?;
-            let synced_here = s.source == "synced" && s.provider_id == Some(row.id);
-            let references = if synced_here {
-                self.store.secret_references(s.id).await?
+        for s in rows {
+            let synced_here = synced_here(&s);
+            let value = if synced_here && fetched.contains_key(&s.name) {
+                Some(
+                    self.key
+                        .decrypt_string(&s.value, &Aad::secret(group_id, &s.name))?,
+                )
             } else {
-                Vec::new()
+                None
             };
             existing.insert(
                 s.name.clone(),
                 ExistingSecret {
                     id: s.id,
                     synced_here,
+                    stale: s.stale,
                     value,
-                    references,
+                    references: references.remove(&s.id).unwrap_or_default(),
                 },
             );
         }
@@ -332,11 +368,13 @@ impl Service {
                 .map(|(id, n, f)| Ok((*id, seal(n, f)?)))
                 .collect::<Result<_>>()?,
             remove: plan.remove.iter().map(|(id, _)| *id).collect(),
-            unchanged: plan.unchanged.iter().map(|(id, _)| *id).collect(),
+            unchanged: plan.unchanged.len(),
+            revived: plan.revived.clone(),
             stale: plan.stale.iter().map(|(id, _, _)| *id).collect(),
             status: summary.status(),
             duration_ms: 0,
         };
+        timings.plan = planning.elapsed();
         Ok((summary, write))
     }
 

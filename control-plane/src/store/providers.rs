@@ -50,6 +50,8 @@ pub struct GroupSecretRow {
     pub provider_id: Option<i64>,
     /// Ciphertext.
     pub value: String,
+    /// Kept although gone upstream (`stale_since` is set).
+    pub stale: bool,
 }
 
 /// A secret a sync writes: ciphertext and preview already computed.
@@ -67,7 +69,10 @@ pub struct SyncWrite {
     pub create: Vec<SyncedSecret>,
     pub update: Vec<(i64, SyncedSecret)>,
     pub remove: Vec<i64>,
-    pub unchanged: Vec<i64>,
+    /// Unchanged upstream: counted, never written.
+    pub unchanged: usize,
+    /// Unchanged values that were stale and are back upstream: no longer stale.
+    pub revived: Vec<i64>,
     pub stale: Vec<i64>,
     pub status: &'static str,
     pub duration_ms: i64,
@@ -223,7 +228,8 @@ impl Store {
 
     pub async fn group_secrets(&self, group_id: i64) -> Result<Vec<GroupSecretRow>> {
         sqlx::query_as(
-            "SELECT id, name, source, provider_id, value FROM secrets WHERE group_id = ? ORDER BY name",
+            "SELECT id, name, source, provider_id, value, stale_since IS NOT NULL AS stale FROM secrets \
+             WHERE group_id = ? ORDER BY name",
         )
         .bind(group_id)
         .fetch_all(&self.pool)
@@ -238,20 +244,29 @@ impl Store {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(internal)?;
-        for s in &w.create {
+        // One statement for all new secrets (a first sync creates every one): the rows travel
+        // as one JSON array of [name, ciphertext, preview, reference].
+        if !w.create.is_empty() {
+            let rows: Vec<[&str; 4]> = w
+                .create
+                .iter()
+                .map(|s| [&*s.name, &*s.value, &*s.value_preview, &*s.reference])
+                .collect();
             sqlx::query(
                 "INSERT INTO secrets (name, group_id, value, value_preview, source, provider_id, provider_reference, last_synced_at) \
-                 VALUES (?, ?, ?, ?, 'synced', ?, ?, datetime('now'))",
+                 SELECT j.value ->> 0, ?, j.value ->> 1, j.value ->> 2, 'synced', ?, j.value ->> 3, datetime('now') \
+                 FROM json_each(?) j",
             )
-            .bind(&s.name)
             .bind(w.group_id)
-            .bind(&s.value)
-            .bind(&s.value_preview)
             .bind(w.provider_id)
-            .bind(&s.reference)
+            .bind(serde_json::to_string(&rows).expect("strings serialize"))
             .execute(&mut *tx)
             .await
-            .map_err(|e| conflict(e, || format!("secret {:?} already exists", s.name)))?;
+            .map_err(|e| {
+                conflict(e, || {
+                    "a secret this sync creates was added to the group meanwhile; sync again".into()
+                })
+            })?;
         }
         for (id, s) in &w.update {
             sqlx::query(
@@ -275,12 +290,15 @@ impl Store {
                 .await
                 .map_err(internal)?;
         }
-        // Unchanged values are not rewritten; only the time they were last confirmed moves.
-        for id in &w.unchanged {
+        // Unchanged rows are not written at all: when the group was last confirmed upstream is
+        // the provider's `last_sync_at`. Only a stale one that is back stops being stale.
+        for id in &w.revived {
             sqlx::query(
-                "UPDATE secrets SET last_synced_at = datetime('now'), stale_since = NULL WHERE id = ?",
+                "UPDATE secrets SET last_synced_at = datetime('now'), stale_since = NULL \
+                 WHERE id = ? AND provider_id = ?",
             )
             .bind(id)
+            .bind(w.provider_id)
             .execute(&mut *tx)
             .await
             .map_err(internal)?;
@@ -304,7 +322,7 @@ impl Store {
         .bind(w.create.len() as i64)
         .bind(w.update.len() as i64)
         .bind(w.remove.len() as i64)
-        .bind(w.unchanged.len() as i64)
+        .bind(w.unchanged as i64)
         .bind(w.duration_ms)
         .execute(&mut *tx)
         .await
@@ -368,5 +386,114 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(internal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synced(name: &str) -> SyncedSecret {
+        SyncedSecret {
+            name: name.into(),
+            value: format!("ciphertext-of-{name}"),
+            value_preview: "****".into(),
+            reference: format!("kv/{name}"),
+        }
+    }
+
+    fn write(provider_id: i64, group_id: i64) -> SyncWrite {
+        SyncWrite {
+            provider_id,
+            group_id,
+            create: Vec::new(),
+            update: Vec::new(),
+            remove: Vec::new(),
+            unchanged: 0,
+            revived: Vec::new(),
+            stale: Vec::new(),
+            status: "success",
+            duration_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_sync_writes_no_secret_row_and_a_revived_one_is_no_longer_stale() {
+        let store = Store::open_in_memory().await.unwrap();
+        let group = store.create_group("g", None).await.unwrap();
+        let provider = store
+            .insert_provider("p", "hashicorp-vault", "{}", 300, |_| "sealed".into())
+            .await
+            .unwrap();
+        store
+            .link_group(group.id, Some(provider.id), false)
+            .await
+            .unwrap();
+        store
+            .apply_sync(&SyncWrite {
+                create: vec![synced("A"), synced("B")],
+                ..write(provider.id, group.id)
+            })
+            .await
+            .unwrap();
+        let created = store.list_secrets(Some(group.id)).await.unwrap();
+        let rows: Vec<(&str, &str, &str)> = created
+            .iter()
+            .map(|s| (&*s.name, &*s.value, &*s.source))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("A", "ciphertext-of-A", "synced"),
+                ("B", "ciphertext-of-B", "synced")
+            ]
+        );
+        let ids: Vec<i64> = created.iter().map(|s| s.id).collect();
+        // A name created meanwhile (by hand) fails the whole sync, which then writes nothing.
+        let e = store
+            .apply_sync(&SyncWrite {
+                create: vec![synced("C"), synced("A")],
+                ..write(provider.id, group.id)
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
+        assert_eq!(store.list_secrets(Some(group.id)).await.unwrap().len(), 2);
+        // Timestamps a sync today cannot write, and B kept stale by an earlier sync.
+        sqlx::query(
+            "UPDATE secrets SET last_synced_at = '2000-01-01 00:00:00', \
+             updated_at = '2000-01-01 00:00:00', \
+             stale_since = CASE name WHEN 'B' THEN '2000-01-01 00:00:00' END",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let before = store.list_secrets(Some(group.id)).await.unwrap();
+
+        store
+            .apply_sync(&SyncWrite {
+                unchanged: 2,
+                revived: vec![ids[1]],
+                ..write(provider.id, group.id)
+            })
+            .await
+            .unwrap();
+        let after = store.list_secrets(Some(group.id)).await.unwrap();
+        let row = |list: &[crate::model::Secret], i: usize| {
+            let s = &list[i];
+            (
+                s.value.clone(),
+                s.updated_at.clone(),
+                s.last_synced_at.clone(),
+                s.stale_since.clone(),
+            )
+        };
+        assert_eq!(row(&after, 0), row(&before, 0), "A is not written at all");
+        assert_eq!(after[1].value, before[1].value);
+        assert_eq!(after[1].updated_at, before[1].updated_at);
+        assert_eq!(after[1].stale_since, None, "B is back upstream");
+        assert_ne!(after[1].last_synced_at, before[1].last_synced_at);
+        let history = store.sync_history(provider.id, 10).await.unwrap();
+        assert_eq!(history[0].unchanged_count, 2);
     }
 }

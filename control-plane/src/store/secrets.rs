@@ -1,5 +1,7 @@
 //! `secret_groups` and `secrets`.
 
+use std::collections::BTreeMap;
+
 use super::{conflict, internal, Store};
 use crate::error::{Error, Result};
 use crate::model::{NewSecret, Secret, SecretGroup};
@@ -251,16 +253,30 @@ impl Store {
         Ok(counts)
     }
 
-    /// Environment variables (as `app:KEY` or `(global):KEY`) referencing a secret.
-    pub async fn secret_references(&self, secret_id: i64) -> Result<Vec<String>> {
-        sqlx::query_scalar(
-            "SELECT COALESCE(a.name, '(global)') || ':' || e.key FROM environment_variables e \
-             LEFT JOIN applications a ON a.id = e.project_id WHERE e.secret_id = ? ORDER BY 1",
+    /// Environment variables (as `app:KEY` or `(global):KEY`) referencing each of these
+    /// secrets, in one query; a secret nobody references is absent.
+    pub async fn secret_references(
+        &self,
+        secret_ids: &[i64],
+    ) -> Result<BTreeMap<i64, Vec<String>>> {
+        if secret_ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let json = serde_json::to_string(secret_ids).expect("ints serialize");
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT e.secret_id, COALESCE(a.name, '(global)') || ':' || e.key FROM environment_variables e \
+             LEFT JOIN applications a ON a.id = e.project_id \
+             WHERE e.secret_id IN (SELECT value FROM json_each(?)) ORDER BY 1, 2",
         )
-        .bind(secret_id)
+        .bind(json)
         .fetch_all(&self.pool)
         .await
-        .map_err(internal)
+        .map_err(internal)?;
+        let mut out: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        for (id, reference) in rows {
+            out.entry(id).or_default().push(reference);
+        }
+        Ok(out)
     }
 
     /// Deletes a secret; with `force`, the variables referencing it go in the same transaction.

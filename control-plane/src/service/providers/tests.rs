@@ -257,8 +257,15 @@ async fn a_token_sync_reads_nested_folders_and_maps_fields_to_names() {
         "dry run writes nothing"
     );
 
+    assert!(
+        !dry.timings.fetch.is_zero() && !dry.timings.plan.is_zero() && dry.timings.apply.is_zero(),
+        "a dry run applies nothing: {:?}",
+        dry.timings
+    );
+
     let done = svc.sync_provider(&admin(), "vault", false).await.unwrap();
     assert_eq!(done.summary.status(), "success");
+    assert!(!done.timings.apply.is_zero(), "{:?}", done.timings);
     assert_eq!(
         values(&svc, "vault-group").await,
         vec![
@@ -415,6 +422,15 @@ async fn approle_logs_in_and_a_referenced_secret_gone_upstream_is_kept_stale() {
     assert!(values(&svc, "bao-group")
         .await
         .contains(&("OLD".to_string(), "o1".to_string())));
+
+    // OLD comes back upstream with the value kept: unchanged, and no longer stale.
+    bao.put("team/app", json!({"API_KEY": "k2", "OLD": "o1"}))
+        .await;
+    let outcome = svc.sync_provider(&admin(), "bao", false).await.unwrap();
+    assert_eq!(outcome.summary.status(), "success");
+    assert_eq!(outcome.summary.unchanged, 2);
+    let listed = svc.list_secrets(&admin(), Some("bao-group")).await.unwrap();
+    assert!(listed.iter().all(|s| s.stale_since.is_none()), "{listed:?}");
 }
 
 #[tokio::test]
