@@ -839,7 +839,7 @@ async fn a_registry_push_deploys_the_auto_deploy_application_and_leaves_the_othe
     .await;
 
     // Push web:v2 as web:v7.
-    reg2.push("berth-test/web:v2", "web:v7");
+    reg2.push_keeping_the_local_tag("berth-test/web:v2", "web:v7");
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let row = loop {
