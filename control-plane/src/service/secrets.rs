@@ -48,7 +48,12 @@ impl Service {
             return Err(Error::invalid("--auto-sync needs --provider"));
         }
         if let Some(p) = provider {
-            self.store.provider(p).await?;
+            // Everything the link needs is checked before the group exists.
+            if let Some(linked) = self.store.provider(p).await?.group_name {
+                return Err(Error::FailedPrecondition(format!(
+                    "provider {p:?} already syncs into group {linked:?}; one provider feeds one group"
+                )));
+            }
         }
         self.create_group(actor, name, description).await?;
         if let Some(p) = provider {

@@ -593,6 +593,19 @@ async fn linking_checks_the_provider_first_and_one_provider_feeds_one_group() {
         .unwrap();
     assert_eq!(g.provider_name.as_deref(), Some("v"));
     assert!(g.auto_sync);
+    // A provider already feeding a group: refused, and no group is created.
+    let e = svc
+        .create_group_linked(&a, "g3", None, Some("v"), false)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("already syncs into group \"g1\""),
+        "{e}"
+    );
+    assert!(
+        svc.get_group(&a, "g3").await.is_err(),
+        "nothing half-written"
+    );
     svc.create_group(&a, "g2", None).await.unwrap();
     let e = svc
         .update_group(&a, "g2", None, Some("v"), None)
