@@ -19,7 +19,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 
 use crate::enroll::error_chain;
-use crate::executor::{DeployEvent, DeploySpec, Executor, HealthCheck, PortSpec, RegistryAuth};
+use crate::executor::{
+    DeployEvent, DeploySpec, Domain, Executor, HealthCheck, PortSpec, RegistryAuth, StopSpec,
+    TlsPair,
+};
 use crate::identity::{new_key_and_csr, Identity};
 use crate::journal::{Begin, Journal, StoredResult};
 
@@ -384,6 +387,24 @@ fn handle(shared: &Arc<Shared>, message: pb::ControlMessage) {
                 },
             );
         }
+        Some(Msg::Routes(routes)) => {
+            // Under the app's lock, like a deploy: it routes to whatever container serves once
+            // a running deploy is done.
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let lock = app_lock(&shared, &routes.app);
+                let _serving = lock.lock().await;
+                let domains = domains_from(routes.domains);
+                if let Err(error) = shared
+                    .runtime
+                    .executor
+                    .set_domains(&routes.app, &domains)
+                    .await
+                {
+                    tracing::warn!(app = %routes.app, %error, "cannot route the app's domains");
+                }
+            });
+        }
         Some(Msg::Ack(ack)) => {
             if let Err(e) = shared.journal.ack(&ack.deployment_id, ack.kind) {
                 tracing::warn!(error = %e, "cannot record ack");
@@ -554,7 +575,31 @@ fn spec_from(cmd: pb::DeployCommand) -> DeploySpec {
             cmd.restart_policy
         },
         command: cmd.command,
+        domains: domains_from(cmd.domains),
+        stop: cmd
+            .stop
+            .map(|stop| StopSpec {
+                drain: Duration::from_secs(u64::from(stop.drain_seconds)),
+                timeout: (stop.timeout_seconds > 0)
+                    .then(|| Duration::from_secs(u64::from(stop.timeout_seconds))),
+                signal: (!stop.signal.is_empty()).then_some(stop.signal),
+            })
+            .unwrap_or_default(),
     }
+}
+
+fn domains_from(domains: Vec<pb::ProxyDomain>) -> Vec<Domain> {
+    domains
+        .into_iter()
+        .map(|d| Domain {
+            host: d.host,
+            container_port: d.container_port as u16,
+            tls: (!d.tls_cert_pem.is_empty()).then(|| TlsPair {
+                cert_pem: d.tls_cert_pem,
+                key_pem: SecretString::from(d.tls_key_pem),
+            }),
+        })
+        .collect()
 }
 
 fn now_nanos() -> i64 {

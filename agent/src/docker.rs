@@ -195,5 +195,7 @@ fn test_spec(version: &str) -> DeploySpec {
         },
         restart_policy: "no".to_owned(),
         command: vec![],
+        domains: vec![],
+        stop: Default::default(),
     }
 }

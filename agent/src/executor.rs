@@ -35,6 +35,46 @@ pub struct DeploySpec {
     pub restart_policy: String,
     /// Overrides the image's CMD when not empty.
     pub command: Vec<String>,
+    /// Host names the host proxy routes to the new container once it serves.
+    pub domains: Vec<Domain>,
+    /// How the previous container is let go after a proxy switch.
+    pub stop: StopSpec,
+}
+
+/// A host name routed by the host proxy (HTTP, and HTTPS when it has a certificate).
+#[derive(Clone)]
+pub struct Domain {
+    pub host: String,
+    /// Container port the requests go to; 0: the app's first port.
+    pub container_port: u16,
+    pub tls: Option<TlsPair>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Clone)]
+pub struct TlsPair {
+    pub cert_pem: String,
+    pub key_pem: SecretString,
+}
+
+impl fmt::Debug for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Domain")
+            .field("host", &self.host)
+            .field("container_port", &self.container_port)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// After a proxy switch the previous container's connections get `drain` to end; then it is
+/// stopped with `signal` (the image's STOPSIGNAL when `None`) and `timeout` of grace (the
+/// engine's default when `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopSpec {
+    pub drain: Duration,
+    pub timeout: Option<Duration>,
+    pub signal: Option<String>,
 }
 
 impl fmt::Debug for DeploySpec {
@@ -47,6 +87,8 @@ impl fmt::Debug for DeploySpec {
             .field("env_keys", &self.env.keys().collect::<Vec<_>>())
             .field("ports", &self.ports)
             .field("health_check", &self.health_check)
+            .field("domains", &self.domains)
+            .field("stop", &self.stop)
             .finish_non_exhaustive()
     }
 }
@@ -167,6 +209,13 @@ pub trait Executor: Send + Sync + 'static {
     /// Undoes a *successful* deployment `deployment_id` of `app` (a later target of the same
     /// rolling deploy failed): the previous container serves again, the new one is removed.
     async fn rollback(&self, app: &str, deployment_id: &str, events: &EventSink) -> DeployOutcome;
+
+    /// Routes `domains` (all of them: the set replaces the app's) to the container serving
+    /// `app` here. Only an executor with a host proxy can; the others refuse.
+    async fn set_domains(&self, app: &str, domains: &[Domain]) -> Result<(), String> {
+        let _ = (app, domains);
+        Err("domains need the host proxy (berth-agent --proxy-socket)".to_owned())
+    }
 
     /// `Docker version` string for `berth agent list`.
     async fn runtime_version(&self) -> String;

@@ -396,6 +396,8 @@ mod tests {
             },
             restart_policy: "no".to_owned(),
             command: vec![],
+            domains: vec![],
+            stop: Default::default(),
         }
     }
 

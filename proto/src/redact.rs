@@ -57,6 +57,11 @@ redacted_debug!(EnrollRequest {
     hide: [token],
     hide_opt: []
 });
+redacted_debug!(ProxyDomain {
+    show: [host, container_port, tls_cert_pem],
+    hide: [tls_key_pem],
+    hide_opt: []
+});
 redacted_debug!(RegistryCredentials {
     show: [server, username],
     hide: [password],
@@ -168,6 +173,8 @@ impl fmt::Debug for DeployCommand {
             .field("restart_policy", &self.restart_policy)
             .field("command", &self.command)
             .field("sent_at_unix_nanos", &self.sent_at_unix_nanos)
+            .field("domains", &self.domains)
+            .field("stop", &self.stop)
             .finish()
     }
 }
@@ -208,6 +215,32 @@ mod tests {
             msg: Some(control_message::Msg::Deploy(command)),
         };
         assert_hidden("ControlMessage", format!("{control:?}"));
+
+        let domain = ProxyDomain {
+            host: "shop.example.com".into(),
+            tls_key_pem: s(),
+            ..Default::default()
+        };
+        assert_hidden("ProxyDomain", format!("{domain:?}"));
+        let routes = ControlMessage {
+            msg: Some(control_message::Msg::Routes(RoutesCommand {
+                app: "web".into(),
+                domains: vec![domain.clone()],
+            })),
+        };
+        assert_hidden("RoutesCommand", format!("{routes:?}"));
+        assert_hidden(
+            "SetRouteRequest",
+            format!(
+                "{:?}",
+                SetRouteRequest {
+                    route: Some(ProxyRoute {
+                        domains: vec![domain],
+                        ..Default::default()
+                    }),
+                }
+            ),
+        );
 
         assert_hidden(
             "EnrollRequest",
@@ -387,6 +420,6 @@ mod tests {
     #[test]
     fn every_redacted_message_is_tested() {
         // A message added to the list without a line in the test above is caught here.
-        assert_eq!(REDACTED_MESSAGES.len(), 19);
+        assert_eq!(REDACTED_MESSAGES.len(), 20);
     }
 }

@@ -395,6 +395,8 @@ impl Subject for FakeSubject {
             health_check: health_check(),
             restart_policy: "no".to_owned(),
             command: vec![],
+            domains: vec![],
+            stop: Default::default(),
         }
     }
 

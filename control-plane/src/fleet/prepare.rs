@@ -372,6 +372,9 @@ impl Fleet {
             restart_policy: app.restart_policy.clone(),
             command: app.command.clone(),
             sent_at_unix_nanos: 0,
+            // Filled from the app's domains and stop settings (issue 8, control-plane side).
+            domains: Vec::new(),
+            stop: None,
         })
     }
 }
