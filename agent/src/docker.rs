@@ -39,14 +39,15 @@ use tracing::{info, instrument, warn};
 pub use self::containers::container_name;
 pub use self::pull::image_reference;
 
-use self::cutover::CutOver;
+use self::cutover::{CutOver, ProxyLink};
 use self::deploy::Deploy;
-use crate::executor::{DeployEvent, DeployOutcome, DeploySpec, EventSink, Executor};
+use crate::executor::{DeployEvent, DeployOutcome, DeploySpec, Domain, EventSink, Executor};
 
 /// One request to the engine may take this long: pulls of large images are single requests.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs deployments on a Docker Engine.
+#[derive(Clone)]
 pub struct DockerExecutor {
     /// The engine client. Its API version must be one the engine speaks: bollard defaults to
     /// a newer one than Docker 20.10 accepts, which [`DockerExecutor::connect`] negotiates.
@@ -97,6 +98,19 @@ impl DockerExecutor {
         self
     }
 
+    /// Hands the app's host ports and domains to the host proxy listening on `socket`
+    /// (`berth-proxy`): deploys switch a route instead of moving host ports.
+    pub fn with_proxy(mut self, socket: impl Into<std::path::PathBuf>) -> Self {
+        self.cut_over = CutOver::Proxy(std::sync::Arc::new(ProxyLink::new(socket)));
+        self
+    }
+
+    /// Puts the host back in order after the agent stopped mid-deploy (with a host proxy:
+    /// candidates that were never routed are removed, interrupted retirements finished).
+    pub async fn repair(&self) -> Result<(), String> {
+        self.cut_over.repair(self).await.map_err(|e| e.to_string())
+    }
+
     /// The engine client, for callers that need more than deployments (e.g. status queries).
     pub fn docker(&self) -> &Docker {
         &self.docker
@@ -126,6 +140,10 @@ impl Executor for DockerExecutor {
         self.cut_over
             .rollback(self, app, deployment_id, events)
             .await
+    }
+
+    async fn set_domains(&self, app: &str, domains: &[Domain]) -> Result<(), String> {
+        self.cut_over.set_domains(app, domains).await
     }
 
     async fn runtime_version(&self) -> String {

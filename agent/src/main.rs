@@ -34,6 +34,11 @@ struct Args {
         default_value = "/var/lib/berth-agent"
     )]
     data_dir: PathBuf,
+    /// Unix socket of this host's berth-proxy (e.g. /run/berth/proxy.sock). With it, the
+    /// proxy owns the apps' host ports and domains and deploys switch routes with no gap
+    /// without it, containers publish their host ports themselves.
+    #[arg(long, env = "BERTH_PROXY_SOCKET", value_name = "PATH")]
+    proxy_socket: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -77,6 +82,17 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot reach the docker engine: {e}"))?
             .with_scope(Identity::load(&args.data_dir)?.name),
     );
+    let executor = match &args.proxy_socket {
+        Some(socket) => {
+            let executor = Arc::new(Arc::unwrap_or_clone(executor).with_proxy(socket));
+            // An agent killed mid-deploy left a candidate or a retirement behind.
+            if let Err(error) = executor.repair().await {
+                tracing::warn!(%error, "could not check the host proxy's routes against the containers; deploys will retry");
+            }
+            executor
+        }
+        None => executor,
+    };
     let runtime = AgentRuntime {
         data_dir: args.data_dir,
         executor,

@@ -7,6 +7,9 @@
 #   berth-test/web:bad      exits with code 1 after one second (fails any health gate)
 #   berth-test/web:hc       web:v1 plus a Docker HEALTHCHECK (GET /$BERTH_TEST_HC_PATH every
 #                           second; set BERTH_TEST_HC_PATH=missing to make it unhealthy)
+#   berth-test/web:zd1, :zd2  like web:hc (page `version=zd1` / `zd2`), but httpd is PID 1
+#                           and ignores SIGTERM, as many real apps do: `docker stop` waits
+#                           the whole grace period (the zero-downtime proxy suites)
 #
 # `docker import` cannot set HEALTHCHECK, so web:hc is a `docker build` of a Dockerfile
 # `FROM berth-test/web:v1`; the legacy builder (DOCKER_BUILDKIT=0) resolves a local FROM
@@ -68,6 +71,8 @@ rootfs() {
 # PID 1 and traps TERM so `docker stop` is immediate instead of waiting for SIGKILL.
 WEB_CMD='CMD ["/bin/sh", "-c", "mkdir -p /www && echo \"version=$BERTH_TEST_VERSION secret=$APP_SECRET\" > /www/index.html && httpd -f -p 80 -h /www & trap \"kill $! 2>/dev/null; exit 0\" TERM INT; wait"]'
 BAD_CMD='CMD ["/bin/sh", "-c", "sleep 1; exit 1"]'
+# PID 1 is httpd itself: the kernel delivers no SIGTERM to a PID 1 without a handler.
+ZD_CMD='CMD ["/bin/sh", "-c", "mkdir -p /www && echo \"version=$BERTH_TEST_VERSION secret=$APP_SECRET\" > /www/index.html && exec httpd -f -p 80 -h /www"]'
 
 import_image() { # tag, version, cmd
   tag=$1
@@ -102,3 +107,20 @@ EOF
   quiet env DOCKER_BUILDKIT=0 docker build -q -t "$REPO:hc" "$WORK/hc"
   echo "$REPO:hc built"
 fi
+
+for zd in zd1 zd2; do
+  if is_current "$REPO:$zd"; then
+    echo "$REPO:$zd up to date"
+    continue
+  fi
+  mkdir -p "$WORK/$zd"
+  cat >"$WORK/$zd/Dockerfile" <<EOF
+FROM $REPO:v1
+ENV BERTH_TEST_VERSION=$zd BERTH_TEST_HC_PATH=
+$ZD_CMD
+HEALTHCHECK --interval=1s --timeout=1s --retries=2 CMD wget -q -O /dev/null "http://127.0.0.1/\$BERTH_TEST_HC_PATH" || exit 1
+LABEL berth.test.recipe=$RECIPE
+EOF
+  quiet env DOCKER_BUILDKIT=0 docker build -q -t "$REPO:$zd" "$WORK/$zd"
+  echo "$REPO:$zd built"
+done

@@ -15,6 +15,7 @@
 //! environment values reach the engine in the create body only.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, ContainerUpdateBody, HostConfig, PortBinding,
@@ -28,9 +29,10 @@ use secrecy::ExposeSecret;
 use tracing::{info, warn};
 
 use super::error::{engine_message, DeployError, EngineError, Request};
+use super::health::container_ip;
 use super::pull::image_reference;
 use super::DockerExecutor;
-use crate::executor::{DeploySpec, PortSpec, RestartPolicy};
+use crate::executor::{DeploySpec, PortSpec, RestartPolicy, StopSpec};
 
 const LABEL_APP: &str = "berth.app";
 const LABEL_DEPLOYMENT: &str = "berth.deployment";
@@ -60,6 +62,9 @@ pub struct AppContainer {
     /// the label) only.
     pub created: i64,
     pub running: bool,
+    /// Whether it binds host ports itself (made by the host-port cut-over, before a host
+    /// proxy owned the ports).
+    pub publishes: bool,
     /// The policy the deployment asked for (the engine's may have been set to `no`).
     restart_policy: Option<String>,
 }
@@ -83,6 +88,11 @@ impl AppContainer {
                 .unwrap_or(0),
             created: summary.created.unwrap_or(0),
             running: summary.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+            publishes: summary
+                .ports
+                .iter()
+                .flatten()
+                .any(|p| p.public_port.is_some_and(|port| port != 0)),
             restart_policy: labels.get(LABEL_RESTART_POLICY).cloned(),
         })
     }
@@ -104,6 +114,7 @@ impl AppContainer {
             generation,
             created,
             running,
+            publishes: false,
             restart_policy: None,
         }
     }
@@ -316,6 +327,47 @@ impl DockerExecutor {
                 };
                 EngineError::new(request, &e)
             })
+    }
+
+    /// Stops a superseded container like [`Self::stop_superseded`], with the deployment's own
+    /// grace period and signal instead of the executor's.
+    pub(super) async fn stop_with(
+        &self,
+        container: &AppContainer,
+        stop: &StopSpec,
+    ) -> Result<(), EngineError> {
+        let update = ContainerUpdateBody {
+            restart_policy: Some(engine_restart_policy(RestartPolicy::No)),
+            ..Default::default()
+        };
+        if let Err(e) = self.docker.update_container(&container.id, update).await {
+            warn!(container = %container.name, error = %engine_message(&e), "could not clear restart policy");
+        }
+        let grace = stop.timeout.unwrap_or(self.stop_timeout);
+        let mut options = StopContainerOptionsBuilder::new()
+            .t(i32::try_from(grace.as_secs()).unwrap_or(i32::MAX));
+        if let Some(signal) = &stop.signal {
+            options = options.signal(signal);
+        }
+        self.docker
+            .stop_container(&container.id, Some(options.build()))
+            .await
+            .map_err(|e| {
+                let request = Request::Stop {
+                    name: container.name.clone(),
+                };
+                EngineError::new(request, &e)
+            })
+    }
+
+    /// The container's address on its network (the host proxy forwards to it).
+    pub(super) async fn address(&self, id: &str, name: &str) -> Result<IpAddr, DeployError> {
+        let info = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| EngineError::new(Request::Inspect, &e))?;
+        container_ip(&info).ok_or_else(|| DeployError::NoAddress(name.to_owned()))
     }
 
     /// Starts a stopped container again and gives it back its own restart policy.

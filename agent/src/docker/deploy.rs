@@ -41,13 +41,16 @@ impl Deploy<'_> {
         if let Err(error) = spec.restart_policy() {
             return failed(self.events, error.to_string(), serving, false);
         }
+        if let Err(error) = exec.cut_over.check(spec) {
+            return failed(self.events, error.to_string(), serving, false);
+        }
 
         // Nothing is touched before the image is here: a failed pull changes nothing.
         if let Err(error) = exec.pull(spec, self.events).await {
             return failed(self.events, error.to_string(), serving, false);
         }
 
-        let cut_over = exec.cut_over;
+        let cut_over = &exec.cut_over;
         let final_name = exec.container_name(&spec.app, &spec.deployment_id);
         let candidate_name = cut_over.candidate_name(spec, &final_name);
 
@@ -89,7 +92,7 @@ impl Deploy<'_> {
     }
 
     /// The new version failed before any previous container was touched: they kept serving.
-    async fn abandon(
+    pub(in crate::docker) async fn abandon(
         &self,
         candidate: Option<&str>,
         error: DeployError,
@@ -114,17 +117,12 @@ impl Deploy<'_> {
         }
     }
 
-    /// Container `id`, named `name`, serves the new version; `superseded` previous containers
-    /// were stopped and wait for the commit.
-    pub fn succeed(&self, id: String, name: &str, superseded: usize) -> DeployOutcome {
-        let kept = if superseded == 0 {
-            String::new()
-        } else {
-            format!("; {superseded} previous container(s) stopped, kept until commit")
-        };
+    /// Container `id`, named `name`, serves the new version; `note` says what became of the
+    /// previous containers (empty: nothing to say).
+    pub fn succeed(&self, id: String, name: &str, note: String) -> DeployOutcome {
         self.emit(
             "done",
-            format!("{name} serves {}{kept}", image_reference(self.spec)),
+            format!("{name} serves {}{note}", image_reference(self.spec)),
         );
         DeployOutcome {
             success: true,
@@ -166,6 +164,17 @@ pub async fn commit(exec: &DockerExecutor, app: &str, deployment_id: &str, event
         );
     }
     for container in superseded {
+        if exec.cut_over.remove_when_stopped(&container.id) {
+            emit(
+                events,
+                "cleanup",
+                format!(
+                    "{} ({}) still drains: removed once stopped",
+                    container.name, container.version
+                ),
+            );
+            continue;
+        }
         let message = match exec.remove(&container.id, &container.name).await {
             Ok(()) => format!("removed {} ({})", container.name, container.version),
             Err(error) => error.to_string(),

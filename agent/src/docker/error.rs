@@ -29,6 +29,12 @@ pub enum DeployError {
     Engine(#[from] EngineError),
     #[error("health check failed: {0}")]
     Health(#[from] HealthError),
+    /// The container runs but is on no network the host proxy could forward to.
+    #[error("{0} has no address on a docker network: the host proxy cannot reach it")]
+    NoAddress(String),
+    /// The host proxy refused or could not be reached.
+    #[error("host proxy: {0}")]
+    Proxy(String),
 }
 
 /// An engine request the agent makes on a container, as its error messages name it.

@@ -317,7 +317,7 @@ fn has_docker_healthcheck(info: &ContainerInspectResponse) -> bool {
     declared || info.state.as_ref().is_some_and(|s| s.health.is_some())
 }
 
-fn container_ip(info: &ContainerInspectResponse) -> Option<IpAddr> {
+pub(super) fn container_ip(info: &ContainerInspectResponse) -> Option<IpAddr> {
     let networks = info.network_settings.as_ref()?.networks.as_ref()?;
     networks
         .values()

@@ -49,7 +49,7 @@ pub(super) async fn serve(
                 deploy.emit("swap", error.to_string());
             }
         }
-        return deploy.succeed(candidate.id, &candidate.name, previous.len());
+        return deploy.succeed(candidate.id, &candidate.name, kept(previous.len()));
     }
 
     deploy.emit(
@@ -97,7 +97,7 @@ pub(super) async fn serve(
         exec.remove_quietly(&final_id).await;
         return put_back(deploy, previous, error.into(), previous).await;
     }
-    deploy.succeed(final_id, final_name, previous.len())
+    deploy.succeed(final_id, final_name, kept(previous.len()))
 }
 
 /// The swap failed after `stopped` were stopped: start them again.
@@ -188,6 +188,15 @@ pub(super) async fn rollback(
         container_id: Some(previous.id),
         error: Some(format!("deployment {deployment_id} rolled back")),
         rolled_back: true,
+    }
+}
+
+/// What became of the previous containers, for the `done` event.
+fn kept(superseded: usize) -> String {
+    if superseded == 0 {
+        String::new()
+    } else {
+        format!("; {superseded} previous container(s) stopped, kept until commit")
     }
 }
 
