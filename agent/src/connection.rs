@@ -87,7 +87,7 @@ pub async fn run(
         identity.endpoint = endpoint.clone();
     }
     let journal = Journal::open(&runtime.data_dir)?;
-    settle_interrupted(&journal)?;
+    settle_interrupted(&journal, runtime.executor.as_ref()).await?;
     let shared = Arc::new(Shared {
         runtime,
         journal,
@@ -177,21 +177,32 @@ impl Backoff {
     }
 }
 
-/// Commands a previous process was running when it died: their outcome is unknown here, so
-/// they are reported failed rather than run a second time.
-fn settle_interrupted(journal: &Journal) -> anyhow::Result<()> {
+/// Commands a previous process was running when it died: never run a second time. A deploy
+/// the host shows serving (the executor recovers it) is reported as it ended; any other
+/// outcome is unknown here, so it is reported failed.
+async fn settle_interrupted(journal: &Journal, executor: &dyn Executor) -> anyhow::Result<()> {
     for (id, kind, app) in journal.unfinished()? {
-        tracing::warn!(deployment = %id, %app, "command interrupted by an agent restart");
-        journal.finish(
-            &id,
-            kind,
-            &StoredResult {
-                success: false,
-                container_id: String::new(),
-                error: "the agent restarted while running this command".into(),
-                rolled_back: false,
-            },
-        )?;
+        let recovered = if kind == pb::CommandKind::Deploy as i32 {
+            executor.recover(&app, &id).await
+        } else {
+            None
+        };
+        let result = match recovered {
+            Some(outcome) => {
+                tracing::warn!(deployment = %id, %app, success = outcome.success, "command interrupted by an agent restart; its outcome recovered from the host");
+                stored(outcome)
+            }
+            None => {
+                tracing::warn!(deployment = %id, %app, "command interrupted by an agent restart");
+                StoredResult {
+                    success: false,
+                    container_id: String::new(),
+                    error: "the agent restarted while running this command".into(),
+                    rolled_back: false,
+                }
+            }
+        };
+        journal.finish(&id, kind, &result)?;
     }
     Ok(())
 }
@@ -802,7 +813,9 @@ mod tests {
         // A new process on the same directory replays both on its first stream.
         let (tx, _rx) = mpsc::channel(64);
         let restarted = agent(dir.path(), executor.clone(), Some(tx));
-        settle_interrupted(&restarted.journal).unwrap();
+        settle_interrupted(&restarted.journal, executor.as_ref())
+            .await
+            .unwrap();
         let mut replayed: Vec<_> = results(replay(&restarted.journal).unwrap())
             .into_iter()
             .map(|r| (r.deployment_id, r.kind, r.success))
@@ -824,15 +837,17 @@ mod tests {
         assert_eq!(executor.deploy_count(), 2);
     }
 
-    #[test]
-    fn a_command_interrupted_by_a_restart_is_reported_failed_not_run_again() {
+    #[tokio::test]
+    async fn a_command_interrupted_by_a_restart_is_reported_failed_not_run_again() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
         // The process died after journaling the start.
         assert_eq!(journal.begin("d-1", DEPLOY, "web").unwrap(), Begin::Run);
 
         let journal = Journal::open(dir.path()).unwrap();
-        settle_interrupted(&journal).unwrap();
+        settle_interrupted(&journal, &FakeExecutor::new())
+            .await
+            .unwrap();
         assert!(journal.unfinished().unwrap().is_empty());
         let failed = StoredResult {
             success: false,

@@ -146,6 +146,10 @@ impl Executor for DockerExecutor {
         self.cut_over.set_domains(app, domains).await
     }
 
+    async fn recover(&self, app: &str, deployment_id: &str) -> Option<DeployOutcome> {
+        self.cut_over.recover(self, app, deployment_id).await
+    }
+
     async fn runtime_version(&self) -> String {
         match self.docker.version().await {
             Ok(version) => version.version.unwrap_or_else(|| "unknown".to_owned()),

@@ -217,6 +217,14 @@ pub trait Executor: Send + Sync + 'static {
         Err("domains need the host proxy (berth-agent --proxy-socket)".to_owned())
     }
 
+    /// After a restart of the agent, how deployment `deployment_id` of `app`, interrupted
+    /// mid-way, ended on this host, when the host shows it (with the host proxy: the app's route
+    /// points at its container, so it serves). `None`: unknown, reported failed.
+    async fn recover(&self, app: &str, deployment_id: &str) -> Option<DeployOutcome> {
+        let _ = (app, deployment_id);
+        None
+    }
+
     /// `Docker version` string for `berth agent list`.
     async fn runtime_version(&self) -> String;
 }

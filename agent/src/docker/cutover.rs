@@ -113,6 +113,19 @@ impl CutOver {
         }
     }
 
+    /// How an interrupted deployment ended, when the host shows it (see `proxy::recover`).
+    pub async fn recover(
+        &self,
+        exec: &DockerExecutor,
+        app: &str,
+        deployment_id: &str,
+    ) -> Option<DeployOutcome> {
+        match self {
+            CutOver::HostPorts => None,
+            CutOver::Proxy(link) => proxy::recover(link, exec, app, deployment_id).await,
+        }
+    }
+
     /// Puts the host in order after an interrupted run of the agent (see `proxy::repair`).
     pub async fn repair(&self, exec: &DockerExecutor) -> Result<(), DeployError> {
         match self {

@@ -602,3 +602,25 @@ pub(super) async fn repair(
     }
     Ok(())
 }
+
+/// How an interrupted deployment ended: it serves when the app's route points at one of its
+/// containers (the switch happened before the agent died); otherwise unknown (`None`) — and
+/// [`repair`] has removed whatever it left unrouted.
+pub(super) async fn recover(
+    link: &Arc<ProxyLink>,
+    exec: &DockerExecutor,
+    app: &str,
+    deployment_id: &str,
+) -> Option<DeployOutcome> {
+    let routed = link.route_of(app).await.ok()??.backend?.container_id;
+    let containers = exec.app_containers(app, false).await.ok()?;
+    let serving = containers
+        .into_iter()
+        .find(|c| c.id == routed && c.deployment == deployment_id)?;
+    Some(DeployOutcome {
+        success: true,
+        container_id: Some(serving.id),
+        error: None,
+        rolled_back: false,
+    })
+}
