@@ -10,6 +10,7 @@ pub mod executor;
 pub mod fake;
 pub mod identity;
 pub mod journal;
+pub mod proxy;
 
 pub use connection::{run, AgentRuntime, CommandReceipt};
 pub use identity::Identity;
