@@ -595,9 +595,17 @@ fn spec_from(cmd: pb::DeployCommand) -> DeploySpec {
                     .then(|| Duration::from_secs(u64::from(stop.timeout_seconds))),
                 signal: (!stop.signal.is_empty()).then_some(stop.signal),
             })
-            .unwrap_or_default(),
+            // A control plane that sends no stop settings: a drain that lets short requests
+            // finish, the engine's grace and the image's signal.
+            .unwrap_or(StopSpec {
+                drain: DEFAULT_DRAIN,
+                ..StopSpec::default()
+            }),
     }
 }
+
+/// How long the previous container's connections may drain when the command says nothing.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 
 fn domains_from(domains: Vec<pb::ProxyDomain>) -> Vec<Domain> {
     domains

@@ -41,6 +41,29 @@ pub struct DevArgs {
     pub webhook_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub registry: node::RegistrySecretArgs,
+    /// HTTP listener of the host proxy, for domains (and ACME HTTP-01); "none" disables it.
+    #[arg(long, default_value = "0.0.0.0:80", value_parser = listen_addr)]
+    pub proxy_http_listen: Listen,
+    /// HTTPS listener of the host proxy, for domains with a certificate; "none" disables it.
+    #[arg(long, default_value = "0.0.0.0:443", value_parser = listen_addr)]
+    pub proxy_https_listen: Listen,
+    /// Run the local agent without the host proxy: containers publish their host ports
+    /// themselves, and a deploy has a short gap while the ports change hands.
+    #[arg(long)]
+    pub no_proxy: bool,
+}
+
+/// A listen address, or none.
+#[derive(Clone, Copy, Debug)]
+pub struct Listen(pub Option<SocketAddr>);
+
+fn listen_addr(text: &str) -> Result<Listen, String> {
+    if text == "none" {
+        return Ok(Listen(None));
+    }
+    text.parse()
+        .map(|addr| Listen(Some(addr)))
+        .map_err(|e| format!("{e}: expected host:port (e.g. 0.0.0.0:80) or none"))
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -84,12 +107,39 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     })
     .await?;
 
+    // The host proxy runs in this process (production runs it as its own unit): it owns the
+    // local agent's published ports and domains, so deploys switch routes with no gap.
+    let proxy = if args.no_agent || args.no_proxy {
+        None
+    } else {
+        let config = berth_agent::proxy::ProxyConfig {
+            state_dir: data_dir.join("proxy"),
+            socket_path: data_dir.join("proxy.sock"),
+            http_listen: args.proxy_http_listen.0,
+            https_listen: args.proxy_https_listen.0,
+            port_bind_ip: std::net::IpAddr::from([0, 0, 0, 0]),
+        };
+        let proxy = berth_agent::proxy::start(config).await.map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\n(the host proxy listens on 80/443 by default: pass --proxy-http-listen/--proxy-https-listen ADDR|none, or --no-proxy)"
+            )
+        })?;
+        Some(proxy)
+    };
     let addr = format!("https://{}", node.grpc_addr);
     println!("berth dev node running; data in {}", data_dir.display());
     println!();
     println!("  admin api:       {addr}");
     println!("  ca fingerprint:  {}", node.ca_fingerprint);
     println!("  webhook:         {webhook_url}/webhook/deploy");
+    if let Some(proxy) = &proxy {
+        let show = |a: Option<SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
+        println!(
+            "  host proxy:      http {}, https {} (domains; owns published ports)",
+            show(proxy.http_addr()),
+            show(proxy.https_addr())
+        );
+    }
     match (&node.initial_admin_key, &node.admin_token_file) {
         (Some(_), Some(path)) => println!(
             "  admin api key:   new, written to {} (mode 0600)",
@@ -121,6 +171,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         None
     } else {
         Some(LocalAgent {
+            proxy_socket: proxy.as_ref().map(|p| p.socket_path().to_path_buf()),
             data_dir: data_dir.join("agent"),
             admin_url: addr.clone(),
             endpoint: node.agent_addr.to_string(),
@@ -156,13 +207,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     {
         tracing::warn!("the local agent or the shim did not stop in time");
     }
-    server.await?
+    let served = server.await?;
+    if let Some(proxy) = proxy {
+        proxy.shutdown().await;
+    }
+    served
 }
 
 /// The node's own agent, on the local Docker socket, enrolled through the same path as any
 /// other agent (token, pinned CA, CSR, mTLS).
 struct LocalAgent {
     data_dir: PathBuf,
+    /// The in-process host proxy's control socket, if it runs.
+    proxy_socket: Option<PathBuf>,
     admin_url: String,
     endpoint: String,
     ca_fingerprint: String,
@@ -181,7 +238,20 @@ impl LocalAgent {
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let executor = match berth_agent::docker::DockerExecutor::connect().await {
-            Ok(executor) => std::sync::Arc::new(executor.with_scope("local")),
+            Ok(executor) => {
+                let executor = executor.with_scope("local");
+                let executor = match &self.proxy_socket {
+                    Some(socket) => {
+                        let executor = executor.with_proxy(socket);
+                        if let Err(error) = executor.repair().await {
+                            tracing::warn!(%error, "could not check the host proxy's routes against the containers");
+                        }
+                        executor
+                    }
+                    None => executor,
+                };
+                std::sync::Arc::new(executor)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "local agent disabled: cannot reach the docker engine");
                 return Ok(());

@@ -9,12 +9,10 @@ use std::time::{Duration, Instant};
 
 use berth_proto::v1 as pb;
 use pb::application_service_client::ApplicationServiceClient;
-use pb::env_service_client::EnvServiceClient;
-use pb::secret_service_client::SecretServiceClient;
 
 use crate::fixture::admin::{
-    add_repository, authed, deploy, deployments, status, unique, wait_deployment,
-    wait_deployment_until,
+    authed, deploy, deployments, register_web_app, status, unique, wait_deployment,
+    wait_deployment_until, APP_SECRET,
 };
 use crate::fixture::agent::{wait_connected, AgentProcess};
 use crate::fixture::docker::{containers_with_label, docker_available, remove_app_containers};
@@ -22,87 +20,6 @@ use crate::fixture::http::{self, Poller};
 use crate::fixture::node::{dirs, DevNode, Dirs};
 use crate::fixture::process::free_port;
 use crate::fixture::registry;
-
-const APP_SECRET: &str = "sup3r-s3cret-from-a-group";
-
-/// Registers the test registry (with the given password), a group with APP_SECRET, and an
-/// application `name` of image `web` that maps `host_port` (if any) and references the secret.
-async fn register_app(
-    node: &DevNode,
-    name: &str,
-    host_port: Option<u16>,
-    password: &str,
-    targets: Vec<pb::Target>,
-) {
-    let admin = node.admin_token();
-    let channel = node.channel().await;
-    let reg = registry::shared();
-    let repo = format!("reg-{name}");
-    add_repository(node, &repo, &reg.server, &reg.username, password).await;
-    let group = format!("g-{name}");
-    let mut secrets = SecretServiceClient::new(channel.clone());
-    secrets
-        .create_group(authed(
-            pb::CreateGroupRequest {
-                name: group.clone(),
-                description: None,
-                provider: None,
-                auto_sync: false,
-            },
-            &admin,
-        ))
-        .await
-        .unwrap();
-    secrets
-        .set_secret(authed(
-            pb::SetSecretRequest {
-                group: group.clone(),
-                name: "APP_SECRET".into(),
-                value: APP_SECRET.into(),
-                description: None,
-            },
-            &admin,
-        ))
-        .await
-        .unwrap();
-    ApplicationServiceClient::new(channel.clone())
-        .create_application(authed(
-            pb::CreateApplicationRequest {
-                name: name.into(),
-                image: "web".into(),
-                repository: Some(repo),
-                ports: host_port
-                    .map(|p| pb::PortMapping {
-                        host: p.into(),
-                        container: 80,
-                        protocol: "tcp".into(),
-                    })
-                    .into_iter()
-                    .collect(),
-                targets,
-                ..Default::default()
-            },
-            &admin,
-        ))
-        .await
-        .unwrap();
-    EnvServiceClient::new(channel)
-        .set_env(authed(
-            pb::SetEnvRequest {
-                scope: Some(pb::EnvScope {
-                    scope: Some(pb::env_scope::Scope::App(name.into())),
-                }),
-                key: "APP_SECRET".into(),
-                value: Some(pb::set_env_request::Value::Secret(format!(
-                    "{group}/APP_SECRET"
-                ))),
-                description: None,
-            },
-            &admin,
-        ))
-        .await
-        .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_v1_v2_and_a_failing_v3_never_takes_the_app_down() {
@@ -114,7 +31,7 @@ async fn deploy_v1_v2_and_a_failing_v3_never_takes_the_app_down() {
     wait_connected(&node, "local").await;
     let app = unique("web");
     let port = free_port();
-    register_app(
+    register_web_app(
         &node,
         &app,
         Some(port),
@@ -214,7 +131,7 @@ async fn wrong_registry_credentials_fail_with_a_clear_error() {
     let node = DevNode::start_in(&d);
     wait_connected(&node, "local").await;
     let app = unique("wrongpw");
-    register_app(&node, &app, None, "not-the-password", vec![]).await;
+    register_web_app(&node, &app, None, "not-the-password", vec![]).await;
     let detail = wait_deployment(
         &node,
         &deploy(&node, &app, "v1").await,
@@ -257,7 +174,7 @@ async fn rolling_deploy_to_two_agents_rolls_back_the_first_when_the_second_fails
 
     // Without host ports both agents (on this one Docker Engine) succeed, one after the other.
     let ok_app = unique("roll");
-    register_app(
+    register_web_app(
         &node,
         &ok_app,
         None,
@@ -295,7 +212,7 @@ async fn rolling_deploy_to_two_agents_rolls_back_the_first_when_the_second_fails
     // target fails, and the first is rolled back.
     let port_app = unique("rollfail");
     let port = free_port();
-    register_app(
+    register_web_app(
         &node,
         &port_app,
         Some(port),
@@ -452,7 +369,7 @@ async fn deploy_under_way(
     let agent = AgentProcess::start(node, &name, &[], d.logs.path()).await;
     wait_connected(node, &name).await;
     let app = unique(app);
-    register_app(node, &app, None, &registry::shared().password, vec![]).await;
+    register_web_app(node, &app, None, &registry::shared().password, vec![]).await;
     let id = deploy(node, &app, "v1").await;
     wait_target_running(node, &id).await;
     (agent, app, id)
@@ -561,7 +478,7 @@ async fn concurrent_deploys_of_one_app_queue_and_the_newest_serves() {
     wait_connected(&node, "local").await;
     let app = unique("race");
     let port = free_port();
-    register_app(
+    register_web_app(
         &node,
         &app,
         Some(port),

@@ -7,6 +7,8 @@
 //! - [`admin`]: the admin API as a gRPC client (applications, keys, deployments);
 //! - [`shim`]: the standalone `berth-webhook` process;
 //! - [`http`]: raw HTTP/1.1 requests, pages served on a host port, and a poller;
+//! - [`load`]: a bounded load loop (new and keep-alive connections) that counts every failure;
+//! - [`proxy`]: `berth-proxy` processes on a state dir of their own;
 //! - [`docker`]: the Docker Engine, the test images, containers by label;
 //! - [`registry`]: private registries with basic auth, and the one the binary shares;
 //! - [`openbao`]: a real OpenBao dev server, the Vault-API peer of the provider suite;
@@ -25,9 +27,11 @@ pub mod data_dir;
 pub mod docker;
 pub mod executor;
 pub mod http;
+pub mod load;
 pub mod node;
 pub mod openbao;
 pub mod process;
+pub mod proxy;
 pub mod registry;
 pub mod shim;
 

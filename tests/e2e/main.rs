@@ -17,5 +17,6 @@ mod agent_deploys;
 mod docker_executor;
 mod executor_contract;
 mod outgoing_notifications;
+mod proxy_deploys;
 mod secret_providers;
 mod webhook_shim;

@@ -1,0 +1,242 @@
+//! Deploys behind the host proxy, against the real Docker Engine, a real private
+//! registry and a `berth-proxy` process: under continuous load, successful deploys and a
+//! failing one drop no request; `kill -9` of the agent (mid-deploy and at rest) never takes the
+//! app down and leaves a consistent outcome; a restarted proxy serves its routes from its own
+//! state before the agent is back.
+//!
+//! The app is `web:zd1` / `web:zd2` (tests/images/build.sh): a Docker HEALTHCHECK, and a PID 1
+//! that ignores SIGTERM, so stopping the previous version takes its whole grace period — which
+//! must not be on the deploy's path any more.
+
+use std::time::{Duration, Instant};
+
+use crate::fixture::admin::{
+    deploy, register_web_app, status, unique, wait_deployment, wait_deployment_until,
+};
+use crate::fixture::agent::{wait_connected, AgentProcess};
+use crate::fixture::docker::{containers_with_label, docker_available, remove_app_containers};
+use crate::fixture::http;
+use crate::fixture::load::{Load, Mode, Report, Target};
+use crate::fixture::node::{dirs, DevNode, Dirs};
+use crate::fixture::process::free_port;
+use crate::fixture::proxy::ProxyProcess;
+use crate::fixture::registry;
+
+/// A node, a `berth-proxy`, an agent of its own pointed at the proxy, and `web:zd1` deployed
+/// on a published port.
+struct Host {
+    node: DevNode,
+    proxy: ProxyProcess,
+    agent: AgentProcess,
+    agent_name: String,
+    app: String,
+    port: u16,
+}
+
+async fn host(d: &Dirs, name: &str) -> Host {
+    let node = DevNode::start_with_agent_port(d);
+    let proxy = ProxyProcess::start(d.logs.path());
+    let socket = proxy.socket().display().to_string();
+    let agent_name = unique(name);
+    let agent = AgentProcess::start_with(
+        &node,
+        &agent_name,
+        &[],
+        d.logs.path(),
+        &["--proxy-socket", &socket],
+    )
+    .await;
+    wait_connected(&node, &agent_name).await;
+    let reg = registry::shared();
+    for tag in ["zd1", "zd2"] {
+        reg.push(&format!("berth-test/web:{tag}"), &format!("web:{tag}"));
+    }
+    let app = unique(name);
+    let port = free_port();
+    register_web_app(&node, &app, Some(port), &reg.password, vec![]).await;
+    let host = Host {
+        node,
+        proxy,
+        agent,
+        agent_name,
+        app,
+        port,
+    };
+    host.deploy_ok("zd1").await;
+    host
+}
+
+impl Host {
+    async fn deploy_ok(&self, version: &str) -> Duration {
+        let started = Instant::now();
+        let id = deploy(&self.node, &self.app, version).await;
+        let detail = wait_deployment(&self.node, &id, Duration::from_secs(180)).await;
+        assert_eq!(status(&detail), "success", "{detail:#?}");
+        started.elapsed()
+    }
+
+    fn load(&self) -> Load {
+        let target = |mode| Target {
+            port: self.port,
+            host: format!("127.0.0.1:{}", self.port),
+            mode,
+        };
+        Load::start(vec![
+            target(Mode::NewConnections),
+            target(Mode::NewConnections),
+            target(Mode::KeepAlive),
+        ])
+    }
+
+    fn page(&self) -> String {
+        http::expect_page(self.port)
+    }
+}
+
+fn assert_no_failure(report: &Report, versions: &[&str]) {
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} requests failed, first: {:?}",
+        report.failures.len(),
+        report.total() + report.failures.len(),
+        &report.failures[..report.failures.len().min(5)]
+    );
+    assert!(report.total() > 0, "the load loop got answers");
+    for version in report.answers.keys() {
+        assert!(
+            versions.contains(&version.as_str()),
+            "an answer from {version}: {report:?}"
+        );
+    }
+}
+
+fn running_containers(app: &str) -> Vec<String> {
+    containers_with_label(&format!("berth.app={app}"))
+        .into_iter()
+        .filter(|c| {
+            let out = std::process::Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Running}}", c])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim() == "true"
+        })
+        .collect()
+}
+
+/// Ten successful deploys in a row and a failing one, under continuous load on the published
+/// port (new connections and a keep-alive one): not one request fails, every answer comes from
+/// zd1 or zd2, and the failing release never serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn deploys_behind_the_proxy_drop_no_request() {
+    if !docker_available() {
+        return;
+    }
+    let d = dirs();
+    let host = host(&d, "zd").await;
+    assert!(host.page().starts_with("version=zd1"), "{}", host.page());
+
+    let load = host.load();
+    let mut took = Vec::new();
+    for round in 0..10 {
+        let version = if round % 2 == 0 { "zd2" } else { "zd1" };
+        took.push(host.deploy_ok(version).await);
+        assert!(host.page().starts_with(&format!("version={version}")));
+    }
+    // A release that fails its health gate never gets the route.
+    let id = deploy(&host.node, &host.app, "bad").await;
+    let detail = wait_deployment(&host.node, &id, Duration::from_secs(180)).await;
+    assert_eq!(status(&detail), "failed", "{detail:#?}");
+    assert!(host.page().starts_with("version=zd1"), "{}", host.page());
+    let report = load.stop();
+    assert_no_failure(&report, &["zd1", "zd2"]);
+    // The stop grace of an app that ignores SIGTERM (10 s) is off the critical path.
+    let slowest = took.iter().max().unwrap();
+    eprintln!(
+        "10 deploys behind the proxy: slowest {slowest:?}, all {took:?}; load {:?}, longest gap {:?}",
+        report.answers, report.longest_gap
+    );
+
+    // The previous versions drain, stop and are removed by the commits: one keeps serving.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while running_containers(&host.app).len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "retired containers still run: {:?}",
+            running_containers(&host.app)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    remove_app_containers(&host.app);
+}
+
+/// `kill -9` of the agent in the middle of a deploy and at rest, and a `kill -9` + restart of
+/// the proxy while the agent is down: the app answers throughout (but for the proxy's own
+/// restart), the interrupted deployment ends consistent with what serves, and the restarted
+/// proxy serves its routes before the agent is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_and_proxy_crashes_never_take_the_app_down() {
+    if !docker_available() {
+        return;
+    }
+    let d = dirs();
+    let mut host = host(&d, "zdkill").await;
+    let load = host.load();
+
+    // Mid-deploy: the candidate runs its health gate when the agent dies.
+    let id = deploy(&host.node, &host.app, "zd2").await;
+    wait_deployment_until(
+        &host.node,
+        &id,
+        Duration::from_secs(60),
+        "the health gate",
+        |d| d.events.iter().any(|e| e.phase == "health"),
+    )
+    .await;
+    host.agent.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    host.agent.spawn(&[]);
+    wait_connected(&host.node, &host.agent_name).await;
+    let detail = wait_deployment(&host.node, &id, Duration::from_secs(120)).await;
+    let page = host.page();
+    match status(&detail) {
+        "success" => assert!(page.starts_with("version=zd2"), "{page}"),
+        "failed" => assert!(page.starts_with("version=zd1"), "{page}"),
+        other => panic!("the interrupted deployment ended {other}: {detail:#?}"),
+    }
+    // Whatever the outcome, one container serves: a candidate that never got the route was
+    // removed by the restarted agent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while running_containers(&host.app).len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            running_containers(&host.app)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // At rest.
+    host.agent.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = load.stop();
+    assert_no_failure(&report, &["zd1", "zd2"]);
+    let serving = host.page();
+
+    // The proxy dies while the agent is down; started again, it serves from its own state.
+    host.proxy.kill();
+    host.proxy.spawn();
+    assert_eq!(
+        http::wait_page(host.port, Duration::from_secs(10)),
+        serving,
+        "the restarted proxy serves the same route without the agent"
+    );
+
+    // The agent comes back to the restarted proxy and deploys through it.
+    host.agent.spawn(&[]);
+    wait_connected(&host.node, &host.agent_name).await;
+    let load = host.load();
+    host.deploy_ok("zd1").await;
+    host.deploy_ok("zd2").await;
+    assert_no_failure(&load.stop(), &["zd1", "zd2"]);
+    remove_app_containers(&host.app);
+}
