@@ -8,8 +8,37 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+// The HTTP/HTTPS listeners (next commit) use what is still unused here.
+#[allow(dead_code)]
+mod challenge;
 pub mod client;
+mod connections;
+mod control;
+mod error;
+mod route;
+mod service;
+mod state;
+#[allow(dead_code)]
+mod table;
+mod tcp;
+#[cfg(test)]
+mod tests;
+#[allow(dead_code)]
+mod tls;
+
+pub use error::ProxyError;
+
+use service::ProxyService;
+
+/// How long connections get to finish at shutdown before they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Where berth-proxy keeps its state and listens.
 #[derive(Debug, Clone)]
@@ -26,11 +55,27 @@ pub struct ProxyConfig {
     pub port_bind_ip: IpAddr,
 }
 
+/// What the data path (listeners and the connections they spawn) shares.
+#[derive(Debug, Default)]
+struct DataPath {
+    table: Arc<table::RouteTable>,
+    connections: Arc<connections::Connections>,
+    challenges: challenge::Challenges,
+    /// Every forwarded connection's task, so shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Cancelled at shutdown: listeners stop accepting, connections are cut.
+    shutdown: CancellationToken,
+}
+
 /// A started proxy: its listeners serve until [`RunningProxy::shutdown`].
 pub struct RunningProxy {
     http_addr: Option<SocketAddr>,
     https_addr: Option<SocketAddr>,
     socket_path: PathBuf,
+    data: Arc<DataPath>,
+    service: Arc<ProxyService>,
+    /// The control server and the HTTP/HTTPS accept loops.
+    servers: Vec<JoinHandle<()>>,
 }
 
 impl RunningProxy {
@@ -49,15 +94,68 @@ impl RunningProxy {
         &self.socket_path
     }
 
-    /// Stops accepting, closes every connection and removes the control socket.
-    pub async fn shutdown(self) {}
+    /// Stops accepting (control socket, HTTP/HTTPS, host ports), gives open connections
+    /// [`SHUTDOWN_GRACE`] to finish, cuts the rest and removes the control socket. Routes
+    /// stay persisted for the next start.
+    pub async fn shutdown(self) {
+        self.data.shutdown.cancel();
+        for server in self.servers {
+            let _ = server.await;
+        }
+        self.service.close_ports().await;
+        self.data.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.data.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.data.tasks.len(),
+                "connections still open after the shutdown grace: cut"
+            );
+        }
+        let _ = std::fs::remove_file(&self.socket_path);
+    }
 }
 
 /// Loads the persisted routes, binds their host ports, then the HTTP/HTTPS listeners, then the
 /// control socket, so persisted routes are served before the first control call.
 pub async fn start(config: ProxyConfig) -> anyhow::Result<RunningProxy> {
-    anyhow::bail!(
-        "berth-proxy's data plane is not in this build yet ({}): build a later commit of branch proxy-dp",
-        config.socket_path.display()
-    )
+    let state = state::StateFile::open(&config.state_dir)?;
+    let routes = state.load()?;
+    let data = Arc::new(DataPath::default());
+    let service = Arc::new(ProxyService::new(data.clone(), state, config.port_bind_ip));
+    let restored = routes.len();
+    service.restore(routes).await?;
+    if config.http_listen.is_some() || config.https_listen.is_some() {
+        service.close_ports().await;
+        anyhow::bail!("HTTP and HTTPS listeners are not in this build yet: pass --http-listen none --https-listen none");
+    }
+    let listener = match control::bind_socket(&config.socket_path).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            service.close_ports().await;
+            return Err(e);
+        }
+    };
+    let shutdown = data.shutdown.clone();
+    let control_service = service.clone();
+    let control_server = tokio::spawn(async move {
+        if let Err(e) = control::serve(listener, control_service, shutdown.cancelled_owned()).await
+        {
+            tracing::error!(error = %e, "the control socket stopped serving");
+        }
+    });
+    tracing::info!(
+        routes = restored,
+        socket = %config.socket_path.display(),
+        "berth-proxy started"
+    );
+    Ok(RunningProxy {
+        http_addr: None,
+        https_addr: None,
+        socket_path: config.socket_path,
+        data,
+        service,
+        servers: vec![control_server],
+    })
 }
