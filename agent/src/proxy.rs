@@ -11,26 +11,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-// The HTTP/HTTPS listeners (next commit) use what is still unused here.
-#[allow(dead_code)]
 mod challenge;
 pub mod client;
 mod connections;
 mod control;
 mod error;
+mod http;
 mod route;
 mod service;
 mod state;
-#[allow(dead_code)]
 mod table;
 mod tcp;
 #[cfg(test)]
 mod tests;
-#[allow(dead_code)]
 mod tls;
 
 pub use error::ProxyError;
@@ -126,36 +124,88 @@ pub async fn start(config: ProxyConfig) -> anyhow::Result<RunningProxy> {
     let service = Arc::new(ProxyService::new(data.clone(), state, config.port_bind_ip));
     let restored = routes.len();
     service.restore(routes).await?;
-    if config.http_listen.is_some() || config.https_listen.is_some() {
-        service.close_ports().await;
-        anyhow::bail!("HTTP and HTTPS listeners are not in this build yet: pass --http-listen none --https-listen none");
-    }
-    let listener = match control::bind_socket(&config.socket_path).await {
+    let listeners = match bind_http_listeners(&config).await {
+        Ok(listeners) => listeners,
+        Err(e) => {
+            service.close_ports().await;
+            return Err(e);
+        }
+    };
+    let control_listener = match control::bind_socket(&config.socket_path).await {
         Ok(listener) => listener,
         Err(e) => {
             service.close_ports().await;
             return Err(e);
         }
     };
+    let (http, https) = listeners;
+    let (http_addr, https_addr) = (
+        http.as_ref().and_then(|l| l.local_addr().ok()),
+        https.as_ref().and_then(|l| l.local_addr().ok()),
+    );
+    let mut servers = Vec::new();
+    let client = http::backend_client();
+    if let Some(listener) = http {
+        let scheme = http::Scheme::Http {
+            https_port: https_addr.map(|a| a.port()),
+        };
+        servers.push(http::serve(listener, scheme, data.clone(), client.clone()));
+    }
+    if let Some(listener) = https {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(data.table.clone())?);
+        servers.push(http::serve(
+            listener,
+            http::Scheme::Https(acceptor),
+            data.clone(),
+            client,
+        ));
+    }
     let shutdown = data.shutdown.clone();
     let control_service = service.clone();
     let control_server = tokio::spawn(async move {
-        if let Err(e) = control::serve(listener, control_service, shutdown.cancelled_owned()).await
+        if let Err(e) = control::serve(
+            control_listener,
+            control_service,
+            shutdown.cancelled_owned(),
+        )
+        .await
         {
             tracing::error!(error = %e, "the control socket stopped serving");
         }
     });
+    servers.push(control_server);
     tracing::info!(
         routes = restored,
+        http = ?http_addr,
+        https = ?https_addr,
         socket = %config.socket_path.display(),
         "berth-proxy started"
     );
     Ok(RunningProxy {
-        http_addr: None,
-        https_addr: None,
+        http_addr,
+        https_addr,
         socket_path: config.socket_path,
         data,
         service,
-        servers: vec![control_server],
+        servers,
     })
+}
+
+/// The HTTP and HTTPS listeners the config asks for.
+async fn bind_http_listeners(
+    config: &ProxyConfig,
+) -> anyhow::Result<(Option<TcpListener>, Option<TcpListener>)> {
+    async fn bind(
+        addr: Option<SocketAddr>,
+        what: &str,
+        flag: &str,
+    ) -> anyhow::Result<Option<TcpListener>> {
+        let Some(addr) = addr else { return Ok(None) };
+        TcpListener::bind(addr).await.map(Some).map_err(|e| {
+            anyhow::anyhow!("cannot listen for {what} on {addr}: {e}: free the port, or pass {flag} with another address or none")
+        })
+    }
+    let http = bind(config.http_listen, "HTTP", "--http-listen").await?;
+    let https = bind(config.https_listen, "HTTPS", "--https-listen").await?;
+    Ok((http, https))
 }
