@@ -97,8 +97,15 @@ impl RunningProxy {
     /// stay persisted for the next start.
     pub async fn shutdown(self) {
         self.data.shutdown.cancel();
-        for server in self.servers {
-            let _ = server.await;
+        for mut server in self.servers {
+            // The control server waits for RPCs in flight; a long Drain ends once the
+            // connections it waits for are cut below, but do not wait on it forever.
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
         }
         self.service.close_ports().await;
         self.data.tasks.close();
@@ -142,6 +149,11 @@ pub async fn start(config: ProxyConfig) -> anyhow::Result<RunningProxy> {
     let (http_addr, https_addr) = (
         http.as_ref().and_then(|l| l.local_addr().ok()),
         https.as_ref().and_then(|l| l.local_addr().ok()),
+    );
+    service.reserve_ports(
+        [(http_addr, "HTTP"), (https_addr, "HTTPS")]
+            .into_iter()
+            .filter_map(|(addr, what)| Some((addr?.port(), what))),
     );
     let mut servers = Vec::new();
     let client = http::backend_client();

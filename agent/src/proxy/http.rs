@@ -127,12 +127,19 @@ pub fn serve(
             let shared = shared.clone();
             data.tasks.spawn(async move {
                 match &shared.scheme {
-                    Scheme::Http { .. } => serve_connection(stream, peer, shared.clone()).await,
+                    Scheme::Http { .. } => {
+                        serve_connection(stream, peer, None, shared.clone()).await
+                    }
                     Scheme::Https(acceptor) => {
                         let handshake =
                             tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
                         match handshake {
-                            Ok(Ok(tls)) => serve_connection(tls, peer, shared.clone()).await,
+                            Ok(Ok(tls)) => {
+                                // The resolver refused any handshake without a known SNI.
+                                let sni =
+                                    tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+                                serve_connection(tls, peer, sni, shared.clone()).await
+                            }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake refused")
                             }
@@ -145,14 +152,16 @@ pub fn serve(
     })
 }
 
-async fn serve_connection<S>(io: S, peer: SocketAddr, shared: Arc<Listener>)
+/// Serves one client connection; `sni` is the TLS server name it was opened for.
+async fn serve_connection<S>(io: S, peer: SocketAddr, sni: Option<String>, shared: Arc<Listener>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handler = shared.clone();
+    let sni: Option<Arc<str>> = sni.map(Into::into);
     let service = service_fn(move |request| {
-        let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handle(&handler, peer, request).await) }
+        let (handler, sni) = (handler.clone(), sni.clone());
+        async move { Ok::<_, Infallible>(handle(&handler, peer, sni.as_deref(), request).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -176,6 +185,7 @@ where
 async fn handle(
     listener: &Listener,
     peer: SocketAddr,
+    sni: Option<&str>,
     mut request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let path = request.uri().path();
@@ -197,6 +207,13 @@ async fn handle(
     let Some(host) = request_host(&request) else {
         return text(StatusCode::BAD_REQUEST, "the request names no host\n");
     };
+    if let Some(sni) = sni.filter(|sni| *sni != host) {
+        // A TLS connection serves the name it was opened (and certified) for, no other.
+        return text(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("this connection is for {sni}, not {host}: open one for {host}\n"),
+        );
+    }
     let Some(target) = listener.data.table.load().host_target(&host) else {
         return text(StatusCode::NOT_FOUND, format!("no app serves {host}\n"));
     };

@@ -41,6 +41,8 @@ pub struct ProxyService {
     /// The served host ports; its lock is the one every control call that changes the table
     /// holds from its first check to its last step.
     ports: Mutex<BTreeMap<u16, ServedPort>>,
+    /// The proxy's own HTTP/HTTPS listener ports: no app may publish them.
+    reserved: std::sync::Mutex<BTreeMap<u16, &'static str>>,
 }
 
 impl ProxyService {
@@ -50,7 +52,16 @@ impl ProxyService {
             state,
             port_bind_ip,
             ports: Mutex::new(BTreeMap::new()),
+            reserved: std::sync::Mutex::default(),
         }
+    }
+
+    /// Marks the proxy's own listener ports (`"HTTP"`, `"HTTPS"`) as not publishable.
+    pub fn reserve_ports(&self, ports: impl IntoIterator<Item = (u16, &'static str)>) {
+        self.reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(ports);
     }
 
     /// Puts the persisted routes in the table and serves their ports. A port that cannot be
@@ -96,6 +107,18 @@ impl ProxyService {
 
     pub async fn set_route(&self, mut route: Route) -> Result<SetRouteOutcome, ProxyError> {
         route.validate()?;
+        {
+            let reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((port, what)) = route
+                .ports
+                .iter()
+                .find_map(|p| reserved.get_key_value(&p.host_port))
+            {
+                return Err(ProxyError::FailedPrecondition(format!(
+                    "host port {port} is berth-proxy's {what} listener: serve the app by domain, or publish another port"
+                )));
+            }
+        }
         let certs = tls::route_certs(&route)?;
         let mut ports = self.ports.lock().await;
         let current = self.data.table.load();

@@ -738,6 +738,19 @@ async fn one_http_listener_serves_two_apps_by_host_and_404s_the_rest() {
         "blog|203.0.113.9, 127.0.0.1|http|blog.test|/"
     );
 
+    // The proxy's own listener port cannot be published by an app.
+    let http_port = fx.http_addr().port();
+    let mut on_80 = http_route("shop", &shop, vec![domain("shop.test", None)]);
+    on_80.ports.push(pb::ProxyPort {
+        host_port: http_port.into(),
+        container_port: shop.addr.port().into(),
+        protocol: "tcp".into(),
+    });
+    assert_status(
+        fx.set_route(on_80).await,
+        tonic::Code::FailedPrecondition,
+        &format!("host port {http_port} is berth-proxy's HTTP listener"),
+    );
     let unknown = get(&mut conn, "nobody.test", "/").await;
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.body, "no app serves nobody.test\n");
@@ -820,6 +833,8 @@ async fn a_domain_with_a_certificate_is_served_over_https_by_sni_and_redirected_
     let answer = get(&mut conn, "shop.test", "/cart").await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body, "shop|127.0.0.1|https|shop.test|/cart");
+    // The connection was opened for shop.test: another Host on it is misdirected.
+    assert_eq!(get(&mut conn, "blog.test", "/").await.status, 421);
 
     // No certificate for the name: the handshake is refused (no default certificate).
     assert!(tls_stream(fx.https_addr(), "other.test", &cert)

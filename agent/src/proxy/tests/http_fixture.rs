@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 pub struct Logs {
     buffer: Arc<Mutex<Vec<u8>>>,
     _guard: tracing::subscriber::DefaultGuard,
+    _second: tracing::Dispatch,
 }
 
 #[derive(Clone)]
@@ -24,6 +25,11 @@ impl Write for Writer {
 
 /// Captures logs for a current-thread test runtime (every task runs on this thread).
 pub fn capture_logs() -> Logs {
+    // With a single registered dispatcher, tracing decides a callsite's interest from the
+    // default of whichever thread hits it first: another test's thread (no subscriber) would
+    // switch it off for good. A second registered dispatcher makes every callsite ask each
+    // thread's own subscriber.
+    let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let buffer = Arc::new(Mutex::new(Vec::new()));
     let writer = Writer(buffer.clone());
     let subscriber = tracing_subscriber::fmt()
@@ -31,9 +37,12 @@ pub fn capture_logs() -> Logs {
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
     Logs {
         buffer,
-        _guard: tracing::subscriber::set_default(subscriber),
+        _guard: guard,
+        _second: second,
     }
 }
 
