@@ -631,6 +631,8 @@ async fn the_state_is_private_and_keys_are_never_logged() {
     let listed = fx.list().await;
     let listed_domain = &listed[0].route.as_ref().expect("route").domains[0];
     assert_eq!(listed_domain.tls_cert_pem, cert);
+    // Container port 0: the app's first port.
+    assert_eq!(listed_domain.container_port, u32::from(a.addr.port()));
     assert!(listed_domain.tls_key_pem.is_empty());
     let snapshot = fx.proxy().data.table.load();
     let debug = format!("{snapshot:?}");
