@@ -30,9 +30,6 @@ mod tcp;
 #[cfg(test)]
 mod tests;
 mod tls;
-
-pub use error::ProxyError;
-
 use service::ProxyService;
 
 /// How long connections get to finish at shutdown before they are cut.

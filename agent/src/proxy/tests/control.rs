@@ -187,3 +187,15 @@ async fn the_state_is_private_and_keys_are_never_logged() {
     }
     assert!(!key_body.is_empty());
 }
+
+#[tokio::test]
+async fn the_client_names_a_missing_socket_and_says_to_start_the_proxy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("proxy.sock");
+    let Err(error) = client::connect(&socket).await else {
+        panic!("connected although no proxy listens there");
+    };
+    let message = format!("{error:#}");
+    assert!(message.contains(&socket.display().to_string()), "{message}");
+    assert!(message.contains("start it"), "{message}");
+}
