@@ -70,12 +70,6 @@ async fn main() -> anyhow::Result<()> {
         port_bind_ip: args.bind_ip,
     })
     .await?;
-    tracing::info!(
-        socket = %running.socket_path().display(),
-        http = ?running.http_addr(),
-        https = ?running.https_addr(),
-        "berth-proxy serving"
-    );
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
