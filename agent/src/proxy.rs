@@ -48,6 +48,21 @@ pub struct ProxyConfig {
     pub https_listen: Option<SocketAddr>,
     /// The address every published host port is bound on.
     pub port_bind_ip: IpAddr,
+    /// Members of the proxy's group may use the control socket too (mode 0660 instead of
+    /// 0600): for an agent that runs as another user in that group (the systemd units: the
+    /// agent's dynamic user and the proxy share the `docker` group, which is root-equivalent
+    /// on the host already).
+    pub socket_group_access: bool,
+}
+
+impl ProxyConfig {
+    fn socket_mode(&self) -> u32 {
+        if self.socket_group_access {
+            0o660
+        } else {
+            0o600
+        }
+    }
 }
 
 /// What the data path (listeners and the connections they spawn) shares.
@@ -135,7 +150,7 @@ pub async fn start(config: ProxyConfig) -> anyhow::Result<RunningProxy> {
             return Err(e);
         }
     };
-    let control_listener = match control::bind_socket(&config.socket_path).await {
+    let control_listener = match control::bind_socket(&config.socket_path, config.socket_mode()).await {
         Ok(listener) => listener,
         Err(e) => {
             service.close_ports().await;

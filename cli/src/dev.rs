@@ -118,6 +118,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             http_listen: args.proxy_http_listen.0,
             https_listen: args.proxy_https_listen.0,
             port_bind_ip: std::net::IpAddr::from([0, 0, 0, 0]),
+            socket_group_access: false,
         };
         let proxy = berth_agent::proxy::start(config).await.map_err(|e| {
             anyhow::anyhow!(

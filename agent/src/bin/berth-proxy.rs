@@ -34,6 +34,10 @@ struct Args {
     /// The address apps' published host ports are bound on.
     #[arg(long, env = "BERTH_PROXY_BIND_IP", default_value = "0.0.0.0")]
     bind_ip: IpAddr,
+    /// Let the proxy's group use the control socket (mode 0660): for an agent running as
+    /// another user of that group.
+    #[arg(long, env = "BERTH_PROXY_SOCKET_GROUP_ACCESS")]
+    socket_group_access: bool,
 }
 
 /// A listen address, or `none`.
@@ -68,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         http_listen: args.http_listen.0,
         https_listen: args.https_listen.0,
         port_bind_ip: args.bind_ip,
+        socket_group_access: args.socket_group_access,
     })
     .await?;
     shutdown_signal().await;

@@ -24,7 +24,7 @@ use super::route::{Backend, DomainRoute, PortMapping, Route, TlsPem};
 use super::service::ProxyService;
 
 /// Binds the control socket at `path` (mode 0600), after checking no proxy answers there.
-pub async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+pub async fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -62,7 +62,7 @@ pub async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     let bound = (|| {
         let temp = private.join("proxy.sock");
         let listener = UnixListener::bind(&temp)?;
-        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))?;
         std::fs::rename(&temp, path)?;
         Ok::<_, std::io::Error>(listener)
     })();

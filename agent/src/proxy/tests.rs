@@ -134,6 +134,7 @@ fn config(dir: &Path) -> ProxyConfig {
         http_listen: None,
         https_listen: None,
         port_bind_ip: LOCALHOST,
+        socket_group_access: false,
     }
 }
 
