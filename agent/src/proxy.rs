@@ -150,13 +150,14 @@ pub async fn start(config: ProxyConfig) -> anyhow::Result<RunningProxy> {
             return Err(e);
         }
     };
-    let control_listener = match control::bind_socket(&config.socket_path, config.socket_mode()).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            service.close_ports().await;
-            return Err(e);
-        }
-    };
+    let control_listener =
+        match control::bind_socket(&config.socket_path, config.socket_mode()).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                service.close_ports().await;
+                return Err(e);
+            }
+        };
     let (http, https) = listeners;
     let (http_addr, https_addr) = (
         http.as_ref().and_then(|l| l.local_addr().ok()),

@@ -72,6 +72,11 @@ impl Host {
         let id = deploy(&self.node, &self.app, version).await;
         let detail = wait_deployment(&self.node, &id, Duration::from_secs(180)).await;
         assert_eq!(status(&detail), "success", "{detail:#?}");
+        if std::env::var_os("BERTH_DEBUG_EVENTS").is_some() {
+            for e in &detail.events {
+                eprintln!("{} {} {}", e.at, e.phase, e.message);
+            }
+        }
         started.elapsed()
     }
 

@@ -3,7 +3,9 @@
 //! gate, one `SetRoute` call points the app's ports and domains at it, and the deployment has
 //! succeeded. The containers it replaced are *retired* off the critical path: their open
 //! connections get the app's drain time to end, then they are stopped with the app's grace and
-//! signal, and kept (stopped) until the commit, so a rollback can start them again.
+//! signal, and kept (stopped) until the commit, so a rollback can start them again. The
+//! retirement is logged by the agent, not reported as deployment events: the deployment's
+//! result never waits for the old version to stop.
 //!
 //! A rollback is a route switch back: the previous container is kept from retiring (or started
 //! again if it already stopped), the route points at it, and the undone container retires in
@@ -172,7 +174,6 @@ impl ProxyLink {
         containers: Vec<AppContainer>,
         stop: StopSpec,
         remove: bool,
-        events: Option<EventSink>,
     ) {
         for container in containers {
             let (keep_tx, keep_rx) = watch::channel(false);
@@ -188,7 +189,6 @@ impl ProxyLink {
                 stop.clone(),
                 keep_rx,
                 remove.clone(),
-                events.clone(),
             ));
             retiring.insert(
                 container.id.clone(),
@@ -209,14 +209,10 @@ async fn retire_one(
     stop: StopSpec,
     mut keep: watch::Receiver<bool>,
     remove: Arc<std::sync::atomic::AtomicBool>,
-    events: Option<EventSink>,
 ) {
-    let say = |message: String| {
-        info!(container = %container.name, %message, "retire");
-        if let Some(events) = &events {
-            emit(events, "cleanup", message);
-        }
-    };
+    // Only logged: the deployment already reported its outcome, and holding its event
+    // stream open would hold back its result until the old version stopped.
+    let say = |message: String| info!(container = %container.name, %message, "retire");
     let drained = tokio::select! {
         drained = link.drain(&container.id, stop.drain) => Some(drained),
         _ = keep.wait_for(|keep| *keep) => None,
@@ -423,13 +419,7 @@ pub(super) async fn serve(
             candidate.name
         ),
     );
-    link.retire(
-        exec,
-        retiring,
-        spec.stop.clone(),
-        false,
-        Some(deploy.events.clone()),
-    );
+    link.retire(exec, retiring, spec.stop.clone(), false);
     deploy.succeed(candidate.id, &candidate.name, String::new())
 }
 
@@ -519,7 +509,7 @@ pub(super) async fn rollback(
         drain: ROLLBACK_DRAIN,
         ..StopSpec::default()
     };
-    link.retire(exec, undone, stop, true, Some(events.clone()));
+    link.retire(exec, undone, stop, true);
     DeployOutcome {
         success: false,
         container_id: Some(previous.id),
@@ -590,13 +580,7 @@ pub(super) async fn repair(
                 exec.remove_quietly(&container.id).await;
             } else {
                 warn!(container = %container.name, "retiring a container whose retirement was interrupted");
-                link.retire(
-                    exec,
-                    vec![container.clone()],
-                    StopSpec::default(),
-                    false,
-                    None,
-                );
+                link.retire(exec, vec![container.clone()], StopSpec::default(), false);
             }
         }
     }
