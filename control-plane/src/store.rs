@@ -9,6 +9,7 @@ mod api_keys;
 mod applications;
 mod audit;
 mod deployments;
+mod domains;
 mod env;
 mod notifications;
 mod providers;
