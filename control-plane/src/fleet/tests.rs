@@ -763,3 +763,5 @@ async fn cancel_in_progress_stops_between_batches_rolls_back_and_starts_the_newe
         DeploymentStatus::Success
     );
 }
+
+mod routes;
