@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "berth/v1/notify.proto",
     "berth/v1/providers.proto",
     "berth/v1/proxy.proto",
+    "berth/v1/domains.proto",
 ];
 
 /// Messages that carry a secret: no derived `Debug` (src/redact.rs writes a redacting one).

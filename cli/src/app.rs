@@ -2,8 +2,8 @@
 
 use berth_proto::v1::{
     target, Application, ApplicationDetail, CreateApplicationRequest, DeleteApplicationRequest,
-    GetApplicationRequest, HealthCheckConfig, ListApplicationsRequest, PortMapping,
-    RotateWebhookTokenRequest, Target, UpdateApplicationRequest,
+    DeploymentSummary, GetApplicationRequest, HealthCheckConfig, ListApplicationsRequest,
+    PortMapping, RotateWebhookTokenRequest, Target, UpdateApplicationRequest,
 };
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
@@ -56,6 +56,22 @@ enum AppCommand {
         /// Docker restart policy: no, always, unless-stopped (default), on-failure
         #[arg(long)]
         restart_policy: Option<String>,
+        /// Seconds connections to the previous container get to end after a host-proxy
+        /// switch, 0 to 3600 (default 30)
+        #[arg(long, value_name = "SECS")]
+        drain_timeout: Option<u32>,
+        /// Seconds the previous container gets after its stop signal before it is killed,
+        /// 0 to 3600 (default 10)
+        #[arg(long, value_name = "SECS")]
+        stop_timeout: Option<u32>,
+        /// Signal that stops the previous container, e.g. SIGTERM, SIGQUIT, SIGINT or a
+        /// number (default: the image's STOPSIGNAL)
+        #[arg(long, value_name = "SIG")]
+        stop_signal: Option<String>,
+        /// Every deploy of the app cancels its running deployment, as with
+        /// `berth deploy --cancel-in-progress` (default false)
+        #[arg(long, value_name = "BOOL")]
+        cancel_in_progress: Option<bool>,
     },
     /// List applications
     List,
@@ -112,6 +128,19 @@ struct Changes {
     /// Docker restart policy: no, always, unless-stopped, on-failure
     #[arg(long)]
     restart_policy: Option<String>,
+    /// Seconds connections to the previous container get to end after a host-proxy switch
+    #[arg(long, value_name = "SECS")]
+    drain_timeout: Option<u32>,
+    /// Seconds the previous container gets after its stop signal before it is killed
+    #[arg(long, value_name = "SECS")]
+    stop_timeout: Option<u32>,
+    /// Signal that stops the previous container (SIGTERM, SIGQUIT, …); "" for the image's
+    /// STOPSIGNAL
+    #[arg(long, value_name = "SIG")]
+    stop_signal: Option<String>,
+    /// Every deploy of the app cancels its running deployment
+    #[arg(long, value_name = "BOOL")]
+    cancel_in_progress: Option<bool>,
     /// Replaces all targets, repeatable
     #[arg(long = "target", value_name = "TARGET", value_parser = parse_target)]
     targets: Vec<Target>,
@@ -148,6 +177,10 @@ pub async fn run(args: AppArgs, connect: &ConnectOptions, format: Format) -> any
             health_check,
             health_timeout,
             restart_policy,
+            drain_timeout,
+            stop_timeout,
+            stop_signal,
+            cancel_in_progress,
         } => {
             let response = client
                 .create_application(CreateApplicationRequest {
@@ -162,6 +195,10 @@ pub async fn run(args: AppArgs, connect: &ConnectOptions, format: Format) -> any
                     deploy_batch_size: batch_size,
                     health_check: health_check.map(|h| with_timeout(h, health_timeout)),
                     restart_policy,
+                    drain_timeout_seconds: drain_timeout,
+                    stop_timeout_seconds: stop_timeout,
+                    stop_signal,
+                    cancel_in_progress: cancel_in_progress.unwrap_or(false),
                 })
                 .await?
                 .into_inner();
@@ -287,6 +324,10 @@ fn update_request(name: String, changes: Changes) -> UpdateApplicationRequest {
             .map(|h| with_timeout(h, changes.health_timeout)),
         clear_health_check: changes.clear_health_check,
         restart_policy: changes.restart_policy,
+        drain_timeout_seconds: changes.drain_timeout,
+        stop_timeout_seconds: changes.stop_timeout,
+        stop_signal: changes.stop_signal,
+        cancel_in_progress: changes.cancel_in_progress,
     }
 }
 
@@ -377,6 +418,9 @@ fn render_detail(detail: &ApplicationDetail) -> String {
     line(format!("  Name:          {}", app.name));
     line(format!("  Image:         {}", output::image_text(&app)));
     line(format!("  Status:        {}", app.status));
+    if let Some(progress) = progress_text(&detail.deployments) {
+        line(format!("  In progress:   {progress}"));
+    }
     line(format!("  Last deployed: {}", last_deployed(&app)));
     line(format!("  Targets:       {}", targets_text(&app.targets)));
     if !app.ports.is_empty() {
@@ -387,6 +431,41 @@ fn render_detail(detail: &ApplicationDetail) -> String {
         line(format!("  Repository:    {repository}"));
     }
     line(format!("  Auto-deploy:   {}", yes_no(app.auto_deploy)));
+    line(format!("  Stop:          {}", stop_text(&app)));
+    line(format!(
+        "  Cancel running: {}",
+        if app.cancel_in_progress {
+            "yes (every deploy cancels the running one)"
+        } else {
+            "no (deploys queue behind the running one)"
+        }
+    ));
+
+    line(String::new());
+    line(format!("Domains ({})", detail.domains.len()));
+    let host_width = detail
+        .domains
+        .iter()
+        .map(|d| d.host.chars().count())
+        .max()
+        .unwrap_or(0);
+    for domain in &detail.domains {
+        let port = match domain.container_port {
+            0 => match app.ports.first() {
+                Some(p) => format!("{} (first port)", p.container),
+                None => "first port".to_string(),
+            },
+            port => port.to_string(),
+        };
+        line(format!(
+            "  {:<host_width$}  → {port}  tls {}",
+            domain.host,
+            output::domain_tls_text(domain)
+        ));
+    }
+    if detail.domains.is_empty() {
+        line("  none (berth domain add APP HOST)".to_string());
+    }
 
     line(String::new());
     line("Webhook".to_string());
@@ -485,6 +564,40 @@ fn render_detail(detail: &ApplicationDetail) -> String {
         line("  none yet".to_string());
     }
     out
+}
+
+/// `deploying v2 (v3 queued)` while a deployment runs; `None` when none does.
+fn progress_text(deployments: &[DeploymentSummary]) -> Option<String> {
+    let running = deployments
+        .iter()
+        .find(|d| d.status == "running" || d.status == "pending")?;
+    let queued: Vec<&str> = deployments
+        .iter()
+        .filter(|d| d.status == "queued")
+        .map(|d| d.version.as_str())
+        .collect();
+    Some(if queued.is_empty() {
+        format!("deploying {}", running.version)
+    } else {
+        format!(
+            "deploying {} ({} queued)",
+            running.version,
+            queued.join(", ")
+        )
+    })
+}
+
+/// `drain 30s, then SIGTERM, killed after 10s`.
+fn stop_text(app: &Application) -> String {
+    let signal = if app.stop_signal.is_empty() {
+        "the image's stop signal"
+    } else {
+        app.stop_signal.as_str()
+    };
+    format!(
+        "drain {}s, then {signal}, killed after {}s",
+        app.drain_timeout_seconds, app.stop_timeout_seconds
+    )
 }
 
 fn last_deployed(app: &Application) -> String {
@@ -667,6 +780,96 @@ mod tests {
         assert!(request.set_ports && request.ports.is_empty());
         assert_eq!(request.webhook_enabled, Some(false));
         assert_eq!(request.auto_deploy, Some(true));
+    }
+
+    #[test]
+    fn stop_settings_and_cancel_in_progress_are_sent_only_when_given() {
+        let request = update(&["--image", "nginx"]).unwrap();
+        assert_eq!(request.drain_timeout_seconds, None);
+        assert_eq!(request.stop_signal, None);
+        assert_eq!(request.cancel_in_progress, None);
+        let request = update(&[
+            "--drain-timeout",
+            "60",
+            "--stop-timeout",
+            "5",
+            "--stop-signal",
+            "SIGQUIT",
+            "--cancel-in-progress",
+            "true",
+        ])
+        .unwrap();
+        assert_eq!(request.drain_timeout_seconds, Some(60));
+        assert_eq!(request.stop_timeout_seconds, Some(5));
+        assert_eq!(request.stop_signal.as_deref(), Some("SIGQUIT"));
+        assert_eq!(request.cancel_in_progress, Some(true));
+        assert!(update(&["--cancel-in-progress", "maybe"]).is_err());
+        assert!(update(&["--drain-timeout", "-1"]).is_err());
+    }
+
+    #[test]
+    fn show_renders_stop_settings_domains_and_the_queue() {
+        let deployment = |version: &str, status: &str| DeploymentSummary {
+            version: version.into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        let detail = ApplicationDetail {
+            application: Some(Application {
+                name: "web".into(),
+                ports: vec![port(8080, 80, "tcp")],
+                drain_timeout_seconds: 30,
+                stop_timeout_seconds: 10,
+                stop_signal: "SIGQUIT".into(),
+                cancel_in_progress: true,
+                ..Default::default()
+            }),
+            deployments: vec![
+                deployment("v3", "queued"),
+                deployment("v2", "running"),
+                deployment("v1", "success"),
+            ],
+            domains: vec![
+                berth_proto::v1::Domain {
+                    host: "shop.example.com".into(),
+                    tls_mode: "files".into(),
+                    not_after: Some("2030-01-31 12:00:00".into()),
+                    ..Default::default()
+                },
+                berth_proto::v1::Domain {
+                    host: "api.example.com".into(),
+                    container_port: 8081,
+                    tls_mode: "none".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let text = render_detail(&detail);
+        assert!(
+            text.contains("In progress:   deploying v2 (v3 queued)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("drain 30s, then SIGQUIT, killed after 10s"),
+            "{text}"
+        );
+        assert!(text.contains("Cancel running: yes"), "{text}");
+        assert!(
+            text.contains(
+                "shop.example.com  → 80 (first port)  tls files (expires 2030-01-31 12:00)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("api.example.com   → 8081  tls none"),
+            "{text}"
+        );
+        let idle = ApplicationDetail {
+            deployments: vec![deployment("v1", "success")],
+            ..detail
+        };
+        assert!(!render_detail(&idle).contains("In progress"));
     }
 
     #[test]

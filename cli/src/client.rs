@@ -190,6 +190,15 @@ impl Connection {
         )
     }
 
+    pub fn domains(
+        &self,
+    ) -> berth_proto::v1::domain_service_client::DomainServiceClient<AuthChannel> {
+        berth_proto::v1::domain_service_client::DomainServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
     pub fn notifications(
         &self,
     ) -> berth_proto::v1::notification_service_client::NotificationServiceClient<AuthChannel> {

@@ -15,6 +15,7 @@ mod app;
 mod client;
 mod deploy;
 mod dev;
+mod domain;
 mod env;
 mod group;
 mod output;
@@ -61,6 +62,8 @@ enum Command {
     App(app::AppArgs),
     /// Environment variables of an application or global
     Env(env::EnvArgs),
+    /// Host names the host proxy routes to an application (HTTP, HTTPS from files)
+    Domain(domain::DomainArgs),
     /// API keys of the admin API
     Apikey(apikey::ApiKeyArgs),
     /// Image registries and their credentials
@@ -104,6 +107,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Secret(args) => secret::run(args, connect, format).await,
         Command::App(args) => app::run(args, connect, format).await,
         Command::Env(args) => env::run(args, connect, format).await,
+        Command::Domain(args) => domain::run(args, connect, format).await,
         Command::Apikey(args) => apikey::run(args, connect, format).await,
         Command::Repository(args) => repository::run(args, connect, format).await,
         Command::Provider(args) => provider::run(*args, connect, format).await,

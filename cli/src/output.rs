@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use berth_proto::v1::{
     target, Agent, ApiKey, Application, ApplicationDetail, DeploymentDetail, DeploymentEventRow,
-    DeploymentSummary, DeploymentTarget, EnvVar, ImagePattern, PortMapping, Repository,
+    DeploymentSummary, DeploymentTarget, Domain, EnvVar, ImagePattern, PortMapping, Repository,
     SecretGroup, SecretSummary, Target,
 };
 use serde_json::{json, Value};
@@ -216,6 +216,10 @@ pub fn application_json(app: &Application) -> Value {
         "targets": app.targets.iter().map(target_json).collect::<Vec<_>>(),
         "created_at": app.created_at,
         "updated_at": app.updated_at,
+        "drain_timeout_seconds": app.drain_timeout_seconds,
+        "stop_timeout_seconds": app.stop_timeout_seconds,
+        "stop_signal": app.stop_signal,
+        "cancel_in_progress": app.cancel_in_progress,
     })
 }
 
@@ -239,6 +243,7 @@ pub fn application_detail_json(detail: &ApplicationDetail) -> Value {
         "webhook_url": detail.webhook_url,
         "env": detail.env.iter().map(env_var_json).collect::<Vec<_>>(),
         "deployments": detail.deployments.iter().map(deployment_summary_json).collect::<Vec<_>>(),
+        "domains": detail.domains.iter().map(domain_json).collect::<Vec<_>>(),
     })
 }
 
@@ -252,6 +257,33 @@ pub fn api_key_json(key: &ApiKey) -> Value {
         "last_used_at": key.last_used_at,
         "revoked_at": key.revoked_at,
     })
+}
+
+pub fn domain_json(domain: &Domain) -> Value {
+    json!({
+        "host": domain.host,
+        "app": domain.app,
+        "container_port": domain.container_port,
+        "tls_mode": domain.tls_mode,
+        "not_after": domain.not_after,
+        "created_at": domain.created_at,
+    })
+}
+
+/// `none`, or `files (expires 2026-01-31 12:00)`.
+pub fn domain_tls_text(domain: &Domain) -> String {
+    match domain.not_after.as_deref().filter(|t| !t.is_empty()) {
+        Some(at) => format!("{} (expires {})", domain.tls_mode, short_time(at)),
+        None => domain.tls_mode.clone(),
+    }
+}
+
+/// A domain's container port: `first` for 0 (the app's first port).
+pub fn container_port_text(port: u32) -> String {
+    match port {
+        0 => "first".to_string(),
+        port => port.to_string(),
+    }
 }
 
 pub fn repository_json(repository: &Repository) -> Value {

@@ -31,6 +31,10 @@ async fn setup(secrets: usize) -> (Service, i64) {
                 deploy_batch_size: None,
                 health_check: None,
                 restart_policy: None,
+                drain_timeout_s: None,
+                stop_timeout_s: None,
+                stop_signal: None,
+                cancel_in_progress: false,
             },
         )
         .await

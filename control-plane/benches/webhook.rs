@@ -70,6 +70,10 @@ async fn run(deploys: usize, rejects: usize, concurrency: usize) -> anyhow::Resu
                 deploy_batch_size: None,
                 health_check: None,
                 restart_policy: None,
+                drain_timeout_s: None,
+                stop_timeout_s: None,
+                stop_signal: None,
+                cancel_in_progress: false,
             },
         )
         .await?;

@@ -13,6 +13,7 @@ mod enroll;
 mod prepare;
 mod reconcile;
 mod rollout;
+mod routes;
 #[cfg(test)]
 mod tests;
 pub mod webhook;
@@ -205,6 +206,7 @@ impl Fleet {
         let (tx, outbound) = mpsc::channel(OUTBOUND_QUEUE);
         let (kill, killed) = oneshot::channel();
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let labels = agent.labels();
         let (previous, running) = {
             let mut live = self.inner.live.lock().expect("live lock");
             if self.inner.closing.load(Ordering::Acquire) {
@@ -217,7 +219,7 @@ impl Fleet {
                 LiveAgent {
                     session: id,
                     tx,
-                    labels: agent.labels(),
+                    labels: labels.clone(),
                     last_heartbeat: Instant::now(),
                     kill: Some(kill),
                 },
@@ -241,6 +243,8 @@ impl Fleet {
         tracing::info!(agent = %agent.name, session = id, running = hello.running.len(), "agent connected");
         self.inner.connected.notify_waiters();
         self.resend_inflight(&agent.name);
+        // After the re-sent commands: the current routes are the last word.
+        self.send_routes_on_connect(&agent.name, &labels).await;
         Ok(Session {
             id,
             outbound,

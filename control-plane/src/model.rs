@@ -136,6 +136,102 @@ pub struct Application {
     pub restart_policy: String,
     /// Overrides the image's CMD when not empty.
     pub command: Vec<String>,
+    /// How the previous container is let go after a host-proxy switch.
+    pub stop: StopSettings,
+    /// Every deploy of this app cancels its running deployment (issue 14), as if it asked
+    /// with `--cancel-in-progress`.
+    pub cancel_in_progress: bool,
+}
+
+/// After the route switch, connections to the previous container get `drain_timeout_s` to
+/// end; then it gets `stop_signal` ('' = the image's STOPSIGNAL) and is killed after
+/// `stop_timeout_s`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopSettings {
+    pub drain_timeout_s: u32,
+    pub stop_timeout_s: u32,
+    pub stop_signal: String,
+}
+
+impl Default for StopSettings {
+    /// The schema's defaults.
+    fn default() -> Self {
+        StopSettings {
+            drain_timeout_s: 30,
+            stop_timeout_s: 10,
+            stop_signal: String::new(),
+        }
+    }
+}
+
+/// How a domain's HTTPS is served. Stored as text in `domains.tls_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain HTTP only.
+    None,
+    /// A certificate and key given by an admin (`--tls-cert`, `--tls-key`).
+    Files,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::None => "none",
+            TlsMode::Files => "files",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(TlsMode::None),
+            "files" => Some(TlsMode::Files),
+            _ => None,
+        }
+    }
+}
+
+/// A `domains` row with its application's name. `private_key` is the stored ciphertext.
+#[derive(Clone)]
+pub struct Domain {
+    pub id: i64,
+    pub application_id: i64,
+    pub app_name: String,
+    /// Lower case, no port, no trailing dot (the seed's `domain` column).
+    pub host: String,
+    /// 0: the app's first container port.
+    pub container_port: u16,
+    pub tls_mode: TlsMode,
+    /// PEM chain, leaf first.
+    pub certificate_pem: Option<String>,
+    /// Ciphertext of the PEM key.
+    pub private_key: Option<String>,
+    /// Expiry of the leaf certificate, `YYYY-MM-DD HH:MM:SS` UTC.
+    pub not_after: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl std::fmt::Debug for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Domain")
+            .field("host", &self.host)
+            .field("app", &self.app_name)
+            .field("container_port", &self.container_port)
+            .field("tls_mode", &self.tls_mode)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A domain about to be written: the key already encrypted.
+pub struct NewDomain {
+    pub application_id: i64,
+    pub host: String,
+    pub container_port: u16,
+    pub tls_mode: TlsMode,
+    pub certificate_pem: Option<String>,
+    pub private_key: Option<String>,
+    pub not_after: Option<String>,
 }
 
 /// An application's health check, stored as JSON in `applications.health_check`.
@@ -166,6 +262,8 @@ pub struct NewApplication {
     pub deploy_batch_size: i64,
     pub health_check: Option<HealthCheckConfig>,
     pub restart_policy: String,
+    pub stop: StopSettings,
+    pub cancel_in_progress: bool,
 }
 
 /// A partial update; `None` leaves a field as it is.
@@ -182,6 +280,10 @@ pub struct ApplicationPatch {
     /// `Some(None)` removes the health check.
     pub health_check: Option<Option<HealthCheckConfig>>,
     pub restart_policy: Option<String>,
+    pub drain_timeout_s: Option<u32>,
+    pub stop_timeout_s: Option<u32>,
+    pub stop_signal: Option<String>,
+    pub cancel_in_progress: Option<bool>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::fleet::webhook::RegistrySecret;
 use crate::fleet::{Fleet, FleetConfig};
 use crate::grpc::{
-    AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi, WebhookApi,
+    AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi, DomainApi, WebhookApi,
 };
 use crate::pki::{write_new_private, write_private, Pki};
 use crate::service::applications::WEBHOOK_URL_SETTING;
@@ -337,6 +337,9 @@ impl Node {
             .add_service(admin.providers)
             .add_service(pb::deploy_service_server::DeployServiceServer::new(
                 DeployApi::new(self.fleet.clone()),
+            ))
+            .add_service(pb::domain_service_server::DomainServiceServer::new(
+                DomainApi::new(self.fleet.clone()),
             ))
             .add_service(
                 pb::agent_admin_service_server::AgentAdminServiceServer::new(AgentAdminApi::new(

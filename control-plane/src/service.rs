@@ -7,6 +7,7 @@
 
 mod api_keys;
 pub mod applications;
+pub mod domains;
 mod env;
 pub mod providers;
 mod registry;
@@ -276,6 +277,24 @@ mod key_check_tests {
         )
         .await
         .unwrap();
+        svc.create_application(&a, applications::tests::new_app("web"))
+            .await
+            .unwrap();
+        let (chain, key) = domains::certificate::tests::valid_for(&["shop.example.com"]);
+        svc.add_domain(
+            &a,
+            domains::DomainSpec {
+                app: "web".into(),
+                host: "shop.example.com".into(),
+                container_port: 0,
+                tls: Some(domains::TlsFiles {
+                    certificate_pem: chain,
+                    private_key_pem: key,
+                }),
+            },
+        )
+        .await
+        .unwrap();
         svc
     }
 
@@ -299,7 +318,7 @@ mod key_check_tests {
     #[tokio::test]
     async fn a_wrong_key_is_refused_by_any_encrypted_column_when_the_check_row_is_missing() {
         // Each column alone must be enough to refuse a wrong key.
-        for keep in ["secret", "repository", "webhook"] {
+        for keep in ["secret", "repository", "webhook", "domain"] {
             let svc = service().await;
             let a = admin();
             match keep {
@@ -316,6 +335,26 @@ mod key_check_tests {
                         "https://r.example",
                         Some("u"),
                         Some(&SecretString::from("pw-1")),
+                    )
+                    .await
+                    .unwrap();
+                }
+                "domain" => {
+                    svc.create_application(&a, applications::tests::new_app("web"))
+                        .await
+                        .unwrap();
+                    let (chain, key) = domains::certificate::tests::valid_for(&["a.example"]);
+                    svc.add_domain(
+                        &a,
+                        domains::DomainSpec {
+                            app: "web".into(),
+                            host: "a.example".into(),
+                            container_port: 0,
+                            tls: Some(domains::TlsFiles {
+                                certificate_pem: chain,
+                                private_key_pem: key,
+                            }),
+                        },
                     )
                     .await
                     .unwrap();

@@ -9,6 +9,7 @@ mod api_keys;
 mod applications;
 mod audit;
 mod deployments;
+mod domains;
 mod env;
 mod notifications;
 mod providers;
@@ -282,5 +283,62 @@ mod migration_tests {
         .execute(&pool)
         .await;
         assert!(orphan.is_err(), "foreign keys are on after migrating");
+    }
+
+    /// Migration 6 rebuilds the seed's `domains`: a row written before it keeps its columns
+    /// (a NULL container port becomes 0, the app's first port), and applications get the
+    /// stop settings' defaults.
+    #[tokio::test]
+    async fn the_domains_rebuild_keeps_seed_rows_and_applications_get_defaults() {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::from_str("sqlite::memory:")
+                    .unwrap()
+                    .foreign_keys(true),
+            )
+            .await
+            .unwrap();
+        let mut before = sqlx::migrate!("../migrations");
+        before.migrations = Cow::Owned(
+            before
+                .migrations
+                .iter()
+                .filter(|m| m.version < 6)
+                .cloned()
+                .collect(),
+        );
+        before.run(&pool).await.unwrap();
+        for sql in [
+            "INSERT INTO applications (name, image) VALUES ('web', 'team/web')",
+            "INSERT INTO domains (application_id, domain) VALUES (1, 'shop.example.com')",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        migrate(&pool).await.unwrap();
+        let (app, port, mode): (i64, i64, String) = sqlx::query_as(
+            "SELECT application_id, container_port, tls_mode FROM domains WHERE domain = 'shop.example.com'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((app, port, mode.as_str()), (1, 0, "none"));
+        let stop: (i64, i64, String, bool) = sqlx::query_as(
+            "SELECT drain_timeout_s, stop_timeout_s, stop_signal, cancel_in_progress FROM applications",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(stop, (30, 10, String::new(), false));
+        // The table still cascades from its application.
+        sqlx::query("DELETE FROM applications")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM domains")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
     }
 }

@@ -166,6 +166,141 @@ pub fn version(version: &str) -> Result<()> {
     )))
 }
 
+/// Longest host name (RFC 1035, without the trailing dot).
+pub const MAX_HOST_NAME_LEN: usize = 253;
+
+/// A host name the host proxy routes by Host header and SNI, returned lower-cased: labels of
+/// `[a-z0-9-]`, 1 to 63 characters, not starting or ending with '-', at most 253 characters
+/// in all. IP addresses, wildcards, ports and trailing dots are refused, each with its own
+/// message; a single label (`localhost`, an intranet name) is accepted.
+pub fn host_name(host: &str) -> Result<String> {
+    let shown = truncate(host);
+    if host.is_empty() {
+        return Err(Error::invalid(
+            "domain is empty: give a host name such as shop.example.com",
+        ));
+    }
+    if host.parse::<std::net::IpAddr>().is_ok()
+        || host
+            .strip_prefix('[')
+            .and_then(|h| h.split_once(']'))
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok())
+    {
+        return Err(Error::invalid(format!(
+            "domain {shown:?} is an ip address: the host proxy routes host names; publish a host port to reach the app by address"
+        )));
+    }
+    if host.contains('*') {
+        return Err(Error::invalid(format!(
+            "domain {shown:?} is a wildcard: add each host name on its own"
+        )));
+    }
+    if let Some((name, port)) = host.rsplit_once(':') {
+        return Err(Error::invalid(format!(
+            "domain {shown:?} has a port ({port:?}): give the host name only ({:?}); the proxy serves domains on 80 and 443",
+            truncate(name)
+        )));
+    }
+    if host.ends_with('.') {
+        return Err(Error::invalid(format!(
+            "domain {shown:?} ends with a dot: give it without the trailing dot"
+        )));
+    }
+    if !host.is_ascii() {
+        return Err(Error::invalid(format!(
+            "domain {shown:?} is not ascii: give an internationalized name in its punycode (xn--) form"
+        )));
+    }
+    if host.len() > MAX_HOST_NAME_LEN {
+        return Err(Error::invalid(format!(
+            "domain is {} characters long, the limit is {MAX_HOST_NAME_LEN}",
+            host.len()
+        )));
+    }
+    let host = host.to_ascii_lowercase();
+    for label in host.split('.') {
+        if label.is_empty() {
+            return Err(Error::invalid(format!(
+                "domain {shown:?} has an empty label (two dots in a row, or a leading dot)"
+            )));
+        }
+        if label.len() > 63 {
+            return Err(Error::invalid(format!(
+                "label {:?} of domain {shown:?} is {} characters long, the limit is 63",
+                truncate(label),
+                label.len()
+            )));
+        }
+        if let Some(bad) = label
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return Err(Error::invalid(format!(
+                "label {:?} of domain {shown:?} contains {bad:?}: use letters, digits and '-'",
+                truncate(label)
+            )));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(Error::invalid(format!(
+                "label {label:?} of domain {shown:?} starts or ends with '-'"
+            )));
+        }
+    }
+    // A top-level label of digits only is an address in disguise (`10.1`, `1.2.3`).
+    if host
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(Error::invalid(format!(
+            "domain {shown:?} looks like an ip address (its last label is all digits): give a host name"
+        )));
+    }
+    Ok(host)
+}
+
+/// The longest time a previous container may be drained or given to stop.
+pub const MAX_STOP_SECONDS: u32 = 3600;
+
+/// Drain and stop timeouts: 0 to 3600 seconds.
+pub fn stop_seconds(what: &str, seconds: u32) -> Result<()> {
+    if seconds > MAX_STOP_SECONDS {
+        return Err(Error::invalid(format!(
+            "{what} is {seconds} s, the limit is {MAX_STOP_SECONDS} s"
+        )));
+    }
+    Ok(())
+}
+
+/// A stop signal, returned normalized: `SIG[A-Z0-9]+` (upper-cased), a number from 1 to 64,
+/// or empty (the image's STOPSIGNAL).
+pub fn stop_signal(signal: &str) -> Result<String> {
+    if signal.is_empty() {
+        return Ok(String::new());
+    }
+    if let Ok(n) = signal.parse::<u32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n.to_string());
+        }
+    } else {
+        let upper = signal.to_ascii_uppercase();
+        if let Some(name) = upper.strip_prefix("SIG") {
+            if !name.is_empty()
+                && upper.len() <= 16
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            {
+                return Ok(upper);
+            }
+        }
+    }
+    Err(Error::invalid(format!(
+        "invalid stop signal {:?}: give a name such as SIGTERM, SIGQUIT, SIGINT, or a number from 1 to 64",
+        truncate(signal)
+    )))
+}
+
 /// Quotes at most 64 characters of user input back in an error message.
 fn truncate(s: &str) -> String {
     if s.chars().count() <= 64 {
@@ -229,6 +364,57 @@ mod tests {
         ] {
             assert!(version(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn host_names() {
+        assert_eq!(host_name("Shop.Example.COM").unwrap(), "shop.example.com");
+        for ok in [
+            "localhost",
+            "a.b",
+            "xn--bcher-kva.example",
+            "a-1.b2",
+            &format!("{}.com", "a".repeat(63)),
+        ] {
+            host_name(ok).unwrap();
+        }
+        let refused = |host: &str, says: &str| {
+            let e = host_name(host).unwrap_err().to_string();
+            assert!(e.contains(says), "{host:?}: {e}");
+        };
+        refused("", "empty");
+        refused("10.0.0.1", "ip address");
+        refused("::1", "ip address");
+        refused("[::1]:443", "ip address");
+        refused("1.2.3", "ip address");
+        refused("*.example.com", "wildcard");
+        refused("shop.example.com:8080", "has a port");
+        refused("shop.example.com.", "trailing dot");
+        refused("a..b", "empty label");
+        refused(".a.b", "empty label");
+        refused("-a.b", "starts or ends with '-'");
+        refused("a-.b", "starts or ends with '-'");
+        refused("a_b.com", "contains '_'");
+        refused("a b.com", "contains ' '");
+        refused("bücher.example", "punycode");
+        refused(&format!("{}.com", "a".repeat(64)), "limit is 63");
+        refused(
+            &format!("{}.com", vec!["a".repeat(60); 5].join(".")),
+            "limit is 253",
+        );
+    }
+
+    #[test]
+    fn stop_signals() {
+        assert_eq!(stop_signal("sigquit").unwrap(), "SIGQUIT");
+        assert_eq!(stop_signal("SIGRTMIN3").unwrap(), "SIGRTMIN3");
+        assert_eq!(stop_signal("15").unwrap(), "15");
+        assert_eq!(stop_signal("").unwrap(), "");
+        for bad in ["TERM", "SIG", "0", "65", "SIG-TERM", "SIGTERM;", "-9"] {
+            assert!(stop_signal(bad).is_err(), "{bad:?}");
+        }
+        stop_seconds("drain timeout", 3600).unwrap();
+        assert!(stop_seconds("drain timeout", 3601).is_err());
     }
 
     #[test]

@@ -62,6 +62,11 @@ redacted_debug!(ProxyDomain {
     hide: [tls_key_pem],
     hide_opt: []
 });
+redacted_debug!(AddDomainRequest {
+    show: [app, host, container_port, tls_cert_pem],
+    hide: [tls_key_pem],
+    hide_opt: []
+});
 redacted_debug!(RegistryCredentials {
     show: [server, username],
     hide: [password],
@@ -243,6 +248,17 @@ mod tests {
         );
 
         assert_hidden(
+            "AddDomainRequest",
+            format!(
+                "{:?}",
+                AddDomainRequest {
+                    host: "shop.example.com".into(),
+                    tls_key_pem: s(),
+                    ..Default::default()
+                }
+            ),
+        );
+        assert_hidden(
             "EnrollRequest",
             format!(
                 "{:?}",
@@ -420,6 +436,6 @@ mod tests {
     #[test]
     fn every_redacted_message_is_tested() {
         // A message added to the list without a line in the test above is caught here.
-        assert_eq!(REDACTED_MESSAGES.len(), 20);
+        assert_eq!(REDACTED_MESSAGES.len(), 21);
     }
 }

@@ -125,6 +125,126 @@ fn quick_tour_from_the_readme() {
     }
 }
 
+/// `berth domain add/list/remove` through the CLI; a TLS key given from a file is in neither
+/// the data directory nor the log, and never comes back.
+#[test]
+fn domains_round_trip_and_their_keys_stay_encrypted() {
+    let d = dirs();
+    let mut node = DevNode::start_without_agent(&d);
+    ok(node.cli(
+        &[
+            "app", "create", "web", "--image", "team/web", "--port", "8080:80",
+        ],
+        None,
+    ));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let key_pem = key.serialize_pem();
+    let files = tempfile::tempdir().unwrap();
+    let cert_file = files.path().join("cert.pem");
+    let key_file = files.path().join("key.pem");
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, &key_pem).unwrap();
+    let (cert_arg, key_arg) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+
+    let added = ok(node.cli(
+        &[
+            "domain",
+            "add",
+            "web",
+            "Shop.Example.com",
+            "--tls-cert",
+            cert_arg,
+            "--tls-key",
+            key_arg,
+        ],
+        None,
+    ));
+    assert!(
+        added.contains("routed shop.example.com to web (files (expires"),
+        "{added}"
+    );
+    ok(node.cli(
+        &[
+            "domain",
+            "add",
+            "web",
+            "www.example.com",
+            "--container-port",
+            "80",
+        ],
+        None,
+    ));
+    // Refusals name what is wrong; nothing is added.
+    let taken = node.cli(&["app", "create", "api", "--image", "team/api"], None);
+    assert!(taken.status.success(), "{}", stderr(&taken));
+    let refused = node.cli(&["domain", "add", "api", "shop.example.com"], None);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("already routed to app web"),
+        "{}",
+        stderr(&refused)
+    );
+    let refused = node.cli(
+        &[
+            "domain",
+            "add",
+            "web",
+            "a.example.com",
+            "--tls-cert",
+            cert_arg,
+            "--tls-key",
+            key_arg,
+        ],
+        None,
+    );
+    assert!(
+        stderr(&refused).contains("does not cover a.example.com"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let listed = ok(node.cli(&["domain", "list", "--app", "web", "-o", "json"], None));
+    let parsed: serde_json::Value =
+        serde_json::from_str(&listed).expect("domain list -o json is json");
+    let domains = parsed.as_array().expect("a list");
+    assert_eq!(domains.len(), 2, "{listed}");
+    assert_eq!(domains[0]["host"], "shop.example.com");
+    assert_eq!(domains[0]["tls_mode"], "files");
+    assert!(domains[0]["not_after"].is_string(), "{listed}");
+    assert_eq!(domains[1]["container_port"], 80);
+    assert!(!listed.contains("PRIVATE KEY"), "{listed}");
+    let shown = ok(node.cli(&["app", "show", "web"], None));
+    assert!(
+        shown.contains("Domains (2)") && shown.contains("shop.example.com"),
+        "{shown}"
+    );
+    assert!(shown.contains("drain 30s"), "{shown}");
+
+    let removed = ok(node.cli(&["domain", "remove", "www.example.com"], None));
+    assert!(
+        removed.contains("removed domain www.example.com of web"),
+        "{removed}"
+    );
+    let listed = ok(node.cli(&["domain", "list"], None));
+    assert!(!listed.contains("www.example.com"), "{listed}");
+
+    let log_before_stop = node.log();
+    node.stop();
+    let key_body = key_pem.lines().nth(1).expect("a PEM body line");
+    for needle in [key_pem.as_str(), key_body] {
+        let hits = files_containing(d.data.path(), needle);
+        assert!(hits.is_empty(), "the key found in {hits:?}");
+        assert!(
+            !log_before_stop.contains(needle) && !node.log().contains(needle),
+            "the key is in the node log"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_keeps_secrets_and_a_wrong_master_key_is_refused() {
     let d = dirs();

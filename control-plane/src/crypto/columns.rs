@@ -66,6 +66,14 @@ pub const PROVIDER_CREDENTIALS: EncryptedColumn = EncryptedColumn {
     only_where: None,
 };
 
+/// `domains.private_key` (a TLS key from files), bound to the host name.
+pub const DOMAIN_PRIVATE_KEY: EncryptedColumn = EncryptedColumn {
+    table: "domains",
+    column: "private_key",
+    aad_columns: &["domain"],
+    only_where: None,
+};
+
 /// The settings key whose encrypted value proves which master key a database belongs to.
 pub const KEY_CHECK_SETTING: &str = "master_key_check";
 
@@ -83,6 +91,7 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     REPOSITORY_PASSWORD,
     WEBHOOK_SECRET,
     PROVIDER_CREDENTIALS,
+    DOMAIN_PRIVATE_KEY,
     KEY_CHECK_VALUE,
 ];
 
@@ -105,6 +114,11 @@ impl Aad {
     /// The AAD of `secret_providers.credentials`.
     pub fn provider_credentials(provider_id: i64) -> Self {
         PROVIDER_CREDENTIALS.aad(&[&provider_id.to_string()])
+    }
+
+    /// The AAD of `domains.private_key`.
+    pub fn domain_private_key(host: &str) -> Self {
+        DOMAIN_PRIVATE_KEY.aad(&[host])
     }
 
     /// The AAD of the master-key check value.

@@ -102,7 +102,8 @@ impl Fleet {
                 )
                 .await?;
             tracing::info!(deployment = %deployment_id, app = %app.name, behind = %running, "deployment queued");
-            if trigger.cancel_in_progress {
+            // The app's own setting (issue 14) makes every deploy of it ask.
+            if trigger.cancel_in_progress || app.cancel_in_progress {
                 self.request_cancel(&running, &deployment_id);
                 store
                     .add_deployment_event(
@@ -372,9 +373,12 @@ impl Fleet {
             restart_policy: app.restart_policy.clone(),
             command: app.command.clone(),
             sent_at_unix_nanos: 0,
-            // Filled from the app's domains and stop settings (issue 8, control-plane side).
-            domains: Vec::new(),
-            stop: None,
+            domains: self.proxy_domains(app).await?,
+            stop: Some(pb::StopSpec {
+                drain_seconds: app.stop.drain_timeout_s,
+                timeout_seconds: app.stop.stop_timeout_s,
+                signal: app.stop.stop_signal.clone(),
+            }),
         })
     }
 }

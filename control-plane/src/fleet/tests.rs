@@ -83,6 +83,10 @@ impl Harness {
                     deploy_batch_size: Some(batch),
                     health_check: None,
                     restart_policy: None,
+                    drain_timeout_s: None,
+                    stop_timeout_s: None,
+                    stop_signal: None,
+                    cancel_in_progress: false,
                 },
             )
             .await
@@ -759,3 +763,5 @@ async fn cancel_in_progress_stops_between_batches_rolls_back_and_starts_the_newe
         DeploymentStatus::Success
     );
 }
+
+mod routes;

@@ -477,10 +477,10 @@ mod tests {
             .create_application(&admin(), new_app("app-a"))
             .await
             .unwrap();
-        let b = svc
-            .create_application(&admin(), new_app("app-b"))
-            .await
-            .unwrap();
+        // Two apps cannot publish the same host port.
+        let mut app_b = new_app("app-b");
+        app_b.ports.clear();
+        let b = svc.create_application(&admin(), app_b).await.unwrap();
         let token_a = a.webhook_token.expose_secret().to_string();
         let token_b = b.webhook_token.expose_secret().to_string();
 
@@ -600,9 +600,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(status.log.deployment_id, id);
+        let mut app_b = new_app("app-b");
+        app_b.ports.clear();
         let other = fleet
             .service()
-            .create_application(&admin(), new_app("app-b"))
+            .create_application(&admin(), app_b)
             .await
             .unwrap();
         let wrong = fleet
@@ -632,10 +634,12 @@ mod tests {
         let mut manual = new_app("manual");
         manual.image = "web".into();
         manual.repository = Some("reg".into());
+        manual.ports[0].host = 8081;
         svc.create_application(&admin(), manual).await.unwrap();
         let mut full = new_app("full");
         full.image = "127.0.0.1:5000/web".into();
         full.auto_deploy = true;
+        full.ports[0].host = 8082;
         svc.create_application(&admin(), full).await.unwrap();
 
         let push = |repository: &str, tag: &str| RegistryPush {

@@ -58,6 +58,10 @@ impl pb::application_service_server::ApplicationService for ApplicationApi {
                 .transpose()
                 .map_err(status)?,
             restart_policy: r.restart_policy,
+            drain_timeout_s: r.drain_timeout_seconds,
+            stop_timeout_s: r.stop_timeout_seconds,
+            stop_signal: r.stop_signal,
+            cancel_in_progress: r.cancel_in_progress,
         };
         let created = self
             .service
@@ -104,6 +108,7 @@ impl pb::application_service_server::ApplicationService for ApplicationApi {
                 .into_iter()
                 .map(convert::deployment)
                 .collect(),
+            domains: detail.domains.into_iter().map(convert::domain).collect(),
         }))
     }
 
@@ -144,6 +149,10 @@ impl pb::application_service_server::ApplicationService for ApplicationApi {
                     .map(Some)
             },
             restart_policy: r.restart_policy,
+            drain_timeout_s: r.drain_timeout_seconds,
+            stop_timeout_s: r.stop_timeout_seconds,
+            stop_signal: r.stop_signal,
+            cancel_in_progress: r.cancel_in_progress,
         };
         let app = self
             .service

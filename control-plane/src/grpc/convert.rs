@@ -122,6 +122,22 @@ pub fn application(a: model::Application) -> pb::Application {
         deploy_batch_size: a.deploy_batch_size.try_into().unwrap_or(1),
         health_check: a.health_check.map(health_check_to_proto),
         restart_policy: a.restart_policy,
+        drain_timeout_seconds: a.stop.drain_timeout_s,
+        stop_timeout_seconds: a.stop.stop_timeout_s,
+        stop_signal: a.stop.stop_signal,
+        cancel_in_progress: a.cancel_in_progress,
+    }
+}
+
+/// A domain as clients see it: never its key.
+pub fn domain(d: model::Domain) -> pb::Domain {
+    pb::Domain {
+        host: d.host,
+        app: d.app_name,
+        container_port: d.container_port.into(),
+        tls_mode: d.tls_mode.as_str().to_string(),
+        not_after: d.not_after,
+        created_at: d.created_at,
     }
 }
 

@@ -202,6 +202,10 @@ impl Cluster {
                     deploy_batch_size: Some(batch),
                     health_check: None,
                     restart_policy: None,
+                    drain_timeout_s: None,
+                    stop_timeout_s: None,
+                    stop_signal: None,
+                    cancel_in_progress: false,
                 },
             )
             .await

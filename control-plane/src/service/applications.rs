@@ -7,8 +7,8 @@ use super::{Actor, Permission, Service};
 use crate::crypto::{generate_token, token_digest, token_preview};
 use crate::error::{Error, Result};
 use crate::model::{
-    Application, ApplicationPatch, DeploymentLog, EnvScope, EnvVar, HealthCheckConfig,
-    NewApplication, PortMapping, Target,
+    Application, ApplicationPatch, DeploymentLog, Domain, EnvScope, EnvVar, HealthCheckConfig,
+    NewApplication, PortMapping, StopSettings, Target,
 };
 use crate::validate;
 
@@ -34,6 +34,12 @@ pub struct ApplicationSpec {
     pub deploy_batch_size: Option<u32>,
     pub health_check: Option<HealthCheckConfig>,
     pub restart_policy: Option<String>,
+    /// Drain and stop of the previous container (default 30 s, 10 s, the image's signal).
+    pub drain_timeout_s: Option<u32>,
+    pub stop_timeout_s: Option<u32>,
+    pub stop_signal: Option<String>,
+    /// Every deploy cancels the running one (issue 14).
+    pub cancel_in_progress: bool,
 }
 
 /// A partial update, by names (the service turns them into ids).
@@ -51,6 +57,11 @@ pub struct ApplicationUpdate {
     /// `Some(None)` removes the health check.
     pub health_check: Option<Option<HealthCheckConfig>>,
     pub restart_policy: Option<String>,
+    pub drain_timeout_s: Option<u32>,
+    pub stop_timeout_s: Option<u32>,
+    /// `Some("")`: back to the image's STOPSIGNAL.
+    pub stop_signal: Option<String>,
+    pub cancel_in_progress: Option<bool>,
 }
 
 pub struct CreatedApplication {
@@ -65,6 +76,8 @@ pub struct ApplicationDetail {
     pub webhook_url: String,
     pub env: Vec<EnvVar>,
     pub deployments: Vec<DeploymentLog>,
+    /// By host.
+    pub domains: Vec<Domain>,
 }
 
 impl Service {
@@ -86,6 +99,18 @@ impl Service {
             spec.health_check.as_ref(),
             spec.restart_policy.as_deref(),
         )?;
+        let defaults = StopSettings::default();
+        let stop = StopSettings {
+            drain_timeout_s: spec.drain_timeout_s.unwrap_or(defaults.drain_timeout_s),
+            stop_timeout_s: spec.stop_timeout_s.unwrap_or(defaults.stop_timeout_s),
+            stop_signal: match &spec.stop_signal {
+                Some(signal) => validate::stop_signal(signal)?,
+                None => defaults.stop_signal,
+            },
+        };
+        validate::stop_seconds("drain timeout", stop.drain_timeout_s)?;
+        validate::stop_seconds("stop timeout", stop.stop_timeout_s)?;
+        self.check_host_ports_free(&spec.name, &spec.ports).await?;
         let repository_id = match &spec.repository {
             Some(name) => Some(self.store.repository_id(name).await?),
             None => None,
@@ -109,6 +134,8 @@ impl Service {
                 restart_policy: spec
                     .restart_policy
                     .unwrap_or_else(|| "unless-stopped".to_string()),
+                stop,
+                cancel_in_progress: spec.cancel_in_progress,
             })
             .await?;
         self.audit(actor, "application.create", &spec.name, None)
@@ -136,6 +163,7 @@ impl Service {
         env.extend(project);
         env.sort_by(|a, b| a.key.cmp(&b.key));
         let deployments = self.store.recent_deployments(application.id, 10).await?;
+        let domains = self.store.list_domains(Some(application.id)).await?;
         let webhook_url = self
             .store
             .setting(WEBHOOK_URL_SETTING)
@@ -146,6 +174,7 @@ impl Service {
             webhook_url,
             env,
             deployments,
+            domains,
         })
     }
 
@@ -165,6 +194,7 @@ impl Service {
         }
         if let Some(ports) = &update.ports {
             validate_ports(ports)?;
+            self.check_host_ports_free(&app.name, ports).await?;
         }
         if let Some(targets) = &update.targets {
             validate_targets(targets)?;
@@ -174,6 +204,17 @@ impl Service {
             update.health_check.clone().flatten().as_ref(),
             update.restart_policy.as_deref(),
         )?;
+        if let Some(s) = update.drain_timeout_s {
+            validate::stop_seconds("drain timeout", s)?;
+        }
+        if let Some(s) = update.stop_timeout_s {
+            validate::stop_seconds("stop timeout", s)?;
+        }
+        let stop_signal = update
+            .stop_signal
+            .as_deref()
+            .map(validate::stop_signal)
+            .transpose()?;
         let repository_id = match &update.repository {
             Some(Some(repo)) => Some(Some(self.store.repository_id(repo).await?)),
             Some(None) => Some(None),
@@ -190,6 +231,10 @@ impl Service {
             deploy_batch_size: update.deploy_batch_size.map(i64::from),
             health_check: update.health_check,
             restart_policy: update.restart_policy,
+            drain_timeout_s: update.drain_timeout_s,
+            stop_timeout_s: update.stop_timeout_s,
+            stop_signal,
+            cancel_in_progress: update.cancel_in_progress,
         };
         let updated = self.store.update_application(app.id, &patch).await?;
         self.audit(actor, "application.update", name, None).await?;
@@ -225,6 +270,33 @@ impl Service {
             application: self.store.application_by_id(app.id).await?,
             webhook_token: token,
         })
+    }
+}
+
+impl Service {
+    /// Refuses host ports another application already publishes: the host proxy owns each
+    /// published port for one application, and would refuse the second at deploy time.
+    async fn check_host_ports_free(&self, app: &str, ports: &[PortMapping]) -> Result<()> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        for other in self.store.list_applications().await? {
+            if other.name == app {
+                continue;
+            }
+            if let Some(p) = ports.iter().find(|p| {
+                other
+                    .ports
+                    .iter()
+                    .any(|o| o.host == p.host && o.protocol == p.protocol)
+            }) {
+                return Err(Error::AlreadyExists(format!(
+                    "host port {} is already published by app {}; two apps cannot share a host port (use a domain to share 80/443)",
+                    p.host, other.name
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -336,6 +408,10 @@ pub(crate) mod tests {
             deploy_batch_size: None,
             health_check: None,
             restart_policy: None,
+            drain_timeout_s: None,
+            stop_timeout_s: None,
+            stop_signal: None,
+            cancel_in_progress: false,
         }
     }
 
@@ -398,6 +474,123 @@ pub(crate) mod tests {
             .create_application(&admin(), new_app("myapp"))
             .await
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_host_port_published_by_another_app_is_refused() {
+        let svc = service().await;
+        svc.create_application(&admin(), new_app("web"))
+            .await
+            .unwrap();
+        let e = svc
+            .create_application(&admin(), new_app("api"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), crate::error::ErrorCode::AlreadyExists);
+        assert!(
+            e.to_string()
+                .contains("host port 8080 is already published by app web"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("use a domain"), "{e}");
+        let mut api = new_app("api");
+        api.ports[0].host = 8081;
+        svc.create_application(&admin(), api).await.unwrap();
+        let taken = vec![PortMapping {
+            host: 8080,
+            container: 80,
+            protocol: "tcp".into(),
+        }];
+        let update = |ports| ApplicationUpdate {
+            ports: Some(ports),
+            ..Default::default()
+        };
+        assert!(svc
+            .update_application(&admin(), "api", update(taken.clone()))
+            .await
+            .is_err());
+        assert_eq!(
+            svc.store().application("api").await.unwrap().ports[0].host,
+            8081
+        );
+        // Its own port, and the same number over udp, are not a conflict.
+        svc.update_application(&admin(), "web", update(taken))
+            .await
+            .unwrap();
+        let udp = vec![PortMapping {
+            host: 8080,
+            container: 53,
+            protocol: "udp".into(),
+        }];
+        svc.update_application(&admin(), "api", update(udp))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn stop_settings_are_validated_and_kept() {
+        let svc = service().await;
+        let created = svc
+            .create_application(&admin(), new_app("web"))
+            .await
+            .unwrap();
+        assert_eq!(created.application.stop, StopSettings::default());
+        assert!(!created.application.cancel_in_progress);
+        let mut bad = new_app("api");
+        bad.ports.clear();
+        bad.stop_signal = Some("TERM".into());
+        assert!(svc.create_application(&admin(), bad).await.is_err());
+        let mut bad = new_app("api");
+        bad.ports.clear();
+        bad.drain_timeout_s = Some(3601);
+        assert!(svc.create_application(&admin(), bad).await.is_err());
+        assert!(svc
+            .update_application(
+                &admin(),
+                "web",
+                ApplicationUpdate {
+                    stop_timeout_s: Some(4000),
+                    ..Default::default()
+                }
+            )
+            .await
+            .is_err());
+        let updated = svc
+            .update_application(
+                &admin(),
+                "web",
+                ApplicationUpdate {
+                    drain_timeout_s: Some(0),
+                    stop_signal: Some("sigquit".into()),
+                    cancel_in_progress: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            updated.stop,
+            StopSettings {
+                drain_timeout_s: 0,
+                stop_timeout_s: 10,
+                stop_signal: "SIGQUIT".into(),
+            }
+        );
+        assert!(updated.cancel_in_progress);
+        let reset = svc
+            .update_application(
+                &admin(),
+                "web",
+                ApplicationUpdate {
+                    stop_signal: Some(String::new()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(reset.stop.stop_signal, "");
+        assert!(reset.cancel_in_progress, "unchanged");
     }
 
     #[tokio::test]

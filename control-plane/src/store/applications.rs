@@ -5,7 +5,7 @@ use sqlx::SqliteConnection;
 use super::{conflict, internal, Store};
 use crate::error::{Error, Result};
 use crate::model::{
-    Application, ApplicationPatch, DeploymentLog, NewApplication, PortMapping, Target,
+    Application, ApplicationPatch, DeploymentLog, NewApplication, PortMapping, StopSettings, Target,
 };
 
 #[derive(sqlx::FromRow)]
@@ -27,11 +27,16 @@ struct ApplicationRow {
     health_check: Option<String>,
     restart_policy: String,
     command: Option<String>,
+    drain_timeout_s: i64,
+    stop_timeout_s: i64,
+    stop_signal: String,
+    cancel_in_progress: bool,
 }
 
 const APP_SELECT: &str = "SELECT a.id, a.name, a.image, a.version, r.name AS repository, a.ports, a.status, \
      a.webhook_enabled, a.webhook_token_prefix, a.auto_deploy, a.last_deployed_at, a.created_at, a.updated_at, \
-     a.deploy_batch_size, a.health_check, a.restart_policy, a.command \
+     a.deploy_batch_size, a.health_check, a.restart_policy, a.command, \
+     a.drain_timeout_s, a.stop_timeout_s, a.stop_signal, a.cancel_in_progress \
      FROM applications a LEFT JOIN repositories r ON r.id = a.repository_id";
 
 impl Store {
@@ -44,8 +49,9 @@ impl Store {
             .map_err(internal)?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO applications (name, image, version, repository_id, ports, webhook_enabled, \
-             webhook_token, webhook_token_prefix, auto_deploy, deploy_batch_size, health_check, restart_policy) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             webhook_token, webhook_token_prefix, auto_deploy, deploy_batch_size, health_check, restart_policy, \
+             drain_timeout_s, stop_timeout_s, stop_signal, cancel_in_progress) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&app.name)
         .bind(&app.image)
@@ -59,6 +65,10 @@ impl Store {
         .bind(app.deploy_batch_size)
         .bind(app.health_check.as_ref().map(|h| serde_json::to_string(h).expect("health check serializes")))
         .bind(&app.restart_policy)
+        .bind(i64::from(app.stop.drain_timeout_s))
+        .bind(i64::from(app.stop.stop_timeout_s))
+        .bind(&app.stop.stop_signal)
+        .bind(app.cancel_in_progress)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| conflict(e, || format!("application {:?} already exists", app.name)))?;
@@ -129,6 +139,8 @@ impl Store {
              deploy_batch_size = COALESCE(?, deploy_batch_size), \
              health_check = CASE WHEN ? THEN ? ELSE health_check END, \
              restart_policy = COALESCE(?, restart_policy), \
+             drain_timeout_s = COALESCE(?, drain_timeout_s), stop_timeout_s = COALESCE(?, stop_timeout_s), \
+             stop_signal = COALESCE(?, stop_signal), cancel_in_progress = COALESCE(?, cancel_in_progress), \
              updated_at = datetime('now') WHERE id = ?",
         )
         .bind(&patch.image)
@@ -142,6 +154,10 @@ impl Store {
         .bind(patch.health_check.is_some())
         .bind(patch.health_check.clone().flatten().map(|h| serde_json::to_string(&h).expect("health check serializes")))
         .bind(&patch.restart_policy)
+        .bind(patch.drain_timeout_s.map(i64::from))
+        .bind(patch.stop_timeout_s.map(i64::from))
+        .bind(&patch.stop_signal)
+        .bind(patch.cancel_in_progress)
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -238,6 +254,13 @@ impl Store {
                 .as_deref()
                 .and_then(|c| serde_json::from_str(c).ok())
                 .unwrap_or_default(),
+            // The schema's CHECKs keep both within 0..=3600.
+            stop: StopSettings {
+                drain_timeout_s: u32::try_from(row.drain_timeout_s).unwrap_or(0),
+                stop_timeout_s: u32::try_from(row.stop_timeout_s).unwrap_or(0),
+                stop_signal: row.stop_signal,
+            },
+            cancel_in_progress: row.cancel_in_progress,
         })
     }
 }

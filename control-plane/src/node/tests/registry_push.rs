@@ -47,6 +47,10 @@ async fn auto_deploy_app(cluster: &Cluster) {
                 deploy_batch_size: None,
                 health_check: None,
                 restart_policy: None,
+                drain_timeout_s: None,
+                stop_timeout_s: None,
+                stop_signal: None,
+                cancel_in_progress: false,
             },
         )
         .await
