@@ -17,7 +17,7 @@ use crate::fixture::agent::{wait_connected, AgentProcess};
 use crate::fixture::docker::{containers_with_label, docker_available, remove_app_containers};
 use crate::fixture::http;
 use crate::fixture::load::{Load, Mode, Report, Target};
-use crate::fixture::node::{dirs, DevNode, Dirs};
+use crate::fixture::node::{dirs, ok, DevNode, Dirs};
 use crate::fixture::process::free_port;
 use crate::fixture::proxy::ProxyProcess;
 use crate::fixture::registry;
@@ -244,4 +244,155 @@ async fn agent_and_proxy_crashes_never_take_the_app_down() {
     host.deploy_ok("zd2").await;
     assert_no_failure(&load.stop(), &["zd1", "zd2"]);
     remove_app_containers(&host.app);
+}
+
+/// `GET /` with `Host: host` on the proxy's HTTP port: status, Location, body.
+fn get_host(port: u16, host: &str) -> http::Response {
+    http::request(port, "GET", "/", &[("Host", host)], b"")
+}
+
+/// `GET /` over TLS to 127.0.0.1:port with SNI `host`, trusting only `root_pem`: the body.
+async fn get_tls(port: u16, host: &str, root_pem: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP answer: {text:?}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("answered {head:?}"));
+    }
+    Ok(body.trim().to_owned())
+}
+
+/// Domains through `berth dev`'s host proxy: two apps share its HTTP port by Host header; a
+/// domain with a certificate from files is served over HTTPS by SNI (plain HTTP redirects
+/// there); an unknown Host gets 404 without touching any app; a deploy moves the domain to the
+/// new version; a removed domain stops being routed.
+#[tokio::test(flavor = "multi_thread")]
+async fn domains_route_by_host_and_serve_tls_from_files() {
+    if !docker_available() {
+        return;
+    }
+    let d = dirs();
+    let node = DevNode::start_in(&d);
+    wait_connected(&node, "local").await;
+    let reg = registry::shared();
+    let (shop, blog) = (unique("shop"), unique("blog"));
+    register_web_app(&node, &shop, Some(free_port()), &reg.password, vec![]).await;
+    register_web_app(&node, &blog, Some(free_port()), &reg.password, vec![]).await;
+    for (app, version) in [(&shop, "v1"), (&blog, "v2")] {
+        let id = deploy(&node, app, version).await;
+        let detail = wait_deployment(&node, &id, Duration::from_secs(180)).await;
+        assert_eq!(status(&detail), "success", "{detail:#?}");
+    }
+
+    // A certificate for blog.test, from files.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["blog.test".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (
+        d.logs.path().join("blog.crt"),
+        d.logs.path().join("blog.key"),
+    );
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    ok(node.cli(&["domain", "add", &shop, "shop.test"], None));
+    ok(node.cli(
+        &[
+            "domain",
+            "add",
+            &blog,
+            "blog.test",
+            "--tls-cert",
+            &cert_file.display().to_string(),
+            "--tls-key",
+            &key_file.display().to_string(),
+        ],
+        None,
+    ));
+
+    // The routes reach the proxy through the agent: wait for the first answer.
+    let http_port = node.proxy_http_port;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_host(http_port, "shop.test").status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "shop.test never routed: {:?}\n{}",
+            get_host(http_port, "shop.test"),
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shop_page = get_host(http_port, "shop.test");
+    assert!(shop_page.body.starts_with("version=v1"), "{shop_page:?}");
+    let redirect = get_host(http_port, "blog.test");
+    assert_eq!(redirect.status, 308, "{redirect:?}");
+    assert_eq!(
+        redirect.header("location"),
+        Some(format!("https://blog.test:{}/", node.proxy_https_port).as_str()),
+        "{redirect:?}"
+    );
+    let page = get_tls(node.proxy_https_port, "blog.test", &cert.pem())
+        .await
+        .expect("blog.test over HTTPS");
+    assert!(page.starts_with("version=v2"), "{page}");
+    // Nothing else is served: an unknown host is refused by the proxy itself.
+    assert_eq!(get_host(http_port, "nobody.test").status, 404);
+    assert!(get_tls(node.proxy_https_port, "nobody.test", &cert.pem())
+        .await
+        .is_err());
+
+    // A deploy moves the domain with the app.
+    let id = deploy(&node, &shop, "v2").await;
+    assert_eq!(
+        status(&wait_deployment(&node, &id, Duration::from_secs(180)).await),
+        "success"
+    );
+    assert!(get_host(http_port, "shop.test")
+        .body
+        .starts_with("version=v2"));
+
+    ok(node.cli(&["domain", "remove", "shop.test"], None));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_host(http_port, "shop.test").status != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "shop.test still routed after remove"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    remove_app_containers(&shop);
+    remove_app_containers(&blog);
 }
