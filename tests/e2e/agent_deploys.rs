@@ -15,9 +15,12 @@ use crate::fixture::admin::{
     wait_deployment_until, APP_SECRET,
 };
 use crate::fixture::agent::{wait_connected, AgentProcess};
-use crate::fixture::docker::{containers_with_label, docker_available, remove_app_containers};
+use crate::fixture::docker::{
+    containers_with_label, docker_available, remove_app_containers, running_containers,
+};
 use crate::fixture::http::{self, Poller};
-use crate::fixture::node::{dirs, DevNode, Dirs};
+use crate::fixture::load::{Load, Mode, Target};
+use crate::fixture::node::{dirs, start_with_webhook, DevNode, Dirs};
 use crate::fixture::process::free_port;
 use crate::fixture::registry;
 
@@ -464,21 +467,21 @@ async fn kill_9_of_the_control_plane_mid_deploy_leaves_nothing_pending_and_runs_
     remove_app_containers(&app);
 }
 
-/// Two deploys of one app 0.3 s apart, then three at once, with a published port (the race
-/// that once failed a healthy release with "port is already allocated"): every deployment
-/// ends `success` or `superseded`, never `failed`; the newest one serves; one container
-/// serves the app.
+/// Two webhook deploys of one app 0.3 s apart, then three at once, with a published port (the
+/// race that once failed a healthy release with "port is already allocated"), under continuous
+/// load through the host proxy: every deployment ends `success` or `superseded`, never
+/// `failed`; the newest one serves; one container serves the app; not one request fails.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_deploys_of_one_app_queue_and_the_newest_serves() {
     if !docker_available() {
         return;
     }
     let d = dirs();
-    let node = DevNode::start_in(&d);
+    let (node, shim) = start_with_webhook(d.data.path(), d.logs.path(), true);
     wait_connected(&node, "local").await;
     let app = unique("race");
     let port = free_port();
-    register_web_app(
+    let token = register_web_app(
         &node,
         &app,
         Some(port),
@@ -486,6 +489,17 @@ async fn concurrent_deploys_of_one_app_queue_and_the_newest_serves() {
         vec![],
     )
     .await;
+    let first = deploy(&node, &app, "v1").await;
+    assert_eq!(
+        status(&wait_deployment(&node, &first, Duration::from_secs(180)).await),
+        "success"
+    );
+    let target = |mode| Target {
+        port,
+        host: format!("127.0.0.1:{port}"),
+        mode,
+    };
+    let load = Load::start(vec![target(Mode::NewConnections), target(Mode::KeepAlive)]);
     for (round, versions) in [vec!["v2", "v1"], vec!["v2", "v1", "v2"]]
         .into_iter()
         .enumerate()
@@ -495,7 +509,14 @@ async fn concurrent_deploys_of_one_app_queue_and_the_newest_serves() {
             if round == 0 && i > 0 {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            ids.push(deploy(&node, &app, version).await);
+            let answer = http::post(
+                shim,
+                "/webhook/deploy?wait=false",
+                &serde_json::json!({"applicationName": app, "version": version}),
+                Some(&token),
+            );
+            assert_eq!(answer.status, 202, "{answer:?}");
+            ids.push(answer.json()["deploymentId"].as_str().unwrap().to_string());
         }
         let mut outcomes = Vec::new();
         for id in &ids {
@@ -518,20 +539,19 @@ async fn concurrent_deploys_of_one_app_queue_and_the_newest_serves() {
             "round {round}: {page}"
         );
     }
-    let running: Vec<String> = containers_with_label(&format!("berth.app={app}"))
-        .into_iter()
-        .filter(|c| {
-            let out = std::process::Command::new("docker")
-                .args(["inspect", "-f", "{{.State.Running}}", c])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).trim() == "true"
-        })
-        .collect();
-    assert_eq!(
-        running.len(),
-        1,
-        "one container serves the app: {running:?}"
+    let report = load.stop();
+    assert!(
+        report.failures.is_empty(),
+        "{} requests failed while the deploys raced: {:?}",
+        report.failures.len(),
+        &report.failures[..report.failures.len().min(5)]
     );
+    assert!(report.total() > 0);
+    // The retired versions drain and stop in the background: one container keeps serving.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while running_containers(&app).len() > 1 {
+        assert!(Instant::now() < deadline, "{:?}", running_containers(&app));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     remove_app_containers(&app);
 }

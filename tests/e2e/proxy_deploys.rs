@@ -14,7 +14,7 @@ use crate::fixture::admin::{
     deploy, register_web_app, status, unique, wait_deployment, wait_deployment_until,
 };
 use crate::fixture::agent::{wait_connected, AgentProcess};
-use crate::fixture::docker::{containers_with_label, docker_available, remove_app_containers};
+use crate::fixture::docker::{docker_available, remove_app_containers, running_containers};
 use crate::fixture::http;
 use crate::fixture::load::{Load, Mode, Report, Target};
 use crate::fixture::node::{dirs, ok, DevNode, Dirs};
@@ -113,19 +113,6 @@ fn assert_no_failure(report: &Report, versions: &[&str]) {
             "an answer from {version}: {report:?}"
         );
     }
-}
-
-fn running_containers(app: &str) -> Vec<String> {
-    containers_with_label(&format!("berth.app={app}"))
-        .into_iter()
-        .filter(|c| {
-            let out = std::process::Command::new("docker")
-                .args(["inspect", "-f", "{{.State.Running}}", c])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).trim() == "true"
-        })
-        .collect()
 }
 
 /// Ten successful deploys in a row and a failing one, under continuous load on the published
