@@ -468,6 +468,28 @@ fn render_detail(detail: &ApplicationDetail) -> String {
     }
 
     line(String::new());
+    line("Serving (where the ports and domains point)".to_string());
+    for serving in &detail.serving {
+        let container: String = serving.container_id.chars().take(12).collect();
+        let deployment: String = serving.deployment_id.chars().take(8).collect();
+        let what = if serving.status == "success" {
+            format!("{} (deployment {deployment})", serving.version)
+        } else {
+            format!(
+                "the previous version, kept after deployment {deployment} ({}) {}",
+                serving.version, serving.status
+            )
+        };
+        line(format!(
+            "  {}  → container {container}  {what}",
+            serving.agent
+        ));
+    }
+    if detail.serving.is_empty() {
+        line("  nothing yet (berth deploy APP VERSION)".to_string());
+    }
+
+    line(String::new());
     line("Webhook".to_string());
     line(format!("  Enabled:  {}", yes_no(app.webhook_enabled)));
     line(format!("  Token:    {}", app.webhook_token_preview));

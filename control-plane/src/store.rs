@@ -29,7 +29,7 @@ use crate::error::Error;
 
 pub use agents::{AgentRow, Enrollment};
 pub use audit::AuditEntry;
-pub use deployments::{DeploymentEventRow, DeploymentTargetRow, NewDeployment};
+pub use deployments::{DeploymentEventRow, DeploymentTargetRow, NewDeployment, ServingRow};
 pub use env::{EnvResolutionRow, ImportOutcome};
 pub use notifications::{AttemptRecord, DeliveryRow, DueDelivery, NewDelivery, WebhookRow};
 pub use providers::{GroupSecretRow, ProviderRow, SyncRow, SyncWrite, SyncedSecret};

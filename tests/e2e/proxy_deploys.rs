@@ -370,6 +370,18 @@ async fn domains_route_by_host_and_serve_tls_from_files() {
     assert!(get_host(http_port, "shop.test")
         .body
         .starts_with("version=v2"));
+    // `app show` says where the app's ports and domains point.
+    let show = ok(node.cli(&["app", "show", &shop], None));
+    assert!(show.contains("shop.test"), "{show}");
+    let serving = show
+        .lines()
+        .find(|l| l.trim_start().starts_with("local "))
+        .unwrap_or_else(|| panic!("no serving line: {show}"));
+    assert!(
+        serving.contains("→ container")
+            && serving.contains(&format!("v2 (deployment {}", &id[..8])),
+        "{show}"
+    );
 
     ok(node.cli(&["domain", "remove", "shop.test"], None));
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -109,6 +109,17 @@ impl pb::application_service_server::ApplicationService for ApplicationApi {
                 .map(convert::deployment)
                 .collect(),
             domains: detail.domains.into_iter().map(convert::domain).collect(),
+            serving: detail
+                .serving
+                .into_iter()
+                .map(|s| pb::ServingContainer {
+                    agent: s.agent_name,
+                    container_id: s.container_id,
+                    status: s.status.to_string(),
+                    deployment_id: s.deployment_id,
+                    version: s.version,
+                })
+                .collect(),
         }))
     }
 

@@ -78,6 +78,8 @@ pub struct ApplicationDetail {
     pub deployments: Vec<DeploymentLog>,
     /// By host.
     pub domains: Vec<Domain>,
+    /// Per agent, the container serving the app (where its ports and domains point).
+    pub serving: Vec<crate::store::ServingRow>,
 }
 
 impl Service {
@@ -164,6 +166,7 @@ impl Service {
         env.sort_by(|a, b| a.key.cmp(&b.key));
         let deployments = self.store.recent_deployments(application.id, 10).await?;
         let domains = self.store.list_domains(Some(application.id)).await?;
+        let serving = self.store.serving_containers(application.id).await?;
         let webhook_url = self
             .store
             .setting(WEBHOOK_URL_SETTING)
@@ -175,6 +178,7 @@ impl Service {
             env,
             deployments,
             domains,
+            serving,
         })
     }
 

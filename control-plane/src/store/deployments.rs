@@ -16,6 +16,18 @@ pub struct DeploymentTargetRow {
     pub duration_ms: Option<i64>,
 }
 
+/// The container an agent last reported serving an app: the newest target row of the app on
+/// that agent that names a container (a success names the new one, a failure or a rollback
+/// the one that kept or went back to serving).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ServingRow {
+    pub agent_name: String,
+    pub container_id: String,
+    pub status: TargetStatus,
+    pub deployment_id: String,
+    pub version: String,
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeploymentEventRow {
     pub id: i64,
@@ -282,6 +294,24 @@ impl Store {
             .await
             .map_err(internal)?;
         Ok((log, app))
+    }
+
+    /// Per agent, the container that serves `application_id` there (see [`ServingRow`]).
+    pub async fn serving_containers(&self, application_id: i64) -> Result<Vec<ServingRow>> {
+        sqlx::query_as(
+            "SELECT t.agent_name, t.container_id, t.status, t.deployment_id, l.version \
+             FROM deployment_targets t JOIN deployment_logs l ON l.deployment_id = t.deployment_id \
+             WHERE l.application_id = ?1 AND t.container_id IS NOT NULL AND t.container_id != '' \
+               AND t.id = (SELECT MAX(t2.id) FROM deployment_targets t2 \
+                           JOIN deployment_logs l2 ON l2.deployment_id = t2.deployment_id \
+                           WHERE l2.application_id = ?1 AND t2.agent_name = t.agent_name \
+                             AND t2.container_id IS NOT NULL AND t2.container_id != '') \
+             ORDER BY t.agent_name",
+        )
+        .bind(application_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)
     }
 
     pub async fn deployment_targets(
