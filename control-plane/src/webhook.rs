@@ -21,6 +21,7 @@
 //! - `GET /healthz`
 
 mod client_ip;
+pub mod connections;
 mod limiter;
 mod reply;
 mod request;
@@ -71,6 +72,8 @@ pub struct ShimConfig {
     pub wait_timeout: Duration,
     /// Failed authentication attempts allowed per client and minute.
     pub failed_auth_per_minute: u32,
+    /// Connection cap and header timeout (slowloris).
+    pub limits: connections::Limits,
 }
 
 impl ShimConfig {
@@ -88,6 +91,7 @@ impl ShimConfig {
             public_url: None,
             wait_timeout: Duration::from_secs(30),
             failed_auth_per_minute: 20,
+            limits: connections::Limits::default(),
         }
     }
 }
@@ -150,14 +154,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let legacy = config.enable_legacy_deploy;
+    let config_limits = config.limits;
     let app = router(config)?;
     tracing::info!(addr = %listener.local_addr()?, legacy_deploy = legacy, "webhook shim listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    connections::serve(listener, app, config_limits, shutdown).await?;
     Ok(())
 }
 
