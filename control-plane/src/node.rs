@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use std::sync::Arc;
@@ -38,6 +37,9 @@ pub const DEFAULT_AGENT_ADDR: &str = "127.0.0.1:7444";
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
 /// At stop, how long agent stream handlers get to record their disconnect.
 const STREAM_DRAIN: Duration = Duration::from_secs(10);
+/// A client that has not finished its TLS handshake by then is disconnected (a socket that
+/// never speaks must not hold a file descriptor).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DATABASE_FILE: &str = "berth.db";
 const MASTER_KEY_FILE: &str = "master.key";
 /// Where a node leaves its first admin key (mode 0600), never printed or logged.
@@ -282,7 +284,8 @@ impl Node {
         let chain = format!("{}{}", self.pki.server_cert_pem, self.pki.ca_cert_pem);
         let agent_tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(&chain, &self.pki.server_key_pem))
-            .client_ca_root(Certificate::from_pem(&self.pki.ca_cert_pem));
+            .client_ca_root(Certificate::from_pem(&self.pki.ca_cert_pem))
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
         let agent_server = Server::builder()
             .tls_config(agent_tls)?
             // Dead peers behind NAT are found by keepalive, not only by missing heartbeats.
@@ -292,7 +295,7 @@ impl Node {
                 AgentApi::new(self.fleet.clone()),
             ))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.agent_listener),
+                incoming::capped(self.agent_listener, incoming::MAX_CONNECTIONS, "agent"),
                 stopped(stop_rx.clone()),
             );
         tracing::info!(addr = %self.agent_addr, "agent api listening (mtls)");
@@ -318,14 +321,20 @@ impl Node {
             .register_encoded_file_descriptor_set(berth_proto::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let tls =
-            ServerTlsConfig::new().identity(Identity::from_pem(&chain, &self.pki.server_key_pem));
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&chain, &self.pki.server_key_pem))
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
 
         tracing::info!(addr = %self.grpc_addr, ca_fingerprint = %self.ca_fingerprint, "admin api listening");
         Server::builder()
             .tls_config(tls)?
             // A stuck client must not hold a connection slot forever.
             .timeout(std::time::Duration::from_secs(60))
+            // Peers that vanished are found by keepalive; no connection lives forever (a
+            // watch stream reconnects, as gRPC clients do after GOAWAY).
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_connection_age(Duration::from_secs(3600))
             .add_service(health)
             .add_service(reflection)
             .add_service(admin.secrets)
@@ -357,7 +366,10 @@ impl Node {
                     crate::grpc::NotifyApi::new(self.service.clone()),
                 ),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(
+                incoming::capped(self.listener, incoming::MAX_CONNECTIONS, "admin"),
+                shutdown,
+            )
             .await?;
         agent_task.await??;
         let _ = streams_closed.await;
@@ -411,6 +423,8 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+mod incoming;
 
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,7 @@ use crate::model::{DeploymentLog, DeploymentStatus, Target, TargetStatus};
 use crate::service::applications::ApplicationSpec;
 use crate::service::Actor;
 
+mod connections;
 mod deploy_records;
 mod enrollment;
 mod registry_push;
@@ -29,6 +30,8 @@ const MUST_HAPPEN: Duration = Duration::from_secs(20);
 struct Cluster {
     dir: TempDir,
     admin_url: String,
+    /// The agent (mTLS) port.
+    agent_addr: std::net::SocketAddr,
     ca_fingerprint: String,
     fleet: Fleet,
     agents: HashMap<String, RunningAgent>,
@@ -69,6 +72,7 @@ impl Cluster {
         let (stop, stopped) = oneshot::channel::<()>();
         Cluster {
             admin_url: format!("https://{}", node.grpc_addr),
+            agent_addr: node.agent_addr,
             ca_fingerprint: node.ca_fingerprint.clone(),
             fleet: node.fleet.clone(),
             dir,
