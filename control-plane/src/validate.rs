@@ -37,6 +37,36 @@ pub fn secret_name(name: &str) -> Result<()> {
     })
 }
 
+/// The most a resolved environment (names and values) may weigh: it travels in one deploy
+/// command, which agents decode with a 4 MiB limit, and Docker keeps it in the container's
+/// config.
+pub const MAX_ENVIRONMENT_BYTES: usize = 1024 * 1024;
+
+/// Refuses a resolved environment above [`MAX_ENVIRONMENT_BYTES`], naming its largest entries
+/// (never a value).
+pub fn environment_size<'a>(
+    app: &str,
+    entries: impl Iterator<Item = (&'a str, usize)>,
+) -> Result<()> {
+    let mut sizes: Vec<(&str, usize)> = entries.map(|(k, v)| (k, k.len() + v)).collect();
+    let total: usize = sizes.iter().map(|(_, n)| n).sum();
+    if total <= MAX_ENVIRONMENT_BYTES {
+        return Ok(());
+    }
+    sizes.sort_by(|a, b| b.1.cmp(&a.1));
+    let largest: Vec<String> = sizes
+        .iter()
+        .take(3)
+        .map(|(k, n)| format!("{k} ({} KiB)", n.div_ceil(1024)))
+        .collect();
+    Err(Error::FailedPrecondition(format!(
+        "the resolved environment of {app} is {} KiB, above the {} KiB a deploy command may carry (largest: {}); move large values to a file or a volume",
+        total.div_ceil(1024),
+        MAX_ENVIRONMENT_BYTES / 1024,
+        largest.join(", ")
+    )))
+}
+
 pub fn env_value(key: &str, value: &str) -> Result<()> {
     if value.len() > MAX_ENV_VALUE_BYTES {
         return Err(Error::invalid(format!(

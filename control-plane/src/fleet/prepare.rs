@@ -334,6 +334,11 @@ impl Fleet {
             )));
         }
         let env = self.service().resolve_environment(app.id).await?;
+        crate::validate::environment_size(
+            &app.name,
+            env.iter()
+                .map(|(k, v)| (k.as_str(), v.expose_secret().len())),
+        )?;
         let health_check = match &app.health_check {
             Some(h) => pb::HealthCheckSpec {
                 kind: h.kind.clone(),

@@ -765,3 +765,50 @@ async fn cancel_in_progress_stops_between_batches_rolls_back_and_starts_the_newe
 }
 
 mod routes;
+
+/// An environment too heavy for one deploy command (the agent would refuse to decode it and
+/// the deployment would wait out its timeout) is refused before anything is sent, like an
+/// image off the allowlist: the deployment is recorded failed with a reason that names the
+/// largest variables and none of their values.
+#[tokio::test]
+async fn an_environment_above_the_command_limit_is_refused_before_dispatch() {
+    let h = Harness::new(&["a1"], rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+    h.app("heavy", 1).await;
+    let value = "v".repeat(crate::validate::MAX_ENV_VALUE_BYTES);
+    let count = crate::validate::MAX_ENVIRONMENT_BYTES / value.len() + 1;
+    for i in 0..count {
+        h.fleet
+            .service()
+            .set_env(
+                &Actor::system(),
+                Some("heavy"),
+                &format!("BLOB_{i:02}"),
+                crate::service::SetEnvValue::Plain(value.clone()),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let id = deploy(&h.fleet, "heavy", "v1").await;
+    let log = finished(&h.fleet, &id).await;
+    assert_eq!(log.status, DeploymentStatus::Failed);
+    let reason = log.error_message.unwrap_or_default();
+    assert!(
+        reason.contains("the resolved environment of heavy is")
+            && reason.contains("KiB a deploy command may carry")
+            && reason.contains("BLOB_"),
+        "{reason}"
+    );
+    assert!(!reason.contains("vvvv"), "{reason}");
+    let targets = h
+        .fleet
+        .service()
+        .store()
+        .deployment_targets(&id)
+        .await
+        .unwrap();
+    assert!(
+        targets.iter().all(|t| t.status == TargetStatus::Skipped),
+        "nothing was dispatched: {targets:?}"
+    );
+}
