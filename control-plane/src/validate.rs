@@ -53,7 +53,7 @@ pub fn environment_size<'a>(
     if total <= MAX_ENVIRONMENT_BYTES {
         return Ok(());
     }
-    sizes.sort_by(|a, b| b.1.cmp(&a.1));
+    sizes.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     let largest: Vec<String> = sizes
         .iter()
         .take(3)
