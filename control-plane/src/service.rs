@@ -287,7 +287,7 @@ mod key_check_tests {
                 app: "web".into(),
                 host: "shop.example.com".into(),
                 container_port: 0,
-                tls: Some(domains::TlsFiles {
+                tls: domains::DomainTls::Files(domains::TlsFiles {
                     certificate_pem: chain,
                     private_key_pem: key,
                 }),
@@ -350,7 +350,7 @@ mod key_check_tests {
                             app: "web".into(),
                             host: "a.example".into(),
                             container_port: 0,
-                            tls: Some(domains::TlsFiles {
+                            tls: domains::DomainTls::Files(domains::TlsFiles {
                                 certificate_pem: chain,
                                 private_key_pem: key,
                             }),
