@@ -202,15 +202,21 @@ impl CertificateAuthority for AcmeClient {
 /// Waits for the order to be ready, finalizes it with a CSR for a new key, and downloads the
 /// chain.
 async fn finish(host: &str, directory: &str, order: &mut Order) -> Result<IssuedCertificate> {
-    let status = order.poll_ready(&POLL).await.map_err(|e| {
-        unavailable(
-            directory,
-            &format!("the ACME server did not validate {host}"),
-            &e,
-        )
-    })?;
-    if status != OrderStatus::Ready {
-        let reason = AcmeClient::invalid_reason(order).await;
+    // An order whose validation failed comes back invalid, or as an error carrying the CA's
+    // problem document: both are the CA's verdict, with the same advice.
+    let verdict = match order.poll_ready(&POLL).await {
+        Ok(OrderStatus::Ready) => None,
+        Ok(_) => Some(AcmeClient::invalid_reason(order).await),
+        Err(instant_acme::Error::Api(problem)) => Some(problem.to_string()),
+        Err(e) => {
+            return Err(unavailable(
+                directory,
+                &format!("the ACME server did not validate {host}"),
+                &e,
+            ))
+        }
+    };
+    if let Some(reason) = verdict {
         return Err(Error::Unavailable(format!(
             "the ACME server could not validate {host}: {reason}: check that {host} resolves to the app's hosts and that port 80 there reaches berth-proxy"
         )));

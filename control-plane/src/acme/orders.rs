@@ -1,5 +1,5 @@
-//! The background task of ACME orders: every [`TICK`], and at once when a domain with ACME is
-//! added, it runs the orders that are due (a first issuance, a retry, a renewal), one at a
+//! The background task of ACME orders: when the next one is planned (at most [`TICK`] apart),
+//! and at once when a domain with ACME is added, it runs the orders that are due (a first issuance, a retry, a renewal), one at a
 //! time, each within [`ORDER_TIMEOUT`]. A success is stored by the service and the app's
 //! routes are pushed, so its proxies serve the new certificate; a failure is recorded with
 //! the next retry. At stop, an order in flight is dropped: nothing of it was stored, and its
@@ -45,11 +45,26 @@ pub async fn run(fleet: Fleet, ca: Arc<dyn CertificateAuthority>, stop: impl Fut
                 }
             },
         }
+        let pause = until_next_due(&fleet).await;
         tokio::select! {
             _ = &mut stop => return,
             _ = fleet.acme_woken() => {}
-            _ = tokio::time::sleep(TICK) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+/// How long to sleep: until the next planned order, at most [`TICK`] (a second at least, so
+/// a clock step never spins the loop).
+async fn until_next_due(fleet: &Fleet) -> Duration {
+    match fleet.service().acme_next_due().await {
+        Ok(Some(at)) => {
+            let left = at - OffsetDateTime::now_utc();
+            Duration::try_from(left)
+                .unwrap_or(Duration::ZERO)
+                .clamp(Duration::from_secs(1), TICK)
+        }
+        Ok(None) | Err(_) => TICK,
     }
 }
 

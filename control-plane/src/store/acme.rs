@@ -84,6 +84,17 @@ impl Store {
         rows.into_iter().map(super::domains::decode).collect()
     }
 
+    /// When the next ACME order is due (`YYYY-MM-DD HH:MM:SS` UTC), if any is planned.
+    pub async fn acme_next_due(&self) -> Result<Option<String>> {
+        sqlx::query_scalar(
+            "SELECT MIN(acme_next_attempt_at) FROM domains WHERE tls_mode = 'acme' \
+             AND acme_next_attempt_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
     /// Stores an issued certificate with its key, expiry and renewal time in one update;
     /// false when the domain is gone (removed while its order ran).
     pub async fn acme_issued(&self, issued: &AcmeIssued<'_>) -> Result<bool> {

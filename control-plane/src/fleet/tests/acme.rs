@@ -250,3 +250,51 @@ async fn a_failed_renewal_keeps_the_certificate_that_serves() {
     // No routes were pushed: the proxies keep serving the certificate they have.
     a1.idle().await;
 }
+
+#[tokio::test]
+async fn a_due_renewal_replaces_the_certificate_and_routes_the_new_one() {
+    let h = harness().await;
+    let mut a1 = ScriptedAgent::connect(&h.fleet, "a1").await;
+    add_acme(&h, "shop.example.com").await;
+    next_routes(&mut a1).await;
+    let domain = stored(&h, "shop.example.com").await;
+    // The current certificate has 10 days left: its renewal is due.
+    let (chain, key) = certificate(
+        &["shop.example.com"],
+        time::Duration::days(-80),
+        time::Duration::days(10),
+    );
+    h.fleet
+        .service()
+        .record_acme_certificate(&domain, &chain, &key, time::OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    let before = stored(&h, "shop.example.com").await;
+
+    let order = run_due(
+        &h,
+        ScriptedCa {
+            fail_after_challenge: None,
+        },
+    );
+    confirm_challenge(&mut a1, "").await;
+    withdrawn(&mut a1).await;
+    assert_eq!(order.await.unwrap().unwrap(), 1);
+    let after = stored(&h, "shop.example.com").await;
+    assert_ne!(after.certificate_pem, before.certificate_pem);
+    assert_ne!(after.private_key, before.private_key);
+    assert!(after.not_after > before.not_after);
+    let routes = next_routes(&mut a1).await;
+    assert_eq!(
+        Some(routes.domains[0].tls_cert_pem.as_str()),
+        after.certificate_pem.as_deref()
+    );
+    let audit = h.fleet.service().store().list_audit(20).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|a| a.action == "domain.acme.issue")
+            .count(),
+        2
+    );
+}

@@ -59,6 +59,14 @@ pub fn retry_at(
     }
 }
 
+/// A store timestamp (`YYYY-MM-DD HH:MM:SS`, UTC).
+fn parse_timestamp(text: &str) -> Result<OffsetDateTime> {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::PrimitiveDateTime::parse(text, format)
+        .map(|t| t.assume_utc())
+        .map_err(|e| Error::Internal(format!("invalid timestamp {text:?} in domains: {e}")))
+}
+
 impl Service {
     /// The stored credentials (JSON) of the account on `directory_url`, decrypted.
     pub async fn acme_account_credentials(
@@ -96,6 +104,14 @@ impl Service {
     /// ACME domains whose order is due at `now`.
     pub async fn acme_due_domains(&self, now: OffsetDateTime) -> Result<Vec<Domain>> {
         self.store.acme_due_domains(&timestamp(now)).await
+    }
+
+    /// When the next order is due, if any is planned.
+    pub async fn acme_next_due(&self) -> Result<Option<OffsetDateTime>> {
+        match self.store.acme_next_due().await? {
+            Some(text) => Ok(Some(parse_timestamp(&text)?)),
+            None => Ok(None),
+        }
     }
 
     /// Stores the certificate an order obtained for `domain`, after checking it like one from
@@ -314,6 +330,7 @@ mod tests {
         // Renewed 30 days before the end: not due now, due in 60 days.
         assert!(svc.acme_due_domains(now).await.unwrap().is_empty());
         let renewal = at(acme.next_attempt_at.as_deref().unwrap());
+        assert_eq!(svc.acme_next_due().await.unwrap(), Some(renewal));
         assert!((renewal - (now + Duration::days(59))).abs() < Duration::minutes(1));
         let routed = svc
             .routed_domains(&svc.store().application("web").await.unwrap())
