@@ -295,6 +295,13 @@ mod key_check_tests {
         )
         .await
         .unwrap();
+        svc.save_acme_account(
+            "https://acme.example/directory",
+            None,
+            &SecretString::from(r#"{"id":"acct"}"#),
+        )
+        .await
+        .unwrap();
         svc
     }
 
@@ -318,7 +325,7 @@ mod key_check_tests {
     #[tokio::test]
     async fn a_wrong_key_is_refused_by_any_encrypted_column_when_the_check_row_is_missing() {
         // Each column alone must be enough to refuse a wrong key.
-        for keep in ["secret", "repository", "webhook", "domain"] {
+        for keep in ["secret", "repository", "webhook", "domain", "acme"] {
             let svc = service().await;
             let a = admin();
             match keep {
@@ -355,6 +362,15 @@ mod key_check_tests {
                                 private_key_pem: key,
                             }),
                         },
+                    )
+                    .await
+                    .unwrap();
+                }
+                "acme" => {
+                    svc.save_acme_account(
+                        "https://acme.example/directory",
+                        None,
+                        &SecretString::from(r#"{"id":"acct"}"#),
                     )
                     .await
                     .unwrap();
