@@ -21,6 +21,8 @@ command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] ||
 command -v htpasswd >/dev/null 2>&1 || need_pkgs+=(apache2-utils)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v file >/dev/null 2>&1 || need_pkgs+=(file)
+# Pebble, the ACME test server (and its DNS), the peer of the ACME suite.
+[ -x /usr/bin/pebble ] && [ -x /usr/bin/pebble-challtestsrv ] || need_pkgs+=(pebble)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing Debian packages: ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

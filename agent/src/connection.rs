@@ -416,6 +416,36 @@ fn handle(shared: &Arc<Shared>, message: pb::ControlMessage) {
                 }
             });
         }
+        Some(Msg::AcmeChallenge(challenge)) => {
+            // Not under the app's lock: the proxy answers tokens for any Host, and a deploy
+            // in progress must not hold the CA's validation up. The reply tells the control
+            // plane when the proxy answers (or why it cannot).
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let key_authorization = SecretString::from(challenge.key_authorization);
+                let outcome = shared
+                    .runtime
+                    .executor
+                    .set_challenge(
+                        &challenge.token,
+                        &key_authorization,
+                        Duration::from_secs(challenge.ttl_seconds.into()),
+                    )
+                    .await;
+                if let Err(error) = &outcome {
+                    tracing::warn!(token = %challenge.token, %error, "cannot set an acme challenge");
+                }
+                if challenge.ttl_seconds > 0 {
+                    send(
+                        &shared,
+                        msg(pb::agent_message::Msg::ChallengeReply(pb::ChallengeReply {
+                            token: challenge.token,
+                            error: outcome.err().unwrap_or_default(),
+                        })),
+                    );
+                }
+            });
+        }
         Some(Msg::Ack(ack)) => {
             if let Err(e) = shared.journal.ack(&ack.deployment_id, ack.kind) {
                 tracing::warn!(error = %e, "cannot record ack");

@@ -146,6 +146,17 @@ impl Executor for DockerExecutor {
         self.cut_over.set_domains(app, domains).await
     }
 
+    async fn set_challenge(
+        &self,
+        token: &str,
+        key_authorization: &secrecy::SecretString,
+        ttl: std::time::Duration,
+    ) -> Result<(), String> {
+        self.cut_over
+            .set_challenge(token, key_authorization, ttl)
+            .await
+    }
+
     async fn recover(&self, app: &str, deployment_id: &str) -> Option<DeployOutcome> {
         self.cut_over.recover(self, app, deployment_id).await
     }

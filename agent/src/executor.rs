@@ -217,6 +217,19 @@ pub trait Executor: Send + Sync + 'static {
         Err("domains need the host proxy (berth-agent --proxy-socket)".to_owned())
     }
 
+    /// ACME HTTP-01: the host proxy answers `GET /.well-known/acme-challenge/TOKEN` with
+    /// `key_authorization` for `ttl` (zero removes it), for any Host. Only an executor with a
+    /// host proxy can; the others refuse. The key authorization is never logged.
+    async fn set_challenge(
+        &self,
+        token: &str,
+        key_authorization: &SecretString,
+        ttl: Duration,
+    ) -> Result<(), String> {
+        let _ = (token, key_authorization, ttl);
+        Err("ACME challenges need the host proxy (berth-agent --proxy-socket)".to_owned())
+    }
+
     /// After a restart of the agent, how deployment `deployment_id` of `app`, interrupted
     /// mid-way, ended on this host, when the host shows it (with the host proxy: the app's route
     /// points at its container, so it serves). `None`: unknown, reported failed.

@@ -41,6 +41,8 @@ pub struct DevArgs {
     pub webhook_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub registry: node::RegistrySecretArgs,
+    #[command(flatten)]
+    pub acme: node::AcmeArgs,
     /// HTTP listener of the host proxy, for domains (and ACME HTTP-01); "none" disables it.
     #[arg(long, default_value = "0.0.0.0:80", value_parser = listen_addr)]
     pub proxy_http_listen: Listen,
@@ -78,6 +80,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let registry_secret = args.registry.load()?;
+    let acme = args.acme.load()?;
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let webhook_listener = berth_control_plane::webhook::bind(args.webhook_listen).await?;
@@ -104,6 +107,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             fleet.registry_secret = registry_secret;
             fleet
         },
+        acme,
     })
     .await?;
 

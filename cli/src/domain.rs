@@ -1,5 +1,6 @@
-//! `berth domain`: host names the host proxy routes to an application, with plain HTTP or
-//! TLS from a certificate and key file (DomainService).
+//! `berth domain`: host names the host proxy routes to an application, with plain HTTP, TLS
+//! from a certificate and key file, or TLS from a certificate the control plane obtains and
+//! renews from its ACME CA (`--acme`) (DomainService).
 //!
 //! The key is read from a file named on the command line (never given on argv itself) and
 //! sent once; the control plane stores it encrypted and never returns it.
@@ -39,6 +40,11 @@ enum DomainCommand {
         /// PEM private key of the certificate (stored encrypted)
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Obtain and renew the certificate from the control plane's ACME CA (HTTP-01 through
+        /// the host proxy: HOST must resolve to the app's hosts, port 80 must reach them);
+        /// plain HTTP until it is issued
+        #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+        acme: bool,
     },
     /// List domains (never their keys)
     List {
@@ -59,6 +65,7 @@ pub async fn run(args: DomainArgs, connect: &ConnectOptions, format: Format) -> 
             container_port,
             tls_cert,
             tls_key,
+            acme,
         } => {
             let tls_cert_pem = match &tls_cert {
                 Some(path) => read_pem(path, "certificate")?,
@@ -75,6 +82,7 @@ pub async fn run(args: DomainArgs, connect: &ConnectOptions, format: Format) -> 
                     container_port,
                     tls_cert_pem,
                     tls_key_pem,
+                    acme,
                 })
                 .await?
                 .into_inner();
@@ -84,13 +92,20 @@ pub async fn run(args: DomainArgs, connect: &ConnectOptions, format: Format) -> 
                     "domain": output::domain_json(&domain),
                     "agents_notified": response.agents_notified,
                 })),
-                Format::Table => println!(
-                    "routed {} to {} ({}); sent to {} connected agent(s)",
-                    domain.host,
-                    domain.app,
-                    output::domain_tls_text(&domain),
-                    response.agents_notified
-                ),
+                Format::Table => {
+                    println!(
+                        "routed {} to {} ({}); sent to {} connected agent(s)",
+                        domain.host,
+                        domain.app,
+                        output::domain_tls_text(&domain),
+                        response.agents_notified
+                    );
+                    if acme {
+                        println!(
+                            "the certificate is being ordered; see `berth domain list` for its status"
+                        );
+                    }
+                }
             }
         }
         DomainCommand::List { app } => {
@@ -207,6 +222,28 @@ mod tests {
                 ..
             } => {
                 assert_eq!(container_port, 0);
+                assert!(tls_cert.is_none());
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn acme_excludes_certificate_files() {
+        assert!(parse(&[
+            "add",
+            "web",
+            "shop.example.com",
+            "--acme",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem"
+        ])
+        .is_err());
+        match parse(&["add", "web", "shop.example.com", "--acme"]).unwrap() {
+            DomainCommand::Add { acme, tls_cert, .. } => {
+                assert!(acme);
                 assert!(tls_cert.is_none());
             }
             _ => unreachable!(),

@@ -267,14 +267,38 @@ pub fn domain_json(domain: &Domain) -> Value {
         "tls_mode": domain.tls_mode,
         "not_after": domain.not_after,
         "created_at": domain.created_at,
+        "acme_status": domain.acme_status,
+        "acme_error": domain.acme_error,
+        "acme_next_attempt_at": domain.acme_next_attempt_at,
     })
 }
 
-/// `none`, or `files (expires 2026-01-31 12:00)`.
+/// `none`, `files (expires 2026-01-31 12:00)`, or for ACME its status: `acme: pending`,
+/// `acme: issued (expires …)`, `acme: failed: REASON (retry at …)`, or
+/// `acme: issued (expires …); renewal failed: REASON (retry at …)`.
 pub fn domain_tls_text(domain: &Domain) -> String {
-    match domain.not_after.as_deref().filter(|t| !t.is_empty()) {
-        Some(at) => format!("{} (expires {})", domain.tls_mode, short_time(at)),
-        None => domain.tls_mode.clone(),
+    let expires = domain
+        .not_after
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(|at| format!("expires {}", short_time(at)));
+    let Some(status) = domain.acme_status.as_deref() else {
+        return match expires {
+            Some(expires) => format!("{} ({expires})", domain.tls_mode),
+            None => domain.tls_mode.clone(),
+        };
+    };
+    let issued = expires.map(|e| format!("issued ({e})"));
+    let retry = match domain.acme_next_attempt_at.as_deref() {
+        Some(at) => format!("retry at {}", short_time(at)),
+        None => "gave up: `berth domain remove` it and add it again".to_string(),
+    };
+    let error = domain.acme_error.as_deref().unwrap_or("unknown error");
+    match (status, issued) {
+        ("failed", Some(issued)) => format!("acme: {issued}; renewal failed: {error} ({retry})"),
+        ("failed", None) => format!("acme: failed: {error} ({retry})"),
+        (_, Some(issued)) => format!("acme: {issued}"),
+        (status, None) => format!("acme: {status}"),
     }
 }
 

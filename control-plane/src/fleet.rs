@@ -8,6 +8,7 @@
 //! Architecture invariant: this module speaks the agent protocol (berth.v1 agent messages)
 //! but knows nothing of tonic; `grpc/agent.rs` adapts streams and certificates to it.
 
+mod challenges;
 mod deployments;
 mod enroll;
 mod prepare;
@@ -90,6 +91,11 @@ struct Inner {
     /// Running deployments a newer one asked to cancel (`--cancel-in-progress`), by id: the
     /// newer deployment's id. Checked between batches.
     cancels: Mutex<HashMap<String, String>>,
+    /// ACME challenges sent to agents and not yet confirmed, by (agent, token): the reply's
+    /// error ("" when the agent's proxy answers the token).
+    challenge_replies: Mutex<HashMap<(String, String), oneshot::Sender<String>>>,
+    /// Woken when a domain with ACME is added, so its first order starts at once.
+    acme_wake: Notify,
     next_session: AtomicU64,
     /// Set (under the `live` lock) when the node stops: no stream registers after it.
     closing: AtomicBool,
@@ -149,6 +155,8 @@ impl Fleet {
                 on_finished: Mutex::new(Vec::new()),
                 app_slots: Mutex::new(HashMap::new()),
                 cancels: Mutex::new(HashMap::new()),
+                challenge_replies: Mutex::new(HashMap::new()),
+                acme_wake: Notify::new(),
                 next_session: AtomicU64::new(1),
                 closing: AtomicBool::new(false),
                 open_streams: AtomicUsize::new(0),
@@ -328,6 +336,9 @@ impl Fleet {
             }
             Some(pb::agent_message::Msg::Result(result)) => {
                 self.handle_result(agent, result).await?
+            }
+            Some(pb::agent_message::Msg::ChallengeReply(reply)) => {
+                self.challenge_replied(agent, reply)
             }
             Some(pb::agent_message::Msg::Hello(_)) | None => {
                 return Err(Error::invalid("unexpected message on an open stream"));

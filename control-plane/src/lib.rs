@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod crypto;
 pub mod error;
 pub mod fleet;

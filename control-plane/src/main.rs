@@ -44,6 +44,8 @@ struct Args {
     reconcile_timeout: u64,
     #[command(flatten)]
     registry: node::RegistrySecretArgs,
+    #[command(flatten)]
+    acme: node::AcmeArgs,
 }
 
 #[tokio::main]
@@ -66,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         agent_listen: args.agent_listen,
         agent_endpoint: args.agent_endpoint,
         fleet,
+        acme: args.acme.load()?,
     };
     let node = node::start(config).await?;
     if let (Some(_), Some(path)) = (&node.initial_admin_key, &node.admin_token_file) {

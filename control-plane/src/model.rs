@@ -171,6 +171,8 @@ pub enum TlsMode {
     None,
     /// A certificate and key given by an admin (`--tls-cert`, `--tls-key`).
     Files,
+    /// A certificate the control plane obtains and renews from its ACME CA (`--acme`).
+    Acme,
 }
 
 impl TlsMode {
@@ -178,6 +180,7 @@ impl TlsMode {
         match self {
             TlsMode::None => "none",
             TlsMode::Files => "files",
+            TlsMode::Acme => "acme",
         }
     }
 
@@ -185,9 +188,54 @@ impl TlsMode {
         match s {
             "none" => Some(TlsMode::None),
             "files" => Some(TlsMode::Files),
+            "acme" => Some(TlsMode::Acme),
             _ => None,
         }
     }
+}
+
+/// Where an ACME domain's certificate stands. Stored as text in `domains.acme_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeStatus {
+    /// No certificate yet: an order runs or is scheduled.
+    Pending,
+    /// A certificate was stored by the last order.
+    Issued,
+    /// The last order failed (`acme_error` says why); a certificate issued before, if any,
+    /// keeps serving.
+    Failed,
+}
+
+impl AcmeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeStatus::Pending => "pending",
+            AcmeStatus::Issued => "issued",
+            AcmeStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(AcmeStatus::Pending),
+            "issued" => Some(AcmeStatus::Issued),
+            "failed" => Some(AcmeStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// The ACME state of a domain with `tls_mode` acme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeState {
+    pub status: AcmeStatus,
+    /// Why the last order failed (never key material).
+    pub error: Option<String>,
+    /// Orders failed in a row since the last success.
+    pub attempts: u32,
+    /// When the next order starts (a retry or the renewal), `YYYY-MM-DD HH:MM:SS` UTC; `None`
+    /// when the retries gave up.
+    pub next_attempt_at: Option<String>,
 }
 
 /// A `domains` row with its application's name. `private_key` is the stored ciphertext.
@@ -207,6 +255,8 @@ pub struct Domain {
     pub private_key: Option<String>,
     /// Expiry of the leaf certificate, `YYYY-MM-DD HH:MM:SS` UTC.
     pub not_after: Option<String>,
+    /// `Some` exactly when `tls_mode` is acme.
+    pub acme: Option<AcmeState>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -219,6 +269,7 @@ impl std::fmt::Debug for Domain {
             .field("container_port", &self.container_port)
             .field("tls_mode", &self.tls_mode)
             .field("not_after", &self.not_after)
+            .field("acme", &self.acme)
             .finish_non_exhaustive()
     }
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use berth_proto::v1 as pb;
 use tonic::transport::Certificate;
 
+use crate::acme::{AcmeConfig, CertificateAuthority, LETS_ENCRYPT_DIRECTORY};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::fleet::webhook::RegistrySecret;
@@ -116,6 +117,52 @@ impl RegistrySecretArgs {
     }
 }
 
+/// Where certificates for domains added with `--acme` come from, as `berth-control-plane`
+/// and `berth dev` take it.
+#[derive(clap::Args, Debug)]
+pub struct AcmeArgs {
+    /// ACME directory URL of the CA that issues certificates for domains added with --acme.
+    #[arg(long, env = "BERTH_ACME_DIRECTORY", default_value = LETS_ENCRYPT_DIRECTORY)]
+    pub acme_directory: String,
+    /// Contact e-mail of the ACME account (the CA's expiry notices go there).
+    #[arg(long, env = "BERTH_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// PEM root trusted for the ACME directory's TLS besides the system's (a test CA such as
+    /// Pebble).
+    #[arg(long, env = "BERTH_ACME_CA_FILE", value_name = "PEM")]
+    pub acme_ca_file: Option<PathBuf>,
+}
+
+impl AcmeArgs {
+    /// The ACME configuration; an unreadable CA file or a bad URL refuses the start.
+    pub fn load(&self) -> anyhow::Result<AcmeConfig> {
+        let url: http::Uri = self.acme_directory.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "--acme-directory {:?} is not a URL: give the CA's ACME directory, e.g. {LETS_ENCRYPT_DIRECTORY}",
+                self.acme_directory
+            )
+        })?;
+        if !matches!(url.scheme_str(), Some("https" | "http")) || url.host().is_none() {
+            anyhow::bail!(
+                "--acme-directory {:?} must be an https:// URL of the CA's ACME directory",
+                self.acme_directory
+            );
+        }
+        let extra_root_pem = match &self.acme_ca_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the --acme-ca-file {}: {e}", path.display())
+            })?),
+            None => None,
+        };
+        Ok(AcmeConfig {
+            directory_url: self.acme_directory.clone(),
+            email: self.acme_email.clone().filter(|e| !e.is_empty()),
+            extra_root_pem,
+            ..AcmeConfig::default()
+        })
+    }
+}
+
 impl std::fmt::Debug for RegistrySecretArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistrySecretArgs")
@@ -144,6 +191,8 @@ pub struct NodeConfig {
     pub agent_endpoint: Option<String>,
     /// Certificate lifetime, rollout and reconcile timeouts.
     pub fleet: FleetConfig,
+    /// The ACME CA of domains added with `--acme`.
+    pub acme: AcmeConfig,
 }
 
 impl NodeConfig {
@@ -157,6 +206,7 @@ impl NodeConfig {
             agent_listen: DEFAULT_AGENT_ADDR.parse().expect("valid default"),
             agent_endpoint: None,
             fleet: FleetConfig::default(),
+            acme: AcmeConfig::default(),
         }
     }
 }
@@ -173,6 +223,8 @@ pub struct Node {
     /// Where the first admin key was written (`<data-dir>/admin.token`), while it is there.
     pub admin_token_file: Option<PathBuf>,
     pub service: Service,
+    /// Issues the certificates of domains added with `--acme`.
+    acme: Arc<dyn CertificateAuthority>,
     listener: TcpListener,
     agent_listener: TcpListener,
     pki: Arc<Pki>,
@@ -228,7 +280,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
         .clone()
         .unwrap_or_else(|| agent_addr.to_string());
     let fleet = Fleet::new(service.clone(), pki.clone(), fleet_config);
+    let acme = Arc::new(crate::acme::client::AcmeClient::new(
+        config.acme.clone(),
+        service.clone(),
+    )?);
     Ok(Node {
+        acme,
         grpc_addr: listener.local_addr()?,
         agent_addr,
         fleet,
@@ -267,6 +324,12 @@ impl Node {
         // Auto-sync of external secret providers: its own tasks, bounded in time.
         let auto_sync = tokio::spawn(crate::service::providers::auto_sync::run(
             self.service.clone(),
+            stopped(stop_rx.clone()),
+        ));
+        // ACME orders (first issuance, retries, renewals) of domains added with --acme.
+        let acme_orders = tokio::spawn(crate::acme::orders::run(
+            self.fleet.clone(),
+            self.acme.clone(),
             stopped(stop_rx.clone()),
         ));
         let reaper = {
@@ -375,6 +438,7 @@ impl Node {
         let _ = streams_closed.await;
         reaper.abort();
         let _ = auto_sync.await;
+        let _ = acme_orders.await;
         let _ = notifier_task.await;
         self.service.store().close().await;
         tracing::info!("control plane stopped");

@@ -287,11 +287,18 @@ mod key_check_tests {
                 app: "web".into(),
                 host: "shop.example.com".into(),
                 container_port: 0,
-                tls: Some(domains::TlsFiles {
+                tls: domains::DomainTls::Files(domains::TlsFiles {
                     certificate_pem: chain,
                     private_key_pem: key,
                 }),
             },
+        )
+        .await
+        .unwrap();
+        svc.save_acme_account(
+            "https://acme.example/directory",
+            None,
+            &SecretString::from(r#"{"id":"acct"}"#),
         )
         .await
         .unwrap();
@@ -318,7 +325,7 @@ mod key_check_tests {
     #[tokio::test]
     async fn a_wrong_key_is_refused_by_any_encrypted_column_when_the_check_row_is_missing() {
         // Each column alone must be enough to refuse a wrong key.
-        for keep in ["secret", "repository", "webhook", "domain"] {
+        for keep in ["secret", "repository", "webhook", "domain", "acme"] {
             let svc = service().await;
             let a = admin();
             match keep {
@@ -350,11 +357,20 @@ mod key_check_tests {
                             app: "web".into(),
                             host: "a.example".into(),
                             container_port: 0,
-                            tls: Some(domains::TlsFiles {
+                            tls: domains::DomainTls::Files(domains::TlsFiles {
                                 certificate_pem: chain,
                                 private_key_pem: key,
                             }),
                         },
+                    )
+                    .await
+                    .unwrap();
+                }
+                "acme" => {
+                    svc.save_acme_account(
+                        "https://acme.example/directory",
+                        None,
+                        &SecretString::from(r#"{"id":"acct"}"#),
                     )
                     .await
                     .unwrap();

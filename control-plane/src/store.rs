@@ -4,6 +4,7 @@
 //! Architecture invariant: no SQL outside `store/`. A PostgreSQL backend would be a second
 //! implementation of these methods, not a change to the services.
 
+mod acme;
 mod agents;
 mod api_keys;
 mod applications;
@@ -27,6 +28,7 @@ use crate::crypto::columns::{EncryptedColumn, ENCRYPTED_COLUMNS};
 use crate::crypto::Aad;
 use crate::error::Error;
 
+pub use acme::{AcmeAccountRow, AcmeIssued};
 pub use agents::{AgentRow, Enrollment};
 pub use audit::AuditEntry;
 pub use deployments::{DeploymentEventRow, DeploymentTargetRow, NewDeployment, ServingRow};

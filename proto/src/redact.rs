@@ -63,7 +63,7 @@ redacted_debug!(ProxyDomain {
     hide_opt: []
 });
 redacted_debug!(AddDomainRequest {
-    show: [app, host, container_port, tls_cert_pem],
+    show: [app, host, container_port, tls_cert_pem, acme],
     hide: [tls_key_pem],
     hide_opt: []
 });
@@ -153,6 +153,16 @@ redacted_debug!(UpdateProviderRequest {
 redacted_debug!(WebhookStatusRequest {
     show: [deployment_id, client_ip],
     hide: [token],
+    hide_opt: []
+});
+redacted_debug!(AcmeChallengeCommand {
+    show: [token, ttl_seconds],
+    hide: [key_authorization],
+    hide_opt: []
+});
+redacted_debug!(SetChallengeRequest {
+    show: [token, ttl_seconds],
+    hide: [key_authorization],
     hide_opt: []
 });
 redacted_debug!(RegistryPushRequest {
@@ -421,6 +431,25 @@ mod tests {
                 }
             ),
         );
+        let challenge = ControlMessage {
+            msg: Some(control_message::Msg::AcmeChallenge(AcmeChallengeCommand {
+                token: "tok".into(),
+                key_authorization: s(),
+                ttl_seconds: 60,
+            })),
+        };
+        assert_hidden("AcmeChallengeCommand", format!("{challenge:?}"));
+        assert_hidden(
+            "SetChallengeRequest",
+            format!(
+                "{:?}",
+                SetChallengeRequest {
+                    token: "tok".into(),
+                    key_authorization: s(),
+                    ttl_seconds: 60,
+                }
+            ),
+        );
         assert_hidden(
             "RegistryPushRequest",
             format!(
@@ -436,6 +465,6 @@ mod tests {
     #[test]
     fn every_redacted_message_is_tested() {
         // A message added to the list without a line in the test above is caught here.
-        assert_eq!(REDACTED_MESSAGES.len(), 21);
+        assert_eq!(REDACTED_MESSAGES.len(), 23);
     }
 }

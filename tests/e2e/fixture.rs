@@ -12,6 +12,7 @@
 //! - [`docker`]: the Docker Engine, the test images, containers by label;
 //! - [`registry`]: private registries with basic auth, and the one the binary shares;
 //! - [`openbao`]: a real OpenBao dev server, the Vault-API peer of the provider suite;
+//! - [`pebble`]: Pebble, the real ACME peer, with a DNS that resolves every name to 127.0.0.1;
 //! - [`executor`]: an [`berth_agent::executor::Executor`] driven directly, and an app of one
 //!   test on the real engine.
 //!
@@ -30,6 +31,7 @@ pub mod http;
 pub mod load;
 pub mod node;
 pub mod openbao;
+pub mod pebble;
 pub mod process;
 pub mod proxy;
 pub mod registry;

@@ -11,6 +11,7 @@
 
 mod fixture;
 
+mod acme_certificates;
 mod admin_api;
 mod agent_certificates;
 mod agent_deploys;

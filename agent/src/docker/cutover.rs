@@ -113,6 +113,22 @@ impl CutOver {
         }
     }
 
+    /// Answers an ACME HTTP-01 token on this host (see `Executor::set_challenge`).
+    pub async fn set_challenge(
+        &self,
+        token: &str,
+        key_authorization: &secrecy::SecretString,
+        ttl: std::time::Duration,
+    ) -> Result<(), String> {
+        match self {
+            CutOver::HostPorts => Err(
+                "cannot answer an ACME challenge: it needs the host proxy (berth-agent --proxy-socket)"
+                    .to_owned(),
+            ),
+            CutOver::Proxy(link) => proxy::set_challenge(link, token, key_authorization, ttl).await,
+        }
+    }
+
     /// How an interrupted deployment ended, when the host shows it (see `proxy::recover`).
     pub async fn recover(
         &self,

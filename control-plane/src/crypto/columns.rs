@@ -66,11 +66,21 @@ pub const PROVIDER_CREDENTIALS: EncryptedColumn = EncryptedColumn {
     only_where: None,
 };
 
-/// `domains.private_key` (a TLS key from files), bound to the host name.
+/// `domains.private_key` (a TLS key from files, or one made for an ACME order), bound to the
+/// host name.
 pub const DOMAIN_PRIVATE_KEY: EncryptedColumn = EncryptedColumn {
     table: "domains",
     column: "private_key",
     aad_columns: &["domain"],
+    only_where: None,
+};
+
+/// `acme_accounts.credentials` (an ACME account's JSON credentials with its private key),
+/// bound to the directory URL.
+pub const ACME_ACCOUNT_CREDENTIALS: EncryptedColumn = EncryptedColumn {
+    table: "acme_accounts",
+    column: "credentials",
+    aad_columns: &["directory_url"],
     only_where: None,
 };
 
@@ -92,6 +102,7 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     WEBHOOK_SECRET,
     PROVIDER_CREDENTIALS,
     DOMAIN_PRIVATE_KEY,
+    ACME_ACCOUNT_CREDENTIALS,
     KEY_CHECK_VALUE,
 ];
 
@@ -119,6 +130,11 @@ impl Aad {
     /// The AAD of `domains.private_key`.
     pub fn domain_private_key(host: &str) -> Self {
         DOMAIN_PRIVATE_KEY.aad(&[host])
+    }
+
+    /// The AAD of `acme_accounts.credentials`.
+    pub fn acme_account_credentials(directory_url: &str) -> Self {
+        ACME_ACCOUNT_CREDENTIALS.aad(&[directory_url])
     }
 
     /// The AAD of the master-key check value.

@@ -22,9 +22,13 @@ use crate::service::Actor;
 impl Fleet {
     /// `berth domain add`: adds the domain, then sends the app's routes to its connected
     /// targets. Returns the domain and how many agents were sent the routes.
+    /// An ACME domain is routed over plain HTTP at once, and its first order starts.
     pub async fn add_domain(&self, actor: &Actor, spec: DomainSpec) -> Result<(Domain, usize)> {
         let domain = self.service().add_domain(actor, spec).await?;
         let notified = self.push_routes(domain.application_id).await?;
+        if domain.acme.is_some() {
+            self.wake_acme();
+        }
         Ok((domain, notified))
     }
 
@@ -65,23 +69,16 @@ impl Fleet {
 
     /// Sends an application's routes to each of its connected targets; returns how many
     /// took them. An agent not connected now gets them when it registers.
-    async fn push_routes(&self, application_id: i64) -> Result<usize> {
+    pub(crate) async fn push_routes(&self, application_id: i64) -> Result<usize> {
         let store = self.service().store();
         let app = store.application_by_id(application_id).await?;
-        let only_agent = self.only_enrolled_agent(&app).await?;
-        let live: Vec<(String, BTreeMap<String, String>)> =
-            self.connected_labels().into_iter().collect();
-        let targets: Vec<&String> = live
-            .iter()
-            .filter(|(name, labels)| targets_agent(&app, name, labels, only_agent.as_deref()))
-            .map(|(name, _)| name)
-            .collect();
+        let targets = self.connected_targets(&app).await?;
         if targets.is_empty() {
             return Ok(0);
         }
         let command = self.routes_command(&app).await?;
         let mut sent = 0;
-        for agent in targets {
+        for agent in &targets {
             if self.send(agent, command.clone()) {
                 sent += 1;
             } else {
@@ -90,6 +87,17 @@ impl Fleet {
         }
         tracing::info!(app = %app.name, agents = sent, "routes sent");
         Ok(sent)
+    }
+
+    /// The app's targets that are connected now.
+    pub(super) async fn connected_targets(&self, app: &Application) -> Result<Vec<String>> {
+        let only_agent = self.only_enrolled_agent(app).await?;
+        Ok(self
+            .connected_labels()
+            .into_iter()
+            .filter(|(name, labels)| targets_agent(app, name, labels, only_agent.as_deref()))
+            .map(|(name, _)| name)
+            .collect())
     }
 
     /// After an agent registered a stream: the routes of every app that targets it and has

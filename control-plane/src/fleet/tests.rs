@@ -218,8 +218,9 @@ impl ScriptedAgent {
                     }
                 }
                 pb::control_message::Msg::Ack(a) => self.acks.push((a.deployment_id, a.kind)),
-                // Domain routing is not what these tests script.
-                pb::control_message::Msg::Routes(_) => {}
+                // Domain routing and ACME challenges are not what these tests script.
+                pb::control_message::Msg::Routes(_)
+                | pb::control_message::Msg::AcmeChallenge(_) => {}
             }
         }
     }
@@ -764,6 +765,7 @@ async fn cancel_in_progress_stops_between_batches_rolls_back_and_starts_the_newe
     );
 }
 
+mod acme;
 mod routes;
 
 /// An environment too heavy for one deploy command (the agent would refuse to decode it and

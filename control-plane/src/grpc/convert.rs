@@ -138,6 +138,9 @@ pub fn domain(d: model::Domain) -> pb::Domain {
         tls_mode: d.tls_mode.as_str().to_string(),
         not_after: d.not_after,
         created_at: d.created_at,
+        acme_status: d.acme.as_ref().map(|a| a.status.as_str().to_string()),
+        acme_error: d.acme.as_ref().and_then(|a| a.error.clone()),
+        acme_next_attempt_at: d.acme.and_then(|a| a.next_attempt_at),
     }
 }
 

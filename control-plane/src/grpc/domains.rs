@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{authenticate, convert, status};
 use crate::fleet::Fleet;
-use crate::service::domains::{DomainSpec, TlsFiles};
+use crate::service::domains::{DomainSpec, DomainTls, TlsFiles};
 
 pub struct DomainApi {
     fleet: Fleet,
@@ -31,8 +31,18 @@ impl pb::domain_service_server::DomainService for DomainApi {
     ) -> Result<Response<pb::AddDomainResponse>, Status> {
         let actor = authenticate(self.fleet.service(), &request).await?;
         let r = request.into_inner();
-        let tls = TlsFiles::from_parts(r.tls_cert_pem, SecretString::from(r.tls_key_pem))
+        let files = TlsFiles::from_parts(r.tls_cert_pem, SecretString::from(r.tls_key_pem))
             .map_err(status)?;
+        let tls = match (files, r.acme) {
+            (None, false) => DomainTls::None,
+            (Some(files), false) => DomainTls::Files(files),
+            (None, true) => DomainTls::Acme,
+            (Some(_), true) => {
+                return Err(Status::invalid_argument(
+                    "give either --tls-cert/--tls-key or --acme, not both",
+                ))
+            }
+        };
         let spec = DomainSpec {
             app: r.app,
             host: r.host,

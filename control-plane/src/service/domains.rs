@@ -1,13 +1,15 @@
 //! Domains: host names the host proxy routes to an application, on its 80/443, with
-//! plain HTTP or TLS from a certificate and key given by an admin. Adding one checks the host
-//! name, that no other application has it, the container port, and the certificate (see
-//! [`certificate`]), before anything is written.
+//! plain HTTP, TLS from a certificate and key given by an admin, or TLS from a certificate the
+//! control plane obtains from an ACME CA ([`acme`]: its state and schedule; the protocol is
+//! `crate::acme`). Adding one checks the host name, that no other application has it, the
+//! container port, and the certificate (see [`certificate`]), before anything is written.
 //!
 //! Architecture invariant: the private key is encrypted before it reaches the store and is
 //! decrypted only into a [`SecretString`] on its way to an agent ([`Service::routed_domains`]);
 //! no error, audit row or log line carries it. Pushing the routes to agents is the fleet's
 //! job (`fleet/routes.rs`), not this module's.
 
+pub mod acme;
 pub(crate) mod certificate;
 
 use secrecy::{ExposeSecret as _, SecretString};
@@ -25,8 +27,19 @@ pub struct DomainSpec {
     pub host: String,
     /// 0: the app's first container port.
     pub container_port: u32,
-    /// Both files, or neither (plain HTTP).
-    pub tls: Option<TlsFiles>,
+    pub tls: DomainTls,
+}
+
+/// How a new domain gets its HTTPS.
+#[derive(Debug)]
+pub enum DomainTls {
+    /// Plain HTTP only.
+    None,
+    /// A certificate and key given by an admin.
+    Files(TlsFiles),
+    /// A certificate the control plane obtains (and renews) from its ACME CA; plain HTTP until
+    /// the first one is issued.
+    Acme,
 }
 
 /// A certificate chain (PEM, leaf first) and its private key (PEM).
@@ -86,8 +99,9 @@ impl Service {
         }
         let container_port = container_port(&app, spec.container_port)?;
         let (tls_mode, certificate_pem, private_key, not_after) = match spec.tls {
-            None => (TlsMode::None, None, None, None),
-            Some(files) => {
+            DomainTls::None => (TlsMode::None, None, None, None),
+            DomainTls::Acme => (TlsMode::Acme, None, None, None),
+            DomainTls::Files(files) => {
                 let checked = certificate::check(
                     &host,
                     &files.certificate_pem,
@@ -214,7 +228,7 @@ fn container_port(app: &Application, requested: u32) -> Result<u16> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::certificate::tests::{certificate, valid_for};
     use super::*;
     use crate::service::applications::tests::new_app;
@@ -225,13 +239,13 @@ mod tests {
             app: app.into(),
             host: host.into(),
             container_port: 0,
-            tls: None,
+            tls: DomainTls::None,
         }
     }
 
     fn with_tls(app: &str, host: &str, chain: String, key: SecretString) -> DomainSpec {
         DomainSpec {
-            tls: Some(TlsFiles {
+            tls: DomainTls::Files(TlsFiles {
                 certificate_pem: chain,
                 private_key_pem: key,
             }),
@@ -239,7 +253,7 @@ mod tests {
         }
     }
 
-    async fn with_apps() -> Service {
+    pub(crate) async fn with_apps() -> Service {
         let svc = service().await;
         svc.create_application(&admin(), new_app("web"))
             .await

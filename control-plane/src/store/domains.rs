@@ -3,10 +3,10 @@
 
 use super::{conflict, internal, Store};
 use crate::error::{Error, Result};
-use crate::model::{Domain, NewDomain, TlsMode};
+use crate::model::{AcmeState, AcmeStatus, Domain, NewDomain, TlsMode};
 
 #[derive(sqlx::FromRow)]
-struct DomainRow {
+pub(super) struct DomainRow {
     id: i64,
     application_id: i64,
     app_name: String,
@@ -16,19 +16,26 @@ struct DomainRow {
     certificate_pem: Option<String>,
     private_key: Option<String>,
     not_after: Option<String>,
+    acme_status: Option<String>,
+    acme_error: Option<String>,
+    acme_attempts: i64,
+    acme_next_attempt_at: Option<String>,
     created_at: String,
     updated_at: String,
 }
 
-const DOMAIN_SELECT: &str = "SELECT d.id, d.application_id, a.name AS app_name, d.domain, \
-     d.container_port, d.tls_mode, d.certificate_pem, d.private_key, d.not_after, d.created_at, \
-     d.updated_at FROM domains d JOIN applications a ON a.id = d.application_id";
+pub(super) const DOMAIN_SELECT: &str = "SELECT d.id, d.application_id, a.name AS app_name, d.domain, \
+     d.container_port, d.tls_mode, d.certificate_pem, d.private_key, d.not_after, d.acme_status, \
+     d.acme_error, d.acme_attempts, d.acme_next_attempt_at, d.created_at, d.updated_at FROM domains d JOIN applications a ON a.id = d.application_id";
 
 impl Store {
     pub async fn insert_domain(&self, domain: &NewDomain) -> Result<Domain> {
+        // An ACME domain starts pending, its first order due at once.
+        let acme = domain.tls_mode == TlsMode::Acme;
         sqlx::query(
             "INSERT INTO domains (application_id, domain, container_port, tls_mode, certificate_pem, \
-             private_key, not_after) VALUES (?, ?, ?, ?, ?, ?, ?)",
+             private_key, not_after, acme_status, acme_next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, \
+             CASE WHEN ? THEN 'pending' END, CASE WHEN ? THEN datetime('now') END)",
         )
         .bind(domain.application_id)
         .bind(&domain.host)
@@ -37,6 +44,8 @@ impl Store {
         .bind(&domain.certificate_pem)
         .bind(&domain.private_key)
         .bind(&domain.not_after)
+        .bind(acme)
+        .bind(acme)
         .execute(&self.pool)
         .await
         .map_err(|e| {
@@ -86,7 +95,7 @@ impl Store {
     }
 }
 
-fn decode(row: DomainRow) -> Result<Domain> {
+pub(super) fn decode(row: DomainRow) -> Result<Domain> {
     let tls_mode = TlsMode::parse(&row.tls_mode).ok_or_else(|| {
         Error::Internal(format!(
             "domain {} has an unknown tls mode {:?}",
@@ -99,6 +108,26 @@ fn decode(row: DomainRow) -> Result<Domain> {
             row.domain, row.container_port
         ))
     })?;
+    let acme = match (tls_mode, row.acme_status.as_deref()) {
+        (TlsMode::Acme, Some(status)) => Some(AcmeState {
+            status: AcmeStatus::parse(status).ok_or_else(|| {
+                Error::Internal(format!(
+                    "domain {} has an unknown acme status {status:?}",
+                    row.domain
+                ))
+            })?,
+            error: row.acme_error,
+            attempts: u32::try_from(row.acme_attempts).unwrap_or(u32::MAX),
+            next_attempt_at: row.acme_next_attempt_at,
+        }),
+        (TlsMode::Acme, None) => {
+            return Err(Error::Internal(format!(
+                "acme domain {} has no acme status",
+                row.domain
+            )))
+        }
+        _ => None,
+    };
     Ok(Domain {
         id: row.id,
         application_id: row.application_id,
@@ -109,6 +138,7 @@ fn decode(row: DomainRow) -> Result<Domain> {
         certificate_pem: row.certificate_pem,
         private_key: row.private_key,
         not_after: row.not_after,
+        acme,
         created_at: row.created_at,
         updated_at: row.updated_at,
     })

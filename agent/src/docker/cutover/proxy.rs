@@ -533,6 +533,26 @@ pub(super) async fn set_domains(
     Ok(())
 }
 
+/// Has the proxy answer an ACME HTTP-01 `token` for `ttl` (zero removes it).
+pub(super) async fn set_challenge(
+    link: &Arc<ProxyLink>,
+    token: &str,
+    key_authorization: &secrecy::SecretString,
+    ttl: Duration,
+) -> Result<(), String> {
+    let request = pb::SetChallengeRequest {
+        token: token.to_owned(),
+        key_authorization: key_authorization.expose_secret().to_owned(),
+        ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
+    };
+    link.call("setting the acme challenge", |mut c| async move {
+        c.set_challenge(request).await
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
 /// Puts the host back in order after the agent stopped in the middle of a deployment (even by
 /// `kill -9`): for every routed app, a running container newer than the routed one never got
 /// the traffic (an interrupted deploy) and is removed; an older running one was being retired

@@ -7,10 +7,10 @@ use secrecy::ExposeSecret as _;
 use super::*;
 use crate::service::applications::ApplicationUpdate;
 use crate::service::domains::certificate::tests::valid_for;
-use crate::service::domains::{DomainSpec, TlsFiles};
+use crate::service::domains::{DomainSpec, DomainTls, TlsFiles};
 
 /// The next message that is not an acknowledgement.
-async fn next_message(agent: &mut ScriptedAgent) -> pb::control_message::Msg {
+pub(super) async fn next_message(agent: &mut ScriptedAgent) -> pb::control_message::Msg {
     loop {
         let msg = tokio::time::timeout(MUST_HAPPEN, agent.session.outbound.recv())
             .await
@@ -23,7 +23,7 @@ async fn next_message(agent: &mut ScriptedAgent) -> pb::control_message::Msg {
     }
 }
 
-async fn next_routes(agent: &mut ScriptedAgent) -> pb::RoutesCommand {
+pub(super) async fn next_routes(agent: &mut ScriptedAgent) -> pb::RoutesCommand {
     match next_message(agent).await {
         pb::control_message::Msg::Routes(routes) => routes,
         other => panic!("{} expected routes, got {other:?}", agent.name),
@@ -32,7 +32,7 @@ async fn next_routes(agent: &mut ScriptedAgent) -> pb::RoutesCommand {
 
 /// `web` (role=web, 8080:80) and `db` (role=db, no domain ever), agents a1 and a2 with
 /// role=web and d1 with role=db.
-async fn harness() -> Harness {
+pub(super) async fn harness() -> Harness {
     let h = Harness::new(&["a1", "a2"], rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
     let labels = BTreeMap::from([("role".to_string(), "db".to_string())]);
     h.fleet
@@ -62,7 +62,7 @@ fn plain(host: &str) -> DomainSpec {
         app: "web".into(),
         host: host.into(),
         container_port: 0,
-        tls: None,
+        tls: DomainTls::None,
     }
 }
 
@@ -77,7 +77,7 @@ async fn a_domain_change_reaches_the_apps_connected_targets_only() {
         .add_domain(
             &Actor::system(),
             DomainSpec {
-                tls: Some(TlsFiles {
+                tls: DomainTls::Files(TlsFiles {
                     certificate_pem: chain.clone(),
                     private_key_pem: key.clone(),
                 }),

@@ -23,6 +23,9 @@ const MAX_KEY_BYTES: usize = 16 * 1024;
 pub struct CheckedCertificate {
     /// Expiry of the leaf, `YYYY-MM-DD HH:MM:SS` UTC (the store's timestamp format).
     pub not_after: String,
+    /// The leaf's validity period (ACME renewal is planned from its length).
+    pub valid_from: OffsetDateTime,
+    pub valid_until: OffsetDateTime,
 }
 
 /// Checks that `chain_pem` (leaf first) and `key_pem` belong together and serve `host` at
@@ -110,6 +113,8 @@ pub fn check(
     }
     Ok(CheckedCertificate {
         not_after: timestamp(not_after),
+        valid_from: not_before,
+        valid_until: not_after,
     })
 }
 
@@ -147,7 +152,7 @@ fn covers(name: &str, host: &str) -> bool {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC, as SQLite's `datetime()` writes it.
-fn timestamp(t: OffsetDateTime) -> String {
+pub(crate) fn timestamp(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
