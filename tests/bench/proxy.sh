@@ -40,7 +40,14 @@ trap cleanup EXIT
 log() { echo "[$(date +%T)] $*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now_ms() { date +%s%3N; }
-wait_port() { until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do sleep 0.02; done; }
+wait_port() { # port; gives up after 30 s
+  local i=0
+  until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
+    i=$((i + 1))
+    [ "$i" -lt 1500 ] || { echo "nothing listens on port $1 after 30 s" >&2; exit 1; }
+    sleep 0.02
+  done
+}
 # median and p90 (nearest rank) of numbers on stdin
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 p90() { sort -n | awk '{a[NR]=$1} END {i=int(NR*0.9+0.999); if (i<1) i=1; print a[i]}'; }
@@ -99,7 +106,7 @@ HA_L7=$(free_port)
 cat >"$WORK/haproxy.cfg" <<EOF
 global
   nbthread 2
-  maxconn 20000
+  maxconn 4000
 defaults
   timeout connect 5s
   timeout client 30s
