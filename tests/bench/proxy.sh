@@ -15,10 +15,13 @@
 #   4. berth-proxy RSS: idle, with 100 routes, and after one request through each.
 #
 # Needs Docker and root (apt-get, docker). Release binaries are built into $CARGO_TARGET_DIR.
+# PARTS="1 4" runs only those measurements (default: all four).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${1:-10}
 WRK_SECONDS=${2:-10}
+PARTS=${PARTS:-1 2 3 4}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET/release
 WORK=$(mktemp -d)
@@ -82,11 +85,14 @@ sh tests/images/build.sh >/dev/null
 # =========================================================================================
 # 1. Proxy overhead
 # =========================================================================================
-log "1. proxy overhead"
+# The backend of (1), and the one the routes of (4) point at.
 BACKEND_PORT=$(free_port)
 "$BIN/proxy-bench" backend --listen "127.0.0.1:$BACKEND_PORT" >"$WORK/backend.out" 2>&1 &
 BACKEND_PID=$!
 PIDS+=("$BACKEND_PID")
+
+if part 1; then
+log "1. proxy overhead"
 
 BERTH_HTTP=$(free_port)
 BERTH_L4=$(free_port)
@@ -238,10 +244,12 @@ cp "$WORK/wrk.rows" "$RESULTS/wrk.rows"
   echo "berth-proxy peak RSS (VmHWM) over these runs: $(mib "$PROXY_HWM") MiB"
 } | tee "$RESULTS/overhead.md"
 kill "$HA_PID" "$NG_PID" "$PROXY_PID" 2>/dev/null || true
+fi
 
 # =========================================================================================
 # 4. Proxy RSS (before the deploys: nothing else runs)
 # =========================================================================================
+if part 4; then
 log "4. berth-proxy RSS"
 RSS_HTTP=$(free_port)
 RSS_HTTPS=$(free_port)
@@ -253,15 +261,19 @@ PIDS+=("$RSS_PID")
 until [ -S "$WORK/rss.sock" ]; do sleep 0.02; done
 sleep 5
 RSS_IDLE=$(rss_kib "$RSS_PID")
-FIRST=$(free_port)
-while :; do # 100 consecutive free ports
-  ok=1
-  for i in $(seq 0 99); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$((FIRST + i))") 2>/dev/null && { ok=0; break; }
-  done
-  [ "$ok" = 1 ] && [ $((FIRST + 99)) -lt 65535 ] && break
-  FIRST=$((FIRST + 137))
-done
+# 100 consecutive bindable ports below the ephemeral range (outgoing connections and their
+# TIME_WAIT take ports there)
+FIRST=$(python3 -c '
+import random, socket
+def free(p):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try: s.bind(("127.0.0.1", p)); return True
+    except OSError: return False
+    finally: s.close()
+while True:
+    first = random.randrange(20000, 30000)
+    if all(free(first + i) for i in range(100)): print(first); break
+')
 t0=$(now_ms)
 RUST_LOG=warn "$BIN/proxy-bench" routes --socket "$WORK/rss.sock" --count 100 \
   --first-port "$FIRST" --backend-port "$BACKEND_PORT"
@@ -285,11 +297,13 @@ ROUTES_BYTES=$(stat -c %s "$WORK/rss/state/routes.json")
   echo "routes.json with 100 routes: $ROUTES_BYTES bytes"
 } | tee "$RESULTS/rss.md"
 kill "$RSS_PID" 2>/dev/null || true
+fi
 
 # =========================================================================================
 # 2 and 3. Deploys: a node, a berth-proxy, an agent routing through it and an agent without
 # it (host-port cut-over), images in a local registry.
 # =========================================================================================
+if part 2 || part 3; then
 log "2. deploys"
 REG_PORT=$(free_port)
 sh tests/registry/start.sh "$WORK/registry" "$REG_PORT" bench benchpw
@@ -356,6 +370,7 @@ timed_deploy() { # app port version
   t2=$(now_ms)
   echo "$((t1 - t0)) $((t2 - t0))"
 }
+if part 2; then
 : >"$WORK/deploys.rows"
 for i in $(seq 1 "$ROUNDS"); do
   v=$([ $((i % 2)) = 1 ] && echo v1 || echo v2)
@@ -389,10 +404,12 @@ D_MED=$(col 1 | median)
     echo "| ${spec#*:} | $m | $(col "$c" | p90) | $(awk -v a="$m" -v b="$D_MED" 'BEGIN {printf "%.2fx", a/b}') |"
   done
 } | tee "$RESULTS/deploys.md"
+fi
 
 # =========================================================================================
 # 3. Deploys under load
 # =========================================================================================
+if part 3; then
 log "3. deploys under load"
 under_load() { # app port
   local load
@@ -425,4 +442,6 @@ field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<<"$2"; }
   echo
   echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$RESULTS/load.md"
+fi
+fi
 log "raw outputs in $RESULTS"
