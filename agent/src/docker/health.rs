@@ -173,7 +173,8 @@ impl DockerExecutor {
         timeout: Duration,
         probe: Probe<'_>,
     ) -> Result<(), HealthError> {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         let mut last = probe.no_answer(timeout);
         loop {
             let info = self.inspect(spec, id).await?;
@@ -189,11 +190,22 @@ impl DockerExecutor {
                 Err(_) => last = probe.no_answer(left.min(PROBE_TIMEOUT)),
             }
             sleep(
-                self.poll_interval
+                probe_pause(started.elapsed(), self.poll_interval)
                     .min(deadline.saturating_duration_since(Instant::now())),
             )
             .await;
         }
+    }
+}
+
+/// The pause between two probes: most servers listen within a few hundred milliseconds of
+/// their start, and each pause is time a deploy waits, so the first second is probed every
+/// 20 ms (a connect on the bridge costs microseconds), then every `poll_interval`.
+fn probe_pause(elapsed: Duration, poll_interval: Duration) -> Duration {
+    if elapsed < Duration::from_secs(1) {
+        poll_interval.min(Duration::from_millis(20))
+    } else {
+        poll_interval
     }
 }
 
@@ -363,6 +375,20 @@ mod tests {
     use bollard::models::{ContainerConfig, ContainerState, HealthConfig};
 
     use super::*;
+
+    #[test]
+    fn the_first_second_is_probed_often_then_at_the_poll_interval() {
+        let poll = Duration::from_millis(200);
+        assert_eq!(probe_pause(Duration::ZERO, poll), Duration::from_millis(20));
+        assert_eq!(
+            probe_pause(Duration::from_millis(999), poll),
+            Duration::from_millis(20)
+        );
+        assert_eq!(probe_pause(Duration::from_secs(1), poll), poll);
+        // A shorter configured interval is kept.
+        let fast = Duration::from_millis(5);
+        assert_eq!(probe_pause(Duration::ZERO, fast), fast);
+    }
 
     #[test]
     fn status_lines() {
