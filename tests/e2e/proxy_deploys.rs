@@ -395,3 +395,91 @@ async fn domains_route_by_host_and_serve_tls_from_files() {
     remove_app_containers(&shop);
     remove_app_containers(&blog);
 }
+
+/// A rolling deploy to two hosts behind their own proxies, the second host's proxy down: the
+/// second target fails at its route switch (its previous version never stopped serving), and
+/// the first, already switched, is rolled back by switching its route back; under load on the
+/// first host, not one request fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_deploy_is_rolled_back_by_switching_the_route_back() {
+    if !docker_available() {
+        return;
+    }
+    let d = dirs();
+    let node = DevNode::start_with_agent_port(&d);
+    let proxy_a = ProxyProcess::start_named(d.logs.path(), "proxy-a", "127.0.0.1");
+    let mut proxy_b = ProxyProcess::start_named(d.logs.path(), "proxy-b", "127.0.0.2");
+    let prod = [("env", "prod")];
+    let (a, b) = (unique("roll-a"), unique("roll-b"));
+    let socket_a = proxy_a.socket().display().to_string();
+    let socket_b = proxy_b.socket().display().to_string();
+    let _agent_a = AgentProcess::start_with(
+        &node,
+        &a,
+        &prod,
+        d.logs.path(),
+        &["--proxy-socket", &socket_a],
+    )
+    .await;
+    let _agent_b = AgentProcess::start_with(
+        &node,
+        &b,
+        &prod,
+        d.logs.path(),
+        &["--proxy-socket", &socket_b],
+    )
+    .await;
+    wait_connected(&node, &a).await;
+    wait_connected(&node, &b).await;
+    let reg = registry::shared();
+    for tag in ["zd1", "zd2"] {
+        reg.push(&format!("berth-test/web:{tag}"), &format!("web:{tag}"));
+    }
+    let app = unique("rollproxy");
+    let port = free_port();
+    let label = vec![berth_proto::v1::Target {
+        target: Some(berth_proto::v1::target::Target::Label("env=prod".into())),
+    }];
+    register_web_app(&node, &app, Some(port), &reg.password, label).await;
+    let first = deploy(&node, &app, "zd1").await;
+    let detail = wait_deployment(&node, &first, Duration::from_secs(180)).await;
+    assert_eq!(status(&detail), "success", "{detail:#?}");
+
+    proxy_b.kill();
+    let load = Load::start(vec![
+        Target {
+            port,
+            host: format!("127.0.0.1:{port}"),
+            mode: Mode::NewConnections,
+        },
+        Target {
+            port,
+            host: format!("127.0.0.1:{port}"),
+            mode: Mode::KeepAlive,
+        },
+    ]);
+    let id = deploy(&node, &app, "zd2").await;
+    let detail = wait_deployment(&node, &id, Duration::from_secs(180)).await;
+    let report = load.stop();
+    assert_eq!(status(&detail), "failed", "{detail:#?}");
+    let statuses: Vec<(&str, &str)> = detail
+        .targets
+        .iter()
+        .map(|t| (t.agent.as_str(), t.status.as_str()))
+        .collect();
+    assert!(
+        statuses.contains(&(a.as_str(), "rolled_back"))
+            && statuses.contains(&(b.as_str(), "failed")),
+        "{statuses:?}\n{detail:#?}"
+    );
+    assert!(
+        host_page(port).starts_with("version=zd1"),
+        "the first host serves the previous version again"
+    );
+    assert_no_failure(&report, &["zd1", "zd2"]);
+    remove_app_containers(&app);
+}
+
+fn host_page(port: u16) -> String {
+    http::expect_page(port)
+}
