@@ -39,6 +39,8 @@ pub use prepare::{DeployTrigger, RolloutConfig};
 
 /// Outbound queue depth per agent; a full queue means a stuck agent, not a reason to block.
 const OUTBOUND_QUEUE: usize = 1024;
+/// Events one target may add to a deployment's log (a deploy sends a few dozen).
+const EVENTS_PER_TARGET: i64 = 1000;
 /// Why every stream ends when the node stops (the agent reconnects to the next one).
 pub const SHUTTING_DOWN: &str = "the control plane is shutting down";
 
@@ -197,7 +199,17 @@ impl Fleet {
             .agent_by_fingerprint(fingerprint)
             .await?
         {
-            Some(agent) if agent.revoked_at.is_none() => Ok(agent),
+            Some(agent) if agent.revoked_at.is_none() => {
+                let presents_current = agent.cert_fingerprint.as_deref() == Some(fingerprint);
+                if presents_current && agent.prev_cert_fingerprint.is_some() {
+                    // The renewed certificate is in use: the one before it is retired.
+                    self.service()
+                        .store()
+                        .retire_previous_certificate(&agent.name, fingerprint)
+                        .await?;
+                }
+                Ok(agent)
+            }
             Some(agent) => Err(Error::PermissionDenied(format!(
                 "agent {:?} is revoked",
                 agent.name
@@ -239,15 +251,13 @@ impl Fleet {
                 let _ = kill.send("replaced by a newer stream of the same agent");
             }
         }
-        self.service()
-            .store()
-            .agent_seen(
-                &agent.name,
-                "connected",
-                Some(&hello.agent_version),
-                Some(&hello.docker_version),
-            )
-            .await?;
+        // Checked again now that the stream is registered: a revocation (or re-enrollment)
+        // that came after the handshake either finds the stream above and ends it, or is
+        // seen here. On any error the stream is unregistered again (no handler serves it).
+        if let Err(e) = self.admit(agent, hello).await {
+            self.remove_session(&agent.name, id);
+            return Err(e);
+        }
         tracing::info!(agent = %agent.name, session = id, running = hello.running.len(), "agent connected");
         self.inner.connected.notify_waiters();
         self.resend_inflight(&agent.name);
@@ -259,6 +269,29 @@ impl Fleet {
             killed,
             _running: running,
         })
+    }
+
+    /// Whether a registered stream may stay: the agent is not revoked and still has the
+    /// certificate it authenticated with; then its presence is recorded.
+    async fn admit(&self, agent: &AgentRow, hello: &pb::Hello) -> Result<()> {
+        let store = self.service().store();
+        let now = store.agent(&agent.name).await?;
+        let same_certificate = now.cert_fingerprint == agent.cert_fingerprint
+            || now.prev_cert_fingerprint == agent.cert_fingerprint;
+        if now.revoked_at.is_some() || !same_certificate {
+            return Err(Error::PermissionDenied(format!(
+                "agent {:?} was revoked or re-enrolled",
+                agent.name
+            )));
+        }
+        store
+            .agent_seen(
+                &agent.name,
+                "connected",
+                Some(&hello.agent_version),
+                Some(&hello.docker_version),
+            )
+            .await
     }
 
     /// When the node stops: refuses new streams, ends every live one ([`SHUTTING_DOWN`]),
@@ -290,16 +323,18 @@ impl Fleet {
         }
     }
 
+    /// Removes a stream from the live table if it is still the agent's current one.
+    fn remove_session(&self, agent: &str, session: u64) -> bool {
+        let mut live = self.inner.live.lock().expect("live lock");
+        match live.get(agent) {
+            Some(current) if current.session == session => live.remove(agent).is_some(),
+            _ => false,
+        }
+    }
+
     /// Unregisters a stream that ended (if it is still the agent's current one).
     pub async fn close_session(&self, agent: &str, session: u64) {
-        let removed = {
-            let mut live = self.inner.live.lock().expect("live lock");
-            match live.get(agent) {
-                Some(current) if current.session == session => live.remove(agent).is_some(),
-                _ => false,
-            }
-        };
-        if removed {
+        if self.remove_session(agent, session) {
             tracing::info!(agent, session, "agent disconnected");
             if let Err(e) = self
                 .service()
@@ -312,25 +347,47 @@ impl Fleet {
         }
     }
 
-    /// Handles one message from an agent's stream.
-    pub async fn handle_message(&self, agent: &str, message: pb::AgentMessage) -> Result<()> {
-        match message.msg {
-            Some(pb::agent_message::Msg::Heartbeat(_)) => {
-                if let Some(live) = self.inner.live.lock().expect("live lock").get_mut(agent) {
-                    live.last_heartbeat = Instant::now();
+    /// Handles one message from an agent's stream `session`. A session that is no longer the
+    /// agent's current one (revoked, re-enrolled, replaced by a newer stream) is refused
+    /// here, on every message, not only when the stream opened.
+    pub async fn handle_message(
+        &self,
+        agent: &str,
+        session: u64,
+        message: pb::AgentMessage,
+    ) -> Result<()> {
+        {
+            let mut live = self.inner.live.lock().expect("live lock");
+            match live.get_mut(agent) {
+                Some(current) if current.session == session => {
+                    if let Some(pb::agent_message::Msg::Heartbeat(_)) = message.msg {
+                        current.last_heartbeat = Instant::now();
+                        return Ok(());
+                    }
+                }
+                _ => {
+                    return Err(Error::PermissionDenied(format!(
+                        "the stream of agent {agent:?} is no longer its current one (revoked, re-enrolled or replaced)"
+                    )))
                 }
             }
+        }
+        match message.msg {
+            Some(pb::agent_message::Msg::Heartbeat(_)) => {}
             Some(pb::agent_message::Msg::Event(event)) => {
-                let store = self.service().store();
-                if store.deployment(&event.deployment_id).await.is_ok() {
-                    store
-                        .add_deployment_event(
-                            &event.deployment_id,
-                            Some(agent),
-                            &truncate(&event.phase, 32),
-                            &truncate(&event.message, 2048),
-                        )
-                        .await?;
+                // Only a target of the deployment adds to its log, and only so much.
+                let stored = self
+                    .service()
+                    .store()
+                    .add_agent_event(
+                        &event.deployment_id,
+                        agent,
+                        &truncate(&event.phase, 32),
+                        &truncate(&event.message, 2048),
+                        EVENTS_PER_TARGET,
+                    )
+                    .await?;
+                if stored {
                     self.inner.changed.notify_waiters();
                 }
             }
@@ -362,7 +419,7 @@ impl Fleet {
                     } else {
                         TargetStatus::Failed
                     };
-                    store
+                    let recorded = store
                         .finish_target(
                             &result.deployment_id,
                             agent,
@@ -371,6 +428,9 @@ impl Fleet {
                             error.as_deref(),
                         )
                         .await?;
+                    if !recorded && result.success {
+                        self.late_success(&result.deployment_id, agent).await?;
+                    }
                 }
                 pb::CommandKind::Rollback => {
                     store
@@ -397,6 +457,24 @@ impl Fleet {
             .remove(&key)
         {
             let _ = waiter.send(result);
+        }
+        Ok(())
+    }
+
+    /// A deploy result that could not be recorded because its target is already finished:
+    /// a success after the target was marked failed (its result came after the timeout, or
+    /// after the restart's reconcile gave up) means the host serves a version its
+    /// deployment failed: it is rolled back.
+    async fn late_success(&self, deployment_id: &str, agent: &str) -> Result<()> {
+        let store = self.service().store();
+        if store.target_status(deployment_id, agent).await? == Some(TargetStatus::Failed) {
+            let (_, app) = store.deployment(deployment_id).await?;
+            self.withdraw(
+                deployment_id,
+                agent,
+                &app,
+                "it reported success after its target was marked failed",
+            );
         }
         Ok(())
     }

@@ -114,12 +114,22 @@ impl Fleet {
     }
 
     /// Issues a new certificate to an already authenticated agent.
-    pub async fn renew(&self, agent_name: &str, csr_pem: &str) -> Result<IssuedCertificate> {
+    /// Signs a renewed certificate for an agent that authenticated with the certificate
+    /// `presented`, which stays valid until the new one is first presented: an agent whose
+    /// answer was lost, or that crashed before saving it, connects with the old one and
+    /// renews again.
+    pub async fn renew(
+        &self,
+        agent_name: &str,
+        presented: &str,
+        csr_pem: &str,
+    ) -> Result<IssuedCertificate> {
         let issued = self.sign_csr(agent_name, csr_pem)?;
         let store = self.service().store();
         store
             .renew_agent_certificate(
                 agent_name,
+                presented,
                 &issued.fingerprint,
                 &issued.fingerprint[7..23],
                 &issued.not_after.unix_timestamp().to_string(),

@@ -222,6 +222,28 @@ impl Fleet {
         let store = self.service().store();
         match prepared {
             Ok(command) => {
+                let asked = app
+                    .health_check
+                    .as_ref()
+                    .and_then(|h| h.timeout_s)
+                    .unwrap_or(DEFAULT_HEALTH_TIMEOUT_S);
+                let gate = command
+                    .health_check
+                    .as_ref()
+                    .map_or(asked, |h| h.timeout_seconds);
+                if gate < asked {
+                    store
+                        .add_deployment_event(
+                            deployment_id,
+                            None,
+                            "prepare",
+                            &format!(
+                                "health timeout capped at {gate}s (asked {asked}s): a target must answer within the control plane's result timeout of {}s",
+                                self.inner.config.rollout.result_timeout.as_secs()
+                            ),
+                        )
+                        .await?;
+                }
                 let fleet = self.clone();
                 let id = deployment_id.to_string();
                 tokio::spawn(async move { fleet.run_rollout(id, app, command, targets).await });
@@ -339,22 +361,27 @@ impl Fleet {
             env.iter()
                 .map(|(k, v)| (k.as_str(), v.expose_secret().len())),
         )?;
-        let health_check = match &app.health_check {
+        let mut health_check = match &app.health_check {
             Some(h) => pb::HealthCheckSpec {
                 kind: h.kind.clone(),
                 port: h.port.into(),
                 path: h.path.clone().unwrap_or_else(|| "/".to_string()),
-                timeout_seconds: h.timeout_s.unwrap_or(60),
+                timeout_seconds: h.timeout_s.unwrap_or(DEFAULT_HEALTH_TIMEOUT_S),
                 grace_seconds: 0,
             },
             None => pb::HealthCheckSpec {
                 kind: "default".into(),
                 port: 0,
                 path: String::new(),
-                timeout_seconds: 60,
+                timeout_seconds: DEFAULT_HEALTH_TIMEOUT_S,
                 grace_seconds: 3,
             },
         };
+        // The health gate must end (and the agent answer) before the control plane stops
+        // waiting for the result; the rest of the result timeout is left for the pull.
+        // (`launch` records the cap in the deployment's log.)
+        let limit = health_timeout_limit(self.inner.config.rollout.result_timeout);
+        health_check.timeout_seconds = health_check.timeout_seconds.min(limit);
         Ok(pb::DeployCommand {
             deployment_id: deployment_id.to_string(),
             app: app.name.clone(),
@@ -386,6 +413,17 @@ impl Fleet {
             }),
         })
     }
+}
+
+/// How long a health gate waits when the app does not say.
+const DEFAULT_HEALTH_TIMEOUT_S: u32 = 60;
+
+/// The longest health gate a command may carry: half the result timeout (at least 1 s),
+/// so a target's answer always comes before the control plane gives up on it.
+pub(super) fn health_timeout_limit(result_timeout: Duration) -> u32 {
+    u32::try_from(result_timeout.as_secs() / 2)
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 impl crate::service::Service {

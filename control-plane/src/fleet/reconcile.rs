@@ -69,6 +69,10 @@ impl Fleet {
                         )
                         .await?;
                     failure.get_or_insert(format!("target {} failed: {why}", t.agent_name));
+                    // It may still be deploying, or its result may come with its next
+                    // connection: either way it must not end up serving this version.
+                    let (_, app) = store.deployment(deployment_id).await?;
+                    self.withdraw(deployment_id, &t.agent_name, &app, why);
                 }
                 _ => {
                     failure.get_or_insert(format!(

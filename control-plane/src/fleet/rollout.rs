@@ -81,29 +81,38 @@ impl Fleet {
             while let Some(joined) = set.join_next().await {
                 let (agent, result) =
                     joined.map_err(|e| Error::Internal(format!("rollout task: {e}")))?;
-                match result {
-                    Ok(r) if r.success => succeeded.push(agent),
-                    Ok(r) => {
+                let why = match result {
+                    Ok(Dispatched::Answered(r)) if r.success => {
+                        succeeded.push(agent);
+                        continue;
+                    }
+                    Ok(Dispatched::Answered(r)) => {
                         let why = if r.error.is_empty() {
                             "deploy failed".to_string()
                         } else {
                             r.error
                         };
                         failure.get_or_insert(format!("target {agent} failed: {why}"));
+                        continue;
                     }
-                    Err(e) => {
-                        store
-                            .finish_target(
-                                deployment_id,
-                                &agent,
-                                TargetStatus::Failed,
-                                None,
-                                Some(&e.to_string()),
-                            )
-                            .await?;
-                        failure.get_or_insert(format!("target {agent} failed: {e}"));
+                    Ok(Dispatched::TimedOut(why)) => {
+                        // The agent may still finish: it is told to undo whatever it does.
+                        self.withdraw(deployment_id, &agent, &app.name, &why);
+                        why
                     }
-                }
+                    Ok(Dispatched::NotConnected(why)) => why,
+                    Err(e) => e.to_string(),
+                };
+                store
+                    .finish_target(
+                        deployment_id,
+                        &agent,
+                        TargetStatus::Failed,
+                        None,
+                        Some(&why),
+                    )
+                    .await?;
+                failure.get_or_insert(format!("target {agent} failed: {why}"));
             }
             if failure.is_some() {
                 break;
@@ -184,16 +193,21 @@ impl Fleet {
                             app: app.clone(),
                         })),
                     };
-                    if let Err(e) = self
+                    let unanswered = match self
                         .dispatch(deployment_id, agent, pb::CommandKind::Rollback, msg, true)
                         .await
                     {
+                        Ok(Dispatched::Answered(_)) => None,
+                        Ok(Dispatched::TimedOut(why) | Dispatched::NotConnected(why)) => Some(why),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(why) = unanswered {
                         store
                             .add_deployment_event(
                                 deployment_id,
                                 None,
                                 "rollback",
-                                &format!("rollback of {agent} failed: {e}"),
+                                &format!("rollback of {agent} failed: {why}"),
                             )
                             .await?;
                     }
@@ -238,6 +252,77 @@ impl Fleet {
         Ok(())
     }
 
+    /// A target given up on without its result — no answer within the result timeout, or no
+    /// report after a restart — may still finish its deploy and serve the version its
+    /// deployment failed. It is sent a rollback in the background (the agent runs it after
+    /// the deploy, under the app's lock; a re-send gets the recorded result), unless one is
+    /// already out or a later deployment of the app reached that agent.
+    pub(super) fn withdraw(&self, deployment_id: &str, agent: &str, app: &str, why: &str) {
+        let key = (
+            deployment_id.to_string(),
+            agent.to_string(),
+            pb::CommandKind::Rollback as i32,
+        );
+        if self
+            .inner
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .contains_key(&key)
+        {
+            return;
+        }
+        let fleet = self.clone();
+        let (deployment_id, agent, app, why) = (
+            deployment_id.to_string(),
+            agent.to_string(),
+            app.to_string(),
+            why.to_string(),
+        );
+        tokio::spawn(async move {
+            let store = fleet.service().store();
+            match store.newer_dispatch_on(&deployment_id, &agent).await {
+                Ok(false) => {}
+                Ok(true) => return,
+                Err(e) => {
+                    tracing::error!(deployment = %deployment_id, %agent, error = %e, "cannot decide on a rollback");
+                    return;
+                }
+            }
+            let _ = store
+                .add_deployment_event(
+                    &deployment_id,
+                    None,
+                    "rollback",
+                    &format!("rolling back {agent}: {why}"),
+                )
+                .await;
+            let msg = pb::ControlMessage {
+                msg: Some(pb::control_message::Msg::Rollback(pb::RollbackCommand {
+                    deployment_id: deployment_id.clone(),
+                    app,
+                })),
+            };
+            let outcome = fleet
+                .dispatch(&deployment_id, &agent, pb::CommandKind::Rollback, msg, true)
+                .await;
+            let note = match outcome {
+                Ok(Dispatched::Answered(r)) if r.rolled_back || r.error.is_empty() => {
+                    format!("{agent} rolled back")
+                }
+                Ok(Dispatched::Answered(r)) => format!("rollback of {agent}: {}", r.error),
+                Ok(Dispatched::TimedOut(why) | Dispatched::NotConnected(why)) => {
+                    format!("rollback of {agent} failed: {why}")
+                }
+                Err(e) => format!("rollback of {agent} failed: {e}"),
+            };
+            let _ = store
+                .add_deployment_event(&deployment_id, None, "rollback", &note)
+                .await;
+            fleet.inner.changed.notify_waiters();
+        });
+    }
+
     /// Sends one command to one agent and waits for its result. The command is re-sent when
     /// the agent reconnects (agents run a deployment id once and answer re-sends with the
     /// recorded result).
@@ -248,11 +333,11 @@ impl Fleet {
         kind: pb::CommandKind,
         msg: pb::ControlMessage,
         record: bool,
-    ) -> Result<pb::DeployResult> {
+    ) -> Result<Dispatched> {
         let store = self.service().store();
         let waited = self.wait_connected(agent).await;
         if !waited {
-            return Err(Error::Unavailable(format!(
+            return Ok(Dispatched::NotConnected(format!(
                 "agent {agent} is not connected"
             )));
         }
@@ -292,9 +377,9 @@ impl Fleet {
             .expect("waiters lock")
             .remove(&key);
         match outcome {
-            Ok(Ok(result)) => Ok(result),
+            Ok(Ok(result)) => Ok(Dispatched::Answered(result)),
             Ok(Err(_)) => Err(Error::Internal("result channel closed".into())),
-            Err(_) => Err(Error::Unavailable(format!(
+            Err(_) => Ok(Dispatched::TimedOut(format!(
                 "no result from agent {agent} within {:?}",
                 self.inner.config.rollout.result_timeout
             ))),
@@ -329,6 +414,15 @@ impl Fleet {
             self.send(agent, msg);
         }
     }
+}
+
+/// What became of one command sent to one agent.
+pub(super) enum Dispatched {
+    Answered(pb::DeployResult),
+    /// The agent was not connected within `connect_wait`: the command never went out.
+    NotConnected(String),
+    /// It went out and no result came within `result_timeout`: the agent may still run it.
+    TimedOut(String),
 }
 
 fn now_nanos() -> i64 {

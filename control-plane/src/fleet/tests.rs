@@ -248,6 +248,7 @@ impl ScriptedAgent {
         self.fleet
             .handle_message(
                 &self.name,
+                self.session.id,
                 pb::AgentMessage {
                     msg: Some(pb::agent_message::Msg::Result(result)),
                 },
@@ -351,26 +352,29 @@ async fn the_first_failed_target_stops_the_rollout_and_rolls_back_the_others() {
 }
 
 #[tokio::test]
-async fn a_result_after_the_timeout_is_acknowledged_but_changes_nothing() {
+async fn a_target_without_a_result_in_time_fails_and_is_told_to_roll_back() {
     let h = Harness::new(&["a1"], rollout(Duration::from_millis(300), MUST_HAPPEN)).await;
     h.app("web", 1).await;
     let mut a1 = ScriptedAgent::connect(&h.fleet, "a1").await;
     let id = deploy(&h.fleet, "web", "v2").await;
     assert_eq!(a1.next().await, deploy_of(&id, "v2"));
 
-    // The agent stays silent past the timeout.
+    // The agent stays silent past the timeout: the target fails, and since the agent may
+    // still be deploying, it is told to roll back (it runs that after the deploy).
     let log = finished(&h.fleet, &id).await;
     assert_eq!(log.status, DeploymentStatus::Failed);
     let why = log.error_message.unwrap();
     assert!(why.contains("no result from agent a1 within"), "{why}");
+    assert_eq!(a1.next().await, Command::Rollback { id: id.clone() });
 
-    // Then its success arrives: acknowledged (so the agent drops it from its journal), but
-    // a finished target and deployment stay as they were.
+    // Then its late success arrives: acknowledged (so the agent drops it from its
+    // journal), no second rollback while the first is out, and the target stays failed.
     a1.deployed(&id).await;
     a1.idle().await;
     assert!(a1
         .acks
         .contains(&(id.clone(), pb::CommandKind::Deploy as i32)));
+    a1.answer(&id, pb::CommandKind::Rollback, None).await;
     assert_eq!(
         targets(&h.fleet, &id).await,
         vec![("a1".to_string(), TargetStatus::Failed)]
@@ -766,6 +770,7 @@ async fn cancel_in_progress_stops_between_batches_rolls_back_and_starts_the_newe
 }
 
 mod acme;
+mod hardening;
 mod routes;
 
 /// An environment too heavy for one deploy command (the agent would refuse to decode it and

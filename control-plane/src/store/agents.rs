@@ -20,6 +20,9 @@ pub struct AgentRow {
     pub last_seen_at: Option<String>,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// The certificate the current one renewed, valid until the current one is first
+    /// presented (a renewal whose answer was lost must not lock the agent out).
+    pub prev_cert_fingerprint: Option<String>,
 }
 
 impl AgentRow {
@@ -105,7 +108,8 @@ impl Store {
             "INSERT INTO agents (name, labels, cert_fingerprint, cert_serial, cert_not_after, status) \
              VALUES (?, ?, ?, ?, ?, 'enrolled') \
              ON CONFLICT(name) DO UPDATE SET labels = excluded.labels, cert_fingerprint = excluded.cert_fingerprint, \
-             cert_serial = excluded.cert_serial, cert_not_after = excluded.cert_not_after, status = 'enrolled', revoked_at = NULL",
+             cert_serial = excluded.cert_serial, cert_not_after = excluded.cert_not_after, status = 'enrolled', revoked_at = NULL, \
+             prev_cert_fingerprint = NULL",
         )
         .bind(name)
         .bind(serde_json::to_string(labels).expect("labels serialize"))
@@ -118,14 +122,19 @@ impl Store {
         Ok(())
     }
 
+    /// Makes `fingerprint` the agent's certificate; `presented` (the one the request came
+    /// with) stays valid until the new one is first presented.
     pub async fn renew_agent_certificate(
         &self,
         name: &str,
+        presented: &str,
         fingerprint: &str,
         serial: &str,
         not_after: &str,
     ) -> Result<()> {
-        sqlx::query("UPDATE agents SET cert_fingerprint = ?, cert_serial = ?, cert_not_after = ? WHERE name = ? AND revoked_at IS NULL")
+        sqlx::query("UPDATE agents SET prev_cert_fingerprint = ?, cert_fingerprint = ?, cert_serial = ?, cert_not_after = ? \
+                     WHERE name = ? AND revoked_at IS NULL")
+            .bind(presented)
             .bind(fingerprint)
             .bind(serial)
             .bind(not_after)
@@ -136,12 +145,26 @@ impl Store {
         Ok(())
     }
 
+    /// The agent whose current certificate, or previous one still valid, has `fingerprint`.
     pub async fn agent_by_fingerprint(&self, fingerprint: &str) -> Result<Option<AgentRow>> {
-        sqlx::query_as("SELECT * FROM agents WHERE cert_fingerprint = ?")
-            .bind(fingerprint)
-            .fetch_optional(&self.pool)
+        sqlx::query_as(
+            "SELECT * FROM agents WHERE cert_fingerprint = ?1 OR prev_cert_fingerprint = ?1",
+        )
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
+    /// The agent presented its current certificate: the one it renewed is valid no more.
+    pub async fn retire_previous_certificate(&self, name: &str, current: &str) -> Result<()> {
+        sqlx::query("UPDATE agents SET prev_cert_fingerprint = NULL WHERE name = ? AND cert_fingerprint = ?")
+            .bind(name)
+            .bind(current)
+            .execute(&self.pool)
             .await
-            .map_err(internal)
+            .map_err(internal)?;
+        Ok(())
     }
 
     pub async fn agent(&self, name: &str) -> Result<AgentRow> {
@@ -189,7 +212,8 @@ impl Store {
     }
 
     pub async fn revoke_agent(&self, name: &str) -> Result<()> {
-        let done = sqlx::query("UPDATE agents SET revoked_at = datetime('now'), status = 'revoked' WHERE name = ? AND revoked_at IS NULL")
+        let done = sqlx::query("UPDATE agents SET revoked_at = datetime('now'), status = 'revoked', prev_cert_fingerprint = NULL \
+                                 WHERE name = ? AND revoked_at IS NULL")
             .bind(name)
             .execute(&self.pool)
             .await

@@ -168,6 +168,75 @@ impl Store {
         .map_err(internal)
     }
 
+    /// Appends an event an agent sent, only when that agent is a target of the deployment
+    /// and has sent fewer than `cap` events for it; the event that reaches the cap is
+    /// replaced by one saying that later ones are dropped. Returns whether it was stored.
+    pub async fn add_agent_event(
+        &self,
+        deployment_id: &str,
+        agent: &str,
+        phase: &str,
+        message: &str,
+        cap: i64,
+    ) -> Result<bool> {
+        let (is_target, sent): (bool, i64) = sqlx::query_as(
+            "SELECT EXISTS(SELECT 1 FROM deployment_targets WHERE deployment_id = ?1 AND agent_name = ?2), \
+             (SELECT COUNT(*) FROM deployment_events WHERE deployment_id = ?1 AND agent_name = ?2)",
+        )
+        .bind(deployment_id)
+        .bind(agent)
+        .fetch_one(&self.log_pool)
+        .await
+        .map_err(internal)?;
+        if !is_target || sent >= cap {
+            return Ok(false);
+        }
+        let (phase, message) = if sent + 1 == cap {
+            (
+                "events",
+                format!("{cap} events from {agent}: later events of this deployment are dropped"),
+            )
+        } else {
+            (phase, message.to_string())
+        };
+        self.add_deployment_event(deployment_id, Some(agent), phase, &message)
+            .await?;
+        Ok(true)
+    }
+
+    /// The state of one target, `None` when the agent is not a target of the deployment.
+    pub async fn target_status(
+        &self,
+        deployment_id: &str,
+        agent: &str,
+    ) -> Result<Option<TargetStatus>> {
+        sqlx::query_scalar(
+            "SELECT status FROM deployment_targets WHERE deployment_id = ? AND agent_name = ?",
+        )
+        .bind(deployment_id)
+        .bind(agent)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
+    /// Whether a later deployment of the same application was dispatched to `agent` (its
+    /// target left `pending`): that one decides what the host serves now.
+    pub async fn newer_dispatch_on(&self, deployment_id: &str, agent: &str) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS(SELECT 1 FROM deployment_targets t \
+               JOIN deployment_logs d ON d.deployment_id = t.deployment_id \
+               JOIN deployment_logs this ON this.deployment_id = ?1 \
+              WHERE t.agent_name = ?2 AND d.application_id = this.application_id \
+                AND d.id > this.id AND t.status NOT IN ('pending', 'skipped'))",
+        )
+        .bind(deployment_id)
+        .bind(agent)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
     /// Records a target's final state. Returns false when it already had one (a re-sent result).
     pub async fn finish_target(
         &self,
