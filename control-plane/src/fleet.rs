@@ -13,6 +13,7 @@ mod deployments;
 mod enroll;
 mod prepare;
 mod reconcile;
+mod refusals;
 mod rollout;
 mod routes;
 #[cfg(test)]
@@ -105,6 +106,8 @@ struct Inner {
     /// closes the store only once they have recorded their disconnect.
     open_streams: AtomicUsize,
     streams_done: Notify,
+    /// Refused webhook tokens and registry secrets, audited per client and window.
+    refusals: refusals::Refusals,
 }
 
 type WaitKey = (String, String, i32);
@@ -163,6 +166,7 @@ impl Fleet {
                 closing: AtomicBool::new(false),
                 open_streams: AtomicUsize::new(0),
                 streams_done: Notify::new(),
+                refusals: refusals::Refusals::default(),
             }),
         }
     }
@@ -598,6 +602,38 @@ impl Fleet {
             .entry(application_id)
             .or_default()
             .clone()
+    }
+
+    /// Audits a refused credential: the first refusal of a client in a window at once, the
+    /// rest counted (see `fleet/refusals.rs`), so a flood of bad tokens costs no fsyncs.
+    pub(crate) async fn audit_refusal(
+        &self,
+        actor: &str,
+        action: &'static str,
+        target: &str,
+        details: &str,
+    ) -> Result<()> {
+        if self.inner.refusals.count(actor, action, target) {
+            self.service()
+                .store()
+                .audit(actor, action, target, Some(details))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one audit row per closed refusal window (every window with `all`, at stop).
+    pub async fn flush_refusals(&self, all: bool) {
+        for (actor, action, target, details) in self.inner.refusals.take_closed(all) {
+            if let Err(e) = self
+                .service()
+                .store()
+                .audit(&actor, action, &target, Some(&details))
+                .await
+            {
+                tracing::warn!(%actor, action, error = %e, "cannot audit refusals");
+            }
+        }
     }
 
     /// Subscribes to finished deployments (called after the final status is stored).

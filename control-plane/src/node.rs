@@ -335,10 +335,14 @@ impl Node {
         let reaper = {
             let fleet = self.fleet.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(15));
-                loop {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                for n in 0u64.. {
                     tick.tick().await;
-                    fleet.reap_silent(HEARTBEAT_TIMEOUT);
+                    // Refusal counts are written a few seconds after their window closes.
+                    fleet.flush_refusals(false).await;
+                    if n % 3 == 0 {
+                        fleet.reap_silent(HEARTBEAT_TIMEOUT);
+                    }
                 }
             })
         };
@@ -437,6 +441,7 @@ impl Node {
         agent_task.await??;
         let _ = streams_closed.await;
         reaper.abort();
+        self.fleet.flush_refusals(true).await;
         let _ = auto_sync.await;
         let _ = acme_orders.await;
         let _ = notifier_task.await;
