@@ -88,6 +88,8 @@ struct Inner {
     changed: Notify,
     /// Open `WatchDeployment` streams, bounded by `config.watch`.
     watchers: Arc<watchers::Watchers>,
+    /// Bounds the unauthenticated `Enroll` calls served at once.
+    enroll_gate: enroll::EnrollGate,
     /// Woken when an agent connects, for rollouts waiting on a target.
     connected: Notify,
     /// Called once per finished deployment (outgoing notifications subscribe here).
@@ -159,6 +161,7 @@ impl Fleet {
                 inflight: Mutex::new(HashMap::new()),
                 changed: Notify::new(),
                 watchers: Arc::default(),
+                enroll_gate: enroll::EnrollGate::new(),
                 connected: Notify::new(),
                 on_finished: Mutex::new(Vec::new()),
                 app_slots: Mutex::new(HashMap::new()),
