@@ -225,3 +225,32 @@ async fn a_write_made_during_a_flood_of_bogus_enrollments_goes_through() {
         "only the 20 groups' audit rows"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_csr_is_refused_without_spending_the_token() {
+    let cluster = Cluster::start().await;
+    let good = token(&cluster, "a1").await;
+    let mut client =
+        pb::agent_enrollment_client::AgentEnrollmentClient::new(cluster.admin_channel().await);
+    let refused = client
+        .enroll(pb::EnrollRequest {
+            token: good.expose_secret().to_string(),
+            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgY3Ny\n-----END CERTIFICATE REQUEST-----\n".into(),
+            agent_version: "test".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("invalid certificate signing request"),
+        "{refused:?}"
+    );
+    assert!(cluster.fleet.service().store().agent("a1").await.is_err());
+    // The agent fixes its request and enrolls with the same token.
+    let identity = enroll(&cluster.admin_url, &good, &cluster.ca_fingerprint, "test")
+        .await
+        .unwrap();
+    assert_eq!(identity.name, "a1");
+}
