@@ -109,7 +109,7 @@ impl Fleet {
                 () = tx.closed() => return,
                 () = tokio::time::sleep(lifetime) => Err(Error::Unavailable(format!(
                     "the watch of deployment {deployment_id} reached its maximum lifetime of \
-                     {} s; the deployment is still running: watch it again or see \
+                     {} s before the deployment finished: watch it again or see \
                      `berth deploy show {deployment_id}`",
                     lifetime.as_secs()
                 ))),
