@@ -819,3 +819,18 @@ async fn an_environment_above_the_command_limit_is_refused_before_dispatch() {
         "nothing was dispatched: {targets:?}"
     );
 }
+
+#[tokio::test]
+async fn a_change_between_subscribing_and_waiting_wakes_the_watcher() {
+    // Watchers subscribe, read the store, then wait: a step stored while they read must
+    // wake them, not the next poll half a second later.
+    let h = Harness::new(&[], rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+    let subscribed = h.fleet.changed();
+    h.fleet.inner.changed.notify_waiters();
+    assert!(
+        tokio::time::timeout(Duration::ZERO, subscribed)
+            .await
+            .is_ok(),
+        "the change was missed"
+    );
+}

@@ -24,6 +24,7 @@ mod deploy_records;
 mod enrollment;
 mod registry_push;
 mod shutdown;
+mod watch_streams;
 
 const MUST_HAPPEN: Duration = Duration::from_secs(20);
 
