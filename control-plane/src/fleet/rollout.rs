@@ -11,9 +11,11 @@ use berth_proto::v1 as pb;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use super::failure::{Failure, FailureKind};
 use super::Fleet;
 use crate::error::{Error, Result};
 use crate::model::{Application, TargetStatus};
+use crate::store::FailureText;
 
 impl Fleet {
     pub(super) async fn run_rollout(
@@ -49,6 +51,7 @@ impl Fleet {
         let batch_size = usize::try_from(app.deploy_batch_size.max(1)).unwrap_or(1);
         let mut succeeded = Vec::new();
         let mut failure: Option<String> = None;
+        let mut failed_hosts = 0;
         let mut reached = 0;
         for batch in targets.chunks(batch_size) {
             reached += batch.len();
@@ -84,6 +87,7 @@ impl Fleet {
                 match result {
                     Ok(r) if r.success => succeeded.push(agent),
                     Ok(r) => {
+                        failed_hosts += 1;
                         let why = if r.error.is_empty() {
                             "deploy failed".to_string()
                         } else {
@@ -101,6 +105,7 @@ impl Fleet {
                                 Some(&e.to_string()),
                             )
                             .await?;
+                        failed_hosts += 1;
                         failure.get_or_insert(format!("target {agent} failed: {e}"));
                     }
                 }
@@ -118,12 +123,13 @@ impl Fleet {
                         .add_deployment_event(deployment_id, None, "cancel", &reason)
                         .await?;
                     self.cancel_done(deployment_id);
+                    let cancelled = Failure::new(FailureKind::Cancelled { by: by.clone() }, reason);
                     return self
                         .conclude_as(
                             deployment_id,
                             &succeeded,
                             &targets[reached..],
-                            Some(reason),
+                            Some(cancelled),
                             Some(&by),
                         )
                         .await;
@@ -133,6 +139,16 @@ impl Fleet {
         // Every batch went out: the deployment finishes on its own (a cancel that came too
         // late to stop a batch changes nothing; the newer deployment follows it).
         self.cancel_done(deployment_id);
+        let failure = failure.map(|detail| {
+            let total = targets.len();
+            Failure::new(
+                FailureKind::Hosts {
+                    failed: failed_hosts,
+                    total,
+                },
+                detail,
+            )
+        });
         self.conclude(deployment_id, &succeeded, &targets[reached..], failure)
             .await
     }
@@ -144,7 +160,7 @@ impl Fleet {
         deployment_id: &str,
         succeeded: &[String],
         untouched: &[String],
-        failure: Option<String>,
+        failure: Option<Failure>,
     ) -> Result<()> {
         self.conclude_as(deployment_id, succeeded, untouched, failure, None)
             .await
@@ -157,7 +173,7 @@ impl Fleet {
         deployment_id: &str,
         succeeded: &[String],
         untouched: &[String],
-        failure: Option<String>,
+        failure: Option<Failure>,
         superseded_by: Option<&str>,
     ) -> Result<()> {
         let store = self.service().store();
@@ -168,7 +184,9 @@ impl Fleet {
                 .await?;
         }
         match failure {
-            Some(reason) => {
+            Some(failure) => {
+                let reason = failure.detail.as_str();
+                let public_reason = failure.public_reason();
                 for agent in succeeded {
                     store
                         .add_deployment_event(
@@ -199,10 +217,14 @@ impl Fleet {
                     }
                 }
                 store
-                    .add_deployment_event(deployment_id, None, "failed", &reason)
+                    .add_deployment_event(deployment_id, None, "failed", reason)
                     .await?;
+                let text = FailureText {
+                    detail: reason,
+                    public_reason: &public_reason,
+                };
                 store
-                    .finish_deployment_as(deployment_id, false, Some(&reason), superseded_by)
+                    .finish_deployment_as(deployment_id, false, Some(&text), superseded_by)
                     .await?;
                 tracing::warn!(deployment = %deployment_id, %app, %reason, "deployment failed");
             }

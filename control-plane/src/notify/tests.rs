@@ -107,11 +107,13 @@ fn finished_log(status: &str) -> DeploymentLog {
         trigger_type: "api".into(),
         trigger_source: Some("apikey:admin".into()),
         status: status.parse().expect("a deployment status"),
-        error_message: (status != "success").then(|| "image not allowed".to_string()),
+        error_message: (status != "success")
+            .then(|| "image busybox is not on the image allowlist".to_string()),
         started_at: "2025-10-23 10:30:00".into(),
         completed_at: Some("2025-10-23 10:30:01".into()),
         duration_ms: Some(1000),
         superseded_by: None,
+        public_reason: (status != "success").then(|| "image not allowed".to_string()),
     }
 }
 
@@ -192,6 +194,13 @@ async fn a_failed_deployment_is_signed_sent_retried_and_recorded() {
         assert_eq!(body["id"], row.id.as_str());
         assert_eq!(body["deployment"]["deploymentId"], "dep-failed");
         assert_eq!(body["deployment"]["status"], "failed");
+        // The public reason, never the detail the admin API shows.
+        assert_eq!(body["deployment"]["errorMessage"], "image not allowed");
+        let text = String::from_utf8_lossy(&request.body);
+        assert!(
+            !text.contains("busybox") && !text.contains("allowlist"),
+            "{text}"
+        );
         assert!(
             !String::from_utf8_lossy(&request.body).contains(hook_failed.secret.expose_secret())
         );
