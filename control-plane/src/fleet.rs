@@ -11,6 +11,7 @@
 mod challenges;
 mod deployments;
 mod enroll;
+pub mod failure;
 mod prepare;
 mod reconcile;
 mod rollout;
@@ -36,6 +37,7 @@ use crate::store::AgentRow;
 
 pub use deployments::{DeploymentView, WatchUpdate};
 pub use enroll::{IssuedCertificate, ENROLLMENT_TOKEN_PREFIX};
+pub use failure::{public_error, Failure, FailureKind};
 pub use prepare::{DeployTrigger, RolloutConfig};
 pub use watchers::WatchLimits;
 

@@ -31,7 +31,9 @@ use crate::error::Error;
 pub use acme::{AcmeAccountRow, AcmeIssued};
 pub use agents::{unknown_enrollment_token, AgentRow, Enrollment, EnrollmentToken};
 pub use audit::AuditEntry;
-pub use deployments::{DeploymentEventRow, DeploymentTargetRow, NewDeployment, ServingRow};
+pub use deployments::{
+    DeploymentEventRow, DeploymentTargetRow, FailureText, NewDeployment, ServingRow,
+};
 pub use env::{EnvResolutionRow, ImportOutcome};
 pub use notifications::{AttemptRecord, DeliveryRow, DueDelivery, NewDelivery, WebhookRow};
 pub use providers::{GroupSecretRow, ProviderRow, SyncRow, SyncWrite, SyncedSecret};

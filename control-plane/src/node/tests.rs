@@ -22,6 +22,7 @@ use crate::service::Actor;
 mod connections;
 mod deploy_records;
 mod enrollment;
+mod public_failures;
 mod registry_push;
 mod shutdown;
 mod watch_streams;
