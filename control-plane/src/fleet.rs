@@ -11,6 +11,7 @@
 mod challenges;
 mod deployments;
 mod enroll;
+pub mod failure;
 mod prepare;
 mod reconcile;
 mod refusals;
@@ -18,6 +19,7 @@ mod rollout;
 mod routes;
 #[cfg(test)]
 mod tests;
+mod watchers;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,7 +38,9 @@ use crate::store::AgentRow;
 
 pub use deployments::{DeploymentView, WatchUpdate};
 pub use enroll::{IssuedCertificate, ENROLLMENT_TOKEN_PREFIX};
+pub use failure::{public_error, Failure, FailureKind};
 pub use prepare::{DeployTrigger, RolloutConfig};
+pub use watchers::WatchLimits;
 
 /// Outbound queue depth per agent; a full queue means a stuck agent, not a reason to block.
 const OUTBOUND_QUEUE: usize = 1024;
@@ -55,6 +59,8 @@ pub struct FleetConfig {
     /// What registries must present on `RegistryPush`; `None` (the default) refuses every
     /// registry notification.
     pub registry_secret: Option<webhook::RegistrySecret>,
+    /// Bounds on `WatchDeployment` streams.
+    pub watch: WatchLimits,
 }
 
 impl Default for FleetConfig {
@@ -64,6 +70,7 @@ impl Default for FleetConfig {
             cert_ttl: Duration::from_secs(30 * 86400),
             rollout: RolloutConfig::default(),
             registry_secret: None,
+            watch: WatchLimits::default(),
         }
     }
 }
@@ -84,6 +91,10 @@ struct Inner {
     inflight: Mutex<HashMap<WaitKey, pb::ControlMessage>>,
     /// Woken on every stored event or result, for watchers.
     changed: Notify,
+    /// Open `WatchDeployment` streams, bounded by `config.watch`.
+    watchers: Arc<watchers::Watchers>,
+    /// Bounds the unauthenticated `Enroll` calls served at once.
+    enroll_gate: enroll::EnrollGate,
     /// Woken when an agent connects, for rollouts waiting on a target.
     connected: Notify,
     /// Called once per finished deployment (outgoing notifications subscribe here).
@@ -156,6 +167,8 @@ impl Fleet {
                 waiters: Mutex::new(HashMap::new()),
                 inflight: Mutex::new(HashMap::new()),
                 changed: Notify::new(),
+                watchers: Arc::default(),
+                enroll_gate: enroll::EnrollGate::new(),
                 connected: Notify::new(),
                 on_finished: Mutex::new(Vec::new()),
                 app_slots: Mutex::new(HashMap::new()),
@@ -671,9 +684,16 @@ impl Fleet {
             .collect()
     }
 
-    /// Waits for the next stored event or result anywhere (watchers re-read the store).
-    pub async fn changed(&self) {
-        self.inner.changed.notified().await
+    /// The next stored event or result anywhere (watchers re-read the store). Subscribed
+    /// when called, not when first polled, so a change between this call and the wait is
+    /// not missed.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.changed.notified()
+    }
+
+    /// `WatchDeployment` streams whose task is still running.
+    pub fn live_watchers(&self) -> usize {
+        self.inner.watchers.live()
     }
 }
 

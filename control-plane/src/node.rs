@@ -27,6 +27,7 @@ use crate::fleet::{Fleet, FleetConfig};
 use crate::grpc::{
     AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi, DomainApi, WebhookApi,
 };
+use crate::notify::DestinationPolicy;
 use crate::pki::{write_new_private, write_private, Pki};
 use crate::service::applications::WEBHOOK_URL_SETTING;
 use crate::service::Service;
@@ -117,6 +118,33 @@ impl RegistrySecretArgs {
     }
 }
 
+/// Where outgoing notifications may be delivered, as `berth-control-plane` and `berth dev`
+/// take it.
+#[derive(clap::Args, Debug, Default)]
+pub struct NotifyArgs {
+    /// Let notification webhooks deliver to loopback, link-local and private addresses
+    /// (RFC 1918, fc00::/7, 100.64.0.0/10, …), e.g. a receiver on this host or the internal
+    /// network. Off: such destinations are refused before any connection (the check is on the
+    /// resolved address).
+    #[arg(
+        long,
+        env = "BERTH_NOTIFY_ALLOW_PRIVATE",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub notify_allow_private: bool,
+}
+
+impl NotifyArgs {
+    pub fn policy(&self) -> DestinationPolicy {
+        if self.notify_allow_private {
+            DestinationPolicy::AllowPrivate
+        } else {
+            DestinationPolicy::PublicOnly
+        }
+    }
+}
+
 /// Where certificates for domains added with `--acme` come from, as `berth-control-plane`
 /// and `berth dev` take it.
 #[derive(clap::Args, Debug)]
@@ -193,6 +221,8 @@ pub struct NodeConfig {
     pub fleet: FleetConfig,
     /// The ACME CA of domains added with `--acme`.
     pub acme: AcmeConfig,
+    /// Which addresses outgoing notifications may be delivered to.
+    pub notify_destinations: DestinationPolicy,
 }
 
 impl NodeConfig {
@@ -207,6 +237,7 @@ impl NodeConfig {
             agent_endpoint: None,
             fleet: FleetConfig::default(),
             acme: AcmeConfig::default(),
+            notify_destinations: DestinationPolicy::PublicOnly,
         }
     }
 }
@@ -225,6 +256,8 @@ pub struct Node {
     pub service: Service,
     /// Issues the certificates of domains added with `--acme`.
     acme: Arc<dyn CertificateAuthority>,
+    /// Which addresses the notifier may deliver to.
+    notify_destinations: DestinationPolicy,
     listener: TcpListener,
     agent_listener: TcpListener,
     pki: Arc<Pki>,
@@ -286,6 +319,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
     )?);
     Ok(Node {
         acme,
+        notify_destinations: config.notify_destinations,
         grpc_addr: listener.local_addr()?,
         agent_addr,
         fleet,
@@ -317,7 +351,7 @@ impl Node {
         };
         // Outgoing notifications: subscribed before reconcile so no finished deployment is
         // missed; one notifier per node, its queue is the webhook_deliveries table.
-        let notifier = crate::notify::Notifier::new(self.service.clone());
+        let notifier = crate::notify::Notifier::new(self.service.clone(), self.notify_destinations);
         self.fleet.on_finished(notifier.finished_hook());
         let notifier_task = tokio::spawn(notifier.run(stopped(stop_rx.clone())));
         self.fleet.reconcile().await?;

@@ -29,9 +29,11 @@ use crate::crypto::Aad;
 use crate::error::Error;
 
 pub use acme::{AcmeAccountRow, AcmeIssued};
-pub use agents::{AgentRow, Enrollment};
+pub use agents::{unknown_enrollment_token, AgentRow, Enrollment, EnrollmentToken};
 pub use audit::AuditEntry;
-pub use deployments::{DeploymentEventRow, DeploymentTargetRow, NewDeployment, ServingRow};
+pub use deployments::{
+    DeploymentEventRow, DeploymentTargetRow, FailureText, NewDeployment, ServingRow,
+};
 pub use env::{EnvResolutionRow, ImportOutcome};
 pub use notifications::{AttemptRecord, DeliveryRow, DueDelivery, NewDelivery, WebhookRow};
 pub use providers::{GroupSecretRow, ProviderRow, SyncRow, SyncWrite, SyncedSecret};
@@ -155,6 +157,36 @@ impl Store {
                 Ok((column.aad(&refs), ciphertext))
             })
             .collect()
+    }
+
+    /// For tests: opens a write transaction (`BEGIN IMMEDIATE`, holding SQLite's one write
+    /// lock) that stays open until [`WriteLock::release`], as a long legitimate write would.
+    #[cfg(test)]
+    pub(crate) async fn hold_write_lock(&self) -> Result<WriteLock, Error> {
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
+        Ok(WriteLock(tx))
+    }
+}
+
+/// An open write transaction (tests only).
+#[cfg(test)]
+pub(crate) struct WriteLock(sqlx::Transaction<'static, sqlx::Sqlite>);
+
+#[cfg(test)]
+impl WriteLock {
+    /// Commits (writes one audit row, so the transaction is a real write) and releases it.
+    pub(crate) async fn release(mut self) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO audit_log (actor, action, target) VALUES ('test', 'test.write', 'lock')",
+        )
+        .execute(&mut *self.0)
+        .await
+        .map_err(internal)?;
+        self.0.commit().await.map_err(internal)
     }
 }
 

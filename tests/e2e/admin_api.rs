@@ -529,6 +529,42 @@ fn deleting_a_referenced_secret_needs_force_and_lists_the_references() {
     ok(node.cli(&["group", "delete", "g"], None));
 }
 
+#[test]
+fn deleting_a_referenced_group_needs_force_and_force_removes_the_references() {
+    let d = dirs();
+    let node = DevNode::start_without_agent(&d);
+    ok(node.cli(&["group", "create", "g"], None));
+    ok(node.cli(&["secret", "set", "g", "DB"], Some("v")));
+    ok(node.cli(&["app", "create", "web", "--image", "web"], None));
+    ok(node.cli(
+        &["env", "set", "ALL_OF_G", "--group", "g", "--app", "web"],
+        None,
+    ));
+    ok(node.cli(
+        &["env", "set", "DATABASE_URL", "--secret", "g/DB", "--global"],
+        None,
+    ));
+    let out = node.cli(&["group", "delete", "g"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("web:ALL_OF_G")
+            && err.contains("(global):DATABASE_URL")
+            && err.contains("force"),
+        "{err}"
+    );
+    // Nothing went: the group, its secret, both references.
+    assert!(ok(node.cli(&["group", "show", "g"], None)).contains("DB"));
+    assert!(ok(node.cli(&["env", "list", "--app", "web"], None)).contains("ALL_OF_G"));
+    assert!(ok(node.cli(&["env", "list", "--global"], None)).contains("DATABASE_URL"));
+
+    ok(node.cli(&["group", "delete", "g", "--force"], None));
+    let out = node.cli(&["group", "show", "g"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(!ok(node.cli(&["env", "list", "--app", "web"], None)).contains("ALL_OF_G"));
+    assert!(!ok(node.cli(&["env", "list", "--global"], None)).contains("DATABASE_URL"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_a_clear_error_and_stores_nothing() {
     let d = dirs();

@@ -12,12 +12,13 @@ use std::time::Duration;
 use berth_proto::v1 as pb;
 use secrecy::ExposeSecret as _;
 
+use super::failure::{Failure, FailureKind};
 use super::Fleet;
 use crate::crypto::Aad;
 use crate::error::{Error, Result};
 use crate::model::{Application, Target, TargetStatus};
 use crate::service::{Actor, Permission};
-use crate::store::NewDeployment;
+use crate::store::{FailureText, NewDeployment};
 use crate::validate;
 
 #[derive(Debug, Clone)]
@@ -194,13 +195,13 @@ impl Fleet {
         app: &Application,
         version: &str,
         deployment_id: &str,
-    ) -> (Result<pb::DeployCommand>, Vec<String>) {
+    ) -> (Result<pb::DeployCommand, Failure>, Vec<String>) {
         let mut prepared = self.prepare_command(app, version, deployment_id).await;
         let targets = match &prepared {
             Ok(_) => match self.select_targets(app).await {
                 Ok(targets) => targets,
                 Err(e) => {
-                    prepared = Err(e);
+                    prepared = Err(Failure::of(FailureKind::NoTargets)(e));
                     Vec::new()
                 }
             },
@@ -216,7 +217,7 @@ impl Fleet {
         actor_name: &str,
         app: Application,
         deployment_id: &str,
-        prepared: Result<pb::DeployCommand>,
+        prepared: Result<pb::DeployCommand, Failure>,
         targets: Vec<String>,
     ) -> Result<()> {
         let store = self.service().store();
@@ -248,9 +249,10 @@ impl Fleet {
                 let id = deployment_id.to_string();
                 tokio::spawn(async move { fleet.run_rollout(id, app, command, targets).await });
             }
-            Err(e) => {
+            Err(failure) => {
                 // Refused before dispatch: recorded, audited, nothing reached an agent.
-                let reason = e.to_string();
+                let reason = failure.detail.clone();
+                let public_reason = failure.public_reason();
                 store
                     .add_deployment_event(deployment_id, None, "failed", &reason)
                     .await?;
@@ -260,7 +262,14 @@ impl Fleet {
                         .await?;
                 }
                 store
-                    .finish_deployment(deployment_id, false, Some(&reason))
+                    .finish_deployment(
+                        deployment_id,
+                        false,
+                        Some(&FailureText {
+                            detail: &reason,
+                            public_reason: &public_reason,
+                        }),
+                    )
                     .await?;
                 store
                     .audit(actor_name, "deployment.refused", &app.name, Some(&reason))
@@ -315,18 +324,22 @@ impl Fleet {
         Ok(selected)
     }
 
-    /// Builds the command: allowlist, resolved environment, registry credentials.
+    /// Builds the command: allowlist, resolved environment, registry credentials. Each step's
+    /// error is classified here, with its public category.
     async fn prepare_command(
         &self,
         app: &Application,
         version: &str,
         deployment_id: &str,
-    ) -> Result<pb::DeployCommand> {
+    ) -> Result<pb::DeployCommand, Failure> {
         let store = self.service().store();
         let mut image = app.image.clone();
         let mut registry = None;
         if let Some(repo_name) = &app.repository {
-            let repo = store.repository(repo_name).await?;
+            let repo = store
+                .repository(repo_name)
+                .await
+                .map_err(Failure::of(FailureKind::Registry))?;
             let server = repo
                 .url
                 .trim_start_matches("https://")
@@ -339,7 +352,8 @@ impl Fleet {
             let password = match &repo.password {
                 Some(ciphertext) => self
                     .service()
-                    .decrypt_repository_password(&repo.name, ciphertext)?
+                    .decrypt_repository_password(&repo.name, ciphertext)
+                    .map_err(Failure::of(FailureKind::Registry))?
                     .expose_secret()
                     .to_string(),
                 None => String::new(),
@@ -350,17 +364,28 @@ impl Fleet {
                 password,
             });
         }
-        if !self.service().image_allowed(&image).await? {
-            return Err(Error::PermissionDenied(format!(
-                "image {image} is not on the image allowlist"
-            )));
+        let allowed = self
+            .service()
+            .image_allowed(&image)
+            .await
+            .map_err(Failure::of(FailureKind::Refused))?;
+        if !allowed {
+            return Err(Failure::new(
+                FailureKind::ImageNotAllowed,
+                format!("image {image} is not on the image allowlist"),
+            ));
         }
-        let env = self.service().resolve_environment(app.id).await?;
+        let env = self
+            .service()
+            .resolve_environment(app.id)
+            .await
+            .map_err(Failure::of(FailureKind::Environment))?;
         crate::validate::environment_size(
             &app.name,
             env.iter()
                 .map(|(k, v)| (k.as_str(), v.expose_secret().len())),
-        )?;
+        )
+        .map_err(Failure::of(FailureKind::EnvironmentTooLarge))?;
         let mut health_check = match &app.health_check {
             Some(h) => pb::HealthCheckSpec {
                 kind: h.kind.clone(),
@@ -405,7 +430,10 @@ impl Fleet {
             restart_policy: app.restart_policy.clone(),
             command: app.command.clone(),
             sent_at_unix_nanos: 0,
-            domains: self.proxy_domains(app).await?,
+            domains: self
+                .proxy_domains(app)
+                .await
+                .map_err(Failure::of(FailureKind::Refused))?,
             stop: Some(pb::StopSpec {
                 drain_seconds: app.stop.drain_timeout_s,
                 timeout_seconds: app.stop.stop_timeout_s,

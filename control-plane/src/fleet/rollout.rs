@@ -11,9 +11,11 @@ use berth_proto::v1 as pb;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use super::failure::{Failure, FailureKind};
 use super::Fleet;
 use crate::error::{Error, Result};
 use crate::model::{Application, TargetStatus};
+use crate::store::FailureText;
 
 impl Fleet {
     pub(super) async fn run_rollout(
@@ -49,6 +51,7 @@ impl Fleet {
         let batch_size = usize::try_from(app.deploy_batch_size.max(1)).unwrap_or(1);
         let mut succeeded = Vec::new();
         let mut failure: Option<String> = None;
+        let mut failed_hosts = 0;
         let mut reached = 0;
         for batch in targets.chunks(batch_size) {
             reached += batch.len();
@@ -87,6 +90,7 @@ impl Fleet {
                         continue;
                     }
                     Ok(Dispatched::Answered(r)) => {
+                        failed_hosts += 1;
                         let why = if r.error.is_empty() {
                             "deploy failed".to_string()
                         } else {
@@ -112,6 +116,7 @@ impl Fleet {
                         Some(&why),
                     )
                     .await?;
+                failed_hosts += 1;
                 failure.get_or_insert(format!("target {agent} failed: {why}"));
             }
             if failure.is_some() {
@@ -127,12 +132,13 @@ impl Fleet {
                         .add_deployment_event(deployment_id, None, "cancel", &reason)
                         .await?;
                     self.cancel_done(deployment_id);
+                    let cancelled = Failure::new(FailureKind::Cancelled { by: by.clone() }, reason);
                     return self
                         .conclude_as(
                             deployment_id,
                             &succeeded,
                             &targets[reached..],
-                            Some(reason),
+                            Some(cancelled),
                             Some(&by),
                         )
                         .await;
@@ -142,6 +148,16 @@ impl Fleet {
         // Every batch went out: the deployment finishes on its own (a cancel that came too
         // late to stop a batch changes nothing; the newer deployment follows it).
         self.cancel_done(deployment_id);
+        let failure = failure.map(|detail| {
+            let total = targets.len();
+            Failure::new(
+                FailureKind::Hosts {
+                    failed: failed_hosts,
+                    total,
+                },
+                detail,
+            )
+        });
         self.conclude(deployment_id, &succeeded, &targets[reached..], failure)
             .await
     }
@@ -153,7 +169,7 @@ impl Fleet {
         deployment_id: &str,
         succeeded: &[String],
         untouched: &[String],
-        failure: Option<String>,
+        failure: Option<Failure>,
     ) -> Result<()> {
         self.conclude_as(deployment_id, succeeded, untouched, failure, None)
             .await
@@ -166,7 +182,7 @@ impl Fleet {
         deployment_id: &str,
         succeeded: &[String],
         untouched: &[String],
-        failure: Option<String>,
+        failure: Option<Failure>,
         superseded_by: Option<&str>,
     ) -> Result<()> {
         let store = self.service().store();
@@ -177,7 +193,9 @@ impl Fleet {
                 .await?;
         }
         match failure {
-            Some(reason) => {
+            Some(failure) => {
+                let reason = failure.detail.as_str();
+                let public_reason = failure.public_reason();
                 for agent in succeeded {
                     store
                         .add_deployment_event(
@@ -213,10 +231,14 @@ impl Fleet {
                     }
                 }
                 store
-                    .add_deployment_event(deployment_id, None, "failed", &reason)
+                    .add_deployment_event(deployment_id, None, "failed", reason)
                     .await?;
+                let text = FailureText {
+                    detail: reason,
+                    public_reason: &public_reason,
+                };
                 store
-                    .finish_deployment_as(deployment_id, false, Some(&reason), superseded_by)
+                    .finish_deployment_as(deployment_id, false, Some(&text), superseded_by)
                     .await?;
                 tracing::warn!(deployment = %deployment_id, %app, %reason, "deployment failed");
             }

@@ -38,6 +38,42 @@ pub struct Enrollment {
     pub labels: BTreeMap<String, String>,
 }
 
+/// An enrollment token's row as read before anything is written (`Fleet::enroll` checks it
+/// without taking the write lock).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EnrollmentToken {
+    /// The stored digest, compared again in constant time by the caller.
+    pub token_hash: String,
+    pub agent_name: String,
+    pub used_at: Option<String>,
+    pub expires_at: String,
+    /// `expires_at` has passed (decided by the database's clock, as the consuming update is).
+    pub expired: bool,
+}
+
+impl EnrollmentToken {
+    /// Why this token cannot enroll anyone, if it cannot.
+    pub fn refusal(&self) -> Option<Error> {
+        if self.used_at.is_some() {
+            Some(Error::Unauthenticated(
+                "enrollment token was already used".into(),
+            ))
+        } else if self.expired {
+            Some(Error::Unauthenticated(format!(
+                "enrollment token expired at {}",
+                self.expires_at
+            )))
+        } else {
+            None
+        }
+    }
+}
+
+/// The refusal of a token that matches no row.
+pub fn unknown_enrollment_token() -> Error {
+    Error::Unauthenticated("invalid enrollment token".into())
+}
+
 impl Store {
     pub async fn insert_enrollment_token(
         &self,
@@ -55,6 +91,20 @@ impl Store {
         .bind(serde_json::to_string(labels).expect("labels serialize"))
         .bind(ttl_seconds.to_string())
         .fetch_one(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
+    /// Reads a token by its digest: a read only, so that callers who present no valid token
+    /// never take the write lock.
+    pub async fn enrollment_token(&self, token_hash: &str) -> Result<Option<EnrollmentToken>> {
+        sqlx::query_as(
+            "SELECT token_hash, agent_name, used_at, expires_at, \
+             expires_at <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now') AS expired \
+             FROM enrollment_tokens WHERE token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
         .await
         .map_err(internal)
     }
@@ -77,21 +127,9 @@ impl Store {
                 labels: serde_json::from_str(&labels).unwrap_or_default(),
             });
         }
-        let state: Option<(Option<String>, String)> = sqlx::query_as(
-            "SELECT used_at, expires_at FROM enrollment_tokens WHERE token_hash = ?",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(internal)?;
-        Err(match state {
-            Some((Some(_), _)) => {
-                Error::Unauthenticated("enrollment token was already used".into())
-            }
-            Some((None, expires)) => {
-                Error::Unauthenticated(format!("enrollment token expired at {expires}"))
-            }
-            None => Error::Unauthenticated("invalid enrollment token".into()),
+        Err(match self.enrollment_token(token_hash).await? {
+            Some(token) => token.refusal().unwrap_or_else(unknown_enrollment_token),
+            None => unknown_enrollment_token(),
         })
     }
 

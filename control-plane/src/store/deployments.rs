@@ -37,6 +37,14 @@ pub struct DeploymentEventRow {
     pub at: String,
 }
 
+/// Why a deployment failed, as recorded: the detail for the admin API, the public reason for
+/// everyone else (see `fleet::failure`).
+#[derive(Debug, Clone, Copy)]
+pub struct FailureText<'a> {
+    pub detail: &'a str,
+    pub public_reason: &'a str,
+}
+
 /// What a new deployment row needs.
 pub struct NewDeployment<'a> {
     pub deployment_id: &'a str,
@@ -270,7 +278,7 @@ impl Store {
         &self,
         deployment_id: &str,
         success: bool,
-        error: Option<&str>,
+        error: Option<&FailureText<'_>>,
     ) -> Result<bool> {
         self.finish_deployment_as(deployment_id, success, error, None)
             .await
@@ -282,7 +290,7 @@ impl Store {
         &self,
         deployment_id: &str,
         success: bool,
-        error: Option<&str>,
+        error: Option<&FailureText<'_>>,
         superseded_by: Option<&str>,
     ) -> Result<bool> {
         let mut tx = self
@@ -301,7 +309,8 @@ impl Store {
             return Ok(false);
         };
         sqlx::query(&format!(
-            "UPDATE deployment_logs SET status = ?, error_message = ?, superseded_by = ?, completed_at = datetime('now'), \
+            "UPDATE deployment_logs SET status = ?, error_message = ?, public_reason = ?, superseded_by = ?, \
+             completed_at = datetime('now'), \
              duration_ms = CAST((julianday({NOW_MS}) - julianday(started_at)) * 86400000 AS INTEGER) WHERE deployment_id = ?"
         ))
         .bind(match (success, superseded_by) {
@@ -309,7 +318,8 @@ impl Store {
             (false, Some(_)) => DeploymentStatus::Superseded,
             (false, None) => DeploymentStatus::Failed,
         })
-        .bind(error)
+        .bind(error.map(|e| e.detail))
+        .bind(error.map(|e| e.public_reason))
         .bind(superseded_by)
         .bind(deployment_id)
         .execute(&mut *tx)
@@ -567,12 +577,14 @@ async fn supersede_queued(
     by: &str,
 ) -> Result<Vec<String>> {
     let superseded: Vec<String> = sqlx::query_scalar(&format!(
-        "UPDATE deployment_logs SET status = ?, superseded_by = ?, error_message = ?, completed_at = datetime('now'), \
+        "UPDATE deployment_logs SET status = ?, superseded_by = ?, error_message = ?, public_reason = ?, \
+         completed_at = datetime('now'), \
          duration_ms = CAST((julianday({NOW_MS}) - julianday(started_at)) * 86400000 AS INTEGER) \
          WHERE application_id = ? AND status = ? AND deployment_id != ? RETURNING deployment_id"
     ))
     .bind(DeploymentStatus::Superseded)
     .bind(by)
+    .bind(format!("superseded by deployment {by}"))
     .bind(format!("superseded by deployment {by}"))
     .bind(application_id)
     .bind(DeploymentStatus::Queued)
