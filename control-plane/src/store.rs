@@ -16,6 +16,7 @@ mod notifications;
 mod providers;
 mod registry;
 mod secrets;
+mod writer;
 
 use std::path::Path;
 use std::str::FromStr as _;
@@ -47,6 +48,8 @@ pub struct Store {
     /// commit there survives kill -9 of the process (it is in the OS page cache) but not a
     /// power cut, and costs no fsync. Nothing written through it is acknowledged to anyone.
     log_pool: SqlitePool,
+    /// The group-committing writer of the hot write paths (deployments, targets, audit).
+    writer: writer::Writer,
 }
 
 impl Store {
@@ -63,12 +66,17 @@ impl Store {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let store = Self::connect(options.clone()).await?;
+        let writer = writer::Writer::start(options.clone()).await?;
         let log_pool = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_with(options.synchronous(SqliteSynchronous::Normal))
             .await
             .map_err(|e| Error::Unavailable(format!("cannot open database: {e}")))?;
-        Ok(Store { log_pool, ..store })
+        Ok(Store {
+            log_pool,
+            writer,
+            ..store
+        })
     }
 
     /// An in-memory database, for unit tests and benchmarks.
@@ -93,11 +101,19 @@ impl Store {
         migrate(&pool).await?;
         Ok(Store {
             log_pool: pool.clone(),
+            writer: writer::Writer::Pool(pool.clone()),
             pool,
         })
     }
 
+    /// Transactions the group-committing writer has committed so far, each holding one or
+    /// more writes (`None` for an in-memory store): writes per commit, for benchmarks.
+    pub fn write_batches(&self) -> Option<u64> {
+        self.writer.batches()
+    }
+
     pub async fn close(&self) {
+        self.writer.close().await;
         self.log_pool.close().await;
         self.pool.close().await;
     }

@@ -133,7 +133,10 @@ mod tests {
             (actor.as_str(), *action, target.as_str()),
             ("webhook:1.2.3.4", "webhook.token_refused", "web")
         );
-        assert!(details.starts_with("999 more refusals from webhook:1.2.3.4"), "{details}");
+        assert!(
+            details.starts_with("999 more refusals from webhook:1.2.3.4"),
+            "{details}"
+        );
         assert_eq!(r.tracked(), 0);
         // A new window starts with a written refusal again.
         assert!(r.count("webhook:1.2.3.4", "webhook.token_refused", "web"));
@@ -143,7 +146,11 @@ mod tests {
     fn memory_is_bounded_by_an_overflow_window() {
         let r = Refusals::default();
         for n in 0..MAX_TRACKED + 500 {
-            r.count(&format!("webhook:client-{n}"), "webhook.token_refused", "web");
+            r.count(
+                &format!("webhook:client-{n}"),
+                "webhook.token_refused",
+                "web",
+            );
         }
         assert_eq!(r.tracked(), MAX_TRACKED + 1);
         let rows = r.take_closed(true);
