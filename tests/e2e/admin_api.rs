@@ -1113,3 +1113,39 @@ fn the_first_admin_key_is_written_to_a_private_file_and_read_from_a_file_or_stdi
     assert!(!second.log().contains("bk_"), "{}", second.log());
     assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
 }
+
+/// `berth … | head -1`: the reader closing the pipe early is not an error. The command ends
+/// quietly with the status of a process killed by SIGPIPE (141), whether it wrote with a
+/// print (a listing) or through a writer (the completion script).
+#[test]
+fn a_reader_that_closes_the_pipe_early_gets_no_error_message() {
+    use std::process::{Command, Stdio};
+
+    use crate::fixture::process::bin;
+
+    let d = dirs();
+    let node = DevNode::start_in(&d);
+    ok(node.cli(&["group", "create", "pipe-check"], None));
+    let runs: [(&[&str], bool); 2] = [(&["completion", "bash"], false), (&["group", "list"], true)];
+    for (args, connects) in runs {
+        let mut command = Command::new(bin("berth"));
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if connects {
+            command
+                .env("BERTH_ADDR", &node.addr)
+                .env("BERTH_CA_CERT", &node.ca_cert)
+                .env("BERTH_TOKEN", node.admin_token());
+        }
+        let mut child = command.spawn().unwrap();
+        // The reader is gone before the first byte is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?} printed: {stderr}");
+    }
+}
