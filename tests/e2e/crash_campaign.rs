@@ -255,7 +255,7 @@ async fn kill_9_campaign_loses_nothing_and_leaves_nothing_stuck_doubled_or_down(
             rng.gen(),
             round,
         );
-        let strike = Duration::from_millis(rng.gen_range(500..4000));
+        let strike = Duration::from_millis(rng.gen_range(500..3000));
         tokio::time::sleep(strike).await;
         let victim = match rng.gen_range(0..4) {
             0 | 1 => Victim::ControlPlane,
@@ -265,7 +265,7 @@ async fn kill_9_campaign_loses_nothing_and_leaves_nothing_stuck_doubled_or_down(
         let down_for = Duration::from_millis(rng.gen_range(0..1500));
         tokio::time::sleep(down_for).await;
         cluster.restart(victim);
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..2000))).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(500..1500))).await;
         workload.stop().await;
         *figures
             .kills
@@ -274,10 +274,12 @@ async fn kill_9_campaign_loses_nothing_and_leaves_nothing_stuck_doubled_or_down(
 
         let report = check_round(&cluster, &ledger, marks, &before, &creations).await;
         eprintln!(
-            "campaign: round {round}/{rounds}: killed the {} {:.1} s in, down {:.1} s; {}; {:.1} s",
+            "campaign: round {round}/{rounds}: killed the {} {:.1} s in, down {:.1} s; settled in {:.1} s, checked in {:.1} s; {}; {:.1} s",
             cluster.victim_name(victim),
             strike.as_secs_f64(),
             down_for.as_secs_f64(),
+            report.settled.as_secs_f64(),
+            report.checked.as_secs_f64(),
             if report.clean() {
                 "clean".to_owned()
             } else {
@@ -313,10 +315,12 @@ async fn check_round(
     before: &std::collections::BTreeSet<(String, std::net::SocketAddr)>,
     creations: &ContainerCreations,
 ) -> RoundReport {
+    let started = Instant::now();
     for (name, _) in &cluster.agents {
         wait_connected(cluster.node(), name).await;
     }
     let (stuck, deployments) = checks::settle(&cluster.admin, &cluster.apps, SETTLE).await;
+    let settled = started.elapsed();
     let snapshot = {
         let ledger = ledger.lock().unwrap();
         Ledger {
@@ -336,5 +340,7 @@ async fn check_round(
         doubles,
         down: checks::down(before).await,
         integrity: checks::integrity(&cluster.d.data.path().to_path_buf()).await,
+        settled,
+        checked: started.elapsed() - settled,
     }
 }

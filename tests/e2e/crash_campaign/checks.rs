@@ -41,10 +41,15 @@ pub async fn serving(apps: &[CampaignApp], hosts: &[&str]) -> BTreeSet<(String, 
             })
         })
         .collect();
+    // One thread a pair: a host that does not serve an app costs a read timeout.
+    let probes: Vec<_> = pairs
+        .into_iter()
+        .map(|pair| std::thread::spawn(move || http::page_at(pair.1).is_ok().then_some(pair)))
+        .collect();
     tokio::task::spawn_blocking(move || {
-        pairs
+        probes
             .into_iter()
-            .filter(|(_, addr)| http::page_at(*addr).is_ok())
+            .filter_map(|probe| probe.join().unwrap())
             .collect()
     })
     .await
@@ -275,6 +280,10 @@ pub struct RoundReport {
     pub down: Vec<String>,
     /// `ok`, or what SQLite found.
     pub integrity: String,
+    /// From the end of the workload until no deployment was unfinished (agents back first).
+    pub settled: Duration,
+    /// How long the checks took once settled.
+    pub checked: Duration,
 }
 
 impl RoundReport {
