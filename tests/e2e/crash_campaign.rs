@@ -339,7 +339,7 @@ async fn check_round(
         stuck,
         doubles,
         down: checks::down(before).await,
-        integrity: checks::integrity(&cluster.d.data.path().to_path_buf()).await,
+        integrity: checks::integrity(cluster.d.data.path()).await,
         settled,
         checked: started.elapsed() - settled,
     }
