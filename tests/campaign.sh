@@ -17,7 +17,7 @@ LOG=${LOG:-$(mktemp /tmp/berth-campaign.XXXXXX.log)}
 
 cargo build --workspace --bins
 status=0
-BERTH_CAMPAIGN_ROUNDS=$ROUNDS cargo nextest run -p berth-tests --profile campaign --no-fail-fast --no-capture \
+BERTH_CAMPAIGN_ROUNDS=$ROUNDS cargo nextest run -p berth-tests --profile long --no-fail-fast --no-capture \
   -E 'test(/crash_campaign::/)' >"$LOG" 2>&1 || status=$?
 
 echo "kill -9 campaign, $ROUNDS rounds (full output: $LOG)"

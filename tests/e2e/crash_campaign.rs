@@ -294,7 +294,7 @@ async fn kill_9_campaign_loses_nothing_and_leaves_nothing_stuck_doubled_or_down(
     }
 
     let all = checks::deployments(&cluster.admin, &cluster.apps).await;
-    figures.close(&ledger.lock().unwrap(), &all);
+    figures.close(&ledger.lock().unwrap(), &all, &creations.counts());
     figures.elapsed = started.elapsed();
     eprint!("{figures}");
     assert!(

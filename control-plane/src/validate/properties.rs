@@ -91,7 +91,11 @@ fn docker_names() -> impl Strategy<Value = String> {
         proptest::option::of(proptest::string::string_regex(host).unwrap()),
         proptest::collection::vec(proptest::string::string_regex(component).unwrap(), 1..4),
     )
-        .prop_map(|(host, path)| {
+        .prop_map(|(host, mut path)| {
+            // Without a host, a first component with a dot would be read as one.
+            if host.is_none() {
+                path[0] = path[0].replace('.', "-");
+            }
             let path = path.join("/");
             match host {
                 Some(host) => format!("{host}/{path}"),

@@ -319,6 +319,10 @@ pub struct Figures {
     pub unacknowledged: usize,
     pub reads: usize,
     pub outcomes: BTreeMap<String, usize>,
+    /// Containers the engine created for the campaign's deployments, and on how many
+    /// (deployment, agent) pairs: what the doubles check looked at.
+    pub containers: usize,
+    pub runs: usize,
     pub elapsed: Duration,
 }
 
@@ -351,8 +355,16 @@ impl Figures {
         }
     }
 
-    /// Takes the ledger's counts and the outcome of every deployment.
-    pub fn close(&mut self, ledger: &Ledger, deployments: &BTreeMap<String, (String, String)>) {
+    /// Takes the ledger's counts, the outcome of every deployment and the engine's count of
+    /// container creations.
+    pub fn close(
+        &mut self,
+        ledger: &Ledger,
+        deployments: &BTreeMap<String, (String, String)>,
+        creations: &CreationCounts,
+    ) {
+        self.containers = creations.values().flat_map(|a| a.values()).sum();
+        self.runs = creations.values().map(|a| a.len()).sum();
         self.secrets = ledger.secrets.len();
         self.env = ledger.env.len();
         self.apps = ledger.apps.len();
@@ -417,6 +429,11 @@ impl fmt::Display for Figures {
             "campaign: deployments recorded: {} ({})",
             self.outcomes.values().sum::<usize>(),
             list(&self.outcomes)
+        )?;
+        writeln!(
+            f,
+            "campaign: containers created: {} for {} (deployment, agent) runs",
+            self.containers, self.runs
         )?;
         writeln!(
             f,

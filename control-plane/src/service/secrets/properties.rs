@@ -78,23 +78,23 @@ fn line() -> impl Strategy<Value = (String, String, String)> {
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_filter_map(
-            "a value the form cannot hold",
-            |(key, value, form, export, spaced, comment)| {
-                let written = write(&value, &form)?;
-                let mut line = String::new();
-                if export {
-                    line.push_str("export ");
-                }
-                line.push_str(&key);
-                line.push_str(if spaced { " = " } else { "=" });
-                line.push_str(&written);
-                if comment {
-                    line.push_str(" # a comment");
-                }
-                Some((key, value, line))
-            },
-        )
+        .prop_map(|(key, value, form, export, spaced, comment)| {
+            // Double quotes hold any value: the form when the one drawn cannot.
+            let written = write(&value, &form)
+                .or_else(|| write(&value, &Form::Double { escape_tabs: true }))
+                .expect("double quotes hold any value");
+            let mut line = String::new();
+            if export {
+                line.push_str("export ");
+            }
+            line.push_str(&key);
+            line.push_str(if spaced { " = " } else { "=" });
+            line.push_str(&written);
+            if comment {
+                line.push_str(" # a comment");
+            }
+            (key, value, line)
+        })
 }
 
 fn lines_of(document: &str) -> Vec<(String, String)> {
