@@ -252,8 +252,30 @@ fn encrypted_rows(column: &EncryptedColumn) -> String {
 
 /// Maps an unexpected database error. Constraint violations that callers expect are mapped
 /// with [`conflict`] at the call site, where a specific message can be given.
+///
+/// A full disk is not internal: the caller is told what is wrong and that a retry will do once
+/// an operator freed space (`Unavailable`); SQLite rolled the write back, so nothing is stored
+/// half-way, and the same connections work again as soon as there is room.
 pub(crate) fn internal(e: sqlx::Error) -> Error {
+    if is_disk_full(&e) {
+        tracing::error!(error = %e, "cannot write to the database: the disk is full");
+        return Error::Unavailable(DISK_FULL.to_owned());
+    }
     Error::Internal(format!("database: {e}"))
+}
+
+/// What a client is told when a write cannot be stored for want of space.
+pub const DISK_FULL: &str = "the control plane's disk is full: the change was not stored; free space in its data directory, then retry";
+
+/// `SQLITE_FULL` (13, "database or disk is full"), whatever its extended code.
+fn is_disk_full(e: &sqlx::Error) -> bool {
+    const SQLITE_FULL: i64 = 13;
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.code()
+        .and_then(|code| code.parse::<i64>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_FULL)
 }
 
 /// Maps a unique violation to `AlreadyExists(message)`, a foreign-key violation to
@@ -390,5 +412,39 @@ mod migration_tests {
             .await
             .unwrap();
         assert_eq!(left, 0);
+    }
+}
+
+#[cfg(test)]
+mod disk_full_tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    /// SQLite's page limit stands in for the disk: past it, a write fails as on a full disk
+    /// (`SQLITE_FULL`). The caller is told so and what to do, not "internal error"; the
+    /// write is not stored; reads go on; and with room again, writes succeed.
+    #[tokio::test]
+    async fn a_full_disk_is_a_clear_unavailable_error_and_writes_resume_with_room() {
+        let store = Store::open_in_memory().await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let big = "x".repeat(64 * 1024);
+        let err = store.put_setting("big", &big).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+        assert_eq!(err.to_string(), DISK_FULL);
+        assert_eq!(store.setting("big").await.unwrap(), None, "nothing stored");
+
+        sqlx::query(&format!("PRAGMA max_page_count = {}", pages * 100))
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        store.put_setting("big", &big).await.unwrap();
+        assert_eq!(store.setting("big").await.unwrap(), Some(big));
     }
 }

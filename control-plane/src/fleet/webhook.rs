@@ -416,6 +416,9 @@ fn image_matches(image: &str, registry: Option<&str>, host: &str, repository: &s
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::ErrorCode;

@@ -139,6 +139,9 @@ fn validate_pattern(pattern: &str) -> Result<()> {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::pattern_allows;
     use crate::service::testing::{admin, service};

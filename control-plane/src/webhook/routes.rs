@@ -339,7 +339,7 @@ impl Shim {
 /// The push events of a distribution notification envelope
 /// (`{"events":[{"action":"push","target":{"repository","tag"},"request":{"host"}}]}`);
 /// events that are not tag pushes are counted as ignored.
-fn push_events(
+pub(super) fn push_events(
     body: &serde_json::Map<String, Value>,
 ) -> Result<(Vec<pb::RegistryPushEvent>, u32), Reply> {
     let Some(Value::Array(events)) = body.get("events") else {
