@@ -150,6 +150,14 @@ impl Writer {
     }
 }
 
+/// What the callers of a batch hear when the database refused it (a full disk says so).
+fn failure(e: sqlx::Error) -> String {
+    match internal(e) {
+        Error::Internal(why) => format!("cannot write to the database: {why}"),
+        other => other.to_string(),
+    }
+}
+
 fn closed() -> Error {
     Error::Unavailable("the database is closed".to_string())
 }
@@ -190,7 +198,7 @@ async fn run(
 /// One transaction for the whole batch, a savepoint per job, one commit.
 async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Job>) {
     if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
-        let why = format!("cannot write to the database: {e}");
+        let why = failure(e);
         for job in batch {
             // Never run: each caller hears why (nothing of it was written).
             job(Err(why.clone())).await;
@@ -202,7 +210,7 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Job>) {
     while let Some(job) = jobs.next() {
         let savepoint = sqlx::query("SAVEPOINT job").execute(&mut *conn).await;
         if let Err(e) = savepoint {
-            job(Err(format!("cannot write to the database: {e}"))).await;
+            job(Err(failure(e))).await;
             continue;
         }
         let ran = job(Ok(&mut *conn)).await;
@@ -216,7 +224,7 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Job>) {
             // an I/O error). Nothing of the batch was written; every caller hears so, and
             // the rest of the batch does not run outside a transaction.
             (ran.acknowledge)(None);
-            let why = format!("cannot write to the database: {e}");
+            let why = failure(e);
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
             for acknowledge in committed {
                 acknowledge(Some(why.clone()));
@@ -233,7 +241,7 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Job>) {
         Ok(_) => None,
         Err(e) => {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Some(format!("cannot commit to the database: {e}"))
+            Some(failure(e))
         }
     };
     for acknowledge in committed {
