@@ -12,6 +12,7 @@ mod audit;
 mod deployments;
 mod domains;
 mod env;
+mod import;
 mod notifications;
 mod providers;
 mod registry;
@@ -33,6 +34,9 @@ pub use agents::{AgentRow, Enrollment};
 pub use audit::AuditEntry;
 pub use deployments::{DeploymentEventRow, DeploymentTargetRow, NewDeployment, ServingRow};
 pub use env::{EnvResolutionRow, ImportOutcome};
+pub use import::{
+    ImportTx, ImportedAppRow, ImportedEnvRow, ImportedProviderRow, NewImportedApplication,
+};
 pub use notifications::{AttemptRecord, DeliveryRow, DueDelivery, NewDelivery, WebhookRow};
 pub use providers::{GroupSecretRow, ProviderRow, SyncRow, SyncWrite, SyncedSecret};
 pub use secrets::WriteCounts;
