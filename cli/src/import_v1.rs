@@ -184,7 +184,7 @@ fn report_json(
 }
 
 /// The kinds in report order.
-const KINDS: [&str; 8] = [
+const KINDS: [&str; 9] = [
     "group",
     "secret",
     "repository",
@@ -193,6 +193,7 @@ const KINDS: [&str; 8] = [
     "variable",
     "image_pattern",
     "domain",
+    "setting",
 ];
 
 fn print_report(

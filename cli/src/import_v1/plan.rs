@@ -258,8 +258,8 @@ pub fn map(data: V1Data, group: &str) -> anyhow::Result<Mapped> {
     }
     for key in data.settings.iter().flatten() {
         local.skip(
-            ItemKind::Group,
-            format!("(setting {key})"),
+            ItemKind::Setting,
+            key.clone(),
             format!("system_settings key {key}"),
             "V1 settings are not imported: berth's legacy POST /deploy checks each application's \
              webhook token, not a shared secret"
@@ -618,6 +618,7 @@ fn kind_of_table(table: &str) -> ItemKind {
         "image_whitelists" => ItemKind::ImagePattern,
         "domains" => ItemKind::Domain,
         "secret_providers" => ItemKind::Provider,
+        "system_settings" => ItemKind::Setting,
         _ => ItemKind::Group,
     }
 }

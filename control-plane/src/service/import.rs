@@ -129,6 +129,8 @@ pub enum ItemKind {
     Variable,
     ImagePattern,
     Domain,
+    /// A V1 `system_settings` row (never imported; reported by the CLI).
+    Setting,
 }
 
 impl ItemKind {
@@ -142,6 +144,7 @@ impl ItemKind {
             ItemKind::Variable => "variable",
             ItemKind::ImagePattern => "image_pattern",
             ItemKind::Domain => "domain",
+            ItemKind::Setting => "setting",
         }
     }
 }

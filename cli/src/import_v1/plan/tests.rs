@@ -256,7 +256,7 @@ fn variables_follow_the_v1_rules_of_precedence_and_references() {
     assert!(skipped(&m, "(application row 9):ORPHAN").contains("does not exist"));
     assert!(skipped(&m, "(table image_whitelists)").contains("no table image_whitelists"));
     assert!(skipped(&m, "(column secrets.metadata)").contains("without descriptions"));
-    assert!(skipped(&m, "(setting legacy_webhook_secret)").contains("not imported"));
+    assert!(skipped(&m, "legacy_webhook_secret").contains("not imported"));
 }
 
 #[test]

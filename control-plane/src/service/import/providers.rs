@@ -108,7 +108,7 @@ pub(super) fn provider_from_v1(
             .or_insert_with(|| (*v).to_string());
     }
     let config = provider::config_json(provider_type, &settings, &credential)
-        .map_err(|e| format!("its config does not map to berth's {provider_type} settings: {e}"))?;
+        .map_err(|e| format!("its config does not map: {e}"))?;
     Ok(MappedProvider {
         provider_type,
         config,
