@@ -35,7 +35,8 @@ pub use audit::AuditEntry;
 pub use deployments::{DeploymentEventRow, DeploymentTargetRow, NewDeployment, ServingRow};
 pub use env::{EnvResolutionRow, ImportOutcome};
 pub use import::{
-    ImportTx, ImportedAppRow, ImportedEnvRow, ImportedProviderRow, NewImportedApplication,
+    ImportTx, ImportedAppRow, ImportedEnvRow, ImportedProviderRow, ImportedSecret,
+    NewImportedApplication,
 };
 pub use notifications::{AttemptRecord, DeliveryRow, DueDelivery, NewDelivery, WebhookRow};
 pub use providers::{GroupSecretRow, ProviderRow, SyncRow, SyncWrite, SyncedSecret};

@@ -198,9 +198,23 @@ impl Service {
         dry_run: bool,
     ) -> Result<ImportReport> {
         actor.require(Permission::Write)?;
+        let started = std::time::Instant::now();
         let checked = check::check(plan)?;
+        let checked_in = started.elapsed();
         let tx = self.store.begin_import().await?;
-        apply::apply(self, actor, tx, plan, &checked, dry_run).await
+        let report = apply::apply(self, actor, tx, plan, &checked, dry_run).await?;
+        tracing::info!(
+            dry_run,
+            applied = report.applied,
+            created = report.count(Outcome::Created),
+            already_imported = report.count(Outcome::AlreadyImported),
+            conflicts = report.count(Outcome::Conflict),
+            skipped = report.count(Outcome::Skipped),
+            check_ms = checked_in.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "v1 import"
+        );
+        Ok(report)
     }
 }
 

@@ -7,13 +7,16 @@
 
 use std::collections::HashMap;
 
-use sqlx::{Sqlite, Transaction};
+use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::env::scope_parts;
 use super::secrets::SECRET_COLUMNS;
 use super::{conflict, internal, Store};
 use crate::error::Result;
 use crate::model::{EnvScope, NewEnvVar, NewSecret, PortMapping, Repository, Secret};
+
+/// Rows per multi-row INSERT: 8 parameters a secret, well below SQLite's 32,766.
+const ROWS_PER_INSERT: usize = 500;
 
 /// An open import transaction.
 pub struct ImportTx {
@@ -48,6 +51,13 @@ pub struct ImportedEnvRow {
     pub value_type: String,
     pub value: String,
     pub secret_id: Option<i64>,
+}
+
+/// A secret the import creates: sealed, with its V1 timestamps.
+pub struct ImportedSecret<'a> {
+    pub secret: NewSecret,
+    pub created_at: Option<&'a str>,
+    pub updated_at: Option<&'a str>,
 }
 
 /// An application the import creates. Everything not here takes the schema's default.
@@ -110,29 +120,45 @@ impl ImportTx {
         Ok(rows.into_iter().map(|s| (s.name.clone(), s)).collect())
     }
 
-    /// A manual secret; the V1 timestamps when given, else now.
-    pub async fn insert_secret(
+    /// Manual secrets, a few hundred rows per statement; their V1 timestamps when given,
+    /// else now. Returns their ids by name.
+    pub async fn insert_secrets(
         &mut self,
         group_id: i64,
-        secret: &NewSecret,
-        created_at: Option<&str>,
-        updated_at: Option<&str>,
-    ) -> Result<i64> {
-        sqlx::query_scalar(
-            "INSERT INTO secrets (name, group_id, value, value_preview, description, source, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, 'manual', COALESCE(?, datetime('now')), COALESCE(?, ?, datetime('now'))) RETURNING id",
-        )
-        .bind(&secret.name)
-        .bind(group_id)
-        .bind(&secret.value)
-        .bind(&secret.value_preview)
-        .bind(&secret.description)
-        .bind(created_at)
-        .bind(updated_at)
-        .bind(created_at)
-        .fetch_one(&mut *self.tx)
-        .await
-        .map_err(|e| conflict(e, || format!("secret {:?} already exists", secret.name)))
+        secrets: &[ImportedSecret<'_>],
+    ) -> Result<HashMap<String, i64>> {
+        let mut ids = HashMap::with_capacity(secrets.len());
+        for chunk in secrets.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO secrets (name, group_id, value, value_preview, description, source, \
+                 created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut row, s| {
+                row.push_bind(&s.secret.name)
+                    .push_bind(group_id)
+                    .push_bind(&s.secret.value)
+                    .push_bind(&s.secret.value_preview)
+                    .push_bind(&s.secret.description)
+                    .push("'manual'")
+                    .push("COALESCE(")
+                    .push_bind_unseparated(s.created_at)
+                    .push_unseparated(", datetime('now'))")
+                    .push("COALESCE(")
+                    .push_bind_unseparated(s.updated_at)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(s.created_at)
+                    .push_unseparated(", datetime('now'))");
+            });
+            // RETURNING gives no order: the ids are matched by name.
+            q.push(" RETURNING id, name");
+            let rows: Vec<(i64, String)> = q
+                .build_query_as()
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(|e| conflict(e, || "a secret of the import already exists".into()))?;
+            ids.extend(rows.into_iter().map(|(id, name)| (name, id)));
+        }
+        Ok(ids)
     }
 
     pub async fn repositories(&mut self) -> Result<HashMap<String, Repository>> {
@@ -270,22 +296,28 @@ impl ImportTx {
         Ok(rows.into_iter().map(|r| (r.key.clone(), r)).collect())
     }
 
-    pub async fn insert_env(&mut self, scope: EnvScope, var: &NewEnvVar) -> Result<()> {
-        let (scope_name, project_id) = scope_parts(scope);
-        sqlx::query(
-            "INSERT INTO environment_variables (scope, project_id, key, value, value_type, secret_id, description) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(scope_name)
-        .bind(project_id)
-        .bind(&var.key)
-        .bind(&var.value)
-        .bind(var.value_type)
-        .bind(var.secret_id)
-        .bind(&var.description)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(|e| conflict(e, || format!("variable {} already exists in this scope", var.key)))?;
+    /// Variables, a few hundred rows per statement.
+    pub async fn insert_env(&mut self, vars: &[(EnvScope, NewEnvVar)]) -> Result<()> {
+        for chunk in vars.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO environment_variables (scope, project_id, key, value, value_type, \
+                 secret_id, description) ",
+            );
+            q.push_values(chunk, |mut row, (scope, var)| {
+                let (scope_name, project_id) = scope_parts(*scope);
+                row.push_bind(scope_name)
+                    .push_bind(project_id)
+                    .push_bind(&var.key)
+                    .push_bind(&var.value)
+                    .push_bind(var.value_type)
+                    .push_bind(var.secret_id)
+                    .push_bind(&var.description);
+            });
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| conflict(e, || "a variable of the import already exists".into()))?;
+        }
         Ok(())
     }
 

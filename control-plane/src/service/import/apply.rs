@@ -16,7 +16,7 @@ use crate::model::{EnvScope, NewEnvVar, PortMapping};
 use crate::service::applications::{TOKEN_PREVIEW_CHARS, WEBHOOK_TOKEN_PREFIX};
 use crate::service::providers::DEFAULT_SYNC_INTERVAL;
 use crate::service::{Actor, Service};
-use crate::store::{ImportTx, ImportedEnvRow, NewImportedApplication};
+use crate::store::{ImportTx, ImportedEnvRow, ImportedSecret, NewImportedApplication};
 
 /// The description of a group the import creates (the seed's Step 2.3).
 const GROUP_DESCRIPTION: &str = "Default secret group (migrated from old data)";
@@ -185,23 +185,18 @@ impl Run<'_> {
 
     async fn secrets(&mut self, group_id: i64, plan: &ImportPlan) -> Result<()> {
         let existing = self.tx.group_secrets(group_id).await?;
+        let mut create = Vec::new();
         for s in &plan.secrets {
             let name = format!("{}/{}", plan.group, s.name);
             let source = row("secrets", s.v1_id);
             let Some(e) = existing.get(&s.name) else {
-                let sealed = self
-                    .svc
-                    .seal(group_id, &s.name, &s.value, s.description.clone());
-                let id = self
-                    .tx
-                    .insert_secret(
-                        group_id,
-                        &sealed,
-                        s.created_at.as_deref(),
-                        s.updated_at.as_deref(),
-                    )
-                    .await?;
-                self.secret_ids.insert(s.name.clone(), id);
+                create.push(ImportedSecret {
+                    secret: self
+                        .svc
+                        .seal(group_id, &s.name, &s.value, s.description.clone()),
+                    created_at: s.created_at.as_deref(),
+                    updated_at: s.updated_at.as_deref(),
+                });
                 self.push(ItemKind::Secret, name, source, Outcome::Created, "");
                 continue;
             };
@@ -222,6 +217,8 @@ impl Run<'_> {
             }
             self.decided(ItemKind::Secret, name, source, differs("secret", &fields));
         }
+        let created = self.tx.insert_secrets(group_id, &create).await?;
+        self.secret_ids.extend(created);
         Ok(())
     }
 
@@ -479,6 +476,7 @@ impl Run<'_> {
         // Berth's variables per scope, read once; an app created by this run has none.
         // Keyed by project id (`None`: global).
         let mut scopes: HashMap<Option<i64>, HashMap<String, ImportedEnvRow>> = HashMap::new();
+        let mut create = Vec::new();
         for v in &plan.variables {
             let (scope, name) = match &v.application {
                 None => (EnvScope::Global, format!("(global):{}", v.key)),
@@ -520,7 +518,7 @@ impl Run<'_> {
             let source = v.source.clone();
             match existing {
                 None => {
-                    self.tx.insert_env(scope, &new).await?;
+                    create.push((scope, new));
                     self.push(ItemKind::Variable, name, source, Outcome::Created, "");
                 }
                 Some(e) => {
@@ -540,7 +538,7 @@ impl Run<'_> {
                 }
             }
         }
-        Ok(())
+        self.tx.insert_env(&create).await
     }
 
     async fn image_patterns(&mut self, plan: &ImportPlan, skips: &[Option<String>]) -> Result<()> {
