@@ -199,6 +199,18 @@ impl Connection {
         )
     }
 
+    /// `berth import-v1`: its report lists every row of a V1 database.
+    pub fn imports(
+        &self,
+    ) -> berth_proto::v1::import_service_client::ImportServiceClient<AuthChannel> {
+        berth_proto::v1::import_service_client::ImportServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+        .max_decoding_message_size(berth_control_plane::grpc::MAX_IMPORT_REQUEST_BYTES)
+        .max_encoding_message_size(berth_control_plane::grpc::MAX_IMPORT_REQUEST_BYTES)
+    }
+
     pub fn notifications(
         &self,
     ) -> berth_proto::v1::notification_service_client::NotificationServiceClient<AuthChannel> {

@@ -18,6 +18,7 @@ mod dev;
 mod domain;
 mod env;
 mod group;
+mod import_v1;
 mod output;
 mod prompt;
 mod provider;
@@ -78,6 +79,10 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Outgoing deployment notifications: signed webhooks and their delivery history
     Webhook(webhook::WebhookArgs),
+    /// Import a database of the V1 system: secrets, applications (new webhook tokens),
+    /// variables, registries, allowlist, domains, providers; all or nothing, idempotent
+    #[command(name = "import-v1")]
+    ImportV1(import_v1::ImportV1Args),
     /// Print a shell completion script
     Completion {
         /// The shell to generate the script for
@@ -116,6 +121,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => deploy::run(args, connect, format).await,
         Command::Agent(args) => agent::run(args, connect, format).await,
         Command::Webhook(args) => webhook::run(args, connect, format).await,
+        Command::ImportV1(args) => import_v1::run(args, connect, format).await,
         Command::Completion { shell } => {
             // Into a buffer first: clap_complete panics when a write fails (`| head`).
             let mut script = Vec::new();
@@ -171,6 +177,10 @@ fn report(err: anyhow::Error) -> ExitCode {
     }
     if err.downcast_ref::<deploy::DeploymentFailed>().is_some() {
         // The command's own output already said how the deployment ended.
+        return ExitCode::from(1);
+    }
+    if err.downcast_ref::<import_v1::ImportConflicts>().is_some() {
+        // The report already listed the conflicts and said that nothing was written.
         return ExitCode::from(1);
     }
     if err.downcast_ref::<deploy::DeploymentSuperseded>().is_some() {

@@ -25,7 +25,8 @@ use crate::error::{Error, Result};
 use crate::fleet::webhook::RegistrySecret;
 use crate::fleet::{Fleet, FleetConfig};
 use crate::grpc::{
-    AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi, DomainApi, WebhookApi,
+    AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi, DomainApi, ImportApi,
+    WebhookApi, MAX_IMPORT_REQUEST_BYTES,
 };
 use crate::notify::DestinationPolicy;
 use crate::pki::{write_new_private, write_private, Pki};
@@ -451,6 +452,13 @@ impl Node {
             .add_service(pb::domain_service_server::DomainServiceServer::new(
                 DomainApi::new(self.fleet.clone()),
             ))
+            // One import carries a whole V1 database.
+            .add_service(
+                pb::import_service_server::ImportServiceServer::new(ImportApi::new(
+                    self.fleet.clone(),
+                ))
+                .max_decoding_message_size(MAX_IMPORT_REQUEST_BYTES),
+            )
             .add_service(
                 pb::agent_admin_service_server::AgentAdminServiceServer::new(AgentAdminApi::new(
                     self.fleet.clone(),

@@ -9,6 +9,7 @@ mod api_keys;
 pub mod applications;
 pub mod domains;
 mod env;
+pub mod import;
 pub mod providers;
 mod registry;
 mod secrets;

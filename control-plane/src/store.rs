@@ -12,6 +12,7 @@ mod audit;
 mod deployments;
 mod domains;
 mod env;
+mod import;
 mod notifications;
 mod providers;
 mod registry;
@@ -36,6 +37,10 @@ pub use deployments::{
     DeploymentEventRow, DeploymentTargetRow, FailureText, NewDeployment, ServingRow,
 };
 pub use env::{EnvResolutionRow, ImportOutcome};
+pub use import::{
+    ImportTx, ImportedAppRow, ImportedEnvRow, ImportedProviderRow, ImportedSecret,
+    NewImportedApplication,
+};
 pub use notifications::{AttemptRecord, DeliveryRow, DueDelivery, NewDelivery, WebhookRow};
 pub use providers::{GroupSecretRow, ProviderRow, SyncRow, SyncWrite, SyncedSecret};
 pub use secrets::WriteCounts;

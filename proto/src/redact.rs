@@ -171,6 +171,35 @@ redacted_debug!(RegistryPushRequest {
     hide_opt: []
 });
 
+// `berth import-v1`: V1 values, passwords and provider configs (plaintext credentials inside)
+// travel in the request, the created applications' webhook tokens in the response.
+redacted_debug!(V1Secret {
+    show: [v1_id, name, description, created_at, updated_at],
+    hide: [value],
+    hide_opt: []
+});
+redacted_debug!(V1Repository {
+    show: [v1_id, name, url, username],
+    hide: [],
+    hide_opt: [password]
+});
+// A plain V1 value may well be a credential (V1 had no secret references in env_vars).
+redacted_debug!(V1Variable {
+    show: [source, application, key, secret],
+    hide: [value],
+    hide_opt: []
+});
+redacted_debug!(V1Provider {
+    show: [v1_id, name, r#type],
+    hide: [config],
+    hide_opt: []
+});
+redacted_debug!(ImportedToken {
+    show: [application],
+    hide: [webhook_token],
+    hide_opt: []
+});
+
 /// The resolved environment travels here: names are shown, values never.
 impl fmt::Debug for DeployCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -401,6 +430,41 @@ mod tests {
                 }
             ),
         );
+        let plan = ImportV1Request {
+            secrets: vec![V1Secret {
+                value: s(),
+                ..Default::default()
+            }],
+            repositories: vec![V1Repository {
+                password: Some(s()),
+                ..Default::default()
+            }],
+            variables: vec![V1Variable {
+                value: s(),
+                ..Default::default()
+            }],
+            providers: vec![V1Provider {
+                config: s(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let debug = format!("{plan:?}");
+        assert_hidden("ImportV1Request", debug.clone());
+        assert_eq!(debug.matches(REDACTED).count(), 4, "{debug}");
+        assert_hidden(
+            "ImportV1Response",
+            format!(
+                "{:?}",
+                ImportV1Response {
+                    tokens: vec![ImportedToken {
+                        application: "web".into(),
+                        webhook_token: s(),
+                    }],
+                    ..Default::default()
+                }
+            ),
+        );
         assert_hidden(
             "AddProviderRequest",
             format!(
@@ -465,6 +529,6 @@ mod tests {
     #[test]
     fn every_redacted_message_is_tested() {
         // A message added to the list without a line in the test above is caught here.
-        assert_eq!(REDACTED_MESSAGES.len(), 23);
+        assert_eq!(REDACTED_MESSAGES.len(), 28);
     }
 }

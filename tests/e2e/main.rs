@@ -21,4 +21,5 @@ mod executor_contract;
 mod outgoing_notifications;
 mod proxy_deploys;
 mod secret_providers;
+mod v1_import;
 mod webhook_shim;

@@ -17,6 +17,7 @@ use super::Fleet;
 use crate::error::Result;
 use crate::model::{Application, Domain, Target};
 use crate::service::domains::DomainSpec;
+use crate::service::import::{ImportPlan, ImportReport};
 use crate::service::Actor;
 
 impl Fleet {
@@ -37,6 +38,25 @@ impl Fleet {
         let domain = self.service().remove_domain(actor, host).await?;
         let notified = self.push_routes(domain.application_id).await?;
         Ok((domain, notified))
+    }
+
+    /// `berth import-v1`: imports, then sends the routes of every application that existed
+    /// before and got a domain (a created one has no target yet). The import is committed by
+    /// then, and its webhook tokens are shown once: a failed push is logged, not returned;
+    /// the agent gets the routes at its next change or reconnect.
+    pub async fn import_v1(
+        &self,
+        actor: &Actor,
+        plan: &ImportPlan,
+        dry_run: bool,
+    ) -> Result<ImportReport> {
+        let report = self.service().import_v1(actor, plan, dry_run).await?;
+        for app in &report.routed_applications {
+            if let Err(e) = self.push_routes(*app).await {
+                tracing::warn!(application_id = app, error = %e, "cannot send the routes of an imported domain");
+            }
+        }
+        Ok(report)
     }
 
     /// An application's domains as the host proxy takes them, keys decrypted.

@@ -14,7 +14,7 @@ use crate::validate;
 
 pub const WEBHOOK_TOKEN_PREFIX: &str = "whk_";
 /// Characters of a token kept for display: "whk_" and six random characters.
-const TOKEN_PREVIEW_CHARS: usize = 10;
+pub(crate) const TOKEN_PREVIEW_CHARS: usize = 10;
 /// `system_settings` key of the public base URL of the webhook shim.
 pub const WEBHOOK_URL_SETTING: &str = "webhook_public_url";
 const DEFAULT_WEBHOOK_URL: &str = "http://127.0.0.1:7480";
@@ -304,7 +304,7 @@ impl Service {
     }
 }
 
-fn validate_ports(ports: &[PortMapping]) -> Result<()> {
+pub(crate) fn validate_ports(ports: &[PortMapping]) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     for p in ports {
         if p.host == 0 || p.container == 0 {

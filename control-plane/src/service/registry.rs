@@ -18,18 +18,7 @@ impl Service {
         password: Option<&SecretString>,
     ) -> Result<Repository> {
         actor.require(Permission::Write)?;
-        validate::name("repository", name)?;
-        if url.is_empty()
-            || url.len() > 255
-            || url.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(Error::invalid(
-                "repository url must be a host[:port] or URL without spaces",
-            ));
-        }
-        if password.is_some() && username.is_none() {
-            return Err(Error::invalid("a repository password needs a username"));
-        }
+        validate_repository(name, url, username, password.is_some())?;
         let ciphertext = password.map(|p| {
             self.key.encrypt(
                 p.expose_secret().as_bytes(),
@@ -91,6 +80,27 @@ impl Service {
     }
 }
 
+/// A registry's name, its address (`host[:port]` or a URL, no spaces), and a password only
+/// with a username.
+pub(crate) fn validate_repository(
+    name: &str,
+    url: &str,
+    username: Option<&str>,
+    has_password: bool,
+) -> Result<()> {
+    validate::name("repository", name)?;
+    if url.is_empty() || url.len() > 255 || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(Error::invalid(
+            "repository url must be a host[:port] or URL without spaces",
+        ));
+    }
+    if has_password && username.is_none() {
+        return Err(Error::invalid("a repository password needs a username"));
+    }
+    Ok(())
+}
+
 /// Whether one allowlist pattern allows an image (`[registry[:port]/]path`, no tag). Patterns
 /// match whole path components, never a prefix of one:
 ///
@@ -117,7 +127,7 @@ pub fn pattern_allows(pattern: &str, image: &str) -> bool {
 
 /// The three forms [`pattern_allows`] knows: an image, `prefix/*` and `prefix*`, where the
 /// prefix is an image or a registry `host[:port]`. A `*` anywhere else is refused.
-fn validate_pattern(pattern: &str) -> Result<()> {
+pub(crate) fn validate_pattern(pattern: &str) -> Result<()> {
     let base = match pattern.strip_suffix('*') {
         Some(prefix) => prefix.strip_suffix('/').unwrap_or(prefix),
         None => pattern,

@@ -276,7 +276,7 @@ impl Service {
         Ok(())
     }
 
-    fn seal(
+    pub(super) fn seal(
         &self,
         group_id: i64,
         name: &str,

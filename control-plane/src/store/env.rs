@@ -12,7 +12,7 @@ const ENV_FROM: &str = "environment_variables e \
      LEFT JOIN secrets s ON s.id = e.secret_id \
      LEFT JOIN secret_groups g ON g.id = s.group_id";
 
-fn scope_parts(scope: EnvScope) -> (&'static str, Option<i64>) {
+pub(super) fn scope_parts(scope: EnvScope) -> (&'static str, Option<i64>) {
     match scope {
         EnvScope::Global => ("global", None),
         EnvScope::Project(id) => ("project", Some(id)),

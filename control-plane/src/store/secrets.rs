@@ -10,7 +10,7 @@ const GROUP_COLUMNS: &str = "g.id, g.name, g.description, g.provider_id, g.auto_
      (SELECT COUNT(*) FROM secrets s WHERE s.group_id = g.id) AS secret_count, g.created_at, g.updated_at, \
      (SELECT p.name FROM secret_providers p WHERE p.id = g.provider_id) AS provider_name";
 
-const SECRET_COLUMNS: &str =
+pub(super) const SECRET_COLUMNS: &str =
     "s.id, s.name, s.group_id, g.name AS group_name, s.value, s.value_preview, \
      s.description, s.source, s.last_synced_at, s.created_at, s.updated_at, \
      (SELECT p.name FROM secret_providers p WHERE p.id = s.provider_id) AS provider_name, s.stale_since";
