@@ -24,9 +24,12 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 
 pub mod columns;
+pub mod ring;
+
+pub use ring::{KeyRing, Sealer};
 
 const FORMAT_VERSION: &str = "v1";
-const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
 
 /// The 32-byte master key and its short public id.

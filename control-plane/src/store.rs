@@ -12,6 +12,7 @@ mod audit;
 mod deployments;
 mod domains;
 mod env;
+mod key_ring;
 mod notifications;
 mod providers;
 mod registry;
@@ -36,6 +37,7 @@ pub use deployments::{
     DeploymentEventRow, DeploymentTargetRow, FailureText, NewDeployment, ServingRow,
 };
 pub use env::{EnvResolutionRow, ImportOutcome};
+pub use key_ring::{Candidate, KeyRingRow, ROTATION_SETTING};
 pub use notifications::{AttemptRecord, DeliveryRow, DueDelivery, NewDelivery, WebhookRow};
 pub use providers::{GroupSecretRow, ProviderRow, SyncRow, SyncWrite, SyncedSecret};
 pub use secrets::WriteCounts;

@@ -30,12 +30,17 @@ impl Service {
         if password.is_some() && username.is_none() {
             return Err(Error::invalid("a repository password needs a username"));
         }
-        let ciphertext = password.map(|p| {
-            self.key.encrypt(
-                p.expose_secret().as_bytes(),
-                &Aad::repository_password(name),
-            )
-        });
+        let ciphertext = match password {
+            Some(p) => Some(
+                self.key
+                    .encrypt(
+                        p.expose_secret().as_bytes(),
+                        &Aad::repository_password(name),
+                    )
+                    .await?,
+            ),
+            None => None,
+        };
         let repo = self
             .store
             .insert_repository(name, url, username, ciphertext.as_deref())
