@@ -199,6 +199,13 @@ impl Connection {
         )
     }
 
+    pub fn keys(&self) -> berth_proto::v1::key_service_client::KeyServiceClient<AuthChannel> {
+        berth_proto::v1::key_service_client::KeyServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
     pub fn notifications(
         &self,
     ) -> berth_proto::v1::notification_service_client::NotificationServiceClient<AuthChannel> {

@@ -18,6 +18,7 @@ mod dev;
 mod domain;
 mod env;
 mod group;
+mod key;
 mod output;
 mod prompt;
 mod provider;
@@ -78,6 +79,8 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Outgoing deployment notifications: signed webhooks and their delivery history
     Webhook(webhook::WebhookArgs),
+    /// Encryption keys: rotate (rewrap every row online), status, retire
+    Key(key::KeyArgs),
     /// Print a shell completion script
     Completion {
         /// The shell to generate the script for
@@ -116,6 +119,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => deploy::run(args, connect, format).await,
         Command::Agent(args) => agent::run(args, connect, format).await,
         Command::Webhook(args) => webhook::run(args, connect, format).await,
+        Command::Key(args) => key::run(args, connect, format).await,
         Command::Completion { shell } => {
             // Into a buffer first: clap_complete panics when a write fails (`| head`).
             let mut script = Vec::new();

@@ -11,6 +11,7 @@ mod convert;
 mod deploy;
 mod domains;
 mod env;
+mod keys;
 mod notify;
 mod providers;
 mod registry;
@@ -30,6 +31,7 @@ pub use applications::ApplicationApi;
 pub use deploy::{AgentAdminApi, DeployApi};
 pub use domains::DomainApi;
 pub use env::EnvApi;
+pub use keys::KeyApi;
 pub use notify::NotifyApi;
 pub use providers::ProviderApi;
 pub use registry::{AllowlistApi, RepositoryApi};
@@ -85,6 +87,7 @@ pub struct AdminServices {
     pub repositories: pb::repository_service_server::RepositoryServiceServer<RepositoryApi>,
     pub allowlist: pb::allowlist_service_server::AllowlistServiceServer<AllowlistApi>,
     pub providers: pb::provider_service_server::ProviderServiceServer<ProviderApi>,
+    pub keys: pb::key_service_server::KeyServiceServer<KeyApi>,
 }
 
 impl AdminServices {
@@ -107,8 +110,9 @@ impl AdminServices {
                 AllowlistApi::new(service.clone()),
             ),
             providers: pb::provider_service_server::ProviderServiceServer::new(ProviderApi::new(
-                service,
+                service.clone(),
             )),
+            keys: pb::key_service_server::KeyServiceServer::new(KeyApi::new(service)),
         }
     }
 }

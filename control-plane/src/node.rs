@@ -355,6 +355,8 @@ impl Node {
         self.fleet.on_finished(notifier.finished_hook());
         let notifier_task = tokio::spawn(notifier.run(stopped(stop_rx.clone())));
         self.fleet.reconcile().await?;
+        // A key rotation a previous run left unfinished (a crash, a stop) goes on.
+        self.service.resume_unfinished_rotation().await?;
         // Auto-sync of external secret providers: its own tasks, bounded in time.
         let auto_sync = tokio::spawn(crate::service::providers::auto_sync::run(
             self.service.clone(),
@@ -445,6 +447,7 @@ impl Node {
             .add_service(admin.repositories)
             .add_service(admin.allowlist)
             .add_service(admin.providers)
+            .add_service(admin.keys)
             .add_service(pb::deploy_service_server::DeployServiceServer::new(
                 DeployApi::new(self.fleet.clone()),
             ))
@@ -479,6 +482,7 @@ impl Node {
         let _ = auto_sync.await;
         let _ = acme_orders.await;
         let _ = notifier_task.await;
+        self.service.stop_rotation().await;
         self.service.store().close().await;
         tracing::info!("control plane stopped");
         Ok(())
@@ -528,6 +532,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 mod incoming;
+pub mod offline;
 
 #[cfg(test)]
 mod tests;

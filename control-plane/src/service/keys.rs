@@ -148,6 +148,14 @@ impl Service {
         }
     }
 
+    /// At stop: ends a running rewrap (it resumes at the next start; every row is readable).
+    pub async fn stop_rotation(&self) {
+        if let Some(task) = self.rotation.lock().await.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
     fn spawn_rewrap(&self, target: String) -> tokio::task::JoinHandle<()> {
         let service = self.clone();
         tokio::spawn(async move {
