@@ -34,6 +34,7 @@ pub(crate) const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
 
 /// The 32-byte master key and its short public id.
+#[derive(Clone)]
 pub struct MasterKey {
     id: String,
     cipher: Aes256Gcm,

@@ -204,6 +204,10 @@ impl Service {
         &self.key
     }
 
+    pub(crate) fn key_arc(&self) -> Arc<KeyRing> {
+        self.key.clone()
+    }
+
     async fn audit(
         &self,
         actor: &Actor,

@@ -202,10 +202,12 @@ impl<R: Read> ArchiveReader<R> {
             Ok(p) => (p, false),
             Err(_) => match open(true) {
                 Ok(p) => (p, true),
-                Err(_) => return Err(invalid(format!(
+                Err(_) => {
+                    return Err(invalid(format!(
                     "the backup archive was modified or damaged (chunk {} fails authentication)",
                     self.index
-                ))),
+                )))
+                }
             },
         };
         self.index += 1;

@@ -204,6 +204,14 @@ impl KeyRing {
         Ok(SecretString::from(text.to_owned()))
     }
 
+    /// A backup archive writer, under a key derived from the root key.
+    pub fn archive_writer<W: std::io::Write>(
+        &self,
+        out: W,
+    ) -> std::io::Result<super::archive::ArchiveWriter<W>> {
+        super::archive::ArchiveWriter::new(&self.root, out)
+    }
+
     /// Encrypts directly under the root key: only for root-wrapped columns (the key check).
     pub(crate) fn encrypt_under_root(&self, plaintext: &[u8], aad: &Aad) -> String {
         self.root.encrypt(plaintext, aad)

@@ -36,6 +36,28 @@ impl std::fmt::Debug for KeyRingRow {
 pub type Candidate = (i64, Aad, String);
 
 impl Store {
+    /// A consistent copy of the database at `path` (`VACUUM INTO`: one read transaction, so
+    /// writers go on while it runs). `path` must not exist.
+    pub async fn snapshot_into(&self, path: &std::path::Path) -> Result<()> {
+        let path = path.to_str().ok_or_else(|| {
+            Error::FailedPrecondition(format!("{} is not valid utf-8", path.display()))
+        })?;
+        sqlx::query("VACUUM INTO ?")
+            .bind(path)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot snapshot the database: {e}")))?;
+        Ok(())
+    }
+
+    /// `PRAGMA integrity_check`: `["ok"]` for a sound database.
+    pub async fn integrity_check(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(internal)
+    }
+
     pub async fn key_ring(&self) -> Result<Vec<KeyRingRow>> {
         sqlx::query_as(
             "SELECT id, wrapped, state, encryptions, created_at FROM key_ring ORDER BY created_at, rowid",
