@@ -199,6 +199,15 @@ impl Connection {
         )
     }
 
+    pub fn backups(
+        &self,
+    ) -> berth_proto::v1::backup_service_client::BackupServiceClient<AuthChannel> {
+        berth_proto::v1::backup_service_client::BackupServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
     pub fn keys(&self) -> berth_proto::v1::key_service_client::KeyServiceClient<AuthChannel> {
         berth_proto::v1::key_service_client::KeyServiceClient::with_interceptor(
             self.channel.clone(),

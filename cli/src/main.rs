@@ -12,6 +12,7 @@ mod agent;
 mod allowlist;
 mod apikey;
 mod app;
+mod backup;
 mod client;
 mod deploy;
 mod dev;
@@ -81,6 +82,8 @@ enum Command {
     Webhook(webhook::WebhookArgs),
     /// Encryption keys: rotate (rewrap every row online), status, retire
     Key(key::KeyArgs),
+    /// Encrypted backups of the control plane: create (online), verify
+    Backup(backup::BackupArgs),
     /// Print a shell completion script
     Completion {
         /// The shell to generate the script for
@@ -120,6 +123,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args, connect, format).await,
         Command::Webhook(args) => webhook::run(args, connect, format).await,
         Command::Key(args) => key::run(args, connect, format).await,
+        Command::Backup(args) => backup::run(args, connect, format).await,
         Command::Completion { shell } => {
             // Into a buffer first: clap_complete panics when a write fails (`| head`).
             let mut script = Vec::new();

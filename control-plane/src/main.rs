@@ -67,6 +67,19 @@ enum Offline {
         #[arg(long, value_name = "FILE")]
         new_key_file: PathBuf,
     },
+    /// Restore a backup archive (`berth backup create`) into a new or empty data directory;
+    /// agents reconnect without enrolling again (same CA)
+    Restore {
+        /// The archive
+        file: PathBuf,
+        /// The data directory to create (refused if it is not empty)
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// File with the master key of the backed-up node; copied to <data-dir>/master.key.
+        /// Without it, BERTH_MASTER_KEY or BERTH_MASTER_KEY_FILE (and start the node with it).
+        #[arg(long, value_name = "FILE")]
+        master_key_file: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -78,6 +91,34 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(Offline::Restore {
+        file,
+        data_dir,
+        master_key_file,
+    }) = &args.command
+    {
+        let key = match master_key_file {
+            Some(path) => berth_control_plane::crypto::MasterKey::read_file(path)?,
+            None => match MasterKeySource::from_vars(|k| std::env::var(k).ok()) {
+                MasterKeySource::DataDir => anyhow::bail!(
+                    "restore needs the master key of the backed-up node: --master-key-file, \
+                     BERTH_MASTER_KEY or BERTH_MASTER_KEY_FILE"
+                ),
+                source => node::offline::existing_root_key(data_dir, &source)?,
+            },
+        };
+        let report =
+            berth_control_plane::backup::restore(&key, file, data_dir, master_key_file.as_deref())
+                .await?;
+        println!(
+            "restored {} into {} (taken {}): integrity check ok, {} encrypted values open",
+            file.display(),
+            data_dir.display(),
+            report.manifest.created_at,
+            report.total_ciphertexts()
+        );
+        return Ok(());
+    }
     if let Some(Offline::RotateRootKey {
         data_dir,
         new_key_file,

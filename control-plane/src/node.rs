@@ -254,6 +254,8 @@ pub struct Node {
     /// Where the first admin key was written (`<data-dir>/admin.token`), while it is there.
     pub admin_token_file: Option<PathBuf>,
     pub service: Service,
+    /// The data directory (backups read its PKI).
+    data_dir: PathBuf,
     /// Issues the certificates of domains added with `--acme`.
     acme: Arc<dyn CertificateAuthority>,
     /// Which addresses the notifier may deliver to.
@@ -318,6 +320,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
         service.clone(),
     )?);
     Ok(Node {
+        data_dir: config.data_dir.clone(),
         acme,
         notify_destinations: config.notify_destinations,
         grpc_addr: listener.local_addr()?,
@@ -448,6 +451,9 @@ impl Node {
             .add_service(admin.allowlist)
             .add_service(admin.providers)
             .add_service(admin.keys)
+            .add_service(pb::backup_service_server::BackupServiceServer::new(
+                crate::grpc::BackupApi::new(self.service.clone(), self.data_dir.clone()),
+            ))
             .add_service(pb::deploy_service_server::DeployServiceServer::new(
                 DeployApi::new(self.fleet.clone()),
             ))
