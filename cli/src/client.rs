@@ -211,6 +211,22 @@ impl Connection {
         .max_encoding_message_size(berth_control_plane::grpc::MAX_IMPORT_REQUEST_BYTES)
     }
 
+    pub fn backups(
+        &self,
+    ) -> berth_proto::v1::backup_service_client::BackupServiceClient<AuthChannel> {
+        berth_proto::v1::backup_service_client::BackupServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
+    pub fn keys(&self) -> berth_proto::v1::key_service_client::KeyServiceClient<AuthChannel> {
+        berth_proto::v1::key_service_client::KeyServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
     pub fn notifications(
         &self,
     ) -> berth_proto::v1::notification_service_client::NotificationServiceClient<AuthChannel> {

@@ -12,6 +12,7 @@ mod agent;
 mod allowlist;
 mod apikey;
 mod app;
+mod backup;
 mod client;
 mod deploy;
 mod dev;
@@ -19,6 +20,7 @@ mod domain;
 mod env;
 mod group;
 mod import_v1;
+mod key;
 mod output;
 mod prompt;
 mod provider;
@@ -83,6 +85,10 @@ enum Command {
     /// variables, registries, allowlist, domains, providers; all or nothing, idempotent
     #[command(name = "import-v1")]
     ImportV1(import_v1::ImportV1Args),
+    /// Encryption keys: rotate (rewrap every row online), status, retire
+    Key(key::KeyArgs),
+    /// Encrypted backups of the control plane: create (online), verify
+    Backup(backup::BackupArgs),
     /// Print a shell completion script
     Completion {
         /// The shell to generate the script for
@@ -122,6 +128,8 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args, connect, format).await,
         Command::Webhook(args) => webhook::run(args, connect, format).await,
         Command::ImportV1(args) => import_v1::run(args, connect, format).await,
+        Command::Key(args) => key::run(args, connect, format).await,
+        Command::Backup(args) => backup::run(args, connect, format).await,
         Command::Completion { shell } => {
             // Into a buffer first: clap_complete panics when a write fails (`| head`).
             let mut script = Vec::new();

@@ -23,16 +23,23 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
+pub mod archive;
 pub mod columns;
+pub mod ring;
+
+pub use ring::{KeyRing, Sealer};
 
 const FORMAT_VERSION: &str = "v1";
-const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
 
 /// The 32-byte master key and its short public id.
+#[derive(Clone)]
 pub struct MasterKey {
     id: String,
     cipher: Aes256Gcm,
+    /// The key itself, only to derive purpose keys from ([`MasterKey::derive`]).
+    secret: Zeroizing<[u8; KEY_LEN]>,
 }
 
 impl fmt::Debug for MasterKey {
@@ -54,9 +61,12 @@ impl MasterKey {
         let digest = Sha256::new_with_prefix(b"berth-key-id:")
             .chain_update(bytes)
             .finalize();
+        let mut secret = Zeroizing::new([0u8; KEY_LEN]);
+        secret.copy_from_slice(bytes);
         Ok(MasterKey {
             id: hex::encode(&digest[..4]),
             cipher: Aes256Gcm::new_from_slice(bytes).expect("length checked above"),
+            secret,
         })
     }
 
@@ -110,6 +120,19 @@ impl MasterKey {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// A key for another purpose (`label`), derived with HMAC-SHA256 over `label || salt`:
+    /// the backup archive's key, for one.
+    pub(crate) fn derive(&self, label: &[u8], salt: &[u8]) -> Aes256Gcm {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.secret.as_ref())
+            .expect("hmac takes any key length");
+        mac.update(label);
+        mac.update(salt);
+        let mut derived = Zeroizing::new([0u8; KEY_LEN]);
+        derived.copy_from_slice(&mac.finalize().into_bytes());
+        Aes256Gcm::new_from_slice(derived.as_ref()).expect("sha-256 output is 32 bytes")
     }
 
     /// Encrypts `plaintext` for the row named by `aad`.

@@ -7,11 +7,13 @@
 mod agent;
 mod api_keys;
 mod applications;
+mod backup;
 mod convert;
 mod deploy;
 mod domains;
 mod env;
 mod import;
+mod keys;
 mod notify;
 mod providers;
 mod registry;
@@ -28,10 +30,12 @@ use crate::service::{Actor, Service};
 pub use agent::{AgentApi, AgentEnrollmentApi};
 pub use api_keys::ApiKeyApi;
 pub use applications::ApplicationApi;
+pub use backup::BackupApi;
 pub use deploy::{AgentAdminApi, DeployApi};
 pub use domains::DomainApi;
 pub use env::EnvApi;
 pub use import::{ImportApi, MAX_IMPORT_REQUEST_BYTES};
+pub use keys::KeyApi;
 pub use notify::NotifyApi;
 pub use providers::ProviderApi;
 pub use registry::{AllowlistApi, RepositoryApi};
@@ -87,6 +91,7 @@ pub struct AdminServices {
     pub repositories: pb::repository_service_server::RepositoryServiceServer<RepositoryApi>,
     pub allowlist: pb::allowlist_service_server::AllowlistServiceServer<AllowlistApi>,
     pub providers: pb::provider_service_server::ProviderServiceServer<ProviderApi>,
+    pub keys: pb::key_service_server::KeyServiceServer<KeyApi>,
 }
 
 impl AdminServices {
@@ -109,8 +114,9 @@ impl AdminServices {
                 AllowlistApi::new(service.clone()),
             ),
             providers: pb::provider_service_server::ProviderServiceServer::new(ProviderApi::new(
-                service,
+                service.clone(),
             )),
+            keys: pb::key_service_server::KeyServiceServer::new(KeyApi::new(service)),
         }
     }
 }

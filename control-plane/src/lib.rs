@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acme;
+pub mod backup;
 pub mod crypto;
 pub mod error;
 pub mod fleet;

@@ -48,6 +48,38 @@ struct Args {
     acme: node::AcmeArgs,
     #[command(flatten)]
     notify: node::NotifyArgs,
+    #[command(subcommand)]
+    command: Option<Offline>,
+}
+
+/// Maintenance of a stopped control plane's data directory.
+#[derive(clap::Subcommand, Debug)]
+enum Offline {
+    /// Rewrap the key ring under a new root key (BERTH_MASTER_KEY); the control plane must be
+    /// stopped. Rows must already be under a ring key (`berth key rotate` does that online).
+    RotateRootKey {
+        /// Data directory of the stopped control plane.
+        #[arg(long, env = "BERTH_DATA_DIR", default_value = "/var/lib/berth")]
+        data_dir: PathBuf,
+        /// File (mode 0600) with the new root key: 64 hex characters or base64 of 32 bytes.
+        /// The current key comes from BERTH_MASTER_KEY, BERTH_MASTER_KEY_FILE or
+        /// <data-dir>/master.key (which is then replaced by the new key).
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+    },
+    /// Restore a backup archive (`berth backup create`) into a new or empty data directory;
+    /// agents reconnect without enrolling again (same CA)
+    Restore {
+        /// The archive
+        file: PathBuf,
+        /// The data directory to create (refused if it is not empty)
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// File with the master key of the backed-up node; copied to <data-dir>/master.key.
+        /// Without it, BERTH_MASTER_KEY or BERTH_MASTER_KEY_FILE (and start the node with it).
+        #[arg(long, value_name = "FILE")]
+        master_key_file: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -59,6 +91,55 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(Offline::Restore {
+        file,
+        data_dir,
+        master_key_file,
+    }) = &args.command
+    {
+        let key = match master_key_file {
+            Some(path) => berth_control_plane::crypto::MasterKey::read_file(path)?,
+            None => match MasterKeySource::from_vars(|k| std::env::var(k).ok()) {
+                MasterKeySource::DataDir => anyhow::bail!(
+                    "restore needs the master key of the backed-up node: --master-key-file, \
+                     BERTH_MASTER_KEY or BERTH_MASTER_KEY_FILE"
+                ),
+                source => node::offline::existing_root_key(data_dir, &source)?,
+            },
+        };
+        let report =
+            berth_control_plane::backup::restore(&key, file, data_dir, master_key_file.as_deref())
+                .await?;
+        println!(
+            "restored {} into {} (taken {}): integrity check ok, {} encrypted values open",
+            file.display(),
+            data_dir.display(),
+            report.manifest.created_at,
+            report.total_ciphertexts()
+        );
+        return Ok(());
+    }
+    if let Some(Offline::RotateRootKey {
+        data_dir,
+        new_key_file,
+    }) = &args.command
+    {
+        let source = MasterKeySource::from_vars(|k| std::env::var(k).ok());
+        let done = node::offline::rotate_root_key(data_dir, &source, new_key_file).await?;
+        println!(
+            "the key ring ({} keys) is now wrapped under root key {} (was {})",
+            done.ring_keys, done.new_id, done.old_id
+        );
+        if done.replaced_key_file {
+            println!(
+                "{} now holds the new key",
+                data_dir.join("master.key").display()
+            );
+        } else {
+            println!("start the control plane with the new key (BERTH_MASTER_KEY / BERTH_MASTER_KEY_FILE)");
+        }
+        return Ok(());
+    }
     let mut fleet = fleet_config(args.agent_cert_ttl, args.reconcile_timeout);
     fleet.registry_secret = args.registry.load()?;
     let config = NodeConfig {

@@ -255,6 +255,8 @@ pub struct Node {
     /// Where the first admin key was written (`<data-dir>/admin.token`), while it is there.
     pub admin_token_file: Option<PathBuf>,
     pub service: Service,
+    /// The data directory (backups read its PKI).
+    data_dir: PathBuf,
     /// Issues the certificates of domains added with `--acme`.
     acme: Arc<dyn CertificateAuthority>,
     /// Which addresses the notifier may deliver to.
@@ -319,6 +321,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
         service.clone(),
     )?);
     Ok(Node {
+        data_dir: config.data_dir.clone(),
         acme,
         notify_destinations: config.notify_destinations,
         grpc_addr: listener.local_addr()?,
@@ -356,6 +359,8 @@ impl Node {
         self.fleet.on_finished(notifier.finished_hook());
         let notifier_task = tokio::spawn(notifier.run(stopped(stop_rx.clone())));
         self.fleet.reconcile().await?;
+        // A key rotation a previous run left unfinished (a crash, a stop) goes on.
+        self.service.resume_unfinished_rotation().await?;
         // Auto-sync of external secret providers: its own tasks, bounded in time.
         let auto_sync = tokio::spawn(crate::service::providers::auto_sync::run(
             self.service.clone(),
@@ -446,6 +451,10 @@ impl Node {
             .add_service(admin.repositories)
             .add_service(admin.allowlist)
             .add_service(admin.providers)
+            .add_service(admin.keys)
+            .add_service(pb::backup_service_server::BackupServiceServer::new(
+                crate::grpc::BackupApi::new(self.service.clone(), self.data_dir.clone()),
+            ))
             .add_service(pb::deploy_service_server::DeployServiceServer::new(
                 DeployApi::new(self.fleet.clone()),
             ))
@@ -487,6 +496,7 @@ impl Node {
         let _ = auto_sync.await;
         let _ = acme_orders.await;
         let _ = notifier_task.await;
+        self.service.stop_rotation().await;
         self.service.store().close().await;
         tracing::info!("control plane stopped");
         Ok(())
@@ -536,6 +546,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 mod incoming;
+pub mod offline;
 
 #[cfg(test)]
 mod tests;

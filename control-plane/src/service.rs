@@ -10,6 +10,7 @@ pub mod applications;
 pub mod domains;
 mod env;
 pub mod import;
+pub mod keys;
 pub mod providers;
 mod registry;
 mod secrets;
@@ -17,7 +18,7 @@ mod secrets;
 use std::sync::Arc;
 
 use crate::crypto::columns::{ENCRYPTED_COLUMNS, KEY_CHECK_SETTING};
-use crate::crypto::{Aad, MasterKey};
+use crate::crypto::{Aad, KeyRing, MasterKey};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -86,6 +87,8 @@ pub enum Permission {
     ManageKeys,
     /// Forward CI webhooks (the shim only).
     WebhookDeploy,
+    /// Rotate and retire encryption keys, take backups.
+    ManageEncryption,
 }
 
 impl Permission {
@@ -97,6 +100,7 @@ impl Permission {
             Permission::Deploy => "deploy",
             Permission::ManageKeys => "manage api keys",
             Permission::WebhookDeploy => "forward webhooks",
+            Permission::ManageEncryption => "manage encryption keys and backups",
         }
     }
 }
@@ -135,14 +139,17 @@ impl Actor {
 #[derive(Clone)]
 pub struct Service {
     store: Store,
-    key: Arc<MasterKey>,
+    key: Arc<KeyRing>,
+    /// The running rewrap of a key rotation, if any: one at a time.
+    rotation: Arc<tokio::sync::Mutex<keys::RotationState>>,
     /// Providers with a sync in progress: syncs of one provider never overlap (R-8.3).
     syncing: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
 }
 
 impl Service {
-    /// Binds the store to a master key, refusing a key that does not decrypt what the database
-    /// already holds (R-3.4). Nothing is written unless the check passes.
+    /// Binds the store to the root (master) key, refusing a key that does not decrypt what the
+    /// database already holds (R-3.4), then loads the key ring (R-3.5), creating its first
+    /// data key if it has none. Nothing is written unless the check passes.
     pub async fn new(store: Store, key: MasterKey) -> Result<Self> {
         let wrong_key = |detail: String| {
             Error::FailedPrecondition(format!(
@@ -153,32 +160,40 @@ impl Service {
             ))
         };
         let check_aad = Aad::key_check();
-        match store.setting(KEY_CHECK_SETTING).await? {
-            Some(stored) => {
-                key.decrypt(&stored, &check_aad)
-                    .map_err(|e| wrong_key(e.to_string()))?;
-            }
-            None => {
-                // A database from before the check existed, or a fresh one: verify one
-                // existing ciphertext of every encrypted column before recording the check.
-                for column in ENCRYPTED_COLUMNS {
-                    for (aad, ciphertext) in store.encrypted_values(column, Some(1)).await? {
-                        key.decrypt(&ciphertext, &aad)
-                            .map_err(|e| wrong_key(e.to_string()))?;
-                    }
-                }
-                store
-                    .put_setting(
-                        KEY_CHECK_SETTING,
-                        &key.encrypt(KEY_CHECK_PLAINTEXT, &check_aad),
-                    )
-                    .await?;
-            }
+        let stored_check = store.setting(KEY_CHECK_SETTING).await?;
+        if let Some(stored) = &stored_check {
+            key.decrypt(stored, &check_aad)
+                .map_err(|e| wrong_key(e.to_string()))?;
         }
+        let ring = KeyRing::load(key, store.clone()).await?;
+        if stored_check.is_none() {
+            // A database from before the check existed, or a fresh one: verify one existing
+            // ciphertext of every encrypted column before recording the check.
+            for column in ENCRYPTED_COLUMNS {
+                for (aad, ciphertext) in store.encrypted_values(column, Some(1)).await? {
+                    ring.decrypt(&ciphertext, &aad).map_err(|e| {
+                        Error::FailedPrecondition(format!(
+                            "the master key (id {}) does not match this database: {e}; \
+                             start with the key this data was encrypted with (BERTH_MASTER_KEY, \
+                             BERTH_MASTER_KEY_FILE or master.key in the data directory)",
+                            ring.root_id()
+                        ))
+                    })?;
+                }
+            }
+            store
+                .put_setting(
+                    KEY_CHECK_SETTING,
+                    &ring.encrypt_under_root(KEY_CHECK_PLAINTEXT, &check_aad),
+                )
+                .await?;
+        }
+        ring.ensure_active().await?;
         Ok(Service {
             store,
-            key: Arc::new(key),
+            key: Arc::new(ring),
             syncing: Arc::default(),
+            rotation: Arc::default(),
         })
     }
 
@@ -186,8 +201,12 @@ impl Service {
         &self.store
     }
 
-    pub(crate) fn key(&self) -> &MasterKey {
+    pub(crate) fn key(&self) -> &KeyRing {
         &self.key
+    }
+
+    pub(crate) fn key_arc(&self) -> Arc<KeyRing> {
+        self.key.clone()
     }
 
     async fn audit(
@@ -225,7 +244,7 @@ pub(crate) mod testing {
 }
 
 #[cfg(test)]
-mod key_check_tests {
+pub(crate) mod key_check_tests {
     use secrecy::SecretString;
 
     use super::testing::{admin, service};
@@ -233,7 +252,13 @@ mod key_check_tests {
 
     /// One row in every registered ciphertext column, written through the services.
     async fn one_of_each() -> Service {
-        let svc = service().await;
+        let store = Store::open_in_memory().await.unwrap();
+        one_of_each_in(store, MasterKey::from_bytes(&[42u8; 32]).unwrap()).await
+    }
+
+    /// [`one_of_each`] in a given store.
+    pub(crate) async fn one_of_each_in(store: Store, root: MasterKey) -> Service {
+        let svc = Service::new(store, root).await.unwrap();
         let a = admin();
         svc.create_group(&a, "prod", None).await.unwrap();
         svc.set_secret(

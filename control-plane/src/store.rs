@@ -13,6 +13,7 @@ mod deployments;
 mod domains;
 mod env;
 mod import;
+mod key_ring;
 mod notifications;
 mod providers;
 mod registry;
@@ -41,6 +42,7 @@ pub use import::{
     ImportTx, ImportedAppRow, ImportedEnvRow, ImportedProviderRow, ImportedSecret,
     NewImportedApplication,
 };
+pub use key_ring::{Candidate, KeyRingRow, ROTATION_SETTING};
 pub use notifications::{AttemptRecord, DeliveryRow, DueDelivery, NewDelivery, WebhookRow};
 pub use providers::{GroupSecretRow, ProviderRow, SyncRow, SyncWrite, SyncedSecret};
 pub use secrets::WriteCounts;

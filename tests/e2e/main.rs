@@ -16,6 +16,7 @@ mod admin_api;
 mod agent_certificates;
 mod agent_deploys;
 mod crash_campaign;
+mod data_lifecycle;
 mod docker_executor;
 mod executor_contract;
 mod outgoing_notifications;

@@ -18,6 +18,9 @@ pub struct EncryptedColumn {
     /// An SQL condition selecting the encrypted rows when only some rows of the column are
     /// (a settings table); `None` when every non-NULL value is ciphertext.
     pub only_where: Option<&'static str>,
+    /// Encrypted directly under the root key, never under a ring key: the ring itself and the
+    /// key check. `berth key rotate` leaves them; a root-key rotation rewraps them.
+    pub under_root: bool,
 }
 
 impl EncryptedColumn {
@@ -40,6 +43,7 @@ pub const SECRET_VALUE: EncryptedColumn = EncryptedColumn {
     column: "value",
     aad_columns: &["group_id", "name"],
     only_where: None,
+    under_root: false,
 };
 
 /// `repositories.password`, bound to the repository's name.
@@ -48,6 +52,7 @@ pub const REPOSITORY_PASSWORD: EncryptedColumn = EncryptedColumn {
     column: "password",
     aad_columns: &["name"],
     only_where: None,
+    under_root: false,
 };
 
 /// `webhooks.secret` (outgoing notification signing secret), bound to the webhook's id.
@@ -56,6 +61,7 @@ pub const WEBHOOK_SECRET: EncryptedColumn = EncryptedColumn {
     column: "secret",
     aad_columns: &["id"],
     only_where: None,
+    under_root: false,
 };
 
 /// `secret_providers.credentials`, bound to the provider's id.
@@ -64,6 +70,7 @@ pub const PROVIDER_CREDENTIALS: EncryptedColumn = EncryptedColumn {
     column: "credentials",
     aad_columns: &["id"],
     only_where: None,
+    under_root: false,
 };
 
 /// `domains.private_key` (a TLS key from files, or one made for an ACME order), bound to the
@@ -73,6 +80,7 @@ pub const DOMAIN_PRIVATE_KEY: EncryptedColumn = EncryptedColumn {
     column: "private_key",
     aad_columns: &["domain"],
     only_where: None,
+    under_root: false,
 };
 
 /// `acme_accounts.credentials` (an ACME account's JSON credentials with its private key),
@@ -82,6 +90,7 @@ pub const ACME_ACCOUNT_CREDENTIALS: EncryptedColumn = EncryptedColumn {
     column: "credentials",
     aad_columns: &["directory_url"],
     only_where: None,
+    under_root: false,
 };
 
 /// The settings key whose encrypted value proves which master key a database belongs to.
@@ -93,6 +102,16 @@ pub const KEY_CHECK_VALUE: EncryptedColumn = EncryptedColumn {
     column: "value",
     aad_columns: &["key"],
     only_where: Some("key = 'master_key_check'"),
+    under_root: true,
+};
+
+/// `key_ring.wrapped`: a data key wrapped under the root key, bound to its key id.
+pub const KEY_RING_WRAPPED: EncryptedColumn = EncryptedColumn {
+    table: "key_ring",
+    column: "wrapped",
+    aad_columns: &["id"],
+    only_where: None,
+    under_root: true,
 };
 
 /// Every ciphertext column of the schema.
@@ -104,6 +123,7 @@ pub const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
     DOMAIN_PRIVATE_KEY,
     ACME_ACCOUNT_CREDENTIALS,
     KEY_CHECK_VALUE,
+    KEY_RING_WRAPPED,
 ];
 
 impl Aad {
@@ -135,6 +155,11 @@ impl Aad {
     /// The AAD of `acme_accounts.credentials`.
     pub fn acme_account_credentials(directory_url: &str) -> Self {
         ACME_ACCOUNT_CREDENTIALS.aad(&[directory_url])
+    }
+
+    /// The AAD of a wrapped key ring entry.
+    pub fn key_ring(key_id: &str) -> Self {
+        KEY_RING_WRAPPED.aad(&[key_id])
     }
 
     /// The AAD of the master-key check value.

@@ -56,11 +56,11 @@ impl Service {
             )));
         }
         let events_json = serde_json::to_string(&events).expect("strings serialize");
-        let key = self.key();
+        let sealer = self.key().sealer(1).await?;
         let webhook = self
             .store()
             .insert_webhook(url, &events_json, |id| {
-                key.encrypt(secret.expose_secret().as_bytes(), &Aad::webhook_secret(id))
+                sealer.encrypt(secret.expose_secret().as_bytes(), &Aad::webhook_secret(id))
             })
             .await?;
         let details = format!("{} {}", origin(url), events.join(","));

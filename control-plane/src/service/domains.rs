@@ -108,10 +108,13 @@ impl Service {
                     &files.private_key_pem,
                     time::OffsetDateTime::now_utc(),
                 )?;
-                let ciphertext = self.key.encrypt(
-                    files.private_key_pem.expose_secret().as_bytes(),
-                    &Aad::domain_private_key(&host),
-                );
+                let ciphertext = self
+                    .key
+                    .encrypt(
+                        files.private_key_pem.expose_secret().as_bytes(),
+                        &Aad::domain_private_key(&host),
+                    )
+                    .await?;
                 (
                     TlsMode::Files,
                     Some(files.certificate_pem),

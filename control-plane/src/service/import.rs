@@ -201,8 +201,13 @@ impl Service {
         let started = std::time::Instant::now();
         let checked = check::check(plan)?;
         let checked_in = started.elapsed();
+        // Reserved before the transaction: a reservation is a write of its own.
+        let sealer = self
+            .key
+            .sealer(plan.secrets.len() + plan.repositories.len() + plan.providers.len())
+            .await?;
         let tx = self.store.begin_import().await?;
-        let report = apply::apply(self, actor, tx, plan, &checked, dry_run).await?;
+        let report = apply::apply(self, actor, tx, sealer, plan, &checked, dry_run).await?;
         tracing::info!(
             dry_run,
             applied = report.applied,

@@ -92,7 +92,7 @@ impl Service {
         validate::name("provider", name)?;
         let config = provider::config_json(settings.provider_type, &settings.settings, credential)?;
         let interval = interval_seconds(settings.sync_interval)?;
-        let key = self.key.clone();
+        let sealer = self.key.sealer(1).await?;
         let row = self
             .store
             .insert_provider(
@@ -101,7 +101,7 @@ impl Service {
                 &config,
                 interval,
                 |id| {
-                    key.encrypt(
+                    sealer.encrypt(
                         credential.expose_secret().as_bytes(),
                         &Aad::provider_credentials(id),
                     )
@@ -156,12 +156,17 @@ impl Service {
             Some(i) => interval_seconds(Some(i))?,
             None => row.sync_interval_s,
         };
-        let sealed = patch.credential.as_ref().map(|c| {
-            self.key.encrypt(
-                c.expose_secret().as_bytes(),
-                &Aad::provider_credentials(row.id),
-            )
-        });
+        let sealed = match &patch.credential {
+            Some(c) => Some(
+                self.key
+                    .encrypt(
+                        c.expose_secret().as_bytes(),
+                        &Aad::provider_credentials(row.id),
+                    )
+                    .await?,
+            ),
+            None => None,
+        };
         self.store
             .update_provider(row.id, &config, sealed.as_deref(), interval)
             .await?;
@@ -344,11 +349,15 @@ impl Service {
         }
         let plan = provider::plan(fetched, existing)?;
         let summary = plan.summary();
+        let sealer = self
+            .key
+            .sealer(plan.create.len() + plan.update.len())
+            .await?;
         let seal = |name: &str, f: &provider::FetchedSecret| -> Result<SyncedSecret> {
             validate::secret_value(name, f.value.expose_secret())?;
             Ok(SyncedSecret {
                 name: name.to_string(),
-                value: self.key.encrypt(
+                value: sealer.encrypt(
                     f.value.expose_secret().as_bytes(),
                     &Aad::secret(group_id, name),
                 ),

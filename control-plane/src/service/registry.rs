@@ -19,12 +19,17 @@ impl Service {
     ) -> Result<Repository> {
         actor.require(Permission::Write)?;
         validate_repository(name, url, username, password.is_some())?;
-        let ciphertext = password.map(|p| {
-            self.key.encrypt(
-                p.expose_secret().as_bytes(),
-                &Aad::repository_password(name),
-            )
-        });
+        let ciphertext = match password {
+            Some(p) => Some(
+                self.key
+                    .encrypt(
+                        p.expose_secret().as_bytes(),
+                        &Aad::repository_password(name),
+                    )
+                    .await?,
+            ),
+            None => None,
+        };
         let repo = self
             .store
             .insert_repository(name, url, username, ciphertext.as_deref())

@@ -3,7 +3,7 @@
 use secrecy::{ExposeSecret as _, SecretString};
 
 use super::{Actor, Permission, Service};
-use crate::crypto::Aad;
+use crate::crypto::{Aad, Sealer};
 use crate::error::{Error, Result};
 use crate::model::{NewSecret, Secret, SecretGroup};
 use crate::store::WriteCounts;
@@ -148,7 +148,14 @@ impl Service {
         validate::description(description)?;
         let group_row = self.store.group(group).await?;
         self.refuse_synced(group_row.id, group, &[name]).await?;
-        let new = self.seal(group_row.id, name, value, description.map(str::to_string));
+        let sealer = self.key.sealer(1).await?;
+        let new = self.seal(
+            &sealer,
+            group_row.id,
+            name,
+            value,
+            description.map(str::to_string),
+        );
         self.store.write_secrets(group_row.id, &[new], true).await?;
         self.audit(actor, "secret.set", &format!("{group}/{name}"), None)
             .await?;
@@ -238,6 +245,7 @@ impl Service {
             return Err(Error::invalid("import document has no entries"));
         }
         let mut seen = std::collections::HashSet::new();
+        let sealer = self.key.sealer(entries.len()).await?;
         let mut sealed = Vec::with_capacity(entries.len());
         for (name, value) in &entries {
             validate::secret_name(name)?;
@@ -247,7 +255,7 @@ impl Service {
                     "import document defines {name} twice"
                 )));
             }
-            sealed.push(self.seal(group_row.id, name, value, None));
+            sealed.push(self.seal(&sealer, group_row.id, name, value, None));
         }
         let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
         self.refuse_synced(group_row.id, group, &names).await?;
@@ -278,6 +286,7 @@ impl Service {
 
     pub(super) fn seal(
         &self,
+        sealer: &Sealer,
         group_id: i64,
         name: &str,
         value: &SecretString,
@@ -285,7 +294,7 @@ impl Service {
     ) -> NewSecret {
         NewSecret {
             name: name.to_string(),
-            value: self.key.encrypt(
+            value: sealer.encrypt(
                 value.expose_secret().as_bytes(),
                 &Aad::secret(group_id, name),
             ),

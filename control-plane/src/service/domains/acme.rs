@@ -89,10 +89,13 @@ impl Service {
         email: Option<&str>,
         credentials: &SecretString,
     ) -> Result<()> {
-        let ciphertext = self.key.encrypt(
-            credentials.expose_secret().as_bytes(),
-            &Aad::acme_account_credentials(directory_url),
-        );
+        let ciphertext = self
+            .key
+            .encrypt(
+                credentials.expose_secret().as_bytes(),
+                &Aad::acme_account_credentials(directory_url),
+            )
+            .await?;
         self.store
             .insert_acme_account(directory_url, email, &ciphertext)
             .await?;
@@ -129,10 +132,13 @@ impl Service {
                 "the ACME server issued an unusable certificate: {e}"
             ))
         })?;
-        let private_key = self.key.encrypt(
-            key_pem.expose_secret().as_bytes(),
-            &Aad::domain_private_key(&domain.host),
-        );
+        let private_key = self
+            .key
+            .encrypt(
+                key_pem.expose_secret().as_bytes(),
+                &Aad::domain_private_key(&domain.host),
+            )
+            .await?;
         let renew = timestamp(renew_at(checked.valid_from, checked.valid_until));
         let stored = self
             .store

@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 
 use super::check::{Checked, MappedProvider};
 use super::{row, ImportPlan, ImportReport, ItemKind, Outcome, PlanValue, ReportItem};
+use crate::crypto::Sealer;
 use crate::crypto::{generate_token, token_digest, token_preview, Aad};
 use crate::error::{Error, Result};
 use crate::model::{EnvScope, NewEnvVar, PortMapping};
@@ -35,6 +36,8 @@ struct AppRef {
 struct Run<'a> {
     svc: &'a Service,
     tx: ImportTx,
+    /// Encryptions reserved before the import's transaction began (a reservation writes).
+    sealer: Sealer,
     items: Vec<ReportItem>,
     tokens: Vec<(String, SecretString)>,
     routed: Vec<i64>,
@@ -49,6 +52,7 @@ pub(super) async fn apply(
     svc: &Service,
     actor: &Actor,
     tx: ImportTx,
+    sealer: Sealer,
     plan: &ImportPlan,
     checked: &Checked,
     dry_run: bool,
@@ -56,6 +60,7 @@ pub(super) async fn apply(
     let mut run = Run {
         svc,
         tx,
+        sealer,
         items: Vec::new(),
         tokens: Vec::new(),
         routed: Vec::new(),
@@ -191,9 +196,13 @@ impl Run<'_> {
             let source = row("secrets", s.v1_id);
             let Some(e) = existing.get(&s.name) else {
                 create.push(ImportedSecret {
-                    secret: self
-                        .svc
-                        .seal(group_id, &s.name, &s.value, s.description.clone()),
+                    secret: self.svc.seal(
+                        &self.sealer,
+                        group_id,
+                        &s.name,
+                        &s.value,
+                        s.description.clone(),
+                    ),
                     created_at: s.created_at.as_deref(),
                     updated_at: s.updated_at.as_deref(),
                 });
@@ -229,7 +238,7 @@ impl Run<'_> {
             let source = row("repositories", r.v1_id);
             let Some(e) = existing.get(&r.name) else {
                 let password = r.password.as_ref().map(|p| {
-                    self.svc.key().encrypt(
+                    self.sealer.encrypt(
                         p.expose_secret().as_bytes(),
                         &Aad::repository_password(&r.name),
                     )
@@ -301,7 +310,7 @@ impl Run<'_> {
                 Ok(m) => m,
             };
             let Some(e) = existing.get(&p.name) else {
-                let key = self.svc.key();
+                let key = &self.sealer;
                 let interval = i64::try_from(DEFAULT_SYNC_INTERVAL.as_secs()).unwrap_or(300);
                 self.tx
                     .insert_provider(
