@@ -554,7 +554,7 @@ async fn rows_across_write_batches_keep_each_reference_on_its_own_secret() {
                 &format!("environment_variables row {i}"),
                 Some("worker"),
                 &format!("V_{i:04}"),
-                PlanValue::Secret(format!("S_{}", format!("{:04}", n - 1 - i))),
+                PlanValue::Secret(format!("S_{:04}", n - 1 - i)),
             )
         })
         .collect();
