@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::write_atomic;
+use crate::identity::{remove_stale_temporaries, write_atomic};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StoredResult {
@@ -49,6 +49,9 @@ impl Journal {
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
         let dir = data_dir.join("journal");
         std::fs::create_dir_all(&dir)?;
+        // Nothing else writes here while the agent runs: leftovers are a crash's.
+        remove_stale_temporaries(data_dir)?;
+        remove_stale_temporaries(&dir)?;
         Ok(Journal { dir })
     }
 
@@ -127,7 +130,7 @@ impl Journal {
         let path = self.path(deployment_id, kind)?;
         let mut entry = self.read(&path)?;
         entry.result = Some(result.clone());
-        write_atomic(&path, &serde_json::to_string(&entry)?, false)
+        write_atomic(&path, &serde_json::to_string(&entry)?)
     }
 
     pub fn ack(&self, deployment_id: &str, kind: i32) -> anyhow::Result<()> {
@@ -138,7 +141,7 @@ impl Journal {
         let mut entry = self.read(&path)?;
         if entry.result.is_some() {
             entry.acked = true;
-            write_atomic(&path, &serde_json::to_string(&entry)?, false)?;
+            write_atomic(&path, &serde_json::to_string(&entry)?)?;
         }
         Ok(())
     }

@@ -369,6 +369,9 @@ fn parse_health_check(s: &str) -> Result<HealthCheckConfig, String> {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod health_check_tests {
     use super::parse_health_check;
 

@@ -43,6 +43,8 @@ pub struct DevArgs {
     pub registry: node::RegistrySecretArgs,
     #[command(flatten)]
     pub acme: node::AcmeArgs,
+    #[command(flatten)]
+    pub notify: node::NotifyArgs,
     /// HTTP listener of the host proxy, for domains (and ACME HTTP-01); "none" disables it.
     #[arg(long, default_value = "0.0.0.0:80", value_parser = listen_addr)]
     pub proxy_http_listen: Listen,
@@ -108,6 +110,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             fleet
         },
         acme,
+        notify_destinations: args.notify.policy(),
     })
     .await?;
 

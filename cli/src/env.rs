@@ -273,6 +273,9 @@ fn dotenv_value(value: &str) -> String {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -92,6 +92,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     // No tracing subscriber here: the admin commands log nothing of their own, and a
     // long-running command (`berth dev`) installs its own.
@@ -134,7 +135,42 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
 
 /// Prints `error: ...` and picks the exit code. Usage errors found after parsing (a
 /// [`clap::Error`]) are printed by clap and exit with 2, like the ones found while parsing.
+/// Exit status of a command whose reader went away (`berth … | head`): what a process killed
+/// by SIGPIPE reports, and what `git log | head` gives.
+const CLOSED_PIPE: u8 = 141;
+
+/// `berth … | head -1` closes the pipe early: that is the reader's choice, not an error to
+/// print. Rust ignores SIGPIPE, so a print to the closed pipe panics ("failed printing to
+/// stdout: Broken pipe"); this ends the process quietly instead, as a SIGPIPE would.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("Broken pipe") {
+            std::process::exit(i32::from(CLOSED_PIPE));
+        }
+        default(info);
+    }));
+}
+
+/// Whether an error is a write to a pipe whose reader went away.
+fn closed_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn report(err: anyhow::Error) -> ExitCode {
+    if closed_pipe(&err) {
+        return ExitCode::from(CLOSED_PIPE);
+    }
     if let Some(usage) = err.downcast_ref::<clap::Error>() {
         let _ = usage.print();
         return ExitCode::from(2);

@@ -14,6 +14,9 @@ pub enum ErrorCode {
     PermissionDenied,
     Unauthenticated,
     Unavailable,
+    /// A bound on concurrent use was reached (watch streams, enrollment attempts): retry
+    /// later.
+    ResourceExhausted,
     Internal,
 }
 
@@ -33,6 +36,8 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -47,6 +52,7 @@ impl Error {
             Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
             Error::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -11,12 +11,15 @@
 mod challenges;
 mod deployments;
 mod enroll;
+pub mod failure;
 mod prepare;
 mod reconcile;
+mod refusals;
 mod rollout;
 mod routes;
 #[cfg(test)]
 mod tests;
+mod watchers;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,10 +38,14 @@ use crate::store::AgentRow;
 
 pub use deployments::{DeploymentView, WatchUpdate};
 pub use enroll::{IssuedCertificate, ENROLLMENT_TOKEN_PREFIX};
+pub use failure::{public_error, Failure, FailureKind};
 pub use prepare::{DeployTrigger, RolloutConfig};
+pub use watchers::WatchLimits;
 
 /// Outbound queue depth per agent; a full queue means a stuck agent, not a reason to block.
 const OUTBOUND_QUEUE: usize = 1024;
+/// Events one target may add to a deployment's log (a deploy sends a few dozen).
+const EVENTS_PER_TARGET: i64 = 1000;
 /// Why every stream ends when the node stops (the agent reconnects to the next one).
 pub const SHUTTING_DOWN: &str = "the control plane is shutting down";
 
@@ -52,6 +59,8 @@ pub struct FleetConfig {
     /// What registries must present on `RegistryPush`; `None` (the default) refuses every
     /// registry notification.
     pub registry_secret: Option<webhook::RegistrySecret>,
+    /// Bounds on `WatchDeployment` streams.
+    pub watch: WatchLimits,
 }
 
 impl Default for FleetConfig {
@@ -61,6 +70,7 @@ impl Default for FleetConfig {
             cert_ttl: Duration::from_secs(30 * 86400),
             rollout: RolloutConfig::default(),
             registry_secret: None,
+            watch: WatchLimits::default(),
         }
     }
 }
@@ -81,6 +91,10 @@ struct Inner {
     inflight: Mutex<HashMap<WaitKey, pb::ControlMessage>>,
     /// Woken on every stored event or result, for watchers.
     changed: Notify,
+    /// Open `WatchDeployment` streams, bounded by `config.watch`.
+    watchers: Arc<watchers::Watchers>,
+    /// Bounds the unauthenticated `Enroll` calls served at once.
+    enroll_gate: enroll::EnrollGate,
     /// Woken when an agent connects, for rollouts waiting on a target.
     connected: Notify,
     /// Called once per finished deployment (outgoing notifications subscribe here).
@@ -103,6 +117,8 @@ struct Inner {
     /// closes the store only once they have recorded their disconnect.
     open_streams: AtomicUsize,
     streams_done: Notify,
+    /// Refused webhook tokens and registry secrets, audited per client and window.
+    refusals: refusals::Refusals,
 }
 
 type WaitKey = (String, String, i32);
@@ -151,6 +167,8 @@ impl Fleet {
                 waiters: Mutex::new(HashMap::new()),
                 inflight: Mutex::new(HashMap::new()),
                 changed: Notify::new(),
+                watchers: Arc::default(),
+                enroll_gate: enroll::EnrollGate::new(),
                 connected: Notify::new(),
                 on_finished: Mutex::new(Vec::new()),
                 app_slots: Mutex::new(HashMap::new()),
@@ -161,6 +179,7 @@ impl Fleet {
                 closing: AtomicBool::new(false),
                 open_streams: AtomicUsize::new(0),
                 streams_done: Notify::new(),
+                refusals: refusals::Refusals::default(),
             }),
         }
     }
@@ -197,7 +216,17 @@ impl Fleet {
             .agent_by_fingerprint(fingerprint)
             .await?
         {
-            Some(agent) if agent.revoked_at.is_none() => Ok(agent),
+            Some(agent) if agent.revoked_at.is_none() => {
+                let presents_current = agent.cert_fingerprint.as_deref() == Some(fingerprint);
+                if presents_current && agent.prev_cert_fingerprint.is_some() {
+                    // The renewed certificate is in use: the one before it is retired.
+                    self.service()
+                        .store()
+                        .retire_previous_certificate(&agent.name, fingerprint)
+                        .await?;
+                }
+                Ok(agent)
+            }
             Some(agent) => Err(Error::PermissionDenied(format!(
                 "agent {:?} is revoked",
                 agent.name
@@ -239,15 +268,13 @@ impl Fleet {
                 let _ = kill.send("replaced by a newer stream of the same agent");
             }
         }
-        self.service()
-            .store()
-            .agent_seen(
-                &agent.name,
-                "connected",
-                Some(&hello.agent_version),
-                Some(&hello.docker_version),
-            )
-            .await?;
+        // Checked again now that the stream is registered: a revocation (or re-enrollment)
+        // that came after the handshake either finds the stream above and ends it, or is
+        // seen here. On any error the stream is unregistered again (no handler serves it).
+        if let Err(e) = self.admit(agent, hello).await {
+            self.remove_session(&agent.name, id);
+            return Err(e);
+        }
         tracing::info!(agent = %agent.name, session = id, running = hello.running.len(), "agent connected");
         self.inner.connected.notify_waiters();
         self.resend_inflight(&agent.name);
@@ -259,6 +286,29 @@ impl Fleet {
             killed,
             _running: running,
         })
+    }
+
+    /// Whether a registered stream may stay: the agent is not revoked and still has the
+    /// certificate it authenticated with; then its presence is recorded.
+    async fn admit(&self, agent: &AgentRow, hello: &pb::Hello) -> Result<()> {
+        let store = self.service().store();
+        let now = store.agent(&agent.name).await?;
+        let same_certificate = now.cert_fingerprint == agent.cert_fingerprint
+            || now.prev_cert_fingerprint == agent.cert_fingerprint;
+        if now.revoked_at.is_some() || !same_certificate {
+            return Err(Error::PermissionDenied(format!(
+                "agent {:?} was revoked or re-enrolled",
+                agent.name
+            )));
+        }
+        store
+            .agent_seen(
+                &agent.name,
+                "connected",
+                Some(&hello.agent_version),
+                Some(&hello.docker_version),
+            )
+            .await
     }
 
     /// When the node stops: refuses new streams, ends every live one ([`SHUTTING_DOWN`]),
@@ -290,16 +340,18 @@ impl Fleet {
         }
     }
 
+    /// Removes a stream from the live table if it is still the agent's current one.
+    fn remove_session(&self, agent: &str, session: u64) -> bool {
+        let mut live = self.inner.live.lock().expect("live lock");
+        match live.get(agent) {
+            Some(current) if current.session == session => live.remove(agent).is_some(),
+            _ => false,
+        }
+    }
+
     /// Unregisters a stream that ended (if it is still the agent's current one).
     pub async fn close_session(&self, agent: &str, session: u64) {
-        let removed = {
-            let mut live = self.inner.live.lock().expect("live lock");
-            match live.get(agent) {
-                Some(current) if current.session == session => live.remove(agent).is_some(),
-                _ => false,
-            }
-        };
-        if removed {
+        if self.remove_session(agent, session) {
             tracing::info!(agent, session, "agent disconnected");
             if let Err(e) = self
                 .service()
@@ -312,25 +364,47 @@ impl Fleet {
         }
     }
 
-    /// Handles one message from an agent's stream.
-    pub async fn handle_message(&self, agent: &str, message: pb::AgentMessage) -> Result<()> {
-        match message.msg {
-            Some(pb::agent_message::Msg::Heartbeat(_)) => {
-                if let Some(live) = self.inner.live.lock().expect("live lock").get_mut(agent) {
-                    live.last_heartbeat = Instant::now();
+    /// Handles one message from an agent's stream `session`. A session that is no longer the
+    /// agent's current one (revoked, re-enrolled, replaced by a newer stream) is refused
+    /// here, on every message, not only when the stream opened.
+    pub async fn handle_message(
+        &self,
+        agent: &str,
+        session: u64,
+        message: pb::AgentMessage,
+    ) -> Result<()> {
+        {
+            let mut live = self.inner.live.lock().expect("live lock");
+            match live.get_mut(agent) {
+                Some(current) if current.session == session => {
+                    if let Some(pb::agent_message::Msg::Heartbeat(_)) = message.msg {
+                        current.last_heartbeat = Instant::now();
+                        return Ok(());
+                    }
+                }
+                _ => {
+                    return Err(Error::PermissionDenied(format!(
+                        "the stream of agent {agent:?} is no longer its current one (revoked, re-enrolled or replaced)"
+                    )))
                 }
             }
+        }
+        match message.msg {
+            Some(pb::agent_message::Msg::Heartbeat(_)) => {}
             Some(pb::agent_message::Msg::Event(event)) => {
-                let store = self.service().store();
-                if store.deployment(&event.deployment_id).await.is_ok() {
-                    store
-                        .add_deployment_event(
-                            &event.deployment_id,
-                            Some(agent),
-                            &truncate(&event.phase, 32),
-                            &truncate(&event.message, 2048),
-                        )
-                        .await?;
+                // Only a target of the deployment adds to its log, and only so much.
+                let stored = self
+                    .service()
+                    .store()
+                    .add_agent_event(
+                        &event.deployment_id,
+                        agent,
+                        &truncate(&event.phase, 32),
+                        &truncate(&event.message, 2048),
+                        EVENTS_PER_TARGET,
+                    )
+                    .await?;
+                if stored {
                     self.inner.changed.notify_waiters();
                 }
             }
@@ -362,7 +436,7 @@ impl Fleet {
                     } else {
                         TargetStatus::Failed
                     };
-                    store
+                    let recorded = store
                         .finish_target(
                             &result.deployment_id,
                             agent,
@@ -371,6 +445,9 @@ impl Fleet {
                             error.as_deref(),
                         )
                         .await?;
+                    if !recorded && result.success {
+                        self.late_success(&result.deployment_id, agent).await?;
+                    }
                 }
                 pb::CommandKind::Rollback => {
                     store
@@ -397,6 +474,24 @@ impl Fleet {
             .remove(&key)
         {
             let _ = waiter.send(result);
+        }
+        Ok(())
+    }
+
+    /// A deploy result that could not be recorded because its target is already finished:
+    /// a success after the target was marked failed (its result came after the timeout, or
+    /// after the restart's reconcile gave up) means the host serves a version its
+    /// deployment failed: it is rolled back.
+    async fn late_success(&self, deployment_id: &str, agent: &str) -> Result<()> {
+        let store = self.service().store();
+        if store.target_status(deployment_id, agent).await? == Some(TargetStatus::Failed) {
+            let (_, app) = store.deployment(deployment_id).await?;
+            self.withdraw(
+                deployment_id,
+                agent,
+                &app,
+                "it reported success after its target was marked failed",
+            );
         }
         Ok(())
     }
@@ -522,6 +617,38 @@ impl Fleet {
             .clone()
     }
 
+    /// Audits a refused credential: the first refusal of a client in a window at once, the
+    /// rest counted (see `fleet/refusals.rs`), so a flood of bad tokens costs no fsyncs.
+    pub(crate) async fn audit_refusal(
+        &self,
+        actor: &str,
+        action: &'static str,
+        target: &str,
+        details: &str,
+    ) -> Result<()> {
+        if self.inner.refusals.count(actor, action, target) {
+            self.service()
+                .store()
+                .audit(actor, action, target, Some(details))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one audit row per closed refusal window (every window with `all`, at stop).
+    pub async fn flush_refusals(&self, all: bool) {
+        for (actor, action, target, details) in self.inner.refusals.take_closed(all) {
+            if let Err(e) = self
+                .service()
+                .store()
+                .audit(&actor, action, &target, Some(&details))
+                .await
+            {
+                tracing::warn!(%actor, action, error = %e, "cannot audit refusals");
+            }
+        }
+    }
+
     /// Subscribes to finished deployments (called after the final status is stored).
     pub fn on_finished(&self, hook: FinishedHook) {
         self.inner
@@ -557,9 +684,16 @@ impl Fleet {
             .collect()
     }
 
-    /// Waits for the next stored event or result anywhere (watchers re-read the store).
-    pub async fn changed(&self) {
-        self.inner.changed.notified().await
+    /// The next stored event or result anywhere (watchers re-read the store). Subscribed
+    /// when called, not when first polled, so a change between this call and the wait is
+    /// not missed.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.changed.notified()
+    }
+
+    /// `WatchDeployment` streams whose task is still running.
+    pub fn live_watchers(&self) -> usize {
+        self.inner.watchers.live()
     }
 }
 

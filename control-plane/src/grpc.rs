@@ -49,6 +49,7 @@ pub fn status(error: Error) -> Status {
         ErrorCode::PermissionDenied => Status::permission_denied(message),
         ErrorCode::Unauthenticated => Status::unauthenticated(message),
         ErrorCode::Unavailable => Status::unavailable(message),
+        ErrorCode::ResourceExhausted => Status::resource_exhausted(message),
         ErrorCode::Internal => {
             tracing::error!(error = %message, "internal error");
             Status::internal("internal error; see the control plane log")

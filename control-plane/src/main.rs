@@ -46,6 +46,8 @@ struct Args {
     registry: node::RegistrySecretArgs,
     #[command(flatten)]
     acme: node::AcmeArgs,
+    #[command(flatten)]
+    notify: node::NotifyArgs,
 }
 
 #[tokio::main]
@@ -69,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         agent_endpoint: args.agent_endpoint,
         fleet,
         acme: args.acme.load()?,
+        notify_destinations: args.notify.policy(),
     };
     let node = node::start(config).await?;
     if let (Some(_), Some(path)) = (&node.initial_admin_key, &node.admin_token_file) {

@@ -352,6 +352,9 @@ pub struct DeploymentLog {
     pub duration_ms: Option<i64>,
     /// For a superseded deployment: the newer one that replaced it.
     pub superseded_by: Option<String>,
+    /// For a failed one: the category CI callers and notification receivers read instead of
+    /// `error_message` (see `fleet::failure`).
+    pub public_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

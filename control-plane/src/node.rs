@@ -28,6 +28,7 @@ use crate::grpc::{
     AdminServices, AgentAdminApi, AgentApi, AgentEnrollmentApi, DeployApi, DomainApi, ImportApi,
     WebhookApi, MAX_IMPORT_REQUEST_BYTES,
 };
+use crate::notify::DestinationPolicy;
 use crate::pki::{write_new_private, write_private, Pki};
 use crate::service::applications::WEBHOOK_URL_SETTING;
 use crate::service::Service;
@@ -118,6 +119,33 @@ impl RegistrySecretArgs {
     }
 }
 
+/// Where outgoing notifications may be delivered, as `berth-control-plane` and `berth dev`
+/// take it.
+#[derive(clap::Args, Debug, Default)]
+pub struct NotifyArgs {
+    /// Let notification webhooks deliver to loopback, link-local and private addresses
+    /// (RFC 1918, fc00::/7, 100.64.0.0/10, …), e.g. a receiver on this host or the internal
+    /// network. Off: such destinations are refused before any connection (the check is on the
+    /// resolved address).
+    #[arg(
+        long,
+        env = "BERTH_NOTIFY_ALLOW_PRIVATE",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub notify_allow_private: bool,
+}
+
+impl NotifyArgs {
+    pub fn policy(&self) -> DestinationPolicy {
+        if self.notify_allow_private {
+            DestinationPolicy::AllowPrivate
+        } else {
+            DestinationPolicy::PublicOnly
+        }
+    }
+}
+
 /// Where certificates for domains added with `--acme` come from, as `berth-control-plane`
 /// and `berth dev` take it.
 #[derive(clap::Args, Debug)]
@@ -194,6 +222,8 @@ pub struct NodeConfig {
     pub fleet: FleetConfig,
     /// The ACME CA of domains added with `--acme`.
     pub acme: AcmeConfig,
+    /// Which addresses outgoing notifications may be delivered to.
+    pub notify_destinations: DestinationPolicy,
 }
 
 impl NodeConfig {
@@ -208,6 +238,7 @@ impl NodeConfig {
             agent_endpoint: None,
             fleet: FleetConfig::default(),
             acme: AcmeConfig::default(),
+            notify_destinations: DestinationPolicy::PublicOnly,
         }
     }
 }
@@ -226,6 +257,8 @@ pub struct Node {
     pub service: Service,
     /// Issues the certificates of domains added with `--acme`.
     acme: Arc<dyn CertificateAuthority>,
+    /// Which addresses the notifier may deliver to.
+    notify_destinations: DestinationPolicy,
     listener: TcpListener,
     agent_listener: TcpListener,
     pki: Arc<Pki>,
@@ -287,6 +320,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
     )?);
     Ok(Node {
         acme,
+        notify_destinations: config.notify_destinations,
         grpc_addr: listener.local_addr()?,
         agent_addr,
         fleet,
@@ -318,7 +352,7 @@ impl Node {
         };
         // Outgoing notifications: subscribed before reconcile so no finished deployment is
         // missed; one notifier per node, its queue is the webhook_deliveries table.
-        let notifier = crate::notify::Notifier::new(self.service.clone());
+        let notifier = crate::notify::Notifier::new(self.service.clone(), self.notify_destinations);
         self.fleet.on_finished(notifier.finished_hook());
         let notifier_task = tokio::spawn(notifier.run(stopped(stop_rx.clone())));
         self.fleet.reconcile().await?;
@@ -336,10 +370,14 @@ impl Node {
         let reaper = {
             let fleet = self.fleet.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(15));
-                loop {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                for n in 0u64.. {
                     tick.tick().await;
-                    fleet.reap_silent(HEARTBEAT_TIMEOUT);
+                    // Refusal counts are written a few seconds after their window closes.
+                    fleet.flush_refusals(false).await;
+                    if n % 3 == 0 {
+                        fleet.reap_silent(HEARTBEAT_TIMEOUT);
+                    }
                 }
             })
         };
@@ -445,6 +483,7 @@ impl Node {
         agent_task.await??;
         let _ = streams_closed.await;
         reaper.abort();
+        self.fleet.flush_refusals(true).await;
         let _ = auto_sync.await;
         let _ = acme_orders.await;
         let _ = notifier_task.await;

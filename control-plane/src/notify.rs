@@ -11,9 +11,13 @@
 //! [`LEASE`], so an attempt cut short by a crash is sent again), and a receiver can drop
 //! duplicates by the `X-Berth-Delivery` id.
 //!
+//! Deliveries go to public addresses only unless the node allows private ones
+//! ([`DestinationPolicy`], `--notify-allow-private`): see `destination`.
+//!
 //! Architecture invariant: the signing secret exists in plaintext only while one attempt is
 //! signed; it is never logged, never in the payload, and returned only once, at creation.
 
+mod destination;
 mod http;
 pub mod payload;
 mod webhooks;
@@ -32,6 +36,7 @@ use crate::model::{DeploymentLog, DeploymentStatus};
 use crate::service::Service;
 use crate::store::{AttemptRecord, DueDelivery, NewDelivery};
 
+pub use destination::{is_public, DestinationPolicy};
 pub use http::{HttpSender, SendError, ATTEMPT_TIMEOUT};
 pub use payload::{event_body, signature, DeploymentPayload};
 pub use webhooks::{
@@ -105,11 +110,12 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    pub fn new(service: Service) -> Self {
+    /// A notifier that delivers to the destinations `policy` allows.
+    pub fn new(service: Service, policy: DestinationPolicy) -> Self {
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         Notifier {
             service,
-            sender: HttpSender::default(),
+            sender: HttpSender::new(policy),
             queue_tx,
             queue_rx,
         }

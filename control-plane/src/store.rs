@@ -17,6 +17,7 @@ mod notifications;
 mod providers;
 mod registry;
 mod secrets;
+mod writer;
 
 use std::path::Path;
 use std::str::FromStr as _;
@@ -30,9 +31,11 @@ use crate::crypto::Aad;
 use crate::error::Error;
 
 pub use acme::{AcmeAccountRow, AcmeIssued};
-pub use agents::{AgentRow, Enrollment};
+pub use agents::{unknown_enrollment_token, AgentRow, Enrollment, EnrollmentToken};
 pub use audit::AuditEntry;
-pub use deployments::{DeploymentEventRow, DeploymentTargetRow, NewDeployment, ServingRow};
+pub use deployments::{
+    DeploymentEventRow, DeploymentTargetRow, FailureText, NewDeployment, ServingRow,
+};
 pub use env::{EnvResolutionRow, ImportOutcome};
 pub use import::{
     ImportTx, ImportedAppRow, ImportedEnvRow, ImportedProviderRow, ImportedSecret,
@@ -50,6 +53,8 @@ pub struct Store {
     /// commit there survives kill -9 of the process (it is in the OS page cache) but not a
     /// power cut, and costs no fsync. Nothing written through it is acknowledged to anyone.
     log_pool: SqlitePool,
+    /// The group-committing writer of the hot write paths (deployments, targets, audit).
+    writer: writer::Writer,
 }
 
 impl Store {
@@ -66,12 +71,17 @@ impl Store {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let store = Self::connect(options.clone()).await?;
+        let writer = writer::Writer::start(options.clone()).await?;
         let log_pool = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_with(options.synchronous(SqliteSynchronous::Normal))
             .await
             .map_err(|e| Error::Unavailable(format!("cannot open database: {e}")))?;
-        Ok(Store { log_pool, ..store })
+        Ok(Store {
+            log_pool,
+            writer,
+            ..store
+        })
     }
 
     /// An in-memory database, for unit tests and benchmarks.
@@ -96,11 +106,19 @@ impl Store {
         migrate(&pool).await?;
         Ok(Store {
             log_pool: pool.clone(),
+            writer: writer::Writer::Pool(pool.clone()),
             pool,
         })
     }
 
+    /// Transactions the group-committing writer has committed so far, each holding one or
+    /// more writes (`None` for an in-memory store): writes per commit, for benchmarks.
+    pub fn write_batches(&self) -> Option<u64> {
+        self.writer.batches()
+    }
+
     pub async fn close(&self) {
+        self.writer.close().await;
         self.log_pool.close().await;
         self.pool.close().await;
     }
@@ -161,6 +179,36 @@ impl Store {
             })
             .collect()
     }
+
+    /// For tests: opens a write transaction (`BEGIN IMMEDIATE`, holding SQLite's one write
+    /// lock) that stays open until [`WriteLock::release`], as a long legitimate write would.
+    #[cfg(test)]
+    pub(crate) async fn hold_write_lock(&self) -> Result<WriteLock, Error> {
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(internal)?;
+        Ok(WriteLock(tx))
+    }
+}
+
+/// An open write transaction (tests only).
+#[cfg(test)]
+pub(crate) struct WriteLock(sqlx::Transaction<'static, sqlx::Sqlite>);
+
+#[cfg(test)]
+impl WriteLock {
+    /// Commits (writes one audit row, so the transaction is a real write) and releases it.
+    pub(crate) async fn release(mut self) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO audit_log (actor, action, target) VALUES ('test', 'test.write', 'lock')",
+        )
+        .execute(&mut *self.0)
+        .await
+        .map_err(internal)?;
+        self.0.commit().await.map_err(internal)
+    }
 }
 
 /// Applies pending migrations with foreign keys off, then checks them. SQLite changes a
@@ -209,8 +257,30 @@ fn encrypted_rows(column: &EncryptedColumn) -> String {
 
 /// Maps an unexpected database error. Constraint violations that callers expect are mapped
 /// with [`conflict`] at the call site, where a specific message can be given.
+///
+/// A full disk is not internal: the caller is told what is wrong and that a retry will do once
+/// an operator freed space (`Unavailable`); SQLite rolled the write back, so nothing is stored
+/// half-way, and the same connections work again as soon as there is room.
 pub(crate) fn internal(e: sqlx::Error) -> Error {
+    if is_disk_full(&e) {
+        tracing::error!(error = %e, "cannot write to the database: the disk is full");
+        return Error::Unavailable(DISK_FULL.to_owned());
+    }
     Error::Internal(format!("database: {e}"))
+}
+
+/// What a client is told when a write cannot be stored for want of space.
+pub const DISK_FULL: &str = "the control plane's disk is full: the change was not stored; free space in its data directory, then retry";
+
+/// `SQLITE_FULL` (13, "database or disk is full"), whatever its extended code.
+fn is_disk_full(e: &sqlx::Error) -> bool {
+    const SQLITE_FULL: i64 = 13;
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.code()
+        .and_then(|code| code.parse::<i64>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_FULL)
 }
 
 /// Maps a unique violation to `AlreadyExists(message)`, a foreign-key violation to
@@ -347,5 +417,39 @@ mod migration_tests {
             .await
             .unwrap();
         assert_eq!(left, 0);
+    }
+}
+
+#[cfg(test)]
+mod disk_full_tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    /// SQLite's page limit stands in for the disk: past it, a write fails as on a full disk
+    /// (`SQLITE_FULL`). The caller is told so and what to do, not "internal error"; the
+    /// write is not stored; reads go on; and with room again, writes succeed.
+    #[tokio::test]
+    async fn a_full_disk_is_a_clear_unavailable_error_and_writes_resume_with_room() {
+        let store = Store::open_in_memory().await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let big = "x".repeat(64 * 1024);
+        let err = store.put_setting("big", &big).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+        assert_eq!(err.to_string(), DISK_FULL);
+        assert_eq!(store.setting("big").await.unwrap(), None, "nothing stored");
+
+        sqlx::query(&format!("PRAGMA max_page_count = {}", pages * 100))
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        store.put_setting("big", &big).await.unwrap();
+        assert_eq!(store.setting("big").await.unwrap(), Some(big));
     }
 }

@@ -126,8 +126,11 @@ pub fn description(description: Option<&str>) -> Result<()> {
     }
 }
 
-/// A Docker image reference without tag or digest: `[host[:port]/]path`, path components of
-/// lowercase letters, digits and separators (`.`, `_`, `-`).
+/// A Docker image reference without tag or digest: `[host[:port]/]path`, as Docker's own
+/// grammar (distribution/reference) has it, so nothing accepted here fails at the agent's
+/// pull: a host of dot-separated labels (letters, digits, inner `-`) and an optional numeric
+/// port; path components of lowercase letters and digits, joined by one separator (`.`,
+/// `_`, `__` or a run of `-`).
 pub fn image(image: &str) -> Result<()> {
     let bad = || {
         Error::invalid(format!(
@@ -145,29 +148,39 @@ pub fn image(image: &str) -> Result<()> {
     {
         let host = parts.remove(0);
         let (h, port) = host.split_once(':').unwrap_or((host, "0"));
-        if !h.starts_with(|c: char| c.is_ascii_alphanumeric())
-            || !h.ends_with(|c: char| c.is_ascii_alphanumeric())
-            || h.contains("..")
-            || !h
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        let label = |l: &str| {
+            !l.is_empty()
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if !h.split('.').all(label)
+            || !port.chars().all(|c| c.is_ascii_digit())
             || port.parse::<u16>().is_err()
         {
             return Err(bad());
         }
     }
-    for part in parts {
-        let ok = !part.is_empty()
-            && part.chars().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-            })
-            && part.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && part.ends_with(|c: char| c.is_ascii_alphanumeric());
-        if !ok {
-            return Err(bad());
-        }
+    if !parts.into_iter().all(path_component) {
+        return Err(bad());
     }
     Ok(())
+}
+
+/// `[a-z0-9]+ (([._]|__|-+) [a-z0-9]+)*`: what lies between the runs of letters and digits
+/// is one separator, and there is nothing before the first run or after the last.
+fn path_component(part: &str) -> bool {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let separators: Vec<&str> = part.split(alphanumeric).collect();
+    let (Some(first), Some(last)) = (separators.first(), separators.last()) else {
+        return false;
+    };
+    !part.is_empty()
+        && first.is_empty()
+        && last.is_empty()
+        && separators
+            .iter()
+            .all(|s| matches!(*s, "" | "." | "_" | "__") || s.chars().all(|c| c == '-'))
 }
 
 /// A Docker tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`) or a digest (`sha256:<64 hex>`).
@@ -341,6 +354,9 @@ fn truncate(s: &str) -> String {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -363,11 +379,27 @@ mod tests {
             "127.0.0.1:5000/team/app",
             "localhost/x",
             "reg.io/a-b/c_d.e",
+            "a__b/c---d",
+            "Reg.IO:5000/a",
         ] {
             image(ok).unwrap();
         }
         for bad in [
-            "", "Busybox", "app:1.0", "a//b", "../etc", "a/-b", "a b", "a;rm",
+            "",
+            "Busybox",
+            "app:1.0",
+            "a//b",
+            "../etc",
+            "a/-b",
+            "a b",
+            "a;rm",
+            // Found by `properties::an_accepted_image_is_a_docker_name`: Docker refuses
+            // these at the pull.
+            "a/0-.a",
+            "a..b",
+            "a___b",
+            "reg.io:+5/a",
+            "a-.reg.io/a",
         ] {
             assert!(image(bad).is_err(), "{bad:?}");
         }

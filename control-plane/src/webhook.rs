@@ -27,6 +27,9 @@ mod reply;
 mod request;
 mod routes;
 
+#[cfg(test)]
+mod properties;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;

@@ -529,6 +529,42 @@ fn deleting_a_referenced_secret_needs_force_and_lists_the_references() {
     ok(node.cli(&["group", "delete", "g"], None));
 }
 
+#[test]
+fn deleting_a_referenced_group_needs_force_and_force_removes_the_references() {
+    let d = dirs();
+    let node = DevNode::start_without_agent(&d);
+    ok(node.cli(&["group", "create", "g"], None));
+    ok(node.cli(&["secret", "set", "g", "DB"], Some("v")));
+    ok(node.cli(&["app", "create", "web", "--image", "web"], None));
+    ok(node.cli(
+        &["env", "set", "ALL_OF_G", "--group", "g", "--app", "web"],
+        None,
+    ));
+    ok(node.cli(
+        &["env", "set", "DATABASE_URL", "--secret", "g/DB", "--global"],
+        None,
+    ));
+    let out = node.cli(&["group", "delete", "g"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("web:ALL_OF_G")
+            && err.contains("(global):DATABASE_URL")
+            && err.contains("force"),
+        "{err}"
+    );
+    // Nothing went: the group, its secret, both references.
+    assert!(ok(node.cli(&["group", "show", "g"], None)).contains("DB"));
+    assert!(ok(node.cli(&["env", "list", "--app", "web"], None)).contains("ALL_OF_G"));
+    assert!(ok(node.cli(&["env", "list", "--global"], None)).contains("DATABASE_URL"));
+
+    ok(node.cli(&["group", "delete", "g", "--force"], None));
+    let out = node.cli(&["group", "show", "g"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(!ok(node.cli(&["env", "list", "--app", "web"], None)).contains("ALL_OF_G"));
+    assert!(!ok(node.cli(&["env", "list", "--global"], None)).contains("DATABASE_URL"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_a_clear_error_and_stores_nothing() {
     let d = dirs();
@@ -1076,4 +1112,40 @@ fn the_first_admin_key_is_written_to_a_private_file_and_read_from_a_file_or_stdi
     wait_listening(port, "berth-control-plane");
     assert!(!second.log().contains("bk_"), "{}", second.log());
     assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+}
+
+/// `berth … | head -1`: the reader closing the pipe early is not an error. The command ends
+/// quietly with the status of a process killed by SIGPIPE (141), whether it wrote with a
+/// print (a listing) or through a writer (the completion script).
+#[test]
+fn a_reader_that_closes_the_pipe_early_gets_no_error_message() {
+    use std::process::{Command, Stdio};
+
+    use crate::fixture::process::bin;
+
+    let d = dirs();
+    let node = DevNode::start_in(&d);
+    ok(node.cli(&["group", "create", "pipe-check"], None));
+    let runs: [(&[&str], bool); 2] = [(&["completion", "bash"], false), (&["group", "list"], true)];
+    for (args, connects) in runs {
+        let mut command = Command::new(bin("berth"));
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if connects {
+            command
+                .env("BERTH_ADDR", &node.addr)
+                .env("BERTH_CA_CERT", &node.ca_cert)
+                .env("BERTH_TOKEN", node.admin_token());
+        }
+        let mut child = command.spawn().unwrap();
+        // The reader is gone before the first byte is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?} printed: {stderr}");
+    }
 }

@@ -113,8 +113,9 @@ async fn a_revoked_agent_is_dropped_at_once_and_refused_afterwards() {
     let name = unique("revoked");
     let mut agent = AgentProcess::start(&node, &name, &[], d.logs.path()).await;
     wait_connected(&node, &name).await;
-    let cert = std::fs::read_to_string(agent.data_dir().join("agent.crt")).unwrap();
-    let key = std::fs::read_to_string(agent.data_dir().join("agent.key")).unwrap();
+    // The certificate and its key, one file (tonic reads each from it).
+    let cert = std::fs::read_to_string(agent.data_dir().join("agent.pem")).unwrap();
+    let key = cert.clone();
     // With its valid certificate the stream is accepted.
     let ca = std::fs::read_to_string(&node.ca_cert).unwrap();
     let channel = agent_channel(
@@ -164,11 +165,11 @@ async fn agents_renew_their_certificate_over_the_stream_without_a_restart() {
     let name = unique("renew");
     let agent = AgentProcess::start(&node, &name, &[], d.logs.path()).await;
     wait_connected(&node, &name).await;
-    let first = std::fs::read_to_string(agent.data_dir().join("agent.crt")).unwrap();
-    let first_key = std::fs::read_to_string(agent.data_dir().join("agent.key")).unwrap();
+    let first = std::fs::read_to_string(agent.data_dir().join("agent.pem")).unwrap();
+    let first_key = first.clone();
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let now = std::fs::read_to_string(agent.data_dir().join("agent.crt")).unwrap_or_default();
+        let now = std::fs::read_to_string(agent.data_dir().join("agent.pem")).unwrap_or_default();
         if !now.is_empty() && now != first {
             break;
         }

@@ -15,6 +15,7 @@ mod acme_certificates;
 mod admin_api;
 mod agent_certificates;
 mod agent_deploys;
+mod crash_campaign;
 mod docker_executor;
 mod executor_contract;
 mod outgoing_notifications;

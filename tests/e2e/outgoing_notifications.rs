@@ -1,6 +1,8 @@
 //! Outgoing notifications: `berth webhook` against a receiver in the test that checks every
 //! request's HMAC signature with the secret `webhook add` printed, retried deliveries, roles
-//! and input, for deployments that fail before dispatch (no Docker needed).
+//! and input, for deployments that fail before dispatch (no Docker needed). The receiver is on
+//! 127.0.0.1, so the nodes allow private destinations explicitly (`--notify-allow-private`);
+//! one node without it shows the refusal.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::fixture::admin::{authed, deploy, wait_deployment};
 use crate::fixture::data_dir::files_containing;
 use crate::fixture::node::{dirs, ok, stderr, DevNode, Dirs};
+use crate::fixture::process::free_port;
 
 /// One request as the receiver read it; header names lowercased.
 struct Received {
@@ -115,10 +118,18 @@ fn expected_signature(secret: &str, body: &[u8]) -> String {
     berth_control_plane::notify::signature(secret.as_bytes(), body)
 }
 
-/// A node without a local agent: deployments fail before dispatch, Docker or not.
+/// A node without a local agent (deployments fail before dispatch, Docker or not) that may
+/// deliver to the receivers on 127.0.0.1.
 fn start_node() -> (Dirs, DevNode) {
+    start_node_with(&["--notify-allow-private"])
+}
+
+fn start_node_with(args: &[&str]) -> (Dirs, DevNode) {
     let d = dirs();
-    let node = DevNode::start_without_agent(&d);
+    let mut all = vec!["--no-agent", "--agent-listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let node = DevNode::start_with(d.data.path(), d.logs.path(), &[], &all, free_port())
+        .unwrap_or_else(|log| panic!("{log}"));
     (d, node)
 }
 
@@ -217,9 +228,14 @@ async fn a_failed_deployment_is_posted_signed_with_the_secret_shown_once() {
     assert_eq!(deployment["version"], "v1");
     assert_eq!(deployment["status"], "failed");
     assert_eq!(deployment["triggerType"], row.trigger_type.as_str());
-    assert_eq!(
-        deployment["errorMessage"],
-        row.error_message.clone().unwrap().as_str()
+    // The receiver reads the public reason; the admin API keeps the detail (the image).
+    assert_eq!(deployment["errorMessage"], "image not allowed");
+    let detail = row.error_message.clone().unwrap();
+    assert!(detail.contains("busybox"), "{detail}");
+    let text = String::from_utf8_lossy(&request.body);
+    assert!(
+        !text.contains("busybox") && !text.contains("approved") && !text.contains("allowlist"),
+        "{text}"
     );
     assert!(deployment["durationMs"].is_i64(), "{event}");
     for time in [
@@ -413,11 +429,21 @@ async fn webhook_commands_check_roles_and_input() {
         "{added}"
     );
     let id = added["webhook"]["id"].to_string();
+    // Below admin, a URL reads as its origin: its path may be the receiver's credential.
     let listed = ok(node.cli_as(&viewer, &["webhook", "list"], None));
     assert!(
-        listed.contains("https://example.com/hook") && listed.contains("deployment.succeeded"),
+        listed.contains("https://example.com")
+            && !listed.contains("/hook")
+            && listed.contains("deployment.succeeded"),
         "{listed}"
     );
+    let listed = ok(node.cli_as(&viewer, &["webhook", "list", "-o", "json"], None));
+    assert!(
+        listed.contains("\"https://example.com\"") && !listed.contains("/hook"),
+        "{listed}"
+    );
+    let listed = ok(node.cli(&["webhook", "list"], None));
+    assert!(listed.contains("https://example.com/hook"), "{listed}");
     let refused = node.cli_as(&viewer, &["webhook", "remove", &id], None);
     assert!(
         stderr(&refused).contains("permission denied"),
@@ -429,4 +455,49 @@ async fn webhook_commands_check_roles_and_input() {
     assert!(ok(node.cli(&["webhook", "list"], None)).contains("no webhooks"));
     let again = node.cli(&["webhook", "remove", &id], None);
     assert!(stderr(&again).contains("not found"), "{}", stderr(&again));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_notify_allow_private_a_loopback_receiver_is_refused_and_never_reached() {
+    let (_d, node) = start_node_with(&[]);
+    let mut receiver = Receiver::start(vec![]).await;
+    let added = ok(node.cli(
+        &[
+            "webhook",
+            "add",
+            &receiver.url,
+            "--event",
+            "deployment.failed",
+        ],
+        None,
+    ));
+    let webhook_id = added
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string();
+    refused_app(&node, "private").await;
+    let deployment_id = deploy(&node, "private", "v1").await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let delivery = loop {
+        let out = ok(node.cli(&["webhook", "deliveries", &webhook_id, "-o", "json"], None));
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        if let Some(d) = list.iter().find(|d| d["attempt"].as_u64() >= Some(1)) {
+            break d.clone();
+        }
+        assert!(Instant::now() < deadline, "no attempt recorded: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(delivery["deployment_id"], deployment_id.as_str());
+    assert_eq!(
+        delivery["error"],
+        "destination address is not allowed (private/loopback); start the control plane with --notify-allow-private to allow it",
+        "{delivery}"
+    );
+    assert!(delivery["response_code"].is_null(), "{delivery}");
+    assert!(
+        receiver.requests.try_recv().is_err(),
+        "a refused destination received the event"
+    );
 }

@@ -3,14 +3,15 @@
 //!
 //! Architecture invariant: every read is authorized here (`Permission::Read`), so the gRPC
 //! handlers only convert; whether a deployment is finished is asked of
-//! `DeploymentStatus::is_finished` and nowhere else.
+//! `DeploymentStatus::is_finished` and nowhere else. A watch task never outlives its client
+//! nor `WatchLimits::max_lifetime`, and holds a slot of `watchers.rs` while it runs.
 
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::Fleet;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::DeploymentLog;
 use crate::service::{Actor, Permission};
 use crate::store::{DeploymentEventRow, DeploymentTargetRow};
@@ -19,6 +20,9 @@ use crate::store::{DeploymentEventRow, DeploymentTargetRow};
 const WATCH_POLL: Duration = Duration::from_millis(500);
 /// Updates a watcher may buffer before it waits for its client.
 const WATCH_BUFFER: usize = 64;
+/// How long a watcher that must end tries to hand its client the reason (a client that
+/// stopped reading does not hold the task).
+const WATCH_LAST_WORD: Duration = Duration::from_secs(5);
 /// History rows `deploy list` returns by default, and at most.
 const LIST_DEFAULT: u32 = 20;
 const LIST_MAX: u32 = 500;
@@ -80,22 +84,39 @@ impl Fleet {
     }
 
     /// `berth deploy --follow`: a stream of the deployment's steps, from the first, ending
-    /// with its final row. The stream ends early only when the receiver is dropped or the
-    /// store fails (the error is the last item).
+    /// with its final row. The stream ends early when the receiver is dropped (at once, not
+    /// at the next step), when it reached its maximum lifetime or when the store fails (the
+    /// error is the last item). Refused when the caller or the node has too many open.
     pub async fn watch(
         &self,
         actor: &Actor,
         deployment_id: &str,
     ) -> Result<mpsc::Receiver<Result<WatchUpdate>>> {
         actor.require(Permission::Read)?;
+        let limits = &self.inner.config.watch;
+        let slot = self.inner.watchers.admit(limits, &actor.name)?;
         // An unknown id is refused now, not as the first item of the stream.
         self.service().store().deployment(deployment_id).await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let fleet = self.clone();
         let deployment_id = deployment_id.to_string();
+        let lifetime = limits.max_lifetime;
         tokio::spawn(async move {
-            if let Err(e) = fleet.feed_watcher(&deployment_id, &tx).await {
-                let _ = tx.send(Err(e)).await;
+            let _slot = slot;
+            let ended = tokio::select! {
+                // The client is gone (the RPC's response stream, holding the receiver, was
+                // dropped): nothing is left to do, even if the deployment never moves again.
+                () = tx.closed() => return,
+                () = tokio::time::sleep(lifetime) => Err(Error::Unavailable(format!(
+                    "the watch of deployment {deployment_id} reached its maximum lifetime of \
+                     {} s before the deployment finished: watch it again or see \
+                     `berth deploy show {deployment_id}`",
+                    lifetime.as_secs()
+                ))),
+                fed = fleet.feed_watcher(&deployment_id, &tx) => fed,
+            };
+            if let Err(e) = ended {
+                let _ = tokio::time::timeout(WATCH_LAST_WORD, tx.send(Err(e))).await;
             }
         });
         Ok(rx)

@@ -12,12 +12,13 @@ use std::time::Duration;
 use berth_proto::v1 as pb;
 use secrecy::ExposeSecret as _;
 
+use super::failure::{Failure, FailureKind};
 use super::Fleet;
 use crate::crypto::Aad;
 use crate::error::{Error, Result};
 use crate::model::{Application, Target, TargetStatus};
 use crate::service::{Actor, Permission};
-use crate::store::NewDeployment;
+use crate::store::{FailureText, NewDeployment};
 use crate::validate;
 
 #[derive(Debug, Clone)]
@@ -194,13 +195,13 @@ impl Fleet {
         app: &Application,
         version: &str,
         deployment_id: &str,
-    ) -> (Result<pb::DeployCommand>, Vec<String>) {
+    ) -> (Result<pb::DeployCommand, Failure>, Vec<String>) {
         let mut prepared = self.prepare_command(app, version, deployment_id).await;
         let targets = match &prepared {
             Ok(_) => match self.select_targets(app).await {
                 Ok(targets) => targets,
                 Err(e) => {
-                    prepared = Err(e);
+                    prepared = Err(Failure::of(FailureKind::NoTargets)(e));
                     Vec::new()
                 }
             },
@@ -216,19 +217,42 @@ impl Fleet {
         actor_name: &str,
         app: Application,
         deployment_id: &str,
-        prepared: Result<pb::DeployCommand>,
+        prepared: Result<pb::DeployCommand, Failure>,
         targets: Vec<String>,
     ) -> Result<()> {
         let store = self.service().store();
         match prepared {
             Ok(command) => {
+                let asked = app
+                    .health_check
+                    .as_ref()
+                    .and_then(|h| h.timeout_s)
+                    .unwrap_or(DEFAULT_HEALTH_TIMEOUT_S);
+                let gate = command
+                    .health_check
+                    .as_ref()
+                    .map_or(asked, |h| h.timeout_seconds);
+                if gate < asked {
+                    store
+                        .add_deployment_event(
+                            deployment_id,
+                            None,
+                            "prepare",
+                            &format!(
+                                "health timeout capped at {gate}s (asked {asked}s): a target must answer within the control plane's result timeout of {}s",
+                                self.inner.config.rollout.result_timeout.as_secs()
+                            ),
+                        )
+                        .await?;
+                }
                 let fleet = self.clone();
                 let id = deployment_id.to_string();
                 tokio::spawn(async move { fleet.run_rollout(id, app, command, targets).await });
             }
-            Err(e) => {
+            Err(failure) => {
                 // Refused before dispatch: recorded, audited, nothing reached an agent.
-                let reason = e.to_string();
+                let reason = failure.detail.clone();
+                let public_reason = failure.public_reason();
                 store
                     .add_deployment_event(deployment_id, None, "failed", &reason)
                     .await?;
@@ -238,7 +262,14 @@ impl Fleet {
                         .await?;
                 }
                 store
-                    .finish_deployment(deployment_id, false, Some(&reason))
+                    .finish_deployment(
+                        deployment_id,
+                        false,
+                        Some(&FailureText {
+                            detail: &reason,
+                            public_reason: &public_reason,
+                        }),
+                    )
                     .await?;
                 store
                     .audit(actor_name, "deployment.refused", &app.name, Some(&reason))
@@ -293,18 +324,22 @@ impl Fleet {
         Ok(selected)
     }
 
-    /// Builds the command: allowlist, resolved environment, registry credentials.
+    /// Builds the command: allowlist, resolved environment, registry credentials. Each step's
+    /// error is classified here, with its public category.
     async fn prepare_command(
         &self,
         app: &Application,
         version: &str,
         deployment_id: &str,
-    ) -> Result<pb::DeployCommand> {
+    ) -> Result<pb::DeployCommand, Failure> {
         let store = self.service().store();
         let mut image = app.image.clone();
         let mut registry = None;
         if let Some(repo_name) = &app.repository {
-            let repo = store.repository(repo_name).await?;
+            let repo = store
+                .repository(repo_name)
+                .await
+                .map_err(Failure::of(FailureKind::Registry))?;
             let server = repo
                 .url
                 .trim_start_matches("https://")
@@ -317,7 +352,8 @@ impl Fleet {
             let password = match &repo.password {
                 Some(ciphertext) => self
                     .service()
-                    .decrypt_repository_password(&repo.name, ciphertext)?
+                    .decrypt_repository_password(&repo.name, ciphertext)
+                    .map_err(Failure::of(FailureKind::Registry))?
                     .expose_secret()
                     .to_string(),
                 None => String::new(),
@@ -328,33 +364,49 @@ impl Fleet {
                 password,
             });
         }
-        if !self.service().image_allowed(&image).await? {
-            return Err(Error::PermissionDenied(format!(
-                "image {image} is not on the image allowlist"
-            )));
+        let allowed = self
+            .service()
+            .image_allowed(&image)
+            .await
+            .map_err(Failure::of(FailureKind::Refused))?;
+        if !allowed {
+            return Err(Failure::new(
+                FailureKind::ImageNotAllowed,
+                format!("image {image} is not on the image allowlist"),
+            ));
         }
-        let env = self.service().resolve_environment(app.id).await?;
+        let env = self
+            .service()
+            .resolve_environment(app.id)
+            .await
+            .map_err(Failure::of(FailureKind::Environment))?;
         crate::validate::environment_size(
             &app.name,
             env.iter()
                 .map(|(k, v)| (k.as_str(), v.expose_secret().len())),
-        )?;
-        let health_check = match &app.health_check {
+        )
+        .map_err(Failure::of(FailureKind::EnvironmentTooLarge))?;
+        let mut health_check = match &app.health_check {
             Some(h) => pb::HealthCheckSpec {
                 kind: h.kind.clone(),
                 port: h.port.into(),
                 path: h.path.clone().unwrap_or_else(|| "/".to_string()),
-                timeout_seconds: h.timeout_s.unwrap_or(60),
+                timeout_seconds: h.timeout_s.unwrap_or(DEFAULT_HEALTH_TIMEOUT_S),
                 grace_seconds: 0,
             },
             None => pb::HealthCheckSpec {
                 kind: "default".into(),
                 port: 0,
                 path: String::new(),
-                timeout_seconds: 60,
+                timeout_seconds: DEFAULT_HEALTH_TIMEOUT_S,
                 grace_seconds: 3,
             },
         };
+        // The health gate must end (and the agent answer) before the control plane stops
+        // waiting for the result; the rest of the result timeout is left for the pull.
+        // (`launch` records the cap in the deployment's log.)
+        let limit = health_timeout_limit(self.inner.config.rollout.result_timeout);
+        health_check.timeout_seconds = health_check.timeout_seconds.min(limit);
         Ok(pb::DeployCommand {
             deployment_id: deployment_id.to_string(),
             app: app.name.clone(),
@@ -378,7 +430,10 @@ impl Fleet {
             restart_policy: app.restart_policy.clone(),
             command: app.command.clone(),
             sent_at_unix_nanos: 0,
-            domains: self.proxy_domains(app).await?,
+            domains: self
+                .proxy_domains(app)
+                .await
+                .map_err(Failure::of(FailureKind::Refused))?,
             stop: Some(pb::StopSpec {
                 drain_seconds: app.stop.drain_timeout_s,
                 timeout_seconds: app.stop.stop_timeout_s,
@@ -386,6 +441,17 @@ impl Fleet {
             }),
         })
     }
+}
+
+/// How long a health gate waits when the app does not say.
+const DEFAULT_HEALTH_TIMEOUT_S: u32 = 60;
+
+/// The longest health gate a command may carry: half the result timeout (at least 1 s),
+/// so a target's answer always comes before the control plane gives up on it.
+pub(super) fn health_timeout_limit(result_timeout: Duration) -> u32 {
+    u32::try_from(result_timeout.as_secs() / 2)
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 impl crate::service::Service {

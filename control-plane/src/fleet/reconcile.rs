@@ -3,6 +3,7 @@
 //! failed with the reason after `reconcile_timeout`; targets that succeeded are rolled back
 //! when another failed, exactly as a live rollout would.
 
+use super::failure::{Failure, FailureKind};
 use super::Fleet;
 use crate::error::Result;
 use crate::model::TargetStatus;
@@ -53,6 +54,7 @@ impl Fleet {
         let mut succeeded = Vec::new();
         let mut untouched = Vec::new();
         let mut failure = None;
+        let mut failed_hosts = 0;
         for t in &targets {
             match t.status {
                 TargetStatus::Success => succeeded.push(t.agent_name.clone()),
@@ -68,9 +70,15 @@ impl Fleet {
                             Some(why),
                         )
                         .await?;
+                    failed_hosts += 1;
                     failure.get_or_insert(format!("target {} failed: {why}", t.agent_name));
+                    // It may still be deploying, or its result may come with its next
+                    // connection: either way it must not end up serving this version.
+                    let (_, app) = store.deployment(deployment_id).await?;
+                    self.withdraw(deployment_id, &t.agent_name, &app, why);
                 }
                 _ => {
+                    failed_hosts += 1;
                     failure.get_or_insert(format!(
                         "target {} failed: {}",
                         t.agent_name,
@@ -81,12 +89,27 @@ impl Fleet {
                 }
             }
         }
+        let total = targets.len();
+        let mut failure = failure.map(|detail| {
+            Failure::new(
+                FailureKind::Hosts {
+                    failed: failed_hosts,
+                    total,
+                },
+                detail,
+            )
+        });
         if failure.is_none() && !untouched.is_empty() {
-            failure = Some("control plane restarted before every target was deployed".to_string());
+            failure = Some(Failure::new(
+                FailureKind::Interrupted,
+                "control plane restarted before every target was deployed",
+            ));
         }
         if targets.is_empty() {
-            failure =
-                Some("control plane restarted before the deployment was dispatched".to_string());
+            failure = Some(Failure::new(
+                FailureKind::Interrupted,
+                "control plane restarted before the deployment was dispatched",
+            ));
         }
         self.conclude(deployment_id, &succeeded, &untouched, failure)
             .await

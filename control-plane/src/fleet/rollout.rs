@@ -11,9 +11,11 @@ use berth_proto::v1 as pb;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use super::failure::{Failure, FailureKind};
 use super::Fleet;
 use crate::error::{Error, Result};
 use crate::model::{Application, TargetStatus};
+use crate::store::FailureText;
 
 impl Fleet {
     pub(super) async fn run_rollout(
@@ -49,6 +51,7 @@ impl Fleet {
         let batch_size = usize::try_from(app.deploy_batch_size.max(1)).unwrap_or(1);
         let mut succeeded = Vec::new();
         let mut failure: Option<String> = None;
+        let mut failed_hosts = 0;
         let mut reached = 0;
         for batch in targets.chunks(batch_size) {
             reached += batch.len();
@@ -81,29 +84,40 @@ impl Fleet {
             while let Some(joined) = set.join_next().await {
                 let (agent, result) =
                     joined.map_err(|e| Error::Internal(format!("rollout task: {e}")))?;
-                match result {
-                    Ok(r) if r.success => succeeded.push(agent),
-                    Ok(r) => {
+                let why = match result {
+                    Ok(Dispatched::Answered(r)) if r.success => {
+                        succeeded.push(agent);
+                        continue;
+                    }
+                    Ok(Dispatched::Answered(r)) => {
+                        failed_hosts += 1;
                         let why = if r.error.is_empty() {
                             "deploy failed".to_string()
                         } else {
                             r.error
                         };
                         failure.get_or_insert(format!("target {agent} failed: {why}"));
+                        continue;
                     }
-                    Err(e) => {
-                        store
-                            .finish_target(
-                                deployment_id,
-                                &agent,
-                                TargetStatus::Failed,
-                                None,
-                                Some(&e.to_string()),
-                            )
-                            .await?;
-                        failure.get_or_insert(format!("target {agent} failed: {e}"));
+                    Ok(Dispatched::TimedOut(why)) => {
+                        // The agent may still finish: it is told to undo whatever it does.
+                        self.withdraw(deployment_id, &agent, &app.name, &why);
+                        why
                     }
-                }
+                    Ok(Dispatched::NotConnected(why)) => why,
+                    Err(e) => e.to_string(),
+                };
+                store
+                    .finish_target(
+                        deployment_id,
+                        &agent,
+                        TargetStatus::Failed,
+                        None,
+                        Some(&why),
+                    )
+                    .await?;
+                failed_hosts += 1;
+                failure.get_or_insert(format!("target {agent} failed: {why}"));
             }
             if failure.is_some() {
                 break;
@@ -118,12 +132,13 @@ impl Fleet {
                         .add_deployment_event(deployment_id, None, "cancel", &reason)
                         .await?;
                     self.cancel_done(deployment_id);
+                    let cancelled = Failure::new(FailureKind::Cancelled { by: by.clone() }, reason);
                     return self
                         .conclude_as(
                             deployment_id,
                             &succeeded,
                             &targets[reached..],
-                            Some(reason),
+                            Some(cancelled),
                             Some(&by),
                         )
                         .await;
@@ -133,6 +148,16 @@ impl Fleet {
         // Every batch went out: the deployment finishes on its own (a cancel that came too
         // late to stop a batch changes nothing; the newer deployment follows it).
         self.cancel_done(deployment_id);
+        let failure = failure.map(|detail| {
+            let total = targets.len();
+            Failure::new(
+                FailureKind::Hosts {
+                    failed: failed_hosts,
+                    total,
+                },
+                detail,
+            )
+        });
         self.conclude(deployment_id, &succeeded, &targets[reached..], failure)
             .await
     }
@@ -144,7 +169,7 @@ impl Fleet {
         deployment_id: &str,
         succeeded: &[String],
         untouched: &[String],
-        failure: Option<String>,
+        failure: Option<Failure>,
     ) -> Result<()> {
         self.conclude_as(deployment_id, succeeded, untouched, failure, None)
             .await
@@ -157,7 +182,7 @@ impl Fleet {
         deployment_id: &str,
         succeeded: &[String],
         untouched: &[String],
-        failure: Option<String>,
+        failure: Option<Failure>,
         superseded_by: Option<&str>,
     ) -> Result<()> {
         let store = self.service().store();
@@ -168,7 +193,9 @@ impl Fleet {
                 .await?;
         }
         match failure {
-            Some(reason) => {
+            Some(failure) => {
+                let reason = failure.detail.as_str();
+                let public_reason = failure.public_reason();
                 for agent in succeeded {
                     store
                         .add_deployment_event(
@@ -184,25 +211,34 @@ impl Fleet {
                             app: app.clone(),
                         })),
                     };
-                    if let Err(e) = self
+                    let unanswered = match self
                         .dispatch(deployment_id, agent, pb::CommandKind::Rollback, msg, true)
                         .await
                     {
+                        Ok(Dispatched::Answered(_)) => None,
+                        Ok(Dispatched::TimedOut(why) | Dispatched::NotConnected(why)) => Some(why),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(why) = unanswered {
                         store
                             .add_deployment_event(
                                 deployment_id,
                                 None,
                                 "rollback",
-                                &format!("rollback of {agent} failed: {e}"),
+                                &format!("rollback of {agent} failed: {why}"),
                             )
                             .await?;
                     }
                 }
                 store
-                    .add_deployment_event(deployment_id, None, "failed", &reason)
+                    .add_deployment_event(deployment_id, None, "failed", reason)
                     .await?;
+                let text = FailureText {
+                    detail: reason,
+                    public_reason: &public_reason,
+                };
                 store
-                    .finish_deployment_as(deployment_id, false, Some(&reason), superseded_by)
+                    .finish_deployment_as(deployment_id, false, Some(&text), superseded_by)
                     .await?;
                 tracing::warn!(deployment = %deployment_id, %app, %reason, "deployment failed");
             }
@@ -238,6 +274,77 @@ impl Fleet {
         Ok(())
     }
 
+    /// A target given up on without its result — no answer within the result timeout, or no
+    /// report after a restart — may still finish its deploy and serve the version its
+    /// deployment failed. It is sent a rollback in the background (the agent runs it after
+    /// the deploy, under the app's lock; a re-send gets the recorded result), unless one is
+    /// already out or a later deployment of the app reached that agent.
+    pub(super) fn withdraw(&self, deployment_id: &str, agent: &str, app: &str, why: &str) {
+        let key = (
+            deployment_id.to_string(),
+            agent.to_string(),
+            pb::CommandKind::Rollback as i32,
+        );
+        if self
+            .inner
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .contains_key(&key)
+        {
+            return;
+        }
+        let fleet = self.clone();
+        let (deployment_id, agent, app, why) = (
+            deployment_id.to_string(),
+            agent.to_string(),
+            app.to_string(),
+            why.to_string(),
+        );
+        tokio::spawn(async move {
+            let store = fleet.service().store();
+            match store.newer_dispatch_on(&deployment_id, &agent).await {
+                Ok(false) => {}
+                Ok(true) => return,
+                Err(e) => {
+                    tracing::error!(deployment = %deployment_id, %agent, error = %e, "cannot decide on a rollback");
+                    return;
+                }
+            }
+            let _ = store
+                .add_deployment_event(
+                    &deployment_id,
+                    None,
+                    "rollback",
+                    &format!("rolling back {agent}: {why}"),
+                )
+                .await;
+            let msg = pb::ControlMessage {
+                msg: Some(pb::control_message::Msg::Rollback(pb::RollbackCommand {
+                    deployment_id: deployment_id.clone(),
+                    app,
+                })),
+            };
+            let outcome = fleet
+                .dispatch(&deployment_id, &agent, pb::CommandKind::Rollback, msg, true)
+                .await;
+            let note = match outcome {
+                Ok(Dispatched::Answered(r)) if r.rolled_back || r.error.is_empty() => {
+                    format!("{agent} rolled back")
+                }
+                Ok(Dispatched::Answered(r)) => format!("rollback of {agent}: {}", r.error),
+                Ok(Dispatched::TimedOut(why) | Dispatched::NotConnected(why)) => {
+                    format!("rollback of {agent} failed: {why}")
+                }
+                Err(e) => format!("rollback of {agent} failed: {e}"),
+            };
+            let _ = store
+                .add_deployment_event(&deployment_id, None, "rollback", &note)
+                .await;
+            fleet.inner.changed.notify_waiters();
+        });
+    }
+
     /// Sends one command to one agent and waits for its result. The command is re-sent when
     /// the agent reconnects (agents run a deployment id once and answer re-sends with the
     /// recorded result).
@@ -248,11 +355,11 @@ impl Fleet {
         kind: pb::CommandKind,
         msg: pb::ControlMessage,
         record: bool,
-    ) -> Result<pb::DeployResult> {
+    ) -> Result<Dispatched> {
         let store = self.service().store();
         let waited = self.wait_connected(agent).await;
         if !waited {
-            return Err(Error::Unavailable(format!(
+            return Ok(Dispatched::NotConnected(format!(
                 "agent {agent} is not connected"
             )));
         }
@@ -292,9 +399,9 @@ impl Fleet {
             .expect("waiters lock")
             .remove(&key);
         match outcome {
-            Ok(Ok(result)) => Ok(result),
+            Ok(Ok(result)) => Ok(Dispatched::Answered(result)),
             Ok(Err(_)) => Err(Error::Internal("result channel closed".into())),
-            Err(_) => Err(Error::Unavailable(format!(
+            Err(_) => Ok(Dispatched::TimedOut(format!(
                 "no result from agent {agent} within {:?}",
                 self.inner.config.rollout.result_timeout
             ))),
@@ -329,6 +436,15 @@ impl Fleet {
             self.send(agent, msg);
         }
     }
+}
+
+/// What became of one command sent to one agent.
+pub(super) enum Dispatched {
+    Answered(pb::DeployResult),
+    /// The agent was not connected within `connect_wait`: the command never went out.
+    NotConnected(String),
+    /// It went out and no result came within `result_timeout`: the agent may still run it.
+    TimedOut(String),
 }
 
 fn now_nanos() -> i64 {

@@ -248,6 +248,7 @@ impl ScriptedAgent {
         self.fleet
             .handle_message(
                 &self.name,
+                self.session.id,
                 pb::AgentMessage {
                     msg: Some(pb::agent_message::Msg::Result(result)),
                 },
@@ -337,6 +338,10 @@ async fn the_first_failed_target_stops_the_rollout_and_rolls_back_the_others() {
         Some("target a2 failed: health check timed out")
     );
     assert_eq!(
+        log.public_reason.as_deref(),
+        Some("deploy failed on 1 of 3 hosts")
+    );
+    assert_eq!(
         targets(&h.fleet, &id).await,
         vec![
             ("a1".to_string(), TargetStatus::RolledBack),
@@ -351,26 +356,29 @@ async fn the_first_failed_target_stops_the_rollout_and_rolls_back_the_others() {
 }
 
 #[tokio::test]
-async fn a_result_after_the_timeout_is_acknowledged_but_changes_nothing() {
+async fn a_target_without_a_result_in_time_fails_and_is_told_to_roll_back() {
     let h = Harness::new(&["a1"], rollout(Duration::from_millis(300), MUST_HAPPEN)).await;
     h.app("web", 1).await;
     let mut a1 = ScriptedAgent::connect(&h.fleet, "a1").await;
     let id = deploy(&h.fleet, "web", "v2").await;
     assert_eq!(a1.next().await, deploy_of(&id, "v2"));
 
-    // The agent stays silent past the timeout.
+    // The agent stays silent past the timeout: the target fails, and since the agent may
+    // still be deploying, it is told to roll back (it runs that after the deploy).
     let log = finished(&h.fleet, &id).await;
     assert_eq!(log.status, DeploymentStatus::Failed);
     let why = log.error_message.unwrap();
     assert!(why.contains("no result from agent a1 within"), "{why}");
+    assert_eq!(a1.next().await, Command::Rollback { id: id.clone() });
 
-    // Then its success arrives: acknowledged (so the agent drops it from its journal), but
-    // a finished target and deployment stay as they were.
+    // Then its late success arrives: acknowledged (so the agent drops it from its
+    // journal), no second rollback while the first is out, and the target stays failed.
     a1.deployed(&id).await;
     a1.idle().await;
     assert!(a1
         .acks
         .contains(&(id.clone(), pb::CommandKind::Deploy as i32)));
+    a1.answer(&id, pb::CommandKind::Rollback, None).await;
     assert_eq!(
         targets(&h.fleet, &id).await,
         vec![("a1".to_string(), TargetStatus::Failed)]
@@ -417,6 +425,11 @@ async fn a_target_that_never_connects_fails_the_deployment_after_connect_wait() 
             .as_deref()
             .unwrap()
             .contains("agent a2 is not connected"),
+        "{log:?}"
+    );
+    assert_eq!(
+        log.public_reason.as_deref(),
+        Some("deploy failed on 1 of 2 hosts"),
         "{log:?}"
     );
 }
@@ -505,6 +518,10 @@ async fn after_a_crash_a_silent_target_fails_and_the_successful_one_is_rolled_ba
             ("a2".to_string(), TargetStatus::Failed),
         ]
     );
+    assert_eq!(
+        log.public_reason.as_deref(),
+        Some("deploy failed on 1 of 2 hosts")
+    );
     assert!(log
         .error_message
         .unwrap()
@@ -527,6 +544,12 @@ async fn a_deployment_the_crash_left_undispatched_is_failed_with_the_reason() {
     fleet.reconcile().await.unwrap();
     let log = finished(&fleet, &id).await;
     assert_eq!(log.status, DeploymentStatus::Failed);
+    let public = log.public_reason.clone().unwrap_or_default();
+    assert!(
+        public == "interrupted by a control plane restart"
+            || public == "deploy failed on 1 of 1 host",
+        "{public}"
+    );
     let why = log.error_message.unwrap();
     assert!(
         why.contains("restarted before every target was deployed")
@@ -559,6 +582,10 @@ async fn a_deployment_of_a_busy_app_waits_and_only_the_newest_queued_one_runs() 
     let superseded = status(&h.fleet, &v3).await;
     assert_eq!(superseded.status, DeploymentStatus::Superseded);
     assert_eq!(superseded.superseded_by.as_deref(), Some(v4.as_str()));
+    assert_eq!(
+        superseded.public_reason,
+        Some(format!("superseded by deployment {v4}"))
+    );
     assert!(superseded.status.is_finished());
     assert_eq!(status(&h.fleet, &v4).await.status, DeploymentStatus::Queued);
     // Nothing of v3 or v4 reaches the agent while v2 runs.
@@ -748,6 +775,10 @@ async fn cancel_in_progress_stops_between_batches_rolls_back_and_starts_the_newe
     assert_eq!(cancelled.status, DeploymentStatus::Superseded);
     assert_eq!(cancelled.superseded_by.as_deref(), Some(v3.as_str()));
     assert_eq!(
+        cancelled.public_reason,
+        Some(format!("cancelled by deployment {v3}"))
+    );
+    assert_eq!(
         targets(&h.fleet, &v2).await,
         vec![
             ("a1".to_string(), TargetStatus::RolledBack),
@@ -766,6 +797,7 @@ async fn cancel_in_progress_stops_between_batches_rolls_back_and_starts_the_newe
 }
 
 mod acme;
+mod hardening;
 mod routes;
 
 /// An environment too heavy for one deploy command (the agent would refuse to decode it and
@@ -802,6 +834,7 @@ async fn an_environment_above_the_command_limit_is_refused_before_dispatch() {
         "{reason}"
     );
     assert!(!reason.contains("vvvv"), "{reason}");
+    assert_eq!(log.public_reason.as_deref(), Some("environment too large"));
     let targets = h
         .fleet
         .service()
@@ -812,5 +845,20 @@ async fn an_environment_above_the_command_limit_is_refused_before_dispatch() {
     assert!(
         targets.iter().all(|t| t.status == TargetStatus::Skipped),
         "nothing was dispatched: {targets:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_change_between_subscribing_and_waiting_wakes_the_watcher() {
+    // Watchers subscribe, read the store, then wait: a step stored while they read must
+    // wake them, not the next poll half a second later.
+    let h = Harness::new(&[], rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+    let subscribed = h.fleet.changed();
+    h.fleet.inner.changed.notify_waiters();
+    assert!(
+        tokio::time::timeout(Duration::ZERO, subscribed)
+            .await
+            .is_ok(),
+        "the change was missed"
     );
 }

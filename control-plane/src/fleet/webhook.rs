@@ -356,14 +356,13 @@ impl Fleet {
             .take(LOGGED_TOKEN_CHARS)
             .collect();
         tracing::warn!(app = %app.name, %client_ip, token_prefix = %prefix, "webhook token refused");
-        store
-            .audit(
-                &format!("webhook:{client_ip}"),
-                "webhook.token_refused",
-                &app.name,
-                Some(&format!("client {client_ip}")),
-            )
-            .await?;
+        self.audit_refusal(
+            &format!("webhook:{client_ip}"),
+            "webhook.token_refused",
+            &app.name,
+            &format!("client {client_ip}"),
+        )
+        .await?;
         Err(Error::Unauthenticated(INVALID_TOKEN.to_string()))
     }
 
@@ -377,15 +376,13 @@ impl Fleet {
             return Ok(());
         }
         tracing::warn!(%client_ip, "registry notification secret refused");
-        self.service()
-            .store()
-            .audit(
-                &format!("registry:{client_ip}"),
-                "registry.secret_refused",
-                "registry",
-                Some(&format!("client {client_ip}")),
-            )
-            .await?;
+        self.audit_refusal(
+            &format!("registry:{client_ip}"),
+            "registry.secret_refused",
+            "registry",
+            &format!("client {client_ip}"),
+        )
+        .await?;
         Err(Error::Unauthenticated(INVALID_REGISTRY_SECRET.to_string()))
     }
 
@@ -417,6 +414,9 @@ fn image_matches(image: &str, registry: Option<&str>, host: &str, repository: &s
         .split_once('/')
         .is_some_and(|(h, rest)| h.eq_ignore_ascii_case(host) && rest == repository)
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 mod tests {
@@ -706,13 +706,30 @@ mod tests {
                 "{presented:?}"
             );
         }
+        // One row at the first refusal; the two after it in the same window become one
+        // counted row when the window closes (here: the node stops).
+        let refused = |audit: &[crate::store::AuditEntry]| -> Vec<crate::store::AuditEntry> {
+            audit
+                .iter()
+                .filter(|e| e.action == "registry.secret_refused")
+                .cloned()
+                .collect()
+        };
         let audit = svc.store().list_audit(10).await.unwrap();
-        let refusals: Vec<_> = audit
-            .iter()
-            .filter(|e| e.action == "registry.secret_refused")
-            .collect();
-        assert_eq!(refusals.len(), 3);
+        assert_eq!(refused(&audit).len(), 1);
+        fleet.flush_refusals(true).await;
+        let audit = svc.store().list_audit(10).await.unwrap();
+        let refusals = refused(&audit);
+        assert_eq!(refusals.len(), 2);
         assert_eq!(refusals[0].actor, format!("registry:{IP}"));
+        assert!(
+            refusals[0]
+                .details
+                .as_deref()
+                .unwrap()
+                .starts_with("2 more refusals"),
+            "{refusals:?}"
+        );
         assert!(!format!("{audit:?}").contains("wrong-but-long"));
 
         // A control plane without a secret refuses every notification, an empty one too.

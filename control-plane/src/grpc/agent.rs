@@ -63,6 +63,14 @@ impl AgentApi {
 
     /// The agent behind a request: its client certificate, checked against `agents`.
     async fn identify<T>(&self, request: &Request<T>) -> Result<AgentRow, Status> {
+        Ok(self.identify_with_fingerprint(request).await?.0)
+    }
+
+    /// The agent and the fingerprint of the certificate it presented.
+    async fn identify_with_fingerprint<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(AgentRow, String), Status> {
         let certs = request
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("a berth client certificate is required"))?;
@@ -70,10 +78,12 @@ impl AgentApi {
             .first()
             .ok_or_else(|| Status::unauthenticated("a berth client certificate is required"))?;
         let fingerprint = format!("sha256:{}", hex::encode(Sha256::digest(leaf.as_ref())));
-        self.fleet
+        let agent = self
+            .fleet
             .authenticate_agent(&fingerprint)
             .await
-            .map_err(status)
+            .map_err(status)?;
+        Ok((agent, fingerprint))
     }
 }
 
@@ -136,7 +146,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
                     }
                     inbound = inbound.message() => match inbound {
                         Ok(Some(message)) => {
-                            if let Err(e) = fleet.handle_message(&agent.name, message).await {
+                            if let Err(e) = fleet.handle_message(&agent.name, session.id, message).await {
                                 tracing::warn!(agent = %agent.name, error = %e, "bad message from agent");
                                 let _ = tx.send(Err(status(e))).await;
                                 break;
@@ -160,10 +170,10 @@ impl pb::agent_service_server::AgentService for AgentApi {
         &self,
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
-        let agent = self.identify(&request).await?;
+        let (agent, presented) = self.identify_with_fingerprint(&request).await?;
         let issued = self
             .fleet
-            .renew(&agent.name, &request.get_ref().csr_pem)
+            .renew(&agent.name, &presented, &request.get_ref().csr_pem)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RenewResponse {

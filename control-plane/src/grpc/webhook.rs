@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::{authenticate, status};
 use crate::fleet::webhook::{ApplicationRef, RegistryPush, WebhookDeploy, WebhookDeployment};
-use crate::fleet::Fleet;
+use crate::fleet::{public_error, Fleet};
 use crate::service::{Actor, Permission};
 
 /// Marks a status as "the caller's own API key was refused", so the shim answers its CI
@@ -48,8 +48,11 @@ fn client_ip(text: &str) -> Result<IpAddr, Status> {
         .map_err(|_| Status::invalid_argument(format!("client_ip {text:?} is not an ip address")))
 }
 
+/// A deployment as the shim's CI caller reads it: a failure only as its public reason (the
+/// caller holds one application's token, not an admin key).
 fn deployment(d: WebhookDeployment) -> pb::WebhookDeployResponse {
     let finished = d.finished();
+    let error_message = public_error(&d.log);
     let log = d.log;
     pb::WebhookDeployResponse {
         deployment: Some(pb::WebhookDeployment {
@@ -60,7 +63,7 @@ fn deployment(d: WebhookDeployment) -> pb::WebhookDeployResponse {
             }),
             version: log.version,
             status: log.status.to_string(),
-            error_message: log.error_message,
+            error_message,
             trigger_type: log.trigger_type,
             trigger_source: log.trigger_source,
             started_at: log.started_at,

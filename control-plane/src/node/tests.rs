@@ -22,8 +22,10 @@ use crate::service::Actor;
 mod connections;
 mod deploy_records;
 mod enrollment;
+mod public_failures;
 mod registry_push;
 mod shutdown;
+mod watch_streams;
 
 const MUST_HAPPEN: Duration = Duration::from_secs(20);
 

@@ -1,7 +1,10 @@
 //! One HTTP/1.1 POST per attempt, over a fresh connection (plain TCP for `http://`, rustls
 //! with the system's root certificates for `https://`). Deliveries are rare, so there is no
-//! pool; redirects are not followed (a 3xx is an unsuccessful answer).
+//! pool; redirects are not followed (a 3xx is an unsuccessful answer). The host is resolved
+//! here, each address checked against the [`DestinationPolicy`], and the connection made to a
+//! checked address (see `destination`).
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -12,6 +15,8 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
+use super::destination::DestinationPolicy;
+
 /// Bounds the whole attempt: connect, TLS, request and response head.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -21,6 +26,11 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum SendError {
     #[error("invalid webhook url")]
     InvalidUrl,
+    /// Every address the host resolved to is refused by the policy; nothing was connected to.
+    #[error("destination address is not allowed (private/loopback); start the control plane with --notify-allow-private to allow it")]
+    DestinationNotAllowed,
+    #[error("cannot resolve the host: {0}")]
+    Resolve(std::io::Error),
     #[error("no answer within {}s", ATTEMPT_TIMEOUT.as_secs())]
     Timeout,
     #[error("connect: {0}")]
@@ -36,9 +46,18 @@ pub enum SendError {
 pub struct HttpSender {
     /// Built on the first `https://` delivery (loads the system's root certificates).
     tls: Arc<OnceLock<tokio_rustls::TlsConnector>>,
+    /// Which resolved addresses may be connected to.
+    policy: DestinationPolicy,
 }
 
 impl HttpSender {
+    pub fn new(policy: DestinationPolicy) -> Self {
+        HttpSender {
+            tls: Arc::default(),
+            policy,
+        }
+    }
+
     /// POSTs `body` with `headers` to `url` and returns the response status code.
     pub async fn post(
         &self,
@@ -89,9 +108,7 @@ impl HttpSender {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| SendError::Http(e.to_string()))?;
 
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(SendError::Connect)?;
+        let tcp = self.connect(&host, port).await?;
         let _ = tcp.set_nodelay(true);
         if https {
             let name = ServerName::try_from(host).map_err(|_| SendError::InvalidUrl)?;
@@ -104,6 +121,35 @@ impl HttpSender {
         } else {
             exchange(TokioIo::new(tcp), request).await
         }
+    }
+
+    /// Resolves `host` once, keeps the addresses the policy allows, and connects to the first
+    /// of them that answers. A refusal happens before any connection is tried.
+    async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, SendError> {
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(SendError::Resolve)?
+            .collect();
+        if resolved.is_empty() {
+            return Err(SendError::Resolve(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no address",
+            )));
+        }
+        let allowed = self.policy.filter(resolved);
+        if allowed.is_empty() {
+            return Err(SendError::DestinationNotAllowed);
+        }
+        let mut last = None;
+        for addr in allowed {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(SendError::Connect(
+            last.expect("at least one address was tried"),
+        ))
     }
 
     fn tls(&self) -> &tokio_rustls::TlsConnector {

@@ -10,8 +10,11 @@
 //! ```
 //!
 //! The `deployment` object is copied from the `deployment_logs` row, which holds no secret
-//! value. `X-Berth-Signature-256: sha256=<hex>` is HMAC-SHA256 of the exact body bytes under
-//! the webhook's secret (GitHub's convention).
+//! value; `errorMessage` is the failure's public reason ("image not allowed", "deploy failed
+//! on 1 of 2 hosts", see `fleet::failure`), never its detail, which names stored rows, agents
+//! and allowlist patterns and stays in the admin API (`berth deploy show`).
+//! `X-Berth-Signature-256: sha256=<hex>` is HMAC-SHA256 of the exact body bytes under the
+//! webhook's secret (GitHub's convention).
 
 use hmac::{Hmac, Mac as _};
 use serde::{Deserialize, Serialize};
@@ -21,6 +24,7 @@ use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
 use crate::error::{Error, Result};
+use crate::fleet::public_error;
 use crate::model::DeploymentLog;
 
 /// The `deployment` object of an event.
@@ -34,6 +38,7 @@ pub struct DeploymentPayload {
     pub status: String,
     pub trigger_type: String,
     pub trigger_source: Option<String>,
+    /// The public reason of a failure, never its detail.
     pub error_message: Option<String>,
     pub started_at: String,
     pub completed_at: Option<String>,
@@ -49,7 +54,7 @@ impl DeploymentPayload {
             status: log.status.to_string(),
             trigger_type: log.trigger_type.clone(),
             trigger_source: log.trigger_source.clone(),
-            error_message: log.error_message.clone(),
+            error_message: public_error(log),
             started_at: rfc3339(&log.started_at),
             completed_at: log.completed_at.as_deref().map(rfc3339),
             duration_ms: log.duration_ms,
@@ -142,6 +147,7 @@ mod tests {
             completed_at: Some("2025-10-23 10:30:02".into()),
             duration_ms: Some(2013),
             superseded_by: None,
+            public_reason: Some("image not allowed".into()),
         };
         let stored = serde_json::to_string(&DeploymentPayload::new(&log, "web")).unwrap();
         let sent_at = OffsetDateTime::from_unix_timestamp_nanos(1_761_215_402_120_999_999).unwrap();
@@ -165,13 +171,23 @@ mod tests {
                     "status": "failed",
                     "triggerType": "api",
                     "triggerSource": "apikey:admin",
-                    "errorMessage": "image busybox is not on the image allowlist",
+                    "errorMessage": "image not allowed",
                     "startedAt": "2025-10-23T10:30:00Z",
                     "completedAt": "2025-10-23T10:30:02Z",
                     "durationMs": 2013
                 },
                 "sentAt": "2025-10-23T10:30:02.12Z"
             })
+        );
+
+        // A failed row from before public reasons says only that it failed.
+        let old = DeploymentLog {
+            public_reason: None,
+            ..log
+        };
+        assert_eq!(
+            DeploymentPayload::new(&old, "web").error_message.as_deref(),
+            Some("deployment failed")
         );
     }
 }

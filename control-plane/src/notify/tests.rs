@@ -1,4 +1,5 @@
-//! The notifier against a receiver on 127.0.0.1: queueing, signing, retries, restarts.
+//! The notifier against a receiver on 127.0.0.1 (private destinations allowed explicitly):
+//! queueing, signing, retries, restarts; and, by default, the refusal of that receiver.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -106,11 +107,13 @@ fn finished_log(status: &str) -> DeploymentLog {
         trigger_type: "api".into(),
         trigger_source: Some("apikey:admin".into()),
         status: status.parse().expect("a deployment status"),
-        error_message: (status != "success").then(|| "image not allowed".to_string()),
+        error_message: (status != "success")
+            .then(|| "image busybox is not on the image allowlist".to_string()),
         started_at: "2025-10-23 10:30:00".into(),
         completed_at: Some("2025-10-23 10:30:01".into()),
         duration_ms: Some(1000),
         superseded_by: None,
+        public_reason: (status != "success").then(|| "image not allowed".to_string()),
     }
 }
 
@@ -150,7 +153,7 @@ async fn a_failed_deployment_is_signed_sent_retried_and_recorded() {
         .add_webhook(&admin(), &url, &[EVENT_FAILED.to_string()], None)
         .await
         .unwrap();
-    let notifier = Notifier::new(svc.clone());
+    let notifier = Notifier::new(svc.clone(), DestinationPolicy::AllowPrivate);
     let hook = notifier.finished_hook();
     let (stop, task) = start(notifier);
 
@@ -191,6 +194,13 @@ async fn a_failed_deployment_is_signed_sent_retried_and_recorded() {
         assert_eq!(body["id"], row.id.as_str());
         assert_eq!(body["deployment"]["deploymentId"], "dep-failed");
         assert_eq!(body["deployment"]["status"], "failed");
+        // The public reason, never the detail the admin API shows.
+        assert_eq!(body["deployment"]["errorMessage"], "image not allowed");
+        let text = String::from_utf8_lossy(&request.body);
+        assert!(
+            !text.contains("busybox") && !text.contains("allowlist"),
+            "{text}"
+        );
         assert!(
             !String::from_utf8_lossy(&request.body).contains(hook_failed.secret.expose_secret())
         );
@@ -223,7 +233,7 @@ async fn pending_rows_left_by_a_previous_run_are_sent() {
         .await
         .unwrap();
 
-    let (stop, task) = start(Notifier::new(svc.clone()));
+    let (stop, task) = start(Notifier::new(svc.clone(), DestinationPolicy::AllowPrivate));
     let request = tokio::time::timeout(Duration::from_secs(10), requests.recv())
         .await
         .unwrap()
@@ -271,7 +281,7 @@ async fn an_unreachable_receiver_is_retried_then_failed() {
         .unwrap();
     // The last retry is due 1+2+4+8+16 s after the first attempt: record attempts directly
     // instead of waiting, by running single attempts.
-    let sender = HttpSender::default();
+    let sender = HttpSender::new(DestinationPolicy::AllowPrivate);
     for n in 1..=MAX_ATTEMPTS {
         make_due(&svc, "doomed").await;
         let due = svc
@@ -320,7 +330,7 @@ async fn an_https_receiver_without_a_trusted_certificate_is_refused() {
                 .await;
         }
     });
-    let err = HttpSender::default()
+    let err = HttpSender::new(DestinationPolicy::AllowPrivate)
         .post(
             &format!("https://127.0.0.1:{port}/hook"),
             &[],
@@ -329,4 +339,117 @@ async fn an_https_receiver_without_a_trusted_certificate_is_refused() {
         .await
         .unwrap_err();
     assert!(err.to_string().starts_with("tls:"), "{err}");
+}
+
+/// A listener on 127.0.0.1 that counts the connections it accepts.
+async fn counting_listener() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn private_destinations_are_refused_before_any_connection_by_default() {
+    let (open, accepted) = counting_listener().await;
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sender = HttpSender::default();
+    let mut errors = Vec::new();
+    for url in [
+        format!("http://127.0.0.1:{open}/hook"),
+        format!("http://127.0.0.1:{closed}/hook"),
+        // A name is checked on what it resolves to.
+        format!("http://localhost:{open}/hook"),
+        format!("http://[::ffff:127.0.0.1]:{open}/hook"),
+        format!("https://127.0.0.1:{open}/hook"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.0.0.1:9/x".to_string(),
+    ] {
+        let err = sender.post(&url, &[], b"{}".to_vec()).await.unwrap_err();
+        assert!(
+            matches!(err, SendError::DestinationNotAllowed),
+            "{url}: {err}"
+        );
+        errors.push(err.to_string());
+    }
+    // An open and a closed port read the same: no port-scan oracle.
+    assert!(errors.windows(2).all(|w| w[0] == w[1]), "{errors:?}");
+    assert_eq!(
+        errors[0],
+        "destination address is not allowed (private/loopback); start the control plane with --notify-allow-private to allow it"
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a refused destination was connected to"
+    );
+
+    // Allowed explicitly, the same receiver gets the request.
+    let code = HttpSender::new(DestinationPolicy::AllowPrivate)
+        .post(
+            &format!("http://127.0.0.1:{open}/hook"),
+            &[],
+            b"{}".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_refused_delivery_is_recorded_with_the_clear_error_and_never_sent() {
+    let svc = service().await;
+    let (port, accepted) = counting_listener().await;
+    let created = svc
+        .add_webhook(
+            &admin(),
+            &format!("http://127.0.0.1:{port}/hook"),
+            &[EVENT_FINISHED.to_string()],
+            None,
+        )
+        .await
+        .unwrap();
+    let payload =
+        serde_json::to_string(&DeploymentPayload::new(&finished_log("failed"), "web")).unwrap();
+    svc.store()
+        .insert_deliveries(&[NewDelivery {
+            id: "refused".into(),
+            webhook_id: created.webhook.id,
+            event: EVENT_FAILED,
+            deployment_id: "dep-failed".into(),
+            payload,
+        }])
+        .await
+        .unwrap();
+    let due = svc.store().due_deliveries(10).await.unwrap().pop().unwrap();
+    attempt(&svc, &HttpSender::default(), due).await;
+    let row = &svc
+        .store()
+        .list_deliveries(Some(created.webhook.id), 10)
+        .await
+        .unwrap()[0];
+    assert_eq!((row.attempt, row.response_code), (1, None));
+    assert!(
+        row.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("--notify-allow-private"),
+        "{row:?}"
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

@@ -1,5 +1,9 @@
 //! Managing notification webhooks: add (with a signing secret shown once), list, remove, and
 //! the delivery history. Writes need [`Permission::Write`], reads [`Permission::Read`].
+//!
+//! A receiver's URL often carries its own credential (a chat webhook's path, a `?token=`), so
+//! only callers who may see secret values ([`Permission::Reveal`], admins) read it whole;
+//! everyone else reads its origin, `scheme://host[:port]` ([`visible_url`]).
 
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -71,9 +75,14 @@ impl Service {
         Ok(CreatedWebhook { webhook, secret })
     }
 
+    /// Every webhook; URLs whole for admins, as origins for everyone else.
     pub async fn list_webhooks(&self, actor: &Actor) -> Result<Vec<WebhookRow>> {
         actor.require(Permission::Read)?;
-        self.store().list_webhooks().await
+        let mut rows = self.store().list_webhooks().await?;
+        for row in &mut rows {
+            row.url = visible_url(actor, &row.url);
+        }
+        Ok(rows)
     }
 
     /// Removes a webhook with its delivery history; its pending deliveries are never sent.
@@ -106,9 +115,24 @@ impl Service {
             0 => DEFAULT_DELIVERY_LIMIT,
             n => n.min(MAX_DELIVERY_LIMIT),
         };
-        self.store()
+        let mut rows = self
+            .store()
             .list_deliveries(webhook_id, i64::from(limit))
-            .await
+            .await?;
+        for row in &mut rows {
+            row.url = visible_url(actor, &row.url);
+        }
+        Ok(rows)
+    }
+}
+
+/// A receiver's URL as `actor` may read it: whole with [`Permission::Reveal`], else its
+/// origin.
+fn visible_url(actor: &Actor, url: &str) -> String {
+    if actor.require(Permission::Reveal).is_ok() {
+        url.to_string()
+    } else {
+        origin(url)
     }
 }
 
@@ -219,16 +243,18 @@ fn validate_secret(secret: &str) -> Result<()> {
     Ok(())
 }
 
-/// `scheme://host[:port]` of a validated url: what audit rows and logs may show (a path or
-/// query can hold the receiver's own token).
+/// `scheme://host[:port]` of a url, without user info, path or query: what audit rows, logs
+/// and non-admin readers may see (a path or query can hold the receiver's own token).
 pub(crate) fn origin(url: &str) -> String {
-    match url.parse::<http::Uri>() {
-        Ok(uri) => format!(
-            "{}://{}",
-            uri.scheme_str().unwrap_or("?"),
-            uri.authority().map(|a| a.as_str()).unwrap_or("?")
-        ),
-        Err(_) => "?".to_string(),
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return "?".to_string();
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return "?".to_string();
+    };
+    match authority.port() {
+        Some(port) => format!("{scheme}://{}:{port}", authority.host()),
+        None => format!("{scheme}://{}", authority.host()),
     }
 }
 
@@ -363,6 +389,70 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), ErrorCode::AlreadyExists);
+    }
+
+    #[tokio::test]
+    async fn below_admin_a_url_reads_as_its_origin_in_lists_and_deliveries() {
+        let svc = service().await;
+        let url = "https://hooks.example.com:8443/services/T0001/B0002/sEcReTpAtH?token=abc";
+        let created = svc
+            .add_webhook(&admin(), url, &events(&["deployment.failed"]), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            created.webhook.url, url,
+            "the admin who added it sees it whole"
+        );
+        svc.store()
+            .insert_deliveries(&[crate::store::NewDelivery {
+                id: "d-1".into(),
+                webhook_id: created.webhook.id,
+                event: crate::notify::EVENT_FAILED,
+                deployment_id: "dep-1".into(),
+                payload: "{}".into(),
+            }])
+            .await
+            .unwrap();
+        let deployer = Actor {
+            name: "apikey:d".into(),
+            role: crate::service::Role::Deployer,
+        };
+        for reader in [viewer(), deployer] {
+            let listed = svc.list_webhooks(&reader).await.unwrap();
+            assert_eq!(
+                listed[0].url, "https://hooks.example.com:8443",
+                "{reader:?}"
+            );
+            let deliveries = svc.list_webhook_deliveries(&reader, None, 0).await.unwrap();
+            assert_eq!(deliveries[0].url, "https://hooks.example.com:8443");
+            let shown = format!("{listed:?}{deliveries:?}");
+            assert!(
+                !shown.contains("sEcReTpAtH") && !shown.contains("token=abc"),
+                "{shown}"
+            );
+        }
+        assert_eq!(svc.list_webhooks(&admin()).await.unwrap()[0].url, url);
+        assert_eq!(
+            svc.list_webhook_deliveries(&admin(), None, 0)
+                .await
+                .unwrap()[0]
+                .url,
+            url
+        );
+    }
+
+    #[test]
+    fn an_origin_is_scheme_host_and_port_only() {
+        for (url, expected) in [
+            ("https://example.com/a/b?c=d", "https://example.com"),
+            ("http://example.com:8080/x", "http://example.com:8080"),
+            ("https://user:pass@example.com/x", "https://example.com"),
+            ("http://[::1]:9000/hook?k=v", "http://[::1]:9000"),
+            ("not a url", "?"),
+            ("/relative/only", "?"),
+        ] {
+            assert_eq!(origin(url), expected, "{url}");
+        }
     }
 
     #[tokio::test]

@@ -312,6 +312,9 @@ fn scope_label(app: Option<&str>, key: &str) -> String {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use secrecy::ExposeSecret as _;
 

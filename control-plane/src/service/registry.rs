@@ -149,6 +149,9 @@ pub(crate) fn validate_pattern(pattern: &str) -> Result<()> {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::pattern_allows;
     use crate::service::testing::{admin, service};

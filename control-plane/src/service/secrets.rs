@@ -340,7 +340,7 @@ pub fn parse_dotenv(document: &str) -> Result<Vec<(String, SecretString)>> {
             .strip_prefix("export ")
             .map(str::trim_start)
             .unwrap_or(line);
-        let Some((key, rest)) = line.split_once('=') else {
+        let Some((key, written)) = line.split_once('=') else {
             return Err(Error::invalid(format!(
                 "line {line_no}: expected KEY=value"
             )));
@@ -348,7 +348,7 @@ pub fn parse_dotenv(document: &str) -> Result<Vec<(String, SecretString)>> {
         let key = key.trim();
         validate::env_key(key)
             .map_err(|_| Error::invalid(format!("line {line_no}: invalid key")))?;
-        let rest = rest.trim();
+        let rest = written.trim();
         let value = if let Some(body) = rest.strip_prefix('"') {
             let mut value = String::new();
             let mut chars = body.chars();
@@ -389,12 +389,25 @@ pub fn parse_dotenv(document: &str) -> Result<Vec<(String, SecretString)>> {
             }
             value.to_string()
         } else {
-            // Unquoted: an inline comment starts at " #".
-            rest.split(" #").next().unwrap_or("").trim_end().to_string()
+            without_inline_comment(written).trim().to_string()
         };
         out.push((key.to_string(), SecretString::from(value)));
     }
     Ok(out)
+}
+
+/// An unquoted value up to its inline comment, which starts at a `#` that follows whitespace,
+/// also the whitespace right after `=`: `A=x # note` is `x`, `A= # note` is empty, `A=#x`
+/// is `#x`.
+fn without_inline_comment(written: &str) -> &str {
+    let mut after_space = false;
+    for (i, c) in written.char_indices() {
+        if c == '#' && after_space {
+            return &written[..i];
+        }
+        after_space = c.is_whitespace();
+    }
+    written
 }
 
 fn parse_json(document: &str) -> Result<Vec<(String, SecretString)>> {
@@ -420,6 +433,9 @@ fn parse_json(document: &str) -> Result<Vec<(String, SecretString)>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 mod tests {
@@ -459,6 +475,25 @@ mod tests {
                 ("C".into(), "lit$eral".into()),
                 ("D".into(), "x".into()),
                 ("E".into(), "".into()),
+            ]
+        );
+    }
+
+    /// Found by `properties::dotenv_variables_read_back_as_written`: `A= # note` was read as
+    /// the value "# note".
+    #[test]
+    fn an_inline_comment_after_an_empty_value_is_no_value() {
+        let parsed: Vec<(String, String)> = parse_dotenv("A= # note\nB=#x\nC=x\t# note\n")
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.expose_secret().to_string()))
+            .collect();
+        assert_eq!(
+            parsed,
+            vec![
+                ("A".into(), "".into()),
+                ("B".into(), "#x".into()),
+                ("C".into(), "x".into()),
             ]
         );
     }

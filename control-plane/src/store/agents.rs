@@ -20,6 +20,9 @@ pub struct AgentRow {
     pub last_seen_at: Option<String>,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// The certificate the current one renewed, valid until the current one is first
+    /// presented (a renewal whose answer was lost must not lock the agent out).
+    pub prev_cert_fingerprint: Option<String>,
 }
 
 impl AgentRow {
@@ -33,6 +36,42 @@ impl AgentRow {
 pub struct Enrollment {
     pub agent_name: String,
     pub labels: BTreeMap<String, String>,
+}
+
+/// An enrollment token's row as read before anything is written (`Fleet::enroll` checks it
+/// without taking the write lock).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EnrollmentToken {
+    /// The stored digest, compared again in constant time by the caller.
+    pub token_hash: String,
+    pub agent_name: String,
+    pub used_at: Option<String>,
+    pub expires_at: String,
+    /// `expires_at` has passed (decided by the database's clock, as the consuming update is).
+    pub expired: bool,
+}
+
+impl EnrollmentToken {
+    /// Why this token cannot enroll anyone, if it cannot.
+    pub fn refusal(&self) -> Option<Error> {
+        if self.used_at.is_some() {
+            Some(Error::Unauthenticated(
+                "enrollment token was already used".into(),
+            ))
+        } else if self.expired {
+            Some(Error::Unauthenticated(format!(
+                "enrollment token expired at {}",
+                self.expires_at
+            )))
+        } else {
+            None
+        }
+    }
+}
+
+/// The refusal of a token that matches no row.
+pub fn unknown_enrollment_token() -> Error {
+    Error::Unauthenticated("invalid enrollment token".into())
 }
 
 impl Store {
@@ -56,6 +95,20 @@ impl Store {
         .map_err(internal)
     }
 
+    /// Reads a token by its digest: a read only, so that callers who present no valid token
+    /// never take the write lock.
+    pub async fn enrollment_token(&self, token_hash: &str) -> Result<Option<EnrollmentToken>> {
+        sqlx::query_as(
+            "SELECT token_hash, agent_name, used_at, expires_at, \
+             expires_at <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now') AS expired \
+             FROM enrollment_tokens WHERE token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
     /// Marks the token used and returns its enrollment, in one statement, so two agents racing
     /// with one token cannot both enroll. Reuse and expiry get distinct errors.
     pub async fn consume_enrollment_token(&self, token_hash: &str) -> Result<Enrollment> {
@@ -74,21 +127,9 @@ impl Store {
                 labels: serde_json::from_str(&labels).unwrap_or_default(),
             });
         }
-        let state: Option<(Option<String>, String)> = sqlx::query_as(
-            "SELECT used_at, expires_at FROM enrollment_tokens WHERE token_hash = ?",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(internal)?;
-        Err(match state {
-            Some((Some(_), _)) => {
-                Error::Unauthenticated("enrollment token was already used".into())
-            }
-            Some((None, expires)) => {
-                Error::Unauthenticated(format!("enrollment token expired at {expires}"))
-            }
-            None => Error::Unauthenticated("invalid enrollment token".into()),
+        Err(match self.enrollment_token(token_hash).await? {
+            Some(token) => token.refusal().unwrap_or_else(unknown_enrollment_token),
+            None => unknown_enrollment_token(),
         })
     }
 
@@ -105,7 +146,8 @@ impl Store {
             "INSERT INTO agents (name, labels, cert_fingerprint, cert_serial, cert_not_after, status) \
              VALUES (?, ?, ?, ?, ?, 'enrolled') \
              ON CONFLICT(name) DO UPDATE SET labels = excluded.labels, cert_fingerprint = excluded.cert_fingerprint, \
-             cert_serial = excluded.cert_serial, cert_not_after = excluded.cert_not_after, status = 'enrolled', revoked_at = NULL",
+             cert_serial = excluded.cert_serial, cert_not_after = excluded.cert_not_after, status = 'enrolled', revoked_at = NULL, \
+             prev_cert_fingerprint = NULL",
         )
         .bind(name)
         .bind(serde_json::to_string(labels).expect("labels serialize"))
@@ -118,14 +160,19 @@ impl Store {
         Ok(())
     }
 
+    /// Makes `fingerprint` the agent's certificate; `presented` (the one the request came
+    /// with) stays valid until the new one is first presented.
     pub async fn renew_agent_certificate(
         &self,
         name: &str,
+        presented: &str,
         fingerprint: &str,
         serial: &str,
         not_after: &str,
     ) -> Result<()> {
-        sqlx::query("UPDATE agents SET cert_fingerprint = ?, cert_serial = ?, cert_not_after = ? WHERE name = ? AND revoked_at IS NULL")
+        sqlx::query("UPDATE agents SET prev_cert_fingerprint = ?, cert_fingerprint = ?, cert_serial = ?, cert_not_after = ? \
+                     WHERE name = ? AND revoked_at IS NULL")
+            .bind(presented)
             .bind(fingerprint)
             .bind(serial)
             .bind(not_after)
@@ -136,12 +183,26 @@ impl Store {
         Ok(())
     }
 
+    /// The agent whose current certificate, or previous one still valid, has `fingerprint`.
     pub async fn agent_by_fingerprint(&self, fingerprint: &str) -> Result<Option<AgentRow>> {
-        sqlx::query_as("SELECT * FROM agents WHERE cert_fingerprint = ?")
-            .bind(fingerprint)
-            .fetch_optional(&self.pool)
+        sqlx::query_as(
+            "SELECT * FROM agents WHERE cert_fingerprint = ?1 OR prev_cert_fingerprint = ?1",
+        )
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
+    /// The agent presented its current certificate: the one it renewed is valid no more.
+    pub async fn retire_previous_certificate(&self, name: &str, current: &str) -> Result<()> {
+        sqlx::query("UPDATE agents SET prev_cert_fingerprint = NULL WHERE name = ? AND cert_fingerprint = ?")
+            .bind(name)
+            .bind(current)
+            .execute(&self.pool)
             .await
-            .map_err(internal)
+            .map_err(internal)?;
+        Ok(())
     }
 
     pub async fn agent(&self, name: &str) -> Result<AgentRow> {
@@ -189,7 +250,8 @@ impl Store {
     }
 
     pub async fn revoke_agent(&self, name: &str) -> Result<()> {
-        let done = sqlx::query("UPDATE agents SET revoked_at = datetime('now'), status = 'revoked' WHERE name = ? AND revoked_at IS NULL")
+        let done = sqlx::query("UPDATE agents SET revoked_at = datetime('now'), status = 'revoked', prev_cert_fingerprint = NULL \
+                                 WHERE name = ? AND revoked_at IS NULL")
             .bind(name)
             .execute(&self.pool)
             .await

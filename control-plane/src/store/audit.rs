@@ -22,15 +22,29 @@ impl Store {
         target: &str,
         details: Option<&str>,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO audit_log (actor, action, target, details) VALUES (?, ?, ?, ?)")
-            .bind(actor)
-            .bind(action)
-            .bind(target)
-            .bind(details)
-            .execute(&self.pool)
+        let (actor, action, target, details) = (
+            actor.to_string(),
+            action.to_string(),
+            target.to_string(),
+            details.map(str::to_string),
+        );
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO audit_log (actor, action, target, details) VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(actor)
+                    .bind(action)
+                    .bind(target)
+                    .bind(details)
+                    .execute(conn)
+                    .await
+                    .map_err(internal)?;
+                    Ok(())
+                })
+            })
             .await
-            .map_err(internal)?;
-        Ok(())
     }
 
     pub async fn list_audit(&self, limit: i64) -> Result<Vec<AuditEntry>> {

@@ -37,6 +37,14 @@ pub struct DeploymentEventRow {
     pub at: String,
 }
 
+/// Why a deployment failed, as recorded: the detail for the admin API, the public reason for
+/// everyone else (see `fleet::failure`).
+#[derive(Debug, Clone, Copy)]
+pub struct FailureText<'a> {
+    pub detail: &'a str,
+    pub public_reason: &'a str,
+}
+
 /// What a new deployment row needs.
 pub struct NewDeployment<'a> {
     pub deployment_id: &'a str,
@@ -49,6 +57,43 @@ pub struct NewDeployment<'a> {
     pub actor: &'a str,
 }
 
+/// A [`NewDeployment`] the writer task can own.
+struct OwnedDeployment {
+    deployment_id: String,
+    application_id: i64,
+    version: String,
+    trigger_type: String,
+    trigger_source: Option<String>,
+    targets: Vec<String>,
+    actor: String,
+}
+
+impl OwnedDeployment {
+    fn from(d: &NewDeployment<'_>) -> Self {
+        OwnedDeployment {
+            deployment_id: d.deployment_id.to_string(),
+            application_id: d.application_id,
+            version: d.version.to_string(),
+            trigger_type: d.trigger_type.to_string(),
+            trigger_source: d.trigger_source.map(str::to_string),
+            targets: d.targets.to_vec(),
+            actor: d.actor.to_string(),
+        }
+    }
+
+    fn borrowed(&self) -> NewDeployment<'_> {
+        NewDeployment {
+            deployment_id: &self.deployment_id,
+            application_id: self.application_id,
+            version: &self.version,
+            trigger_type: &self.trigger_type,
+            trigger_source: self.trigger_source.as_deref(),
+            targets: &self.targets,
+            actor: &self.actor,
+        }
+    }
+}
+
 const NOW_MS: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 impl Store {
@@ -57,51 +102,53 @@ impl Store {
     /// A deployment still queued for the application is superseded by this newer one; their
     /// ids are returned.
     pub async fn insert_deployment(&self, d: &NewDeployment<'_>) -> Result<Vec<String>> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(internal)?;
-        let superseded = supersede_queued(&mut tx, d.application_id, d.deployment_id).await?;
-        sqlx::query(
-            "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(d.application_id)
-        .bind(d.version)
-        .bind(d.deployment_id)
-        .bind(d.trigger_type)
-        .bind(d.trigger_source)
-        .bind(DeploymentStatus::Pending)
-        .execute(&mut *tx)
-        .await
-        .map_err(internal)?;
-        for agent in d.targets {
-            sqlx::query("INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES (?, ?, ?)")
+        let d = OwnedDeployment::from(d);
+        self.writer
+            .write(move |tx| {
+                Box::pin(async move {
+                    let d = d.borrowed();
+                let superseded = supersede_queued(&mut *tx, d.application_id, d.deployment_id).await?;
+                sqlx::query(
+                    "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(d.application_id)
+                .bind(d.version)
                 .bind(d.deployment_id)
-                .bind(agent)
-                .bind(TargetStatus::Pending)
+                .bind(d.trigger_type)
+                .bind(d.trigger_source)
+                .bind(DeploymentStatus::Pending)
                 .execute(&mut *tx)
                 .await
                 .map_err(internal)?;
-        }
-        sqlx::query("UPDATE applications SET status = 'deploying', updated_at = datetime('now') WHERE id = ?")
-            .bind(d.application_id)
-            .execute(&mut *tx)
+                for agent in d.targets {
+                    sqlx::query("INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES (?, ?, ?)")
+                        .bind(d.deployment_id)
+                        .bind(agent)
+                        .bind(TargetStatus::Pending)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(internal)?;
+                }
+                sqlx::query("UPDATE applications SET status = 'deploying', updated_at = datetime('now') WHERE id = ?")
+                    .bind(d.application_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(internal)?;
+                sqlx::query(
+                    "INSERT INTO audit_log (actor, action, target, details) \
+                     SELECT ?, 'deployment.start', name, ? FROM applications WHERE id = ?",
+                )
+                .bind(d.actor)
+                .bind(format!("{} version {}", d.deployment_id, d.version))
+                .bind(d.application_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(internal)?;
+                Ok(superseded)
+                })
+            })
             .await
-            .map_err(internal)?;
-        sqlx::query(
-            "INSERT INTO audit_log (actor, action, target, details) \
-             SELECT ?, 'deployment.start', name, ? FROM applications WHERE id = ?",
-        )
-        .bind(d.actor)
-        .bind(format!("{} version {}", d.deployment_id, d.version))
-        .bind(d.application_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
-        Ok(superseded)
     }
 
     /// Records, in one transaction (one fsync), that a command is about to be sent to a batch
@@ -113,39 +160,47 @@ impl Store {
         deploy: bool,
         command: &str,
     ) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let (deployment_id, agents, command) = (
+            deployment_id.to_string(),
+            agents.to_vec(),
+            command.to_string(),
+        );
+        self.writer
+            .write(move |tx| {
+                Box::pin(async move {
+                    let (deployment_id, agents, command) =
+                        (deployment_id.as_str(), agents.as_slice(), command.as_str());
+                sqlx::query("UPDATE deployment_logs SET status = ? WHERE deployment_id = ? AND status = ?")
+                    .bind(DeploymentStatus::Running)
+                    .bind(deployment_id)
+                    .bind(DeploymentStatus::Pending)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(internal)?;
+                for agent in agents {
+                    if deploy {
+                        sqlx::query(&format!(
+                            "UPDATE deployment_targets SET status = ?, started_at = {NOW_MS} WHERE deployment_id = ? AND agent_name = ?"
+                        ))
+                        .bind(TargetStatus::Running)
+                        .bind(deployment_id)
+                        .bind(agent)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(internal)?;
+                    }
+                    sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, ?, 'dispatch', ?)")
+                        .bind(deployment_id)
+                        .bind(agent)
+                        .bind(format!("{command} sent to {agent}"))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(internal)?;
+                }
+                Ok(())
+                })
+            })
             .await
-            .map_err(internal)?;
-        sqlx::query("UPDATE deployment_logs SET status = ? WHERE deployment_id = ? AND status = ?")
-            .bind(DeploymentStatus::Running)
-            .bind(deployment_id)
-            .bind(DeploymentStatus::Pending)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-        for agent in agents {
-            if deploy {
-                sqlx::query(&format!(
-                    "UPDATE deployment_targets SET status = ?, started_at = {NOW_MS} WHERE deployment_id = ? AND agent_name = ?"
-                ))
-                .bind(TargetStatus::Running)
-                .bind(deployment_id)
-                .bind(agent)
-                .execute(&mut *tx)
-                .await
-                .map_err(internal)?;
-            }
-            sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, ?, 'dispatch', ?)")
-                .bind(deployment_id)
-                .bind(agent)
-                .bind(format!("{command} sent to {agent}"))
-                .execute(&mut *tx)
-                .await
-                .map_err(internal)?;
-        }
-        tx.commit().await.map_err(internal)
     }
 
     /// Appends to the step log (through the no-fsync pool: see `Store::log_pool`).
@@ -168,6 +223,75 @@ impl Store {
         .map_err(internal)
     }
 
+    /// Appends an event an agent sent, only when that agent is a target of the deployment
+    /// and has sent fewer than `cap` events for it; the event that reaches the cap is
+    /// replaced by one saying that later ones are dropped. Returns whether it was stored.
+    pub async fn add_agent_event(
+        &self,
+        deployment_id: &str,
+        agent: &str,
+        phase: &str,
+        message: &str,
+        cap: i64,
+    ) -> Result<bool> {
+        let (is_target, sent): (bool, i64) = sqlx::query_as(
+            "SELECT EXISTS(SELECT 1 FROM deployment_targets WHERE deployment_id = ?1 AND agent_name = ?2), \
+             (SELECT COUNT(*) FROM deployment_events WHERE deployment_id = ?1 AND agent_name = ?2)",
+        )
+        .bind(deployment_id)
+        .bind(agent)
+        .fetch_one(&self.log_pool)
+        .await
+        .map_err(internal)?;
+        if !is_target || sent >= cap {
+            return Ok(false);
+        }
+        let (phase, message) = if sent + 1 == cap {
+            (
+                "events",
+                format!("{cap} events from {agent}: later events of this deployment are dropped"),
+            )
+        } else {
+            (phase, message.to_string())
+        };
+        self.add_deployment_event(deployment_id, Some(agent), phase, &message)
+            .await?;
+        Ok(true)
+    }
+
+    /// The state of one target, `None` when the agent is not a target of the deployment.
+    pub async fn target_status(
+        &self,
+        deployment_id: &str,
+        agent: &str,
+    ) -> Result<Option<TargetStatus>> {
+        sqlx::query_scalar(
+            "SELECT status FROM deployment_targets WHERE deployment_id = ? AND agent_name = ?",
+        )
+        .bind(deployment_id)
+        .bind(agent)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
+    /// Whether a later deployment of the same application was dispatched to `agent` (its
+    /// target left `pending`): that one decides what the host serves now.
+    pub async fn newer_dispatch_on(&self, deployment_id: &str, agent: &str) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS(SELECT 1 FROM deployment_targets t \
+               JOIN deployment_logs d ON d.deployment_id = t.deployment_id \
+               JOIN deployment_logs this ON this.deployment_id = ?1 \
+              WHERE t.agent_name = ?2 AND d.application_id = this.application_id \
+                AND d.id > this.id AND t.status NOT IN ('pending', 'skipped'))",
+        )
+        .bind(deployment_id)
+        .bind(agent)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(internal)
+    }
+
     /// Records a target's final state. Returns false when it already had one (a re-sent result).
     pub async fn finish_target(
         &self,
@@ -177,22 +301,34 @@ impl Store {
         container_id: Option<&str>,
         error: Option<&str>,
     ) -> Result<bool> {
-        let done = sqlx::query(&format!(
-            "UPDATE deployment_targets SET status = ?, container_id = COALESCE(?, container_id), error_message = ?, \
-             completed_at = {NOW_MS}, \
-             duration_ms = CAST((julianday({NOW_MS}) - julianday(COALESCE(started_at, {NOW_MS}))) * 86400000 AS INTEGER) \
-             WHERE deployment_id = ? AND agent_name = ? AND status IN {open}",
-            open = TargetStatus::OPEN_SQL
-        ))
-        .bind(status)
-        .bind(container_id)
-        .bind(error)
-        .bind(deployment_id)
-        .bind(agent)
-        .execute(&self.pool)
-        .await
-        .map_err(internal)?;
-        Ok(done.rows_affected() > 0)
+        let (deployment_id, agent, container_id, error) = (
+            deployment_id.to_string(),
+            agent.to_string(),
+            container_id.map(str::to_string),
+            error.map(str::to_string),
+        );
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(&format!(
+                        "UPDATE deployment_targets SET status = ?, container_id = COALESCE(?, container_id), error_message = ?, \
+                         completed_at = {NOW_MS}, \
+                         duration_ms = CAST((julianday({NOW_MS}) - julianday(COALESCE(started_at, {NOW_MS}))) * 86400000 AS INTEGER) \
+                         WHERE deployment_id = ? AND agent_name = ? AND status IN {open}",
+                        open = TargetStatus::OPEN_SQL
+                    ))
+                    .bind(status)
+                    .bind(container_id)
+                    .bind(error)
+                    .bind(deployment_id)
+                    .bind(agent)
+                    .execute(conn)
+                    .await
+                    .map_err(internal)?;
+                    Ok(done.rows_affected() > 0)
+                })
+            })
+            .await
     }
 
     /// Completes the aggregate row and moves the application to `running` (updating version
@@ -201,7 +337,7 @@ impl Store {
         &self,
         deployment_id: &str,
         success: bool,
-        error: Option<&str>,
+        error: Option<&FailureText<'_>>,
     ) -> Result<bool> {
         self.finish_deployment_as(deployment_id, success, error, None)
             .await
@@ -213,71 +349,83 @@ impl Store {
         &self,
         deployment_id: &str,
         success: bool,
-        error: Option<&str>,
+        error: Option<&FailureText<'_>>,
         superseded_by: Option<&str>,
     ) -> Result<bool> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let deployment_id = deployment_id.to_string();
+        let error = error.map(|e| (e.detail.to_string(), e.public_reason.to_string()));
+        let superseded_by = superseded_by.map(str::to_string);
+        self.writer
+            .write(move |tx| {
+                Box::pin(async move {
+                    let deployment_id = deployment_id.as_str();
+                    let error = error.as_ref().map(|(detail, public_reason)| FailureText {
+                        detail,
+                        public_reason,
+                    });
+                    let error = error.as_ref();
+                    let superseded_by = superseded_by.as_deref();
+                let row: Option<(i64, String)> = sqlx::query_as(&format!(
+                    "SELECT application_id, version FROM deployment_logs WHERE deployment_id = ? AND status IN {UNFINISHED_SQL}"
+                ))
+                .bind(deployment_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(internal)?;
+                let Some((app_id, version)) = row else {
+                    return Ok(false);
+                };
+                sqlx::query(&format!(
+                    "UPDATE deployment_logs SET status = ?, error_message = ?, public_reason = ?, superseded_by = ?, \
+                     completed_at = datetime('now'), \
+                     duration_ms = CAST((julianday({NOW_MS}) - julianday(started_at)) * 86400000 AS INTEGER) WHERE deployment_id = ?"
+                ))
+                .bind(match (success, superseded_by) {
+                    (true, _) => DeploymentStatus::Success,
+                    (false, Some(_)) => DeploymentStatus::Superseded,
+                    (false, None) => DeploymentStatus::Failed,
+                })
+                .bind(error.map(|e| e.detail))
+                .bind(error.map(|e| e.public_reason))
+                .bind(superseded_by)
+                .bind(deployment_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(internal)?;
+                if success {
+                    sqlx::query(
+                        "UPDATE applications SET status = 'running', version = ?, last_deployed_at = datetime('now'), \
+                         updated_at = datetime('now') WHERE id = ?",
+                    )
+                    .bind(&version)
+                    .bind(app_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(internal)?;
+                } else {
+                    // A failed deploy that rolled back leaves the previous version serving: the app is
+                    // still running if it was before. `error` only when nothing serves it.
+                    let serving: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM deployment_logs WHERE application_id = ? AND status = ?",
+                    )
+                    .bind(app_id)
+                    .bind(DeploymentStatus::Success)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(internal)?;
+                    sqlx::query(
+                        "UPDATE applications SET status = ?, updated_at = datetime('now') WHERE id = ?",
+                    )
+                    .bind(if serving > 0 { "running" } else { "error" })
+                    .bind(app_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(internal)?;
+                }
+                Ok(true)
+                })
+            })
             .await
-            .map_err(internal)?;
-        let row: Option<(i64, String)> = sqlx::query_as(&format!(
-            "SELECT application_id, version FROM deployment_logs WHERE deployment_id = ? AND status IN {UNFINISHED_SQL}"
-        ))
-        .bind(deployment_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(internal)?;
-        let Some((app_id, version)) = row else {
-            return Ok(false);
-        };
-        sqlx::query(&format!(
-            "UPDATE deployment_logs SET status = ?, error_message = ?, superseded_by = ?, completed_at = datetime('now'), \
-             duration_ms = CAST((julianday({NOW_MS}) - julianday(started_at)) * 86400000 AS INTEGER) WHERE deployment_id = ?"
-        ))
-        .bind(match (success, superseded_by) {
-            (true, _) => DeploymentStatus::Success,
-            (false, Some(_)) => DeploymentStatus::Superseded,
-            (false, None) => DeploymentStatus::Failed,
-        })
-        .bind(error)
-        .bind(superseded_by)
-        .bind(deployment_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(internal)?;
-        if success {
-            sqlx::query(
-                "UPDATE applications SET status = 'running', version = ?, last_deployed_at = datetime('now'), \
-                 updated_at = datetime('now') WHERE id = ?",
-            )
-            .bind(&version)
-            .bind(app_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-        } else {
-            // A failed deploy that rolled back leaves the previous version serving: the app is
-            // still running if it was before. `error` only when nothing serves it.
-            let serving: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM deployment_logs WHERE application_id = ? AND status = ?",
-            )
-            .bind(app_id)
-            .bind(DeploymentStatus::Success)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(internal)?;
-            sqlx::query(
-                "UPDATE applications SET status = ?, updated_at = datetime('now') WHERE id = ?",
-            )
-            .bind(if serving > 0 { "running" } else { "error" })
-            .bind(app_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-        }
-        tx.commit().await.map_err(internal)?;
-        Ok(true)
     }
 
     pub async fn deployment(&self, deployment_id: &str) -> Result<(DeploymentLog, String)> {
@@ -493,29 +641,31 @@ impl Store {
 
 /// Supersedes every queued deployment of an application but `by`, recording why.
 async fn supersede_queued(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::SqliteConnection,
     application_id: i64,
     by: &str,
 ) -> Result<Vec<String>> {
     let superseded: Vec<String> = sqlx::query_scalar(&format!(
-        "UPDATE deployment_logs SET status = ?, superseded_by = ?, error_message = ?, completed_at = datetime('now'), \
+        "UPDATE deployment_logs SET status = ?, superseded_by = ?, error_message = ?, public_reason = ?, \
+         completed_at = datetime('now'), \
          duration_ms = CAST((julianday({NOW_MS}) - julianday(started_at)) * 86400000 AS INTEGER) \
          WHERE application_id = ? AND status = ? AND deployment_id != ? RETURNING deployment_id"
     ))
     .bind(DeploymentStatus::Superseded)
     .bind(by)
     .bind(format!("superseded by deployment {by}"))
+    .bind(format!("superseded by deployment {by}"))
     .bind(application_id)
     .bind(DeploymentStatus::Queued)
     .bind(by)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await
     .map_err(internal)?;
     for id in &superseded {
         sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, NULL, 'superseded', ?)")
             .bind(id)
             .bind(format!("superseded by deployment {by}"))
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(internal)?;
     }

@@ -113,13 +113,25 @@ pub fn application(body: &Map<String, Value>) -> Result<Option<ApplicationRef>, 
         .map(ApplicationRef::Name))
 }
 
-/// `Authorization: Bearer <token>`, when present and well-formed.
-pub fn bearer(headers: &HeaderMap) -> Option<SecretString> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
+/// An `Authorization` header that carries no readable bearer token: not visible ASCII (a
+/// pasted `whk_…` placeholder), another scheme, or an empty token. It is answered like a
+/// wrong token, never as a missing field.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unreadable;
+
+/// `Authorization: Bearer <token>`: `None` without the header.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<SecretString>, Unreadable> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| Unreadable)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(Unreadable)?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty())
-        .then(|| SecretString::from(token.to_string()))
+    if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() {
+        Ok(Some(SecretString::from(token.to_string())))
+    } else {
+        Err(Unreadable)
+    }
 }
 
 /// `?wait=false` (or `0`); waiting is the default, as in the seed.
@@ -229,11 +241,17 @@ mod tests {
     #[test]
     fn bearer_tokens_and_wait() {
         let mut h = HeaderMap::new();
-        assert!(bearer(&h).is_none());
+        assert!(bearer(&h).unwrap().is_none());
         h.insert(header::AUTHORIZATION, "Bearer whk_abc".parse().unwrap());
-        assert_eq!(bearer(&h).unwrap().expose_secret(), "whk_abc");
+        assert_eq!(bearer(&h).unwrap().unwrap().expose_secret(), "whk_abc");
         h.insert(header::AUTHORIZATION, "Basic dXNlcjpwdw==".parse().unwrap());
-        assert!(bearer(&h).is_none());
+        assert_eq!(bearer(&h).unwrap_err(), Unreadable);
+        // The README's placeholder pasted as is: not ASCII.
+        h.insert(
+            header::AUTHORIZATION,
+            header::HeaderValue::from_bytes("Bearer whk_…".as_bytes()).unwrap(),
+        );
+        assert_eq!(bearer(&h).unwrap_err(), Unreadable);
         let q = |v: &str| [("wait".to_string(), v.to_string())].into_iter().collect();
         assert!(wait(&q("true")).unwrap());
         assert!(!wait(&q("false")).unwrap());

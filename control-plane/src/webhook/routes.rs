@@ -22,7 +22,8 @@ use super::reply::Reply;
 use super::request::{self, application, bearer, json_object, require_json, string_field};
 use super::Shim;
 use crate::fleet::webhook::{
-    ApplicationRef, DEPLOYMENT_NOT_FOUND, MAX_REGISTRY_EVENTS, MISSING_FIELDS,
+    ApplicationRef, DEPLOYMENT_NOT_FOUND, INVALID_REGISTRY_SECRET, INVALID_TOKEN,
+    MAX_REGISTRY_EVENTS, MISSING_FIELDS,
 };
 use crate::model::DeploymentStatus;
 use crate::validate;
@@ -58,7 +59,9 @@ pub(super) async fn deploy(
         let ask = DeployAsk {
             application: application(&body)?,
             version: string_field(&body, "version")?,
-            token: bearer(&headers).or(non_empty(string_field(&body, "token")?)),
+            token: shim
+                .presented(&headers, ip, INVALID_TOKEN)?
+                .or(non_empty(string_field(&body, "token")?)),
             wait,
         };
         shim.forward_deploy(ip, ask).await
@@ -75,7 +78,7 @@ pub(super) async fn status(
 ) -> Reply {
     let ip = shim.proxies.client_ip(peer.ip(), &headers);
     let outcome = async {
-        let Some(token) = bearer(&headers) else {
+        let Some(token) = shim.presented(&headers, ip, INVALID_TOKEN)? else {
             return Err(Reply::error(
                 StatusCode::UNAUTHORIZED,
                 "missing webhook token: send Authorization: Bearer whk_…",
@@ -110,7 +113,7 @@ pub(super) async fn registry(
     let outcome = async {
         // The control plane checks the secret (the shim holds none); without one there is
         // nothing to check, and the attempt counts against the client.
-        let Some(secret) = bearer(&headers) else {
+        let Some(secret) = shim.presented(&headers, ip, INVALID_REGISTRY_SECRET)? else {
             shim.limiter
                 .acquire(ip, Instant::now())
                 .map_err(Reply::too_many_attempts)?;
@@ -183,7 +186,8 @@ pub(super) async fn legacy_deploy(
         if name.is_none() || version.is_none() {
             return Err(Reply::error(StatusCode::BAD_REQUEST, "Missing required fields: name, version"));
         }
-        let token = bearer(&headers)
+        let token = shim
+            .presented(&headers, ip, INVALID_TOKEN)?
             .or(non_empty(string_field(&body, "secret")?))
             .or(non_empty(string_field(&body, "token")?));
         if token.is_none() {
@@ -236,6 +240,21 @@ pub(super) async fn with_timeout(
 }
 
 impl Shim {
+    /// The bearer token of a request, `None` without an `Authorization` header. One that
+    /// cannot be read is refused like a wrong token (401 with `refusal`), and the attempt
+    /// counts against the client.
+    fn presented(
+        &self,
+        headers: &HeaderMap,
+        ip: IpAddr,
+        refusal: &'static str,
+    ) -> Result<Option<SecretString>, Reply> {
+        bearer(headers).map_err(|_| match self.limiter.acquire(ip, Instant::now()) {
+            Ok(()) => Reply::error(StatusCode::UNAUTHORIZED, refusal),
+            Err(retry_after) => Reply::too_many_attempts(retry_after),
+        })
+    }
+
     async fn forward_deploy(&self, ip: IpAddr, ask: DeployAsk) -> Outcome {
         let (Some(application), Some(version), Some(token)) =
             (ask.application, non_empty::<String>(ask.version), ask.token)
@@ -320,7 +339,7 @@ impl Shim {
 /// The push events of a distribution notification envelope
 /// (`{"events":[{"action":"push","target":{"repository","tag"},"request":{"host"}}]}`);
 /// events that are not tag pushes are counted as ignored.
-fn push_events(
+pub(super) fn push_events(
     body: &serde_json::Map<String, Value>,
 ) -> Result<(Vec<pb::RegistryPushEvent>, u32), Reply> {
     let Some(Value::Array(events)) = body.get("events") else {
@@ -462,6 +481,27 @@ mod tests {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await.unwrap();
         answer[9..12].parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_authorization_header_is_an_invalid_token_not_a_missing_field() {
+        let addr = lone_shim().await;
+        let body = r#"{"applicationName":"web","version":"v1"}"#;
+        let mut request = format!(
+            "POST /webhook/deploy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        )
+        .into_bytes();
+        // The README's placeholder pasted as is: `…` is not ASCII.
+        request.extend_from_slice("Authorization: Bearer whk_…\r\n\r\n".as_bytes());
+        request.extend_from_slice(body.as_bytes());
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&request).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(answer.contains(INVALID_TOKEN), "{answer}");
+        assert!(!answer.contains("Missing required fields"), "{answer}");
     }
 
     #[tokio::test]

@@ -67,6 +67,7 @@ async fn confirm_challenge(agent: &mut ScriptedAgent, error: &str) {
                 .fleet
                 .handle_message(
                     &agent.name,
+                    agent.session.id,
                     pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::ChallengeReply(pb::ChallengeReply {
                             token: c.token,

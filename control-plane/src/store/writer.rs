@@ -1,0 +1,404 @@
+//! Group commit (issue 11): one task owns a write connection and commits every write queued
+//! behind the one it is running as a single transaction, then acknowledges each of them
+//! after that transaction's one fsync — PostgreSQL's group commit, for SQLite.
+//!
+//! Durability is exactly that of a transaction per write: no caller hears "done" before the
+//! commit holding its write is on disk. Each write runs in a savepoint of its own, so one that
+//! fails (a constraint, a refused change) is undone alone and reports its own error, while
+//! the others of the batch commit. Under no load a batch is one write and nothing waits for
+//! company; under load a batch grows to what queued during the previous fsync.
+//!
+//! Architecture invariant: a write job only runs SQL on the connection it is given; it never
+//! awaits another store write (that would wait for the writer it is running on).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection as _, SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+use super::internal;
+use crate::error::{Error, Result};
+
+/// A boxed future borrowing the write connection.
+pub type WriteFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'c>>;
+
+/// Writes one batch may hold; more wait for the next commit.
+const MAX_BATCH: usize = 512;
+/// Writes waiting for the writer; past it, callers wait for room.
+const QUEUE: usize = 8192;
+
+/// What a job tells the writer: whether to keep its savepoint, and how to acknowledge it once
+/// the batch's commit is known (`None`: committed; `Some(why)`: the commit failed).
+pub(super) struct Ran {
+    ok: bool,
+    acknowledge: Box<dyn FnOnce(Option<String>) + Send>,
+}
+
+/// A queued write: run on the connection, or (`Err`) told why it never ran.
+type Job = Box<
+    dyn for<'c> FnOnce(
+            std::result::Result<&'c mut SqliteConnection, String>,
+        ) -> Pin<Box<dyn Future<Output = Ran> + Send + 'c>>
+        + Send,
+>;
+
+pub(super) enum Message {
+    Write(Job),
+    Close(oneshot::Sender<()>),
+}
+
+/// Where writes go. Cheap to clone.
+#[derive(Clone)]
+pub(super) enum Writer {
+    /// The group-committing task of a database file, and how many batches it committed.
+    Task(mpsc::Sender<Message>, Arc<AtomicU64>),
+    /// An in-memory database exists on one connection only: each write is its own
+    /// transaction on the pool.
+    Pool(SqlitePool),
+}
+
+impl Writer {
+    /// Opens the write connection and starts the task.
+    pub(super) async fn start(options: SqliteConnectOptions) -> Result<Writer> {
+        let conn = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot open database: {e}")))?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let batches = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(conn, rx, batches.clone()));
+        Ok(Writer::Task(tx, batches))
+    }
+
+    /// Runs `f` in a transaction and returns its output once that transaction is durable.
+    pub(super) async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> WriteFuture<'c, T> + Send + 'static,
+    {
+        match self {
+            Writer::Pool(pool) => {
+                let mut tx = pool.begin().await.map_err(internal)?;
+                let out = f(&mut tx).await?;
+                tx.commit().await.map_err(internal)?;
+                Ok(out)
+            }
+            Writer::Task(queue, _) => {
+                let (tx, rx) = oneshot::channel::<Result<T>>();
+                let job: Job = Box::new(move |conn| {
+                    Box::pin(async move {
+                        let conn = match conn {
+                            Ok(conn) => conn,
+                            Err(why) => {
+                                let _ = tx.send(Err(Error::Unavailable(why)));
+                                return Ran {
+                                    ok: false,
+                                    acknowledge: Box::new(|_| {}),
+                                };
+                            }
+                        };
+                        match f(conn).await {
+                            Ok(out) => Ran {
+                                ok: true,
+                                acknowledge: Box::new(move |failed: Option<String>| {
+                                    let _ = tx.send(match failed {
+                                        None => Ok(out),
+                                        Some(why) => Err(Error::Unavailable(why)),
+                                    });
+                                }),
+                            },
+                            Err(e) => Ran {
+                                ok: false,
+                                // Undone alone; its error needs no commit to be true.
+                                acknowledge: Box::new(move |_| {
+                                    let _ = tx.send(Err(e));
+                                }),
+                            },
+                        }
+                    })
+                });
+                queue
+                    .send(Message::Write(job))
+                    .await
+                    .map_err(|_| closed())?;
+                rx.await.map_err(|_| closed())?
+            }
+        }
+    }
+
+    /// Commits what is queued and closes the write connection; later writes fail.
+    pub(super) async fn close(&self) {
+        if let Writer::Task(queue, _) = self {
+            let (tx, rx) = oneshot::channel();
+            if queue.send(Message::Close(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// Transactions committed so far (each holding one or more writes); `None` on the pool.
+    pub(super) fn batches(&self) -> Option<u64> {
+        match self {
+            Writer::Task(_, batches) => Some(batches.load(Ordering::Relaxed)),
+            Writer::Pool(_) => None,
+        }
+    }
+}
+
+/// What the callers of a batch hear when the database refused it (a full disk says so).
+fn failure(e: sqlx::Error) -> String {
+    match internal(e) {
+        Error::Internal(why) => format!("cannot write to the database: {why}"),
+        other => other.to_string(),
+    }
+}
+
+fn closed() -> Error {
+    Error::Unavailable("the database is closed".to_string())
+}
+
+async fn run(
+    mut conn: SqliteConnection,
+    mut queue: mpsc::Receiver<Message>,
+    batches: Arc<AtomicU64>,
+) {
+    let mut close = None;
+    while close.is_none() {
+        let Some(first) = queue.recv().await else {
+            break;
+        };
+        let mut batch = Vec::new();
+        match first {
+            Message::Write(job) => batch.push(job),
+            Message::Close(ack) => close = Some(ack),
+        }
+        while close.is_none() && batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(Message::Write(job)) => batch.push(job),
+                Ok(Message::Close(ack)) => close = Some(ack),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            commit_batch(&mut conn, batch).await;
+            batches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let _ = conn.close().await;
+    if let Some(ack) = close {
+        let _ = ack.send(());
+    }
+}
+
+/// One transaction for the whole batch, a savepoint per job, one commit.
+async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Job>) {
+    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        let why = failure(e);
+        for job in batch {
+            // Never run: each caller hears why (nothing of it was written).
+            job(Err(why.clone())).await;
+        }
+        return;
+    }
+    let mut committed = Vec::with_capacity(batch.len());
+    let mut jobs = batch.into_iter();
+    while let Some(job) = jobs.next() {
+        let savepoint = sqlx::query("SAVEPOINT job").execute(&mut *conn).await;
+        if let Err(e) = savepoint {
+            job(Err(failure(e))).await;
+            continue;
+        }
+        let ran = job(Ok(&mut *conn)).await;
+        if ran.ok {
+            let _ = sqlx::query("RELEASE job").execute(&mut *conn).await;
+            committed.push(ran.acknowledge);
+            continue;
+        }
+        if let Err(e) = sqlx::query("ROLLBACK TO job").execute(&mut *conn).await {
+            // The savepoint is gone: SQLite rolled the whole transaction back (a full disk,
+            // an I/O error). Nothing of the batch was written; every caller hears so, and
+            // the rest of the batch does not run outside a transaction.
+            (ran.acknowledge)(None);
+            let why = failure(e);
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            for acknowledge in committed {
+                acknowledge(Some(why.clone()));
+            }
+            for job in jobs {
+                job(Err(why.clone())).await;
+            }
+            return;
+        }
+        let _ = sqlx::query("RELEASE job").execute(&mut *conn).await;
+        (ran.acknowledge)(None);
+    }
+    let failed = match sqlx::query("COMMIT").execute(&mut *conn).await {
+        Ok(_) => None,
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Some(failure(e))
+        }
+    };
+    for acknowledge in committed {
+        acknowledge(failed.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use super::super::Store;
+    use super::*;
+
+    async fn audit_targets(store: &Store) -> Vec<String> {
+        sqlx::query_scalar("SELECT target FROM audit_log WHERE action = 'test.write'")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_each_is_acknowledged_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("berth.db")).await.unwrap();
+        let before = store.writer.batches().unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..300 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                store
+                    .audit("test", "test.write", &format!("w{n}"), None)
+                    .await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().unwrap();
+        }
+        let batches = store.writer.batches().unwrap() - before;
+        // 300 writes queued while fsyncs ran: far fewer commits than writes.
+        assert!(batches < 300, "{batches} commits for 300 writes");
+        store.close().await;
+        let reopened = Store::open(&dir.path().join("berth.db")).await.unwrap();
+        assert_eq!(audit_targets(&reopened).await.len(), 300);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_is_undone_alone_and_the_rest_of_its_batch_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("berth.db")).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..50 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let fails = n % 10 == 3;
+                let outcome = store
+                    .writer
+                    .write(move |conn| {
+                        Box::pin(async move {
+                            sqlx::query(
+                                "INSERT INTO audit_log (actor, action, target) VALUES ('test', 'test.write', ?)",
+                            )
+                            .bind(format!("w{n}"))
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(internal)?;
+                            if fails {
+                                // A statement that fails after the job already wrote a row.
+                                sqlx::query("INSERT INTO no_such_table VALUES (1)")
+                                    .execute(&mut *conn)
+                                    .await
+                                    .map_err(internal)?;
+                            }
+                            Ok(n)
+                        })
+                    })
+                    .await;
+                (n, fails, outcome)
+            });
+        }
+        let mut expected = HashSet::new();
+        while let Some(done) = tasks.join_next().await {
+            let (n, fails, outcome) = done.unwrap();
+            assert_eq!(outcome.is_err(), fails, "write {n}: {outcome:?}");
+            if !fails {
+                assert_eq!(outcome.unwrap(), n);
+                expected.insert(format!("w{n}"));
+            }
+        }
+        let stored: HashSet<String> = audit_targets(&store).await.into_iter().collect();
+        assert_eq!(stored, expected);
+    }
+
+    #[test]
+    fn after_a_crash_every_acknowledged_write_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.db");
+        // A process writing from many tasks dies at an arbitrary moment: its runtime, the
+        // writer task and the connection are dropped mid-batch, as by kill -9.
+        let acknowledged = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+                rt.block_on({
+                    let acked = acked.clone();
+                    async move {
+                        let store = Store::open(&path).await.unwrap();
+                        // 1,000 writers, each writing again as soon as it is acknowledged.
+                        for n in 0..1000 {
+                            let (store, acked) = (store.clone(), acked.clone());
+                            tokio::spawn(async move {
+                                for i in 0.. {
+                                    let target = format!("w{n}-{i}");
+                                    if store
+                                        .audit("test", "test.write", &target, None)
+                                        .await
+                                        .is_ok()
+                                    {
+                                        acked.lock().unwrap().push(target);
+                                    }
+                                }
+                            });
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                });
+                rt.shutdown_background();
+                let acked = acked.lock().unwrap().clone();
+                acked
+            })
+            .join()
+            .unwrap()
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let store = Store::open(&path).await.unwrap();
+            let stored = audit_targets(&store).await;
+            let unique: HashSet<&String> = stored.iter().collect();
+            assert!(
+                !acknowledged.is_empty(),
+                "nothing was acknowledged before the crash"
+            );
+            assert_eq!(unique.len(), stored.len(), "a write was stored twice");
+            for target in &acknowledged {
+                assert!(unique.contains(target), "acknowledged {target} was lost");
+            }
+            let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(integrity, "ok");
+        });
+    }
+}
