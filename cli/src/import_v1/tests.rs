@@ -98,7 +98,7 @@ async fn the_connection_to_the_v1_database_cannot_write() {
     let path = database(dir.path(), "v1.db", SCHEMA).await;
     let before = std::fs::read(&path).unwrap();
     let mut db = read::open(&path).await.unwrap();
-    let refused = db.try_write().await.err().expect("a write went through");
+    let refused = db.try_write().await.expect_err("a write went through");
     assert!(refused.to_string().contains("readonly"), "{refused}");
     db.read().await.unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), before);

@@ -530,3 +530,43 @@ async fn only_an_admin_imports() {
         .unwrap();
     assert_eq!(err.code(), ErrorCode::PermissionDenied);
 }
+
+/// Secrets and variables are written 500 rows a statement: 1,201 of each cross two batch
+/// boundaries, and every reference still finds its own secret (ids are matched by name).
+#[tokio::test]
+async fn rows_across_write_batches_keep_each_reference_on_its_own_secret() {
+    let svc = service().await;
+    let n = 1201;
+    let mut plan = full_plan();
+    plan.secrets = (0..n)
+        .map(|i| PlanSecret {
+            v1_id: i,
+            name: format!("S_{i:04}"),
+            value: s(&format!("value-{i}")),
+            description: None,
+            created_at: None,
+            updated_at: None,
+        })
+        .collect();
+    plan.variables = (0..n)
+        .map(|i| {
+            var(
+                &format!("environment_variables row {i}"),
+                Some("worker"),
+                &format!("V_{i:04}"),
+                PlanValue::Secret(format!("S_{:04}", n - 1 - i)),
+            )
+        })
+        .collect();
+    let report = svc.import_v1(&admin(), &plan, false).await.unwrap();
+    assert!(report.applied);
+    let worker = svc.store().application("worker").await.unwrap();
+    let env = svc.resolve_environment(worker.id).await.unwrap();
+    assert_eq!(env.len(), n as usize);
+    for i in 0..n {
+        assert_eq!(
+            env[&format!("V_{i:04}")].expose_secret(),
+            format!("value-{}", n - 1 - i)
+        );
+    }
+}
