@@ -12,6 +12,7 @@ mod audit;
 mod deployments;
 mod domains;
 mod env;
+mod env_structure;
 mod import;
 mod key_ring;
 mod notifications;
@@ -38,6 +39,7 @@ pub use deployments::{
     DeploymentEventRow, DeploymentTargetRow, FailureText, NewDeployment, ServingRow,
 };
 pub use env::{EnvResolutionRow, ImportOutcome};
+pub use env_structure::EnvStructure;
 pub use import::{
     ImportTx, ImportedAppRow, ImportedEnvRow, ImportedProviderRow, ImportedSecret,
     NewImportedApplication,
@@ -57,6 +59,8 @@ pub struct Store {
     log_pool: SqlitePool,
     /// The group-committing writer of the hot write paths (deployments, targets, audit).
     writer: writer::Writer,
+    /// Environment structures by application, valid for one value of the change counter.
+    env_cache: env_structure::SharedEnvCache,
 }
 
 impl Store {
@@ -109,6 +113,7 @@ impl Store {
         Ok(Store {
             log_pool: pool.clone(),
             writer: writer::Writer::Pool(pool.clone()),
+            env_cache: Default::default(),
             pool,
         })
     }

@@ -19,9 +19,12 @@
 //! the same instants).
 //!
 //! [`full_disk`] is the full-disk check: the control plane's data directory on a small tmpfs.
+//! [`group_commit`] kills the control plane with 1,000 deploys in flight through its
+//! group-committing writer.
 
 mod checks;
 mod full_disk;
+mod group_commit;
 mod workload;
 
 use std::sync::{Arc, Mutex};

@@ -1,14 +1,14 @@
 //! Environment variables and their resolution.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use secrecy::SecretString;
 
 use super::{Actor, Permission, Service};
 use crate::crypto::Aad;
 use crate::error::{Error, Result};
-use crate::model::{EnvScope, EnvVar, NewEnvVar, Secret};
-use crate::store::{EnvResolutionRow, ImportOutcome};
+use crate::model::{EnvScope, EnvVar, NewEnvVar};
+use crate::store::{EnvResolutionRow, EnvStructure, ImportOutcome};
 use crate::validate;
 
 /// What a variable is set to.
@@ -204,36 +204,16 @@ impl Service {
     /// and two groups defining the same name are an error naming both. Any unresolvable
     /// reference is an error naming the variable.
     pub async fn resolve_environment(&self, app_id: i64) -> Result<ResolvedEnvironment> {
-        let rows = self.store.env_for_resolution(app_id).await?;
-        let group_names: Vec<String> = rows
-            .iter()
-            .filter(|r| r.value_type == "group_ref")
-            .filter_map(|r| r.value.strip_prefix("@group:"))
-            .map(str::to_string)
-            .collect();
-        let mut by_group: HashMap<String, Vec<Secret>> = HashMap::new();
-        let mut existing_groups = std::collections::HashSet::new();
-        if !group_names.is_empty() {
-            for secret in self.store.secrets_of_groups(&group_names).await? {
-                by_group
-                    .entry(secret.group_name.clone())
-                    .or_default()
-                    .push(secret);
-            }
-            existing_groups = self
-                .store
-                .list_groups()
-                .await?
-                .into_iter()
-                .map(|g| g.name)
-                .collect();
-        }
-        let (project, global): (Vec<EnvResolutionRow>, Vec<EnvResolutionRow>) =
-            rows.into_iter().partition(|r| r.project);
-        let mut env = self.resolve_scope("global", &global, &by_group, &existing_groups)?;
+        let structure = self.store.env_structure(app_id).await?;
+        let (project, global): (Vec<&EnvResolutionRow>, Vec<&EnvResolutionRow>) =
+            structure.rows.iter().partition(|r| r.project);
+        let mut env = self.resolve_scope("global", &global, &structure)?;
         if !project.is_empty() {
-            let app = self.store.application_by_id(app_id).await?;
-            env.extend(self.resolve_scope(&app.name, &project, &by_group, &existing_groups)?);
+            let name = structure
+                .app_name
+                .as_deref()
+                .unwrap_or("(deleted application)");
+            env.extend(self.resolve_scope(name, &project, &structure)?);
         }
         Ok(env)
     }
@@ -241,10 +221,10 @@ impl Service {
     fn resolve_scope(
         &self,
         scope_name: &str,
-        vars: &[EnvResolutionRow],
-        by_group: &HashMap<String, Vec<Secret>>,
-        existing_groups: &std::collections::HashSet<String>,
+        vars: &[&EnvResolutionRow],
+        structure: &EnvStructure,
     ) -> Result<ResolvedEnvironment> {
+        let (by_group, existing_groups) = (&structure.group_secrets, &structure.existing_groups);
         let unresolvable = |key: &str, why: String| {
             Error::FailedPrecondition(format!(
                 "variable {key} ({scope_name}) cannot be resolved: {why}"
@@ -467,6 +447,63 @@ mod tests {
         .unwrap();
         let env = svc.resolve_environment(id).await.unwrap();
         assert_eq!(plain(&env)[1], ("Y".into(), "ay".into()));
+    }
+
+    /// The structure cache (store::env_structure) never serves a stale row: every kind of
+    /// change between two resolutions shows in the second, including a key rotation that
+    /// rewraps the ciphertexts and retires the key the cached ones were made with.
+    #[tokio::test]
+    async fn every_change_between_two_resolutions_shows_in_the_second() {
+        let svc = service().await;
+        let id = app(&svc, "myapp").await;
+        svc.create_group(&admin(), "db", None).await.unwrap();
+        svc.set_secret(&admin(), "db", "PASSWORD", &s("one"), None)
+            .await
+            .unwrap();
+        let reference = SetEnvValue::Secret("db/PASSWORD".into());
+        svc.set_env(&admin(), Some("myapp"), "DB_PASSWORD", reference, None)
+            .await
+            .unwrap();
+        let resolve = || async { plain(&svc.resolve_environment(id).await.unwrap()) };
+        assert_eq!(resolve().await, vec![("DB_PASSWORD".into(), "one".into())]);
+        assert_eq!(resolve().await, vec![("DB_PASSWORD".into(), "one".into())]);
+
+        svc.set_secret(&admin(), "db", "PASSWORD", &s("two"), None)
+            .await
+            .unwrap();
+        assert_eq!(resolve().await, vec![("DB_PASSWORD".into(), "two".into())]);
+
+        let global = SetEnvValue::Plain("info".into());
+        svc.set_env(&admin(), None, "LOG", global, None)
+            .await
+            .unwrap();
+        let group = SetEnvValue::Group("db".into());
+        svc.set_env(&admin(), Some("myapp"), "DB", group, None)
+            .await
+            .unwrap();
+        let with_group = vec![
+            ("DB_PASSWORD".into(), "two".into()),
+            ("LOG".into(), "info".into()),
+            ("PASSWORD".into(), "two".into()),
+        ];
+        assert_eq!(resolve().await, with_group);
+
+        // Two rotations: the cached ciphertexts are under the first ring key, which the
+        // second rotation rewraps away from and which is then retired.
+        svc.rotate_key(&admin(), false).await.unwrap();
+        svc.wait_for_rotation().await;
+        let first = svc.key().active_id().unwrap();
+        assert_eq!(resolve().await, with_group);
+        svc.rotate_key(&admin(), false).await.unwrap();
+        svc.wait_for_rotation().await;
+        svc.retire_key(&admin(), &first).await.unwrap();
+        assert_eq!(resolve().await, with_group);
+
+        svc.unset_env(&admin(), Some("myapp"), "DB").await.unwrap();
+        svc.unset_env(&admin(), None, "LOG").await.unwrap();
+        assert_eq!(resolve().await, vec![("DB_PASSWORD".into(), "two".into())]);
+        svc.delete_group(&admin(), "db", true).await.unwrap();
+        assert!(resolve().await.is_empty());
     }
 
     #[tokio::test]

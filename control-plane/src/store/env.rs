@@ -44,7 +44,10 @@ pub struct ImportOutcome {
 impl Store {
     /// Global and project variables of an application with their referenced secrets, in one
     /// query (the hot path of every deploy).
-    pub async fn env_for_resolution(&self, app_id: i64) -> Result<Vec<EnvResolutionRow>> {
+    pub(super) async fn env_rows(
+        conn: &mut sqlx::SqliteConnection,
+        app_id: i64,
+    ) -> Result<Vec<EnvResolutionRow>> {
         sqlx::query_as(
             "SELECT e.scope = 'project' AS project, e.key, e.value, e.value_type, e.secret_id, \
              s.group_id AS secret_group_id, s.name AS secret_name, s.value AS secret_value \
@@ -52,7 +55,7 @@ impl Store {
              WHERE e.scope = 'global' OR e.project_id = ?",
         )
         .bind(app_id)
-        .fetch_all(&self.pool)
+        .fetch_all(conn)
         .await
         .map_err(internal)
     }

@@ -158,7 +158,10 @@ impl Store {
     }
 
     /// Secrets of several groups at once, for environment resolution.
-    pub async fn secrets_of_groups(&self, group_names: &[String]) -> Result<Vec<Secret>> {
+    pub(super) async fn secrets_of_groups(
+        conn: &mut sqlx::SqliteConnection,
+        group_names: &[String],
+    ) -> Result<Vec<Secret>> {
         if group_names.is_empty() {
             return Ok(Vec::new());
         }
@@ -168,7 +171,7 @@ impl Store {
              WHERE g.name IN (SELECT value FROM json_each(?)) ORDER BY g.name, s.name"
         ))
         .bind(json)
-        .fetch_all(&self.pool)
+        .fetch_all(conn)
         .await
         .map_err(internal)
     }
