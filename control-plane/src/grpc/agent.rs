@@ -128,13 +128,25 @@ impl pb::agent_service_server::AgentService for AgentApi {
             let (tx, rx) = mpsc::channel::<Result<pb::ControlMessage, Status>>(64);
             // A client already gone is seen below: its inbound stream ends.
             let _ = opened_tx.send(Ok(rx));
+            // Commands go out on a task of their own: handling an inbound message may wait for
+            // a durable write (a result is fsync'd before it is acknowledged), and a command
+            // queued meanwhile must not wait for that fsync (it was the p99 of queued ->
+            // agent). One forwarder per stream keeps the commands in order.
+            let mut outbound = session.outbound;
+            let forward_tx = tx.clone();
+            let mut forward = tokio::spawn(async move {
+                while let Some(message) = outbound.recv().await {
+                    if forward_tx.send(Ok(message)).await.is_err() {
+                        break;
+                    }
+                }
+            });
             loop {
                 tokio::select! {
-                    outbound = session.outbound.recv() => match outbound {
-                        Some(message) => if tx.send(Ok(message)).await.is_err() { break },
-                        None => break,
-                    },
+                    // The control plane dropped the stream's queue, or the client is gone.
+                    _ = &mut forward => break,
                     reason = &mut session.killed => {
+                        forward.abort();
                         let reason = reason.unwrap_or("stream closed by the control plane");
                         let end = if reason == crate::fleet::SHUTTING_DOWN {
                             Status::unavailable(reason)
@@ -148,6 +160,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
                         Ok(Some(message)) => {
                             if let Err(e) = fleet.handle_message(&agent.name, session.id, message).await {
                                 tracing::warn!(agent = %agent.name, error = %e, "bad message from agent");
+                                forward.abort();
                                 let _ = tx.send(Err(status(e))).await;
                                 break;
                             }
@@ -156,9 +169,10 @@ impl pb::agent_service_server::AgentService for AgentApi {
                     },
                 }
             }
+            forward.abort();
             fleet.close_session(&agent.name, session.id).await;
-            // Only now may the node close the store (the session counts as open until here).
-            drop(session);
+            // Only when this task ends is the rest of the session (its guard) dropped: the
+            // session counts as open until then, so the node does not close the store first.
         });
         let rx = opened
             .await
