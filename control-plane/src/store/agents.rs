@@ -270,17 +270,31 @@ impl Store {
         version: Option<&str>,
         docker_version: Option<&str>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE agents SET status = ?, last_seen_at = datetime('now'), version = COALESCE(?, version), \
-             docker_version = COALESCE(?, docker_version) WHERE name = ? AND revoked_at IS NULL",
-        )
-        .bind(status)
-        .bind(version)
-        .bind(docker_version)
-        .bind(name)
-        .execute(&self.pool)
-        .await
-        .map_err(internal)?;
-        Ok(())
+        // Through the group commit: a reconnect storm of thousands of agents is a few
+        // commits, not an fsync per agent.
+        let (status, version, docker_version, name) = (
+            status.to_string(),
+            version.map(str::to_string),
+            docker_version.map(str::to_string),
+            name.to_string(),
+        );
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE agents SET status = ?, last_seen_at = datetime('now'), version = COALESCE(?, version), \
+                         docker_version = COALESCE(?, docker_version) WHERE name = ? AND revoked_at IS NULL",
+                    )
+                    .bind(status)
+                    .bind(version)
+                    .bind(docker_version)
+                    .bind(name)
+                    .execute(conn)
+                    .await
+                    .map_err(internal)?;
+                    Ok(())
+                })
+            })
+            .await
     }
 }
