@@ -7,6 +7,7 @@
 mod agent;
 mod api_keys;
 mod applications;
+mod audit;
 mod backup;
 mod convert;
 mod deploy;
@@ -30,6 +31,7 @@ use crate::service::{Actor, Service};
 pub use agent::{AgentApi, AgentEnrollmentApi};
 pub use api_keys::ApiKeyApi;
 pub use applications::ApplicationApi;
+pub use audit::AuditApi;
 pub use backup::BackupApi;
 pub use deploy::{AgentAdminApi, DeployApi};
 pub use domains::DomainApi;
@@ -92,6 +94,7 @@ pub struct AdminServices {
     pub allowlist: pb::allowlist_service_server::AllowlistServiceServer<AllowlistApi>,
     pub providers: pb::provider_service_server::ProviderServiceServer<ProviderApi>,
     pub keys: pb::key_service_server::KeyServiceServer<KeyApi>,
+    pub audit: pb::audit_service_server::AuditServiceServer<AuditApi>,
 }
 
 impl AdminServices {
@@ -116,7 +119,8 @@ impl AdminServices {
             providers: pb::provider_service_server::ProviderServiceServer::new(ProviderApi::new(
                 service.clone(),
             )),
-            keys: pb::key_service_server::KeyServiceServer::new(KeyApi::new(service)),
+            keys: pb::key_service_server::KeyServiceServer::new(KeyApi::new(service.clone())),
+            audit: pb::audit_service_server::AuditServiceServer::new(AuditApi::new(service)),
         }
     }
 }

@@ -15,6 +15,7 @@ mod acme_certificates;
 mod admin_api;
 mod agent_certificates;
 mod agent_deploys;
+mod audit_trail;
 mod crash_campaign;
 mod data_lifecycle;
 mod docker_executor;
