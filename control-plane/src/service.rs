@@ -26,7 +26,7 @@ use crate::store::Store;
 pub use api_keys::{CreatedApiKey, API_KEY_PREFIX};
 pub use applications::{ApplicationDetail, CreatedApplication, WEBHOOK_TOKEN_PREFIX};
 pub use audit::{AuditPage, AuditQuery};
-pub use env::{ResolvedEnvironment, SetEnvValue};
+pub use env::{EffectiveVar, EnvOrigin, EnvSource, ResolvedEnvironment, SetEnvValue};
 pub use secrets::{mask_value, parse_dotenv, ImportFormat};
 
 /// `system_settings` key of a value encrypted at first start, used to check the master key.

@@ -19,6 +19,7 @@ mod audit_trail;
 mod crash_campaign;
 mod data_lifecycle;
 mod docker_executor;
+mod effective_environment;
 mod executor_contract;
 mod outgoing_notifications;
 mod proxy_deploys;

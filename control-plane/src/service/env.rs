@@ -1,14 +1,13 @@
 //! Environment variables and their resolution.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use secrecy::SecretString;
 
 use super::{Actor, Permission, Service};
-use crate::crypto::Aad;
 use crate::error::{Error, Result};
-use crate::model::{EnvScope, EnvVar, NewEnvVar, Secret};
-use crate::store::{EnvResolutionRow, ImportOutcome};
+use crate::model::{EnvScope, EnvVar, NewEnvVar};
+use crate::store::ImportOutcome;
 use crate::validate;
 
 /// What a variable is set to.
@@ -44,6 +43,10 @@ impl SetEnvValue {
         Ok(value)
     }
 }
+
+mod resolve;
+
+pub use resolve::{EffectiveVar, EnvOrigin, EnvSource};
 
 /// An application's resolved environment: key -> plaintext, sorted by key. Values are
 /// `SecretString`s so the map cannot be logged by accident.
@@ -196,107 +199,6 @@ impl Service {
         )
         .await?;
         Ok(env)
-    }
-
-    /// Resolves an application's environment: global rows, then project rows overriding by
-    /// key (the seed's `buildEnvironmentForProject`). Within a scope, `@group:` references
-    /// expand to one variable per secret of the group, explicit keys win over expanded ones,
-    /// and two groups defining the same name are an error naming both. Any unresolvable
-    /// reference is an error naming the variable.
-    pub async fn resolve_environment(&self, app_id: i64) -> Result<ResolvedEnvironment> {
-        let rows = self.store.env_for_resolution(app_id).await?;
-        let group_names: Vec<String> = rows
-            .iter()
-            .filter(|r| r.value_type == "group_ref")
-            .filter_map(|r| r.value.strip_prefix("@group:"))
-            .map(str::to_string)
-            .collect();
-        let mut by_group: HashMap<String, Vec<Secret>> = HashMap::new();
-        let mut existing_groups = std::collections::HashSet::new();
-        if !group_names.is_empty() {
-            for secret in self.store.secrets_of_groups(&group_names).await? {
-                by_group
-                    .entry(secret.group_name.clone())
-                    .or_default()
-                    .push(secret);
-            }
-            existing_groups = self
-                .store
-                .list_groups()
-                .await?
-                .into_iter()
-                .map(|g| g.name)
-                .collect();
-        }
-        let (project, global): (Vec<EnvResolutionRow>, Vec<EnvResolutionRow>) =
-            rows.into_iter().partition(|r| r.project);
-        let mut env = self.resolve_scope("global", &global, &by_group, &existing_groups)?;
-        if !project.is_empty() {
-            let app = self.store.application_by_id(app_id).await?;
-            env.extend(self.resolve_scope(&app.name, &project, &by_group, &existing_groups)?);
-        }
-        Ok(env)
-    }
-
-    fn resolve_scope(
-        &self,
-        scope_name: &str,
-        vars: &[EnvResolutionRow],
-        by_group: &HashMap<String, Vec<Secret>>,
-        existing_groups: &std::collections::HashSet<String>,
-    ) -> Result<ResolvedEnvironment> {
-        let unresolvable = |key: &str, why: String| {
-            Error::FailedPrecondition(format!(
-                "variable {key} ({scope_name}) cannot be resolved: {why}"
-            ))
-        };
-        // Group expansions first, remembering which group each name came from.
-        let mut expanded: BTreeMap<String, (String, SecretString)> = BTreeMap::new();
-        for var in vars.iter().filter(|v| v.value_type == "group_ref") {
-            let group = var.value.strip_prefix("@group:").unwrap_or_default();
-            if !existing_groups.contains(group) {
-                return Err(unresolvable(
-                    &var.key,
-                    format!("group {group:?} does not exist"),
-                ));
-            }
-            for secret in by_group.get(group).map(Vec::as_slice).unwrap_or_default() {
-                let value = self
-                    .key
-                    .decrypt_string(&secret.value, &Aad::secret(secret.group_id, &secret.name))
-                    .map_err(|e| unresolvable(&var.key, e.to_string()))?;
-                if let Some((other, _)) = expanded.get(&secret.name) {
-                    return Err(Error::FailedPrecondition(format!(
-                        "groups {other:?} and {group:?} both define {} in scope {scope_name}",
-                        secret.name
-                    )));
-                }
-                expanded.insert(secret.name.clone(), (group.to_string(), value));
-            }
-        }
-        let mut out: ResolvedEnvironment = expanded.into_iter().map(|(k, (_, v))| (k, v)).collect();
-        // Explicit keys override expanded ones.
-        for var in vars {
-            let value = match var.value_type.as_str() {
-                "plain" => SecretString::from(var.value.clone()),
-                "secret_ref" => {
-                    let (Some(group_id), Some(name), Some(ciphertext)) =
-                        (var.secret_group_id, &var.secret_name, &var.secret_value)
-                    else {
-                        return Err(unresolvable(
-                            &var.key,
-                            format!("{} does not exist", var.value),
-                        ));
-                    };
-                    self.key
-                        .decrypt_string(ciphertext, &Aad::secret(group_id, name))
-                        .map_err(|e| unresolvable(&var.key, e.to_string()))?
-                }
-                _ => continue,
-            };
-            out.insert(var.key.clone(), value);
-        }
-        Ok(out)
     }
 
     async fn env_scope(&self, app: Option<&str>) -> Result<EnvScope> {
