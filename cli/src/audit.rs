@@ -89,12 +89,14 @@ pub async fn run(args: AuditArgs, connect: &ConnectOptions, format: Format) -> a
         }
         return Ok(());
     }
-    // Following reads like `tail -f`: the page oldest first, then each new row.
-    let newest = page.events.first().map(|e| e.id).unwrap_or_default();
+    // Following reads like `tail -f`: the page oldest first, then each new row. The stream
+    // starts after the trail's newest row when the page was read, so no row is missed; the
+    // page's own rows newer than that are not printed twice.
+    let printed = page.events.first().map(|e| e.id).unwrap_or_default();
     let mut stream = client
         .follow_audit_events(FollowAuditEventsRequest {
             filter: Some(args.filter()),
-            after_id: newest,
+            after_id: page.newest_id,
         })
         .await?
         .into_inner();
@@ -109,7 +111,9 @@ pub async fn run(args: AuditArgs, connect: &ConnectOptions, format: Format) -> a
         print(event);
     }
     while let Some(event) = stream.message().await? {
-        print(&event);
+        if event.id > printed {
+            print(&event);
+        }
     }
     Ok(())
 }

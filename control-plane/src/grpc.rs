@@ -94,7 +94,6 @@ pub struct AdminServices {
     pub allowlist: pb::allowlist_service_server::AllowlistServiceServer<AllowlistApi>,
     pub providers: pb::provider_service_server::ProviderServiceServer<ProviderApi>,
     pub keys: pb::key_service_server::KeyServiceServer<KeyApi>,
-    pub audit: pb::audit_service_server::AuditServiceServer<AuditApi>,
 }
 
 impl AdminServices {
@@ -119,8 +118,7 @@ impl AdminServices {
             providers: pb::provider_service_server::ProviderServiceServer::new(ProviderApi::new(
                 service.clone(),
             )),
-            keys: pb::key_service_server::KeyServiceServer::new(KeyApi::new(service.clone())),
-            audit: pb::audit_service_server::AuditServiceServer::new(AuditApi::new(service)),
+            keys: pb::key_service_server::KeyServiceServer::new(KeyApi::new(service)),
         }
     }
 }

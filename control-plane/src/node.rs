@@ -424,6 +424,12 @@ impl Node {
                 fleet.close_streams(STREAM_DRAIN).await;
             })
         };
+        // A follow stream of the audit trail ends when the node stops: an open one would
+        // otherwise hold the admin server's graceful shutdown until its client leaves.
+        let audit = pb::audit_service_server::AuditServiceServer::new(crate::grpc::AuditApi::new(
+            self.service.clone(),
+            stop_rx.clone(),
+        ));
         let shutdown = stopped(stop_rx);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         let admin = AdminServices::new(self.service.clone());
@@ -455,7 +461,7 @@ impl Node {
             .add_service(served.named(admin.allowlist))
             .add_service(served.named(admin.providers))
             .add_service(served.named(admin.keys))
-            .add_service(served.named(admin.audit))
+            .add_service(served.named(audit))
             .add_service(
                 served.named(pb::backup_service_server::BackupServiceServer::new(
                     crate::grpc::BackupApi::new(self.service.clone(), self.data_dir.clone()),

@@ -207,9 +207,9 @@ async fn every_audited_action_appears_with_its_actor_and_target_and_never_a_valu
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn follow_prints_rows_as_they_are_committed_and_ends_with_the_client() {
+async fn follow_prints_rows_as_they_are_committed_and_ends_when_the_node_stops() {
     let d = dirs();
-    let node = DevNode::start_without_agent(&d);
+    let mut node = DevNode::start_without_agent(&d);
     ok(node.cli(&["group", "create", "db"], None));
     ok(node.cli(&["secret", "set", "db", "A"], Some(VALUE)));
 
@@ -251,6 +251,16 @@ async fn follow_prints_rows_as_they_are_committed_and_ends_with_the_client() {
     );
     ok(node.cli(&["secret", "delete", "db", "A"], None));
     assert_eq!(next()["action"], "secret.delete");
-    follower.kill().unwrap();
-    follower.wait().unwrap();
+
+    // An open follower does not hold the node's clean stop: its stream ends with a reason.
+    node.stop();
+    assert!(
+        node.log().contains("control plane stopped"),
+        "the node did not stop cleanly with a follower open: {}",
+        node.log()
+    );
+    let ended = follower.wait_with_output().unwrap();
+    assert_eq!(ended.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&ended.stderr);
+    assert!(err.contains("the control plane is stopping"), "{err}");
 }

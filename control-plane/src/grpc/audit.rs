@@ -2,6 +2,8 @@
 
 use std::pin::Pin;
 
+use tokio::sync::watch;
+
 use berth_proto::v1 as pb;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -13,11 +15,13 @@ use crate::store::AuditEntry;
 
 pub struct AuditApi {
     service: Service,
+    /// Turns true when the node stops: every follow stream ends then.
+    stopping: watch::Receiver<bool>,
 }
 
 impl AuditApi {
-    pub fn new(service: Service) -> Self {
-        AuditApi { service }
+    pub fn new(service: Service, stopping: watch::Receiver<bool>) -> Self {
+        AuditApi { service, stopping }
     }
 }
 
@@ -60,6 +64,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: page.entries.into_iter().map(event).collect(),
             next_before_id: page.next_before_id,
+            newest_id: page.newest_id,
         }))
     }
 
@@ -75,7 +80,12 @@ impl pb::audit_service_server::AuditService for AuditApi {
         let after = (r.after_id > 0).then_some(r.after_id);
         let rows = self
             .service
-            .follow_audit(&actor, &query(r.filter), after)
+            .follow_audit(&actor, &query(r.filter), after, {
+                let mut stopping = self.stopping.clone();
+                async move {
+                    let _ = stopping.wait_for(|s| *s).await;
+                }
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(

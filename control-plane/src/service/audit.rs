@@ -3,8 +3,9 @@
 //!
 //! Architecture invariant: audit rows never hold a secret value (their writers make sure of
 //! it), so they are returned as stored; only `Permission::ReadAudit` (admins) reads them. A
-//! follow task never outlives its client nor [`FOLLOW_LIFETIME`].
+//! follow task never outlives its client, the node's stop, nor [`FOLLOW_LIFETIME`].
 
+use std::future::Future;
 use std::time::Duration;
 
 use time::format_description::well_known::Rfc3339;
@@ -43,6 +44,8 @@ pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     /// The cursor of the next (older) page, when there may be one.
     pub next_before_id: Option<i64>,
+    /// The newest row of the whole trail, read before the page: where a follower starts.
+    pub newest_id: i64,
 }
 
 /// A set, non-blank field.
@@ -133,6 +136,7 @@ impl Service {
         } else {
             limit.min(PAGE_MAX)
         };
+        let newest_id = self.store.last_audit_id().await?;
         let entries = self
             .store
             .find_audit(&filter, AuditCursor::Before(before_id), limit.into())
@@ -143,6 +147,7 @@ impl Service {
         Ok(AuditPage {
             entries,
             next_before_id,
+            newest_id,
         })
     }
 
@@ -156,6 +161,7 @@ impl Service {
         actor: &Actor,
         query: &AuditQuery,
         after_id: Option<i64>,
+        stopping: impl Future<Output = ()> + Send + 'static,
     ) -> Result<mpsc::Receiver<Result<AuditEntry>>> {
         actor.require(Permission::ReadAudit)?;
         let filter = query.filter(OffsetDateTime::now_utc())?;
@@ -167,6 +173,7 @@ impl Service {
         let store = self.store.clone();
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + FOLLOW_LIFETIME;
+            tokio::pin!(stopping);
             loop {
                 let rows = match store
                     .find_audit(&filter, AuditCursor::After(after), FOLLOW_BATCH)
@@ -191,6 +198,13 @@ impl Service {
                 tokio::select! {
                     // The client is gone: end now, not at the next row.
                     () = tx.closed() => return,
+                    // The node stops: its admin server waits for open streams to end.
+                    () = &mut stopping => {
+                        let _ = tx.send(Err(Error::Unavailable(
+                            "the control plane is stopping: follow again once it is back".into(),
+                        ))).await;
+                        return;
+                    }
                     () = tokio::time::sleep_until(deadline) => {
                         let _ = tx.send(Err(Error::Unavailable(format!(
                             "the audit follow stream reached its maximum lifetime of {} s: \
@@ -212,6 +226,14 @@ mod tests {
     use super::*;
     use crate::service::testing::{admin, service, viewer};
     use crate::service::Role;
+
+    fn reveals_of(actor: &str) -> AuditQuery {
+        AuditQuery {
+            actor: Some(actor.into()),
+            action: Some("secret.reveal".into()),
+            ..Default::default()
+        }
+    }
 
     fn at(text: &str) -> OffsetDateTime {
         OffsetDateTime::parse(text, &Rfc3339).unwrap()
@@ -255,7 +277,10 @@ mod tests {
                 err.to_string().contains("cannot read the audit trail"),
                 "{err}"
             );
-            assert!(svc.follow_audit(&actor, &query, None).await.is_err());
+            assert!(svc
+                .follow_audit(&actor, &query, None, std::future::pending())
+                .await
+                .is_err());
         }
         assert!(svc.list_audit(&viewer(), &query, None, 0).await.is_err());
         svc.list_audit(&admin(), &query, None, 0).await.unwrap();
@@ -342,6 +367,14 @@ mod tests {
             ..Default::default()
         };
         assert!(list(future, None, 0).await.0.is_empty());
+        // A follower starts after the newest row of the whole trail, whatever the filter.
+        let newest = svc
+            .list_audit(&admin(), &reveals_of("nobody"), None, 0)
+            .await
+            .unwrap();
+        assert!(newest.entries.is_empty());
+        assert_eq!(newest.newest_id, svc.store().last_audit_id().await.unwrap());
+        assert!(newest.newest_id > 0);
         let bad = AuditQuery {
             action: Some("Secret Reveal".into()),
             ..Default::default()
@@ -352,7 +385,10 @@ mod tests {
             action: Some("secret.reveal".into()),
             ..Default::default()
         };
-        let mut follow = svc.follow_audit(&admin(), &reveals, None).await.unwrap();
+        let mut follow = svc
+            .follow_audit(&admin(), &reveals, None, std::future::pending())
+            .await
+            .unwrap();
         store
             .audit("apikey:a", "app.delete", "web", None)
             .await
