@@ -97,19 +97,21 @@ async fn globals_overridden_by_app_rows_groups_and_a_dangling_reference() {
     assert_eq!(show_json["effective_env"].as_array().unwrap().len(), 4);
     assert!(!show.contains("s3cr3t"));
 
-    // A reference the API cannot make any more (a group gone behind its back): marked in
-    // the view, and the reason a deployment is refused.
-    let options =
-        sqlx::sqlite::SqliteConnectOptions::new().filename(d.data.path().join("berth.db"));
+    // References the API cannot make any more (a group, a secret gone behind its back):
+    // marked in the view, and the reason a deployment is refused.
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(d.data.path().join("berth.db"))
+        .foreign_keys(false);
     let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    sqlx::query(
+    for sql in [
         "INSERT INTO environment_variables (scope, project_id, key, value, value_type) \
          SELECT 'project', id, 'CACHE_ALL', '@group:cache', 'group_ref' FROM applications \
          WHERE name = 'web'",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+        "INSERT INTO environment_variables (scope, key, value, value_type, secret_id) \
+         VALUES ('global', 'API_KEY', '@secret:99999', 'secret_ref', 99999)",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
     pool.close().await;
     let table = ok(node.cli(&["env", "list", "--app", "web", "--effective"], None));
     assert!(
@@ -117,7 +119,7 @@ async fn globals_overridden_by_app_rows_groups_and_a_dangling_reference() {
         "{table}"
     );
     assert!(
-        table.contains("1 unresolvable reference(s): a deployment of web is refused"),
+        table.contains("2 unresolvable reference(s): a deployment of web is refused"),
         "{table}"
     );
     let out = ok(node.cli(
@@ -131,11 +133,17 @@ async fn globals_overridden_by_app_rows_groups_and_a_dangling_reference() {
         .as_str()
         .unwrap()
         .contains("does not exist"));
-    // The deploy path resolves with the same code, and refuses for the same reason.
+    let gone = by_key(&vars, "API_KEY");
+    assert_eq!(gone["source"]["text"], "global secret (missing)");
+    assert_eq!(
+        gone["problem"],
+        "variable API_KEY (global) cannot be resolved: @secret:99999 does not exist"
+    );
+    // The deploy path resolves with the same code, and refuses for the first problem the
+    // view lists (global rows first).
+    let first = vars.iter().find_map(|v| v["problem"].as_str()).unwrap();
     let refused = node.cli(&["env", "export", "--app", "web", "--yes"], None);
     assert_eq!(refused.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("group \"cache\" does not exist"),
-        "{refused:?}"
-    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains(first), "{err}");
 }
