@@ -19,6 +19,7 @@ const PROTOS: &[&str] = &[
     "berth/v1/domains.proto",
     "berth/v1/import.proto",
     "berth/v1/keys.proto",
+    "berth/v1/audit.proto",
 ];
 
 /// Messages that carry a secret: no derived `Debug` (src/redact.rs writes a redacting one).

@@ -550,6 +550,27 @@ fn render_detail(detail: &ApplicationDetail) -> String {
     }
 
     line(String::new());
+    line(format!(
+        "Effective environment ({} keys reach the containers)",
+        detail
+            .effective_env
+            .iter()
+            .filter(|v| v.problem.is_none())
+            .count()
+    ));
+    let effective = crate::env::effective_table(&detail.effective_env);
+    if detail.effective_env.is_empty() {
+        line("  none".to_string());
+    } else {
+        for row in effective.render().lines() {
+            line(format!("  {row}"));
+        }
+    }
+    if let Some(note) = crate::env::unresolved_note(&detail.effective_env, &app.name) {
+        line(format!("  {note}"));
+    }
+
+    line(String::new());
     line("Deployments (last 10)".to_string());
     let mut table = Vec::new();
     for deployment in detail.deployments.iter().take(10) {

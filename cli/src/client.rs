@@ -227,6 +227,13 @@ impl Connection {
         )
     }
 
+    pub fn audit(&self) -> berth_proto::v1::audit_service_client::AuditServiceClient<AuthChannel> {
+        berth_proto::v1::audit_service_client::AuditServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
     pub fn notifications(
         &self,
     ) -> berth_proto::v1::notification_service_client::NotificationServiceClient<AuthChannel> {

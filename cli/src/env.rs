@@ -1,12 +1,12 @@
 //! `berth env`: environment variables of one application or of all (EnvService).
 
 use berth_proto::v1::{
-    env_scope, set_env_request, EnvScope, EnvVar, ExportEnvRequest, ImportGroupRequest,
-    ListEnvRequest, SetEnvRequest, UnsetEnvRequest,
+    env_scope, set_env_request, EffectiveEnvVar, EnvOrigin, EnvScope, EnvVar, ExportEnvRequest,
+    ImportGroupRequest, ListEffectiveEnvRequest, ListEnvRequest, SetEnvRequest, UnsetEnvRequest,
 };
 use clap::error::ErrorKind;
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::client::ConnectOptions;
 use crate::output::{self, Format, Table};
@@ -40,6 +40,10 @@ enum EnvCommand {
     List {
         #[command(flatten)]
         scope: Scope,
+        /// Every key the application's containers get (globals, its own rows, expanded
+        /// groups): where each comes from, what it overrides, unresolvable references marked
+        #[arg(long, requires = "app")]
+        effective: bool,
     },
     /// Remove a variable
     Unset {
@@ -127,7 +131,33 @@ pub async fn run(args: EnvArgs, connect: &ConnectOptions, format: Format) -> any
                 }
             }
         }
-        EnvCommand::List { scope } => {
+        EnvCommand::List {
+            scope,
+            effective: true,
+        } => {
+            let app = scope.app.unwrap_or_default();
+            let vars = connect
+                .connect()
+                .await?
+                .env()
+                .list_effective_env(ListEffectiveEnvRequest { app: app.clone() })
+                .await?
+                .into_inner()
+                .vars;
+            match format {
+                Format::Json => {
+                    output::print_json(&json!(vars.iter().map(effective_json).collect::<Vec<_>>()))
+                }
+                Format::Table => {
+                    effective_table(&vars).print_or("no variables reach the containers");
+                    if let Some(note) = unresolved_note(&vars, &app) {
+                        println!();
+                        println!("{note}");
+                    }
+                }
+            }
+        }
+        EnvCommand::List { scope, .. } => {
             let mut client = connect.connect().await?.env();
             let vars = client
                 .list_env(ListEnvRequest {
@@ -229,6 +259,86 @@ pub fn value_text(var: &EnvVar) -> String {
         ("secret_ref", Some(path)) => format!("{} → {path}", var.value),
         _ => var.value.clone(),
     }
+}
+
+/// Where a key comes from: `global`, `app`, `app secret db/PASSWORD`, `global group db
+/// (ALL_DB)`.
+fn origin_text(origin: &EnvOrigin) -> String {
+    let scope = &origin.scope;
+    match origin.kind.as_str() {
+        "secret" => format!(
+            "{scope} secret {}",
+            origin.secret.as_deref().unwrap_or("(missing)")
+        ),
+        "group" => format!(
+            "{scope} group {} ({})",
+            origin.group.as_deref().unwrap_or_default(),
+            origin.via.as_deref().unwrap_or_default()
+        ),
+        _ => scope.clone(),
+    }
+}
+
+/// The effective environment (`env list --effective`, `app show`): one row per key.
+pub fn effective_table(vars: &[EffectiveEnvVar]) -> Table {
+    let mut table = Table::new(&["KEY", "VALUE", "TYPE", "SOURCE", "OVERRIDES", "PROBLEM"]);
+    for var in vars {
+        let origin = var.origin.clone().unwrap_or_default();
+        let overrides: Vec<String> = var.overrides.iter().map(origin_text).collect();
+        table.row(vec![
+            var.key.clone(),
+            if var.problem.is_some() {
+                "-".to_string()
+            } else {
+                var.value.clone()
+            },
+            var.value_type.clone(),
+            origin_text(&origin),
+            if overrides.is_empty() {
+                "-".to_string()
+            } else {
+                overrides.join(", ")
+            },
+            match &var.problem {
+                Some(problem) => format!("UNRESOLVED: {problem}"),
+                None => "-".to_string(),
+            },
+        ]);
+    }
+    table
+}
+
+/// What to do about unresolvable references, when there are any.
+pub fn unresolved_note(vars: &[EffectiveEnvVar], app: &str) -> Option<String> {
+    let count = vars.iter().filter(|v| v.problem.is_some()).count();
+    (count > 0).then(|| {
+        format!(
+            "{count} unresolvable reference(s): a deployment of {app} is refused until they \
+             are fixed (berth env set / unset, berth secret set, berth group create)"
+        )
+    })
+}
+
+fn origin_json(origin: &EnvOrigin) -> Value {
+    json!({
+        "scope": origin.scope,
+        "kind": origin.kind,
+        "secret": origin.secret,
+        "group": origin.group,
+        "via": origin.via,
+        "text": origin_text(origin),
+    })
+}
+
+pub fn effective_json(var: &EffectiveEnvVar) -> Value {
+    json!({
+        "key": var.key,
+        "value": var.value,
+        "value_type": var.value_type,
+        "source": var.origin.as_ref().map(origin_json),
+        "overrides": var.overrides.iter().map(origin_json).collect::<Vec<_>>(),
+        "problem": var.problem,
+    })
 }
 
 fn scope_text(var: &EnvVar) -> String {

@@ -12,6 +12,7 @@ mod agent;
 mod allowlist;
 mod apikey;
 mod app;
+mod audit;
 mod backup;
 mod client;
 mod deploy;
@@ -89,6 +90,8 @@ enum Command {
     Key(key::KeyArgs),
     /// Encrypted backups of the control plane: create (online), verify
     Backup(backup::BackupArgs),
+    /// The audit trail: who changed, revealed, exported or deployed what, and when (admins)
+    Audit(audit::AuditArgs),
     /// Print a shell completion script
     Completion {
         /// The shell to generate the script for
@@ -130,6 +133,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::ImportV1(args) => import_v1::run(args, connect, format).await,
         Command::Key(args) => key::run(args, connect, format).await,
         Command::Backup(args) => backup::run(args, connect, format).await,
+        Command::Audit(args) => audit::run(args, connect, format).await,
         Command::Completion { shell } => {
             // Into a buffer first: clap_complete panics when a write fails (`| head`).
             let mut script = Vec::new();

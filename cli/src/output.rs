@@ -244,6 +244,7 @@ pub fn application_detail_json(detail: &ApplicationDetail) -> Value {
         "env": detail.env.iter().map(env_var_json).collect::<Vec<_>>(),
         "deployments": detail.deployments.iter().map(deployment_summary_json).collect::<Vec<_>>(),
         "domains": detail.domains.iter().map(domain_json).collect::<Vec<_>>(),
+        "effective_env": detail.effective_env.iter().map(crate::env::effective_json).collect::<Vec<_>>(),
     })
 }
 

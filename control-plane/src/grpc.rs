@@ -7,6 +7,7 @@
 mod agent;
 mod api_keys;
 mod applications;
+mod audit;
 mod backup;
 mod convert;
 mod deploy;
@@ -30,6 +31,7 @@ use crate::service::{Actor, Service};
 pub use agent::{AgentApi, AgentEnrollmentApi};
 pub use api_keys::ApiKeyApi;
 pub use applications::ApplicationApi;
+pub use audit::AuditApi;
 pub use backup::BackupApi;
 pub use deploy::{AgentAdminApi, DeployApi};
 pub use domains::DomainApi;

@@ -393,14 +393,21 @@ impl Node {
             .identity(Identity::from_pem(&chain, &self.pki.server_key_pem))
             .client_ca_root(Certificate::from_pem(&self.pki.ca_cert_pem))
             .timeout(TLS_HANDSHAKE_TIMEOUT);
-        let agent_server = Server::builder()
+        let mut agent_served = reflection::Served::default();
+        let agent_router = Server::builder()
             .tls_config(agent_tls)?
             // Dead peers behind NAT are found by keepalive, not only by missing heartbeats.
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(pb::agent_service_server::AgentServiceServer::new(
-                AgentApi::new(self.fleet.clone()),
-            ))
+            .add_service(
+                agent_served.named(pb::agent_service_server::AgentServiceServer::new(
+                    AgentApi::new(self.fleet.clone()),
+                )),
+            );
+        let (reflection_v1, reflection_v1alpha) = agent_served.reflection()?;
+        let agent_server = agent_router
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(
                 incoming::capped(self.agent_listener, incoming::MAX_CONNECTIONS, "agent"),
                 stopped(stop_rx.clone()),
@@ -417,6 +424,12 @@ impl Node {
                 fleet.close_streams(STREAM_DRAIN).await;
             })
         };
+        // A follow stream of the audit trail ends when the node stops: an open one would
+        // otherwise hold the admin server's graceful shutdown until its client leaves.
+        let audit = pb::audit_service_server::AuditServiceServer::new(crate::grpc::AuditApi::new(
+            self.service.clone(),
+            stop_rx.clone(),
+        ));
         let shutdown = stopped(stop_rx);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         let admin = AdminServices::new(self.service.clone());
@@ -424,16 +437,13 @@ impl Node {
         health_reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(berth_proto::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(&chain, &self.pki.server_key_pem))
             .timeout(TLS_HANDSHAKE_TIMEOUT);
 
         tracing::info!(addr = %self.grpc_addr, ca_fingerprint = %self.ca_fingerprint, "admin api listening");
-        Server::builder()
+        let mut served = reflection::Served::default();
+        let router = Server::builder()
             .tls_config(tls)?
             // A stuck client must not hold a connection slot forever.
             .timeout(std::time::Duration::from_secs(60))
@@ -442,48 +452,64 @@ impl Node {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .max_connection_age(Duration::from_secs(3600))
-            .add_service(health)
-            .add_service(reflection)
-            .add_service(admin.secrets)
-            .add_service(admin.env)
-            .add_service(admin.applications)
-            .add_service(admin.api_keys)
-            .add_service(admin.repositories)
-            .add_service(admin.allowlist)
-            .add_service(admin.providers)
-            .add_service(admin.keys)
-            .add_service(pb::backup_service_server::BackupServiceServer::new(
-                crate::grpc::BackupApi::new(self.service.clone(), self.data_dir.clone()),
-            ))
-            .add_service(pb::deploy_service_server::DeployServiceServer::new(
-                DeployApi::new(self.fleet.clone()),
-            ))
-            .add_service(pb::domain_service_server::DomainServiceServer::new(
-                DomainApi::new(self.fleet.clone()),
-            ))
-            // One import carries a whole V1 database.
+            .add_service(served.named(health))
+            .add_service(served.named(admin.secrets))
+            .add_service(served.named(admin.env))
+            .add_service(served.named(admin.applications))
+            .add_service(served.named(admin.api_keys))
+            .add_service(served.named(admin.repositories))
+            .add_service(served.named(admin.allowlist))
+            .add_service(served.named(admin.providers))
+            .add_service(served.named(admin.keys))
+            .add_service(served.named(audit))
             .add_service(
-                pb::import_service_server::ImportServiceServer::new(ImportApi::new(
-                    self.fleet.clone(),
-                ))
-                .max_decoding_message_size(MAX_IMPORT_REQUEST_BYTES),
+                served.named(pb::backup_service_server::BackupServiceServer::new(
+                    crate::grpc::BackupApi::new(self.service.clone(), self.data_dir.clone()),
+                )),
             )
             .add_service(
+                served.named(pb::deploy_service_server::DeployServiceServer::new(
+                    DeployApi::new(self.fleet.clone()),
+                )),
+            )
+            .add_service(
+                served.named(pb::domain_service_server::DomainServiceServer::new(
+                    DomainApi::new(self.fleet.clone()),
+                )),
+            )
+            // One import carries a whole V1 database.
+            .add_service(
+                served.named(
+                    pb::import_service_server::ImportServiceServer::new(ImportApi::new(
+                        self.fleet.clone(),
+                    ))
+                    .max_decoding_message_size(MAX_IMPORT_REQUEST_BYTES),
+                ),
+            )
+            .add_service(served.named(
                 pb::agent_admin_service_server::AgentAdminServiceServer::new(AgentAdminApi::new(
                     self.fleet.clone(),
                 )),
-            )
-            .add_service(pb::agent_enrollment_server::AgentEnrollmentServer::new(
-                AgentEnrollmentApi::new(self.fleet.clone()),
-            ))
-            .add_service(pb::webhook_service_server::WebhookServiceServer::new(
-                WebhookApi::new(self.fleet.clone()),
             ))
             .add_service(
+                served.named(pb::agent_enrollment_server::AgentEnrollmentServer::new(
+                    AgentEnrollmentApi::new(self.fleet.clone()),
+                )),
+            )
+            .add_service(
+                served.named(pb::webhook_service_server::WebhookServiceServer::new(
+                    WebhookApi::new(self.fleet.clone()),
+                )),
+            )
+            .add_service(served.named(
                 pb::notification_service_server::NotificationServiceServer::new(
                     crate::grpc::NotifyApi::new(self.service.clone()),
                 ),
-            )
+            ));
+        let (reflection_v1, reflection_v1alpha) = served.reflection()?;
+        router
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(
                 incoming::capped(self.listener, incoming::MAX_CONNECTIONS, "admin"),
                 shutdown,
@@ -547,6 +573,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 
 mod incoming;
 pub mod offline;
+mod reflection;
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@
 
 mod api_keys;
 pub mod applications;
+mod audit;
 pub mod domains;
 mod env;
 pub mod import;
@@ -24,7 +25,8 @@ use crate::store::Store;
 
 pub use api_keys::{CreatedApiKey, API_KEY_PREFIX};
 pub use applications::{ApplicationDetail, CreatedApplication, WEBHOOK_TOKEN_PREFIX};
-pub use env::{ResolvedEnvironment, SetEnvValue};
+pub use audit::{AuditPage, AuditQuery};
+pub use env::{EffectiveVar, EnvOrigin, EnvSource, ResolvedEnvironment, SetEnvValue};
 pub use secrets::{mask_value, parse_dotenv, ImportFormat};
 
 /// `system_settings` key of a value encrypted at first start, used to check the master key.
@@ -89,6 +91,8 @@ pub enum Permission {
     WebhookDeploy,
     /// Rotate and retire encryption keys, take backups.
     ManageEncryption,
+    /// Read the audit trail (who did what, when).
+    ReadAudit,
 }
 
 impl Permission {
@@ -101,6 +105,7 @@ impl Permission {
             Permission::ManageKeys => "manage api keys",
             Permission::WebhookDeploy => "forward webhooks",
             Permission::ManageEncryption => "manage encryption keys and backups",
+            Permission::ReadAudit => "read the audit trail: it is for admins only",
         }
     }
 }

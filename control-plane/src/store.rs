@@ -34,7 +34,7 @@ use crate::error::Error;
 
 pub use acme::{AcmeAccountRow, AcmeIssued};
 pub use agents::{unknown_enrollment_token, AgentRow, Enrollment, EnrollmentToken};
-pub use audit::AuditEntry;
+pub use audit::{is_action_name, AuditCursor, AuditEntry, AuditFilter};
 pub use deployments::{
     DeploymentEventRow, DeploymentTargetRow, FailureText, NewDeployment, ServingRow,
 };
@@ -424,6 +424,71 @@ mod migration_tests {
             .await
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    /// Migration 11 renames the audit actions written before the one naming scheme, and
+    /// leaves every other row as it was.
+    #[tokio::test]
+    async fn audit_actions_from_before_the_scheme_are_renamed() {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(SqliteConnectOptions::from_str("sqlite::memory:").unwrap())
+            .await
+            .unwrap();
+        let mut before = sqlx::migrate!("../migrations");
+        before.migrations = Cow::Owned(
+            before
+                .migrations
+                .iter()
+                .filter(|m| m.version < 11)
+                .cloned()
+                .collect(),
+        );
+        before.run(&pool).await.unwrap();
+        let old = [
+            "application.create",
+            "application.update",
+            "application.delete",
+            "application.rotate_token",
+            "deployment.start",
+            "deployment.refused",
+            "agent.token.create",
+            "acme.account.create",
+            "domain.acme.issue",
+            "domain.acme.fail",
+            "key.rotate.resume",
+            "secret.reveal",
+        ];
+        for action in old {
+            sqlx::query("INSERT INTO audit_log (actor, action, target) VALUES ('system', ?, 't')")
+                .bind(action)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        migrate(&pool).await.unwrap();
+        let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM audit_log ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            actions,
+            [
+                "app.create",
+                "app.update",
+                "app.delete",
+                "app.rotate_token",
+                "deploy.start",
+                "deploy.refused",
+                "agent.token_create",
+                "acme.account_create",
+                "domain.acme_issue",
+                "domain.acme_fail",
+                "key.rotate_resume",
+                "secret.reveal",
+            ]
+        );
+        assert!(actions.iter().all(|a| is_action_name(a)), "{actions:?}");
     }
 }
 

@@ -874,35 +874,67 @@ async fn health_and_reflection_are_served() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, ServerReflectionRequest,
-    };
-    let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let reply = stream.message().await.unwrap().unwrap();
-    let text = format!("{reply:?}");
-    for service in [
-        "berth.v1.SecretService",
-        "berth.v1.EnvService",
-        "berth.v1.ApplicationService",
+    // Both reflection versions, each listing exactly the admin port's services.
+    let admin_services = [
+        "berth.v1.AgentAdminService",
+        "berth.v1.AgentEnrollment",
+        "berth.v1.AllowlistService",
         "berth.v1.ApiKeyService",
+        "berth.v1.ApplicationService",
+        "berth.v1.AuditService",
+        "berth.v1.BackupService",
+        "berth.v1.DeployService",
+        "berth.v1.DomainService",
+        "berth.v1.EnvService",
+        "berth.v1.ImportService",
+        "berth.v1.KeyService",
+        "berth.v1.NotificationService",
+        "berth.v1.ProviderService",
+        "berth.v1.RepositoryService",
+        "berth.v1.SecretService",
+        "berth.v1.WebhookService",
         "grpc.health.v1.Health",
-    ] {
-        assert!(
-            text.contains(service),
-            "{service} missing from reflection: {text}"
-        );
-    }
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    assert_eq!(reflected_v1(channel.clone()).await, admin_services);
+    assert_eq!(reflected_v1alpha(channel).await, admin_services);
 }
+
+/// `reflected_v1` and `reflected_v1alpha`: the services a reflection server of that
+/// version lists, sorted (v1alpha is what older grpcurl and several GUI clients ask).
+macro_rules! reflected {
+    ($name:ident, $version:ident) => {
+        pub(crate) async fn $name(channel: tonic::transport::Channel) -> Vec<String> {
+            use tonic_reflection::pb::$version::{
+                server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse, ServerReflectionRequest,
+            };
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let reply = ServerReflectionClient::new(channel)
+                .server_reflection_info(tokio_stream::iter(vec![request]))
+                .await
+                .unwrap()
+                .into_inner()
+                .message()
+                .await
+                .unwrap()
+                .unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+                panic!("not a service list: {reply:?}");
+            };
+            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            names
+        }
+    };
+}
+reflected!(reflected_v1, v1);
+reflected!(reflected_v1alpha, v1alpha);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_writes_all_succeed() {

@@ -8,6 +8,7 @@ use berth_proto::v1 as pb;
 use pb::agent_admin_service_client::AgentAdminServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+use crate::admin_api::{reflected_v1, reflected_v1alpha};
 use crate::fixture::admin::{authed, unique};
 use crate::fixture::agent::{wait_agent_status, wait_connected, AgentProcess};
 use crate::fixture::docker::docker_available;
@@ -74,6 +75,40 @@ async fn an_agent_without_a_certificate_is_refused() {
         refused(&ca, &agent_addr(&node), None).await,
         "a client without certificate reached the agent api"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_port_reflects_only_the_agent_service_in_both_versions() {
+    let d = dirs();
+    let node = DevNode::start_with_agent_port(&d);
+    // A client certificate signed by the node's own CA: what the agent port asks at the
+    // handshake (reflection needs no agent session).
+    let pki = d.data.path().join("pki");
+    let ca = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::CertificateParams::from_ca_cert_pem(&ca)
+        .unwrap()
+        .self_signed(&ca_key)
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "grpcurl");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer, &ca_key).unwrap();
+    let identity = Identity::from_pem(cert.pem(), key.serialize_pem());
+    let channel = agent_channel(&ca, &agent_addr(&node), Some(identity))
+        .await
+        .unwrap();
+    let agent_services = [
+        "berth.v1.AgentService",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    assert_eq!(reflected_v1(channel.clone()).await, agent_services);
+    assert_eq!(reflected_v1alpha(channel).await, agent_services);
 }
 
 #[tokio::test(flavor = "multi_thread")]

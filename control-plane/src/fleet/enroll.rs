@@ -104,7 +104,7 @@ impl Fleet {
         store
             .audit(
                 &actor.name,
-                "agent.token.create",
+                "agent.token_create",
                 agent_name,
                 Some(&format!("expires {expires_at}")),
             )

@@ -272,7 +272,7 @@ impl Fleet {
                     )
                     .await?;
                 store
-                    .audit(actor_name, "deployment.refused", &app.name, Some(&reason))
+                    .audit(actor_name, "deploy.refused", &app.name, Some(&reason))
                     .await?;
                 self.inner.changed.notify_waiters();
                 self.notify_finished(deployment_id).await;

@@ -109,6 +109,11 @@ impl pb::application_service_server::ApplicationService for ApplicationApi {
                 .map(convert::deployment)
                 .collect(),
             domains: detail.domains.into_iter().map(convert::domain).collect(),
+            effective_env: detail
+                .effective_env
+                .into_iter()
+                .map(convert::effective_env_var)
+                .collect(),
             serving: detail
                 .serving
                 .into_iter()

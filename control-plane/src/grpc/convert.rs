@@ -2,7 +2,7 @@
 
 use berth_proto::v1 as pb;
 
-use crate::model;
+use crate::{model, service};
 
 pub fn group(g: model::SecretGroup) -> pb::SecretGroup {
     pb::SecretGroup {
@@ -49,6 +49,38 @@ pub fn env_var(v: model::EnvVar) -> pb::EnvVar {
         description: v.description,
         created_at: v.created_at,
         updated_at: v.updated_at,
+    }
+}
+
+pub fn env_origin(o: service::EnvOrigin) -> pb::EnvOrigin {
+    let scope = if o.app.is_some() { "app" } else { "global" }.to_string();
+    let mut origin = pb::EnvOrigin {
+        scope,
+        ..Default::default()
+    };
+    match o.source {
+        service::EnvSource::Plain => origin.kind = "plain".into(),
+        service::EnvSource::Secret { path } => {
+            origin.kind = "secret".into();
+            origin.secret = path;
+        }
+        service::EnvSource::Group { group, via } => {
+            origin.kind = "group".into();
+            origin.group = Some(group);
+            origin.via = Some(via);
+        }
+    }
+    origin
+}
+
+pub fn effective_env_var(v: service::EffectiveVar) -> pb::EffectiveEnvVar {
+    pb::EffectiveEnvVar {
+        key: v.key,
+        origin: Some(env_origin(v.origin)),
+        value_type: v.value_type.to_string(),
+        value: v.shown,
+        overrides: v.overrides.into_iter().map(env_origin).collect(),
+        problem: v.problem,
     }
 }
 

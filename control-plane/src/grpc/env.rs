@@ -130,4 +130,19 @@ impl pb::env_service_server::EnvService for EnvApi {
                 .collect(),
         }))
     }
+
+    async fn list_effective_env(
+        &self,
+        request: Request<pb::ListEffectiveEnvRequest>,
+    ) -> Result<Response<pb::ListEffectiveEnvResponse>, Status> {
+        let actor = authenticate(&self.service, &request).await?;
+        let vars = self
+            .service
+            .describe_environment(&actor, &request.get_ref().app)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListEffectiveEnvResponse {
+            vars: vars.into_iter().map(convert::effective_env_var).collect(),
+        }))
+    }
 }

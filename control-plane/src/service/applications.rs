@@ -80,6 +80,8 @@ pub struct ApplicationDetail {
     pub domains: Vec<Domain>,
     /// Per agent, the container serving the app (where its ports and domains point).
     pub serving: Vec<crate::store::ServingRow>,
+    /// Every key its containers get, as a deployment resolves it (masked).
+    pub effective_env: Vec<super::EffectiveVar>,
 }
 
 impl Service {
@@ -140,8 +142,7 @@ impl Service {
                 cancel_in_progress: spec.cancel_in_progress,
             })
             .await?;
-        self.audit(actor, "application.create", &spec.name, None)
-            .await?;
+        self.audit(actor, "app.create", &spec.name, None).await?;
         Ok(CreatedApplication {
             application,
             webhook_token: token,
@@ -172,6 +173,7 @@ impl Service {
             .setting(WEBHOOK_URL_SETTING)
             .await?
             .unwrap_or_else(|| DEFAULT_WEBHOOK_URL.to_string());
+        let effective_env = self.describe_environment(actor, name).await?;
         Ok(ApplicationDetail {
             application,
             webhook_url,
@@ -179,6 +181,7 @@ impl Service {
             deployments,
             domains,
             serving,
+            effective_env,
         })
     }
 
@@ -241,7 +244,7 @@ impl Service {
             cancel_in_progress: update.cancel_in_progress,
         };
         let updated = self.store.update_application(app.id, &patch).await?;
-        self.audit(actor, "application.update", name, None).await?;
+        self.audit(actor, "app.update", name, None).await?;
         Ok(updated)
     }
 
@@ -249,7 +252,7 @@ impl Service {
         actor.require(Permission::Write)?;
         let app = self.store.application(name).await?;
         self.store.delete_application(app.id).await?;
-        self.audit(actor, "application.delete", name, None).await
+        self.audit(actor, "app.delete", name, None).await
     }
 
     /// Issues a new webhook token; the old one stops working at once.
@@ -268,8 +271,7 @@ impl Service {
                 &token_preview(token.expose_secret(), TOKEN_PREVIEW_CHARS),
             )
             .await?;
-        self.audit(actor, "application.rotate_token", name, None)
-            .await?;
+        self.audit(actor, "app.rotate_token", name, None).await?;
         Ok(CreatedApplication {
             application: self.store.application_by_id(app.id).await?,
             webhook_token: token,

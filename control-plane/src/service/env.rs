@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 use secrecy::SecretString;
 
 use super::{Actor, Permission, Service};
-use crate::crypto::Aad;
 use crate::error::{Error, Result};
 use crate::model::{EnvScope, EnvVar, NewEnvVar};
-use crate::store::{EnvResolutionRow, EnvStructure, ImportOutcome};
+use crate::store::ImportOutcome;
 use crate::validate;
 
 /// What a variable is set to.
@@ -44,6 +43,10 @@ impl SetEnvValue {
         Ok(value)
     }
 }
+
+mod resolve;
+
+pub use resolve::{EffectiveVar, EnvOrigin, EnvSource};
 
 /// An application's resolved environment: key -> plaintext, sorted by key. Values are
 /// `SecretString`s so the map cannot be logged by accident.
@@ -196,87 +199,6 @@ impl Service {
         )
         .await?;
         Ok(env)
-    }
-
-    /// Resolves an application's environment: global rows, then project rows overriding by
-    /// key (the seed's `buildEnvironmentForProject`). Within a scope, `@group:` references
-    /// expand to one variable per secret of the group, explicit keys win over expanded ones,
-    /// and two groups defining the same name are an error naming both. Any unresolvable
-    /// reference is an error naming the variable.
-    pub async fn resolve_environment(&self, app_id: i64) -> Result<ResolvedEnvironment> {
-        let structure = self.store.env_structure(app_id).await?;
-        let (project, global): (Vec<&EnvResolutionRow>, Vec<&EnvResolutionRow>) =
-            structure.rows.iter().partition(|r| r.project);
-        let mut env = self.resolve_scope("global", &global, &structure)?;
-        if !project.is_empty() {
-            let name = structure
-                .app_name
-                .as_deref()
-                .unwrap_or("(deleted application)");
-            env.extend(self.resolve_scope(name, &project, &structure)?);
-        }
-        Ok(env)
-    }
-
-    fn resolve_scope(
-        &self,
-        scope_name: &str,
-        vars: &[&EnvResolutionRow],
-        structure: &EnvStructure,
-    ) -> Result<ResolvedEnvironment> {
-        let (by_group, existing_groups) = (&structure.group_secrets, &structure.existing_groups);
-        let unresolvable = |key: &str, why: String| {
-            Error::FailedPrecondition(format!(
-                "variable {key} ({scope_name}) cannot be resolved: {why}"
-            ))
-        };
-        // Group expansions first, remembering which group each name came from.
-        let mut expanded: BTreeMap<String, (String, SecretString)> = BTreeMap::new();
-        for var in vars.iter().filter(|v| v.value_type == "group_ref") {
-            let group = var.value.strip_prefix("@group:").unwrap_or_default();
-            if !existing_groups.contains(group) {
-                return Err(unresolvable(
-                    &var.key,
-                    format!("group {group:?} does not exist"),
-                ));
-            }
-            for secret in by_group.get(group).map(Vec::as_slice).unwrap_or_default() {
-                let value = self
-                    .key
-                    .decrypt_string(&secret.value, &Aad::secret(secret.group_id, &secret.name))
-                    .map_err(|e| unresolvable(&var.key, e.to_string()))?;
-                if let Some((other, _)) = expanded.get(&secret.name) {
-                    return Err(Error::FailedPrecondition(format!(
-                        "groups {other:?} and {group:?} both define {} in scope {scope_name}",
-                        secret.name
-                    )));
-                }
-                expanded.insert(secret.name.clone(), (group.to_string(), value));
-            }
-        }
-        let mut out: ResolvedEnvironment = expanded.into_iter().map(|(k, (_, v))| (k, v)).collect();
-        // Explicit keys override expanded ones.
-        for var in vars {
-            let value = match var.value_type.as_str() {
-                "plain" => SecretString::from(var.value.clone()),
-                "secret_ref" => {
-                    let (Some(group_id), Some(name), Some(ciphertext)) =
-                        (var.secret_group_id, &var.secret_name, &var.secret_value)
-                    else {
-                        return Err(unresolvable(
-                            &var.key,
-                            format!("{} does not exist", var.value),
-                        ));
-                    };
-                    self.key
-                        .decrypt_string(ciphertext, &Aad::secret(group_id, name))
-                        .map_err(|e| unresolvable(&var.key, e.to_string()))?
-                }
-                _ => continue,
-            };
-            out.insert(var.key.clone(), value);
-        }
-        Ok(out)
     }
 
     async fn env_scope(&self, app: Option<&str>) -> Result<EnvScope> {

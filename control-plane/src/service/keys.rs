@@ -110,7 +110,7 @@ impl Service {
         self.audit(
             actor,
             if resume {
-                "key.rotate.resume"
+                "key.rotate_resume"
             } else {
                 "key.rotate"
             },

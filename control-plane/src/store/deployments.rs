@@ -137,7 +137,7 @@ impl Store {
                     .map_err(internal)?;
                 sqlx::query(
                     "INSERT INTO audit_log (actor, action, target, details) \
-                     SELECT ?, 'deployment.start', name, ? FROM applications WHERE id = ?",
+                     SELECT ?, 'deploy.start', name, ? FROM applications WHERE id = ?",
                 )
                 .bind(d.actor)
                 .bind(format!("{} version {}", d.deployment_id, d.version))

@@ -32,6 +32,9 @@ pub struct EnvResolutionRow {
     pub secret_group_id: Option<i64>,
     pub secret_name: Option<String>,
     pub secret_value: Option<String>,
+    /// The referenced secret's group name and masked preview, for the effective view.
+    pub secret_group_name: Option<String>,
+    pub secret_preview: Option<String>,
 }
 
 /// Outcome of importing a group into an application.
@@ -50,9 +53,11 @@ impl Store {
     ) -> Result<Vec<EnvResolutionRow>> {
         sqlx::query_as(
             "SELECT e.scope = 'project' AS project, e.key, e.value, e.value_type, e.secret_id, \
-             s.group_id AS secret_group_id, s.name AS secret_name, s.value AS secret_value \
+             s.group_id AS secret_group_id, s.name AS secret_name, s.value AS secret_value, \
+             g.name AS secret_group_name, s.value_preview AS secret_preview \
              FROM environment_variables e LEFT JOIN secrets s ON s.id = e.secret_id \
-             WHERE e.scope = 'global' OR e.project_id = ?",
+             LEFT JOIN secret_groups g ON g.id = s.group_id \
+             WHERE e.scope = 'global' OR e.project_id = ? ORDER BY e.id",
         )
         .bind(app_id)
         .fetch_all(conn)

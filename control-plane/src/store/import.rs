@@ -369,6 +369,10 @@ impl ImportTx {
         target: &str,
         details: &str,
     ) -> Result<()> {
+        debug_assert!(
+            super::is_action_name(action),
+            "audit action {action:?} breaks the scheme"
+        );
         sqlx::query("INSERT INTO audit_log (actor, action, target, details) VALUES (?, ?, ?, ?)")
             .bind(actor)
             .bind(action)

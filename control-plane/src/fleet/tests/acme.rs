@@ -294,7 +294,7 @@ async fn a_due_renewal_replaces_the_certificate_and_routes_the_new_one() {
     assert_eq!(
         audit
             .iter()
-            .filter(|a| a.action == "domain.acme.issue")
+            .filter(|a| a.action == "domain.acme_issue")
             .count(),
         2
     );

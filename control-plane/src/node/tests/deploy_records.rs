@@ -150,7 +150,7 @@ async fn a_deploy_with_an_unresolvable_reference_is_refused_before_dispatch() {
     );
     let audit = store.list_audit(10).await.unwrap();
     assert!(
-        audit.iter().any(|e| e.action == "deployment.refused"),
+        audit.iter().any(|e| e.action == "deploy.refused"),
         "{audit:?}"
     );
 }

@@ -100,7 +100,7 @@ impl Service {
             .insert_acme_account(directory_url, email, &ciphertext)
             .await?;
         self.store
-            .audit(ACME_ACTOR, "acme.account.create", directory_url, email)
+            .audit(ACME_ACTOR, "acme.account_create", directory_url, email)
             .await
     }
 
@@ -158,7 +158,7 @@ impl Service {
             self.store
                 .audit(
                     ACME_ACTOR,
-                    "domain.acme.issue",
+                    "domain.acme_issue",
                     &domain.host,
                     Some(&details),
                 )
@@ -198,7 +198,7 @@ impl Service {
             next.as_deref().unwrap_or("none (gave up)")
         );
         self.store
-            .audit(ACME_ACTOR, "domain.acme.fail", &domain.host, Some(&details))
+            .audit(ACME_ACTOR, "domain.acme_fail", &domain.host, Some(&details))
             .await?;
         Ok(AcmeState {
             status: AcmeStatus::Failed,
@@ -349,7 +349,7 @@ mod tests {
         let audit = svc.store().list_audit(10).await.unwrap();
         let issued = audit
             .iter()
-            .find(|a| a.action == "domain.acme.issue")
+            .find(|a| a.action == "domain.acme_issue")
             .unwrap();
         assert!(!issued.details.as_deref().unwrap().contains("PRIVATE"));
     }
