@@ -304,10 +304,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
 
     let listener = TcpListener::bind(config.grpc_listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_listen))?;
+        .map_err(|e| listen_error(config.grpc_listen, "--listen", &e))?;
     let agent_listener = TcpListener::bind(config.agent_listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.agent_listen))?;
+        .map_err(|e| listen_error(config.agent_listen, "--agent-listen", &e))?;
     let agent_addr = agent_listener.local_addr()?;
     let pki = Arc::new(pki);
     let mut fleet_config = config.fleet.clone();
@@ -550,3 +550,17 @@ pub mod offline;
 
 #[cfg(test)]
 mod tests;
+
+/// `cannot listen on ADDR: …`; when the address is taken, says what usually holds it (another
+/// node started earlier) and how to choose another (`flag`).
+pub fn listen_error(addr: SocketAddr, flag: &str, error: &std::io::Error) -> anyhow::Error {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: address in use. Another berth node (berth dev or \
+             berth-control-plane) may be running already, or another program holds the port: \
+             stop it, or pass {flag} with a free address"
+        )
+    } else {
+        anyhow::anyhow!("cannot listen on {addr}: {error}")
+    }
+}
