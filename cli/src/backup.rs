@@ -38,6 +38,7 @@ enum BackupCommand {
     /// Check an archive without restoring it: decrypts it, runs the SQLite integrity check,
     /// and opens every encrypted value with the key ring
     Verify {
+        /// The archive to check
         file: PathBuf,
         /// File with the master key (default: BERTH_MASTER_KEY or BERTH_MASTER_KEY_FILE)
         #[arg(long, value_name = "FILE")]
@@ -113,14 +114,17 @@ async fn create(file: &Path, connect: &ConnectOptions, format: Format) -> anyhow
             .into_inner();
         let mut bytes = 0u64;
         let mut root_key_id = None;
+        let progress = output::progress(&format!("writing {}", file.display()), true);
         while let Some(chunk) = stream.message().await? {
             out.write_all(&chunk.data)
                 .with_context(|| format!("cannot write {}", partial.display()))?;
             bytes += chunk.data.len() as u64;
+            progress.set_position(bytes);
             if chunk.root_key_id.is_some() {
                 root_key_id = chunk.root_key_id;
             }
         }
+        progress.finish_and_clear();
         let root_key_id = root_key_id
             .context("the control plane ended the backup stream before the archive was complete")?;
         out.sync_all()?;
