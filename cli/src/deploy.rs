@@ -470,16 +470,32 @@ fn render_detail(detail: &DeploymentDetail) -> String {
 
     line(String::new());
     line(format!("Targets ({})", detail.targets.len()));
-    let mut table = Table::new(&["AGENT", "STATUS", "CONTAINER", "ERROR", "DURATION"]);
+    // SERVING is what serves on the agent after this deployment (the new container, or the
+    // previous one kept after a failure); FAILED is the container this deployment tried there.
+    let mut table = Table::new(&["AGENT", "STATUS", "SERVING", "FAILED", "ERROR", "DURATION"]);
     for target in &detail.targets {
-        let container = target
+        let serving = target
             .container_id
             .as_deref()
+            .filter(|id| !id.is_empty())
             .map(|id| id.chars().take(12).collect::<String>());
+        let serving = match serving {
+            Some(id) => id,
+            None if matches!(target.status.as_str(), "failed" | "rolled_back") => {
+                "nothing".to_string()
+            }
+            None => "-".to_string(),
+        };
+        let failed = if target.status == "success" {
+            None
+        } else {
+            output::tried_container(detail, &target.agent)
+        };
         table.row(vec![
             target.agent.clone(),
             target.status.clone(),
-            output::or_dash(container.as_deref()),
+            serving,
+            output::or_dash(failed),
             output::or_dash(target.error_message.as_deref()),
             output::duration_text(target.duration_ms),
         ]);
@@ -712,12 +728,18 @@ mod tests {
                 DeploymentTarget {
                     agent: "web-2".into(),
                     status: "rolled_back".into(),
+                    container_id: Some("7e6d5c4b3a2910".into()),
                     error_message: Some("health check timed out".into()),
                     ..Default::default()
                 },
             ],
             events: vec![
                 event(None, "dispatch", "to web-1"),
+                event(
+                    Some("web-2"),
+                    "create",
+                    "creating berth-web-d-1-new from web:v2",
+                ),
                 event(Some("web-2"), "failed", "health check timed out"),
             ],
         };
@@ -735,12 +757,13 @@ Deployment: d-1
   Duration:     12s
 
 Targets (2)
-  AGENT  STATUS       CONTAINER     ERROR                   DURATION
-  web-1  success      3f2a1b0c9d8e  -                       4.2s
-  web-2  rolled_back  -             health check timed out  -
+  AGENT  STATUS       SERVING       FAILED             ERROR                   DURATION
+  web-1  success      3f2a1b0c9d8e  -                  -                       4.2s
+  web-2  rolled_back  7e6d5c4b3a29  berth-web-d-1-new  health check timed out  -
 
-Events (2)
+Events (3)
   10:30:12  [control-plane] dispatch: to web-1
+  10:30:12  [web-2] create: creating berth-web-d-1-new from web:v2
   10:30:12  [web-2] failed: health check timed out
 "
         );

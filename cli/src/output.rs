@@ -483,11 +483,37 @@ pub fn deployment_event_json(event: &DeploymentEventRow) -> Value {
     })
 }
 
+/// The container a deployment created on an agent, as the agent's `create` step named it
+/// (`creating NAME from IMAGE`, `creating NAME with host ports …`): the one that failed,
+/// when the target did.
+pub fn tried_container<'a>(detail: &'a DeploymentDetail, agent: &str) -> Option<&'a str> {
+    detail
+        .events
+        .iter()
+        .rev()
+        .filter(|e| e.agent.as_deref() == Some(agent) && e.phase == "create")
+        .find_map(|e| e.message.strip_prefix("creating ")?.split(' ').next())
+}
+
+/// A deployment with its targets; a target that did not succeed names the container it
+/// tried (`failed_container`) apart from the one serving (`container_id`), as the table does.
 pub fn deployment_detail_json(detail: &DeploymentDetail) -> Value {
+    let targets: Vec<Value> = detail
+        .targets
+        .iter()
+        .map(|target| {
+            let mut value = deployment_target_json(target);
+            let failed = (target.status != "success")
+                .then(|| tried_container(detail, &target.agent))
+                .flatten();
+            value["failed_container"] = json!(failed);
+            value
+        })
+        .collect();
     json!({
         "app": detail.app,
         "deployment": detail.deployment.as_ref().map(deployment_summary_json),
-        "targets": detail.targets.iter().map(deployment_target_json).collect::<Vec<_>>(),
+        "targets": targets,
         "events": detail.events.iter().map(deployment_event_json).collect::<Vec<_>>(),
     })
 }

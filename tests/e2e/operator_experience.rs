@@ -182,6 +182,39 @@ fn a_deploy_not_followed_says_how_to_follow_it_and_the_follower_speaks_plainly()
     assert!(followed.contains("deploy sent to"), "{followed}");
     assert!(!followed.contains("COMMAND_KIND"), "{followed}");
 
+    // A failed target shows the container it tried apart from the one kept serving.
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(node.cli(&["app", "show", &app, "-o", "json"], None))).unwrap();
+    let serving = shown["serving"][0]["container_id"]
+        .as_str()
+        .expect("v1 serves")
+        .to_string();
+    let (code, followed, err) = berth(&node, &["deploy", &app, "bad", "--follow"]);
+    assert_eq!(code, 1, "{followed}{err}");
+    let bad = followed
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("deployment <id> failed: …")
+        .to_string();
+    let (code, detail, err) = berth(&node, &["deploy", "show", &bad, "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let detail: serde_json::Value = serde_json::from_str(&detail).unwrap();
+    let target = &detail["targets"][0];
+    assert_eq!(target["container_id"], serving.as_str(), "{detail:#}");
+    let tried = target["failed_container"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no failed container: {detail:#}"));
+    let (_, table, _) = berth(&node, &["deploy", "show", &bad]);
+    let row = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("local "))
+        .unwrap_or_else(|| panic!("no target row: {table}"));
+    assert!(
+        row.contains(&serving[..12]) && row.contains(tried),
+        "serving {serving} and failed {tried} apart: {table}"
+    );
+
     // A tag that exists neither on a registry nor on the host: said so, whatever the
     // engine answered about the registry.
     let (code, followed, err) = berth(&node, &["deploy", &app, "no-such-tag-13", "--follow"]);
