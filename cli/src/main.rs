@@ -270,6 +270,13 @@ mod tests {
         assert_eq!(old.args.listen.port(), 9);
     }
 
+    /// As the README says: every option of `berth dev` reads an environment variable.
+    #[test]
+    fn every_dev_option_reads_an_environment_variable() {
+        let missing = berth_control_plane::node::options_without_env(&DevCli::command());
+        assert!(missing.is_empty(), "without a variable: {missing:?}");
+    }
+
     /// Every positional argument says what it is in `--help`.
     #[test]
     fn every_positional_argument_has_help() {

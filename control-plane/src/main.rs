@@ -198,3 +198,16 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     ctrl_c.await.ok();
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// As the README says: every option of the server reads an environment variable (the
+    /// offline maintenance commands aside).
+    #[test]
+    fn every_option_reads_an_environment_variable() {
+        let missing = berth_control_plane::node::options_without_env(&super::Args::command());
+        assert!(missing.is_empty(), "without a variable: {missing:?}");
+    }
+}

@@ -564,3 +564,14 @@ pub fn listen_error(addr: SocketAddr, flag: &str, error: &std::io::Error) -> any
         anyhow::anyhow!("cannot listen on {addr}: {error}")
     }
 }
+
+/// The options of a server's command line that read no environment variable (`--help` and
+/// `--version` aside): none, for every server (README, Configuration). Its tests call it.
+pub fn options_without_env(command: &clap::Command) -> Vec<String> {
+    command
+        .get_arguments()
+        .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+        .filter(|a| a.get_env().is_none())
+        .map(|a| a.get_id().to_string())
+        .collect()
+}

@@ -302,3 +302,35 @@ fn the_image_script_installs_busybox_or_names_the_command() {
         "{err}"
     );
 }
+
+/// `backup create` shows its progress on a terminal (a pseudo-terminal from util-linux's
+/// `script`) and writes nothing to stderr in a pipe.
+#[test]
+fn long_work_shows_progress_on_a_terminal_and_stays_quiet_in_a_pipe() {
+    let d = dirs();
+    let node = DevNode::start_without_agent(&d);
+    let piped = d.logs.path().join("piped.bak");
+    let out = node.cli(&["backup", "create", piped.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "a pipe gets no progress");
+
+    let on_terminal = d.logs.path().join("terminal.bak");
+    let command = format!(
+        "{} backup create {}",
+        bin("berth").display(),
+        on_terminal.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("BERTH_ADDR", &node.addr)
+        .env("BERTH_CA_CERT", &node.ca_cert)
+        .env("BERTH_TOKEN", node.admin_token())
+        .output()
+        .expect("script (util-linux) runs a command on a pseudo-terminal");
+    let shown = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains(&format!("writing {}", on_terminal.display())),
+        "no progress on a terminal: {shown:?}"
+    );
+}
