@@ -131,7 +131,10 @@ struct DevCli {
 fn parse() -> Cli {
     let mut argv = std::env::args_os();
     let program = argv.next().unwrap_or_else(|| "berth".into());
-    let rest: Vec<std::ffi::OsString> = argv.collect();
+    let mut rest: Vec<std::ffi::OsString> = argv.collect();
+    if rest.len() == 2 && rest[0] == "help" && rest[1] == "dev" {
+        rest = vec!["dev".into(), "--help".into()];
+    }
     if rest.first().is_some_and(|first| first == "dev") {
         let dev = DevCli::parse_from(rest);
         return Cli {

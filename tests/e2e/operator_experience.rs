@@ -249,6 +249,15 @@ fn berth_dev_help_has_its_own_options_with_their_environment_variables() {
     ] {
         assert!(help.contains(own), "{own} not in berth dev --help:\n{help}");
     }
+    let help_dev = Command::new(bin("berth"))
+        .args(["help", "dev"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&help_dev),
+        help,
+        "berth help dev is berth dev --help"
+    );
     let refused = Command::new(bin("berth"))
         .args(["dev", "--addr", "https://127.0.0.1:1"])
         .output()
