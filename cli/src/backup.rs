@@ -58,7 +58,7 @@ pub async fn run(args: BackupArgs, connect: &ConnectOptions, format: Format) -> 
             match format {
                 Format::Json => output::print_json(&json!({
                     "ok": true,
-                    "created_at": report.manifest.created_at,
+                    "created_at": output::rfc3339(&report.manifest.created_at),
                     "root_key_id": report.manifest.root_key_id,
                     "database_bytes": report.manifest.database_bytes,
                     "files": report.manifest.files,
@@ -69,7 +69,7 @@ pub async fn run(args: BackupArgs, connect: &ConnectOptions, format: Format) -> 
                     println!(
                         "{}: ok (taken {}, {} bytes of database, files {})",
                         file.display(),
-                        report.manifest.created_at,
+                        output::short_time(&report.manifest.created_at),
                         report.manifest.database_bytes,
                         report.manifest.files.join(", ")
                     );
