@@ -7,6 +7,7 @@ pub mod connection;
 pub mod docker;
 pub mod enroll;
 pub mod executor;
+pub mod exit;
 pub mod fake;
 pub mod identity;
 pub mod journal;

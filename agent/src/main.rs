@@ -42,7 +42,11 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    berth_agent::exit::status(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         // bollard logs request bodies (with the container env) at debug: never below info.
         .with_env_filter(
@@ -52,6 +56,8 @@ async fn main() -> anyhow::Result<()> {
                 .add_directive("hyper=info".parse().expect("valid directive")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a journal or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let version = env!("CARGO_PKG_VERSION").to_string();

@@ -25,7 +25,10 @@ enum AgentCommand {
     /// List agents: status, labels, versions, certificate expiry
     List,
     /// Revoke an agent: its certificate is refused and its stream dropped at once
-    Revoke { name: String },
+    Revoke {
+        /// Name of the agent, as `berth agent list` shows it
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -72,7 +75,7 @@ pub async fn run(args: AgentArgs, connect: &ConnectOptions, format: Format) -> a
                 Format::Json => output::print_json(&json!({
                     "agent_name": name,
                     "token": response.token,
-                    "expires_at": response.expires_at,
+                    "expires_at": crate::output::time_json(&response.expires_at),
                     "ca_fingerprint": response.ca_fingerprint,
                     "command": command,
                 })),

@@ -40,7 +40,10 @@ enum AllowlistCommand {
     /// List allowed image patterns
     List,
     /// Remove an image pattern
-    Remove { pattern: String },
+    Remove {
+        /// The pattern to remove, as `allowlist list` shows it
+        pattern: String,
+    },
 }
 
 pub async fn run(

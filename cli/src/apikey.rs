@@ -17,6 +17,7 @@ pub struct ApiKeyArgs {
 enum ApiKeyCommand {
     /// Create an API key; prints it once
     Create {
+        /// Name of the new key (who or what uses it)
         name: String,
         /// What the key may do: viewer reads summaries, deployer also deploys, admin does all
         #[arg(long, value_enum)]
@@ -25,7 +26,10 @@ enum ApiKeyCommand {
     /// List API keys (never the keys themselves)
     List,
     /// Revoke an API key; requests with it fail from now on
-    Revoke { name: String },
+    Revoke {
+        /// Name of the key to revoke
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]

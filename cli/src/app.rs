@@ -1,12 +1,14 @@
 //! `berth app`: applications, their webhook and deploy targets (ApplicationService).
 
 use berth_proto::v1::{
-    target, Application, ApplicationDetail, CreateApplicationRequest, DeleteApplicationRequest,
-    DeploymentSummary, GetApplicationRequest, HealthCheckConfig, ListApplicationsRequest,
-    PortMapping, RotateWebhookTokenRequest, Target, UpdateApplicationRequest,
+    target, Application, CreateApplicationRequest, DeleteApplicationRequest, GetApplicationRequest,
+    HealthCheckConfig, ListApplicationsRequest, PortMapping, RotateWebhookTokenRequest, Target,
+    UpdateApplicationRequest,
 };
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
+
+mod view;
 
 use crate::client::ConnectOptions;
 use crate::output::{self, Format, Table};
@@ -21,6 +23,7 @@ pub struct AppArgs {
 enum AppCommand {
     /// Register an application; prints its webhook token once
     Create {
+        /// Name of the new application
         name: String,
         /// Image without tag, e.g. registry.local:5000/team/web
         #[arg(long)]
@@ -76,17 +79,27 @@ enum AppCommand {
     /// List applications
     List,
     /// Show an application: basics, webhook, environment, last deployments
-    Show { name: String },
+    Show {
+        /// The application to show
+        name: String,
+    },
     /// Change an application; only the given fields change
     Update {
+        /// The application to change
         name: String,
         #[command(flatten)]
         changes: Changes,
     },
     /// Delete an application
-    Delete { name: String },
+    Delete {
+        /// The application to delete
+        name: String,
+    },
     /// Replace the webhook token; prints the new one once
-    RotateToken { name: String },
+    RotateToken {
+        /// The application whose webhook token is replaced
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -257,9 +270,10 @@ pub async fn run(args: AppArgs, connect: &ConnectOptions, format: Format) -> any
                 .get_application(GetApplicationRequest { name })
                 .await?
                 .into_inner();
+            let view = view::AppShow::new(&detail);
             match format {
-                Format::Json => output::print_json(&output::application_detail_json(&detail)),
-                Format::Table => print!("{}", render_detail(&detail)),
+                Format::Json => output::print_json(&view.json()),
+                Format::Table => print!("{}", view.table()),
             }
         }
         AppCommand::Update { name, changes } => {
@@ -408,244 +422,6 @@ fn print_token(token: &str) {
     println!("  {token}");
 }
 
-/// The seed's application detail view.
-fn render_detail(detail: &ApplicationDetail) -> String {
-    let app = detail.application.clone().unwrap_or_default();
-    let mut out = String::new();
-    let mut line = |text: String| {
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-
-    line(format!("Application: {}", app.name));
-    line(format!("  Name:          {}", app.name));
-    line(format!("  Image:         {}", output::image_text(&app)));
-    line(format!("  Status:        {}", app.status));
-    if let Some(progress) = progress_text(&detail.deployments) {
-        line(format!("  In progress:   {progress}"));
-    }
-    line(format!("  Last deployed: {}", last_deployed(&app)));
-    line(format!("  Targets:       {}", targets_text(&app.targets)));
-    if !app.ports.is_empty() {
-        let ports: Vec<String> = app.ports.iter().map(output::port_text).collect();
-        line(format!("  Ports:         {}", ports.join(", ")));
-    }
-    if let Some(repository) = &app.repository {
-        line(format!("  Repository:    {repository}"));
-    }
-    line(format!("  Auto-deploy:   {}", yes_no(app.auto_deploy)));
-    line(format!("  Stop:          {}", stop_text(&app)));
-    line(format!(
-        "  Cancel running: {}",
-        if app.cancel_in_progress {
-            "yes (every deploy cancels the running one)"
-        } else {
-            "no (deploys queue behind the running one)"
-        }
-    ));
-
-    line(String::new());
-    line(format!("Domains ({})", detail.domains.len()));
-    let host_width = detail
-        .domains
-        .iter()
-        .map(|d| d.host.chars().count())
-        .max()
-        .unwrap_or(0);
-    for domain in &detail.domains {
-        let port = match domain.container_port {
-            0 => match app.ports.first() {
-                Some(p) => format!("{} (first port)", p.container),
-                None => "first port".to_string(),
-            },
-            port => port.to_string(),
-        };
-        line(format!(
-            "  {:<host_width$}  → {port}  tls {}",
-            domain.host,
-            output::domain_tls_text(domain)
-        ));
-    }
-    if detail.domains.is_empty() {
-        line("  none (berth domain add APP HOST)".to_string());
-    }
-
-    line(String::new());
-    line("Serving (where the ports and domains point)".to_string());
-    for serving in &detail.serving {
-        let container: String = serving.container_id.chars().take(12).collect();
-        let deployment: String = serving.deployment_id.chars().take(8).collect();
-        let what = if serving.status == "success" {
-            format!("{} (deployment {deployment})", serving.version)
-        } else {
-            format!(
-                "the previous version, kept after deployment {deployment} ({}) {}",
-                serving.version, serving.status
-            )
-        };
-        line(format!(
-            "  {}  → container {container}  {what}",
-            serving.agent
-        ));
-    }
-    if detail.serving.is_empty() {
-        line("  nothing yet (berth deploy APP VERSION)".to_string());
-    }
-
-    line(String::new());
-    line("Webhook".to_string());
-    line(format!("  Enabled:  {}", yes_no(app.webhook_enabled)));
-    line(format!("  Token:    {}", app.webhook_token_preview));
-    let base = detail.webhook_url.trim_end_matches('/');
-    if base.is_empty() {
-        line("  URL:      not configured (system setting webhook_public_url)".to_string());
-    } else {
-        let url = format!("{base}/webhook/deploy");
-        let body = json!({
-            "applicationName": app.name,
-            "version": app.version.as_deref().filter(|v| !v.is_empty()).unwrap_or("latest"),
-        });
-        line(format!("  URL:      {url}"));
-        line("  Example:".to_string());
-        line(format!("    curl --fail-with-body -X POST {url} \\"));
-        line("      -H \"Authorization: Bearer $BERTH_WEBHOOK_TOKEN\" \\".to_string());
-        line("      -H \"Content-Type: application/json\" \\".to_string());
-        line(format!("      -d '{body}'"));
-    }
-
-    line(String::new());
-    line(format!("Environment ({})", detail.env.len()));
-    let key_width = detail
-        .env
-        .iter()
-        .map(|v| v.key.chars().count())
-        .max()
-        .unwrap_or(0);
-    let values: Vec<String> = detail.env.iter().map(crate::env::value_text).collect();
-    let value_width = values.iter().map(|v| v.chars().count()).max().unwrap_or(0);
-    let type_width = detail
-        .env
-        .iter()
-        .map(|v| v.value_type.len())
-        .max()
-        .unwrap_or(0);
-    for (var, value) in detail.env.iter().zip(&values) {
-        let mut marks = Vec::new();
-        if var.value_type != "plain" {
-            marks.push("🔒");
-        }
-        if var.scope == "global" {
-            marks.push("(global)");
-        }
-        line(format!(
-            "  {:<key_width$}  {:<value_width$}  {:<type_width$}  {}",
-            var.key,
-            value,
-            var.value_type,
-            marks.join(" ")
-        ));
-    }
-    if detail.env.is_empty() {
-        line("  none".to_string());
-    }
-
-    line(String::new());
-    line(format!(
-        "Effective environment ({} keys reach the containers)",
-        detail
-            .effective_env
-            .iter()
-            .filter(|v| v.problem.is_none())
-            .count()
-    ));
-    let effective = crate::env::effective_table(&detail.effective_env);
-    if detail.effective_env.is_empty() {
-        line("  none".to_string());
-    } else {
-        for row in effective.render().lines() {
-            line(format!("  {row}"));
-        }
-    }
-    if let Some(note) = crate::env::unresolved_note(&detail.effective_env, &app.name) {
-        line(format!("  {note}"));
-    }
-
-    line(String::new());
-    line("Deployments (last 10)".to_string());
-    let mut table = Vec::new();
-    for deployment in detail.deployments.iter().take(10) {
-        let mut cells = vec![
-            deployment.version.clone(),
-            output::short_time(&deployment.started_at),
-            deployment.status.clone(),
-            deployment.trigger_type.clone(),
-        ];
-        if let Some(error) = deployment
-            .error_message
-            .as_deref()
-            .filter(|e| !e.is_empty())
-        {
-            cells.push(format!("({error})"));
-        }
-        table.push(cells);
-    }
-    let widths: Vec<usize> = (0..4)
-        .map(|i| {
-            table
-                .iter()
-                .map(|row| row[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in &table {
-        let cells: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, cell)| format!("{cell:<w$}", w = widths.get(i).copied().unwrap_or(0)))
-            .collect();
-        line(format!("  {}", cells.join("  ")));
-    }
-    if table.is_empty() {
-        line("  none yet".to_string());
-    }
-    out
-}
-
-/// `deploying v2 (v3 queued)` while a deployment runs; `None` when none does.
-fn progress_text(deployments: &[DeploymentSummary]) -> Option<String> {
-    let running = deployments
-        .iter()
-        .find(|d| d.status == "running" || d.status == "pending")?;
-    let queued: Vec<&str> = deployments
-        .iter()
-        .filter(|d| d.status == "queued")
-        .map(|d| d.version.as_str())
-        .collect();
-    Some(if queued.is_empty() {
-        format!("deploying {}", running.version)
-    } else {
-        format!(
-            "deploying {} ({} queued)",
-            running.version,
-            queued.join(", ")
-        )
-    })
-}
-
-/// `drain 30s, then SIGTERM, killed after 10s`.
-fn stop_text(app: &Application) -> String {
-    let signal = if app.stop_signal.is_empty() {
-        "the image's stop signal"
-    } else {
-        app.stop_signal.as_str()
-    };
-    format!(
-        "drain {}s, then {signal}, killed after {}s",
-        app.drain_timeout_seconds, app.stop_timeout_seconds
-    )
-}
-
 fn last_deployed(app: &Application) -> String {
     match app.last_deployed_at.as_deref().filter(|t| !t.is_empty()) {
         Some(at) => output::short_time(at),
@@ -717,6 +493,7 @@ fn parse_target(text: &str) -> Result<Target, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_proto::v1::{ApplicationDetail, DeploymentSummary};
     use clap::Parser;
 
     fn port(host: u32, container: u32, protocol: &str) -> PortMapping {
@@ -891,7 +668,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let text = render_detail(&detail);
+        let text = view::AppShow::new(&detail).table();
         assert!(
             text.contains("In progress:   deploying v2 (v3 queued)"),
             "{text}"
@@ -903,7 +680,7 @@ mod tests {
         assert!(text.contains("Cancel running: yes"), "{text}");
         assert!(
             text.contains(
-                "shop.example.com  → 80 (first port)  tls files (expires 2030-01-31 12:00)"
+                "shop.example.com  → 80 (first port)  tls files (expires 2030-01-31 12:00 +00:00)"
             ),
             "{text}"
         );
@@ -915,7 +692,7 @@ mod tests {
             deployments: vec![deployment("v1", "success")],
             ..detail
         };
-        assert!(!render_detail(&idle).contains("In progress"));
+        assert!(!view::AppShow::new(&idle).table().contains("In progress"));
     }
 
     #[test]

@@ -38,6 +38,7 @@ enum BackupCommand {
     /// Check an archive without restoring it: decrypts it, runs the SQLite integrity check,
     /// and opens every encrypted value with the key ring
     Verify {
+        /// The archive to check
         file: PathBuf,
         /// File with the master key (default: BERTH_MASTER_KEY or BERTH_MASTER_KEY_FILE)
         #[arg(long, value_name = "FILE")]
@@ -57,7 +58,7 @@ pub async fn run(args: BackupArgs, connect: &ConnectOptions, format: Format) -> 
             match format {
                 Format::Json => output::print_json(&json!({
                     "ok": true,
-                    "created_at": report.manifest.created_at,
+                    "created_at": output::rfc3339(&report.manifest.created_at),
                     "root_key_id": report.manifest.root_key_id,
                     "database_bytes": report.manifest.database_bytes,
                     "files": report.manifest.files,
@@ -68,7 +69,7 @@ pub async fn run(args: BackupArgs, connect: &ConnectOptions, format: Format) -> 
                     println!(
                         "{}: ok (taken {}, {} bytes of database, files {})",
                         file.display(),
-                        report.manifest.created_at,
+                        output::short_time(&report.manifest.created_at),
                         report.manifest.database_bytes,
                         report.manifest.files.join(", ")
                     );
@@ -113,14 +114,17 @@ async fn create(file: &Path, connect: &ConnectOptions, format: Format) -> anyhow
             .into_inner();
         let mut bytes = 0u64;
         let mut root_key_id = None;
+        let progress = output::progress(&format!("writing {}", file.display()), true);
         while let Some(chunk) = stream.message().await? {
             out.write_all(&chunk.data)
                 .with_context(|| format!("cannot write {}", partial.display()))?;
             bytes += chunk.data.len() as u64;
+            progress.set_position(bytes);
             if chunk.root_key_id.is_some() {
                 root_key_id = chunk.root_key_id;
             }
         }
+        progress.finish_and_clear();
         let root_key_id = root_key_id
             .context("the control plane ended the backup stream before the archive was complete")?;
         out.sync_all()?;

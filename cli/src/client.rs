@@ -20,8 +20,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 /// Where the control plane is and how to prove who we are. Global flags, also read from the
-/// environment. Deliberately not `Debug`: it holds the API key.
-#[derive(clap::Args)]
+/// environment. Deliberately not `Debug`: it holds the API key. `Default` is what `berth dev`
+/// gets: it connects to nothing.
+#[derive(clap::Args, Default)]
 pub struct ConnectOptions {
     /// Address of the control plane's admin API (http:// connects without TLS)
     #[arg(
@@ -110,12 +111,34 @@ impl ConnectOptions {
             );
         }
 
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {}", self.addr))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            if refused(&e) {
+                anyhow::anyhow!(
+                    "cannot connect to {addr}: connection refused. Is the control plane running at \
+                     {addr}? Start it (`berth dev`, or `berth-control-plane`), or point \
+                     BERTH_ADDR (--addr) at it",
+                    addr = self.addr
+                )
+            } else {
+                anyhow::Error::new(e).context(format!("cannot connect to {}", self.addr))
+            }
+        })?;
         Ok(Connection { channel, auth })
     }
+}
+
+/// Whether nothing listens at the address (as opposed to TLS, DNS or a timeout).
+fn refused(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A token from a file, or from the first line of stdin for `-` (the rest of stdin stays for
@@ -290,17 +313,61 @@ pub fn describe_error(err: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// `<code in words>: <message>`, or the message alone when it already says it ("application
+/// \"web\" not found" is not prefixed with "not found: "). Not found names the command that
+/// lists what exists.
 fn describe_status(status: &Status) -> String {
     let code = code_in_words(status.code());
-    let mut text = if status.message().is_empty() {
+    let message = status.message();
+    let mut text = if message.is_empty() {
         code.to_string()
+    } else if message.to_ascii_lowercase().contains(code) {
+        message.to_string()
     } else {
-        format!("{code}: {}", status.message())
+        format!("{code}: {message}")
     };
-    if status.code() == Code::Unauthenticated {
-        text.push_str(" (check --token or BERTH_TOKEN)");
+    match status.code() {
+        Code::Unauthenticated => text.push_str(" (check --token or BERTH_TOKEN)"),
+        Code::NotFound => {
+            if let Some(list) = list_command(message) {
+                text.push_str(&format!("; `{list}` lists them"));
+            }
+        }
+        _ => {}
     }
     text
+}
+
+/// The command listing the kind of thing a not-found message names by its first words
+/// (`application "web" not found`, `active api key "ci" not found`).
+fn list_command(message: &str) -> Option<&'static str> {
+    const LISTS: &[(&str, &str)] = &[
+        ("application", "berth app list"),
+        ("deployment", "berth deploy list APP"),
+        ("group", "berth group list"),
+        ("secret", "berth secret list"),
+        ("variable", "berth env list"),
+        ("provider", "berth provider list"),
+        ("repository", "berth repository list"),
+        ("image pattern", "berth allowlist list"),
+        ("agent", "berth agent list"),
+        ("active agent", "berth agent list"),
+        ("api key", "berth apikey list"),
+        ("active api key", "berth apikey list"),
+        ("webhook", "berth webhook list"),
+        ("domain", "berth domain list"),
+        ("key", "berth key status"),
+    ];
+    let lower = message.to_ascii_lowercase();
+    LISTS
+        .iter()
+        .filter(|(noun, _)| {
+            lower
+                .strip_prefix(noun)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
+        .map(|(_, list)| *list)
+        .next()
 }
 
 fn code_in_words(code: Code) -> &'static str {
@@ -338,6 +405,24 @@ mod tests {
             describe_error(&err),
             "permission denied: role viewer cannot reveal secrets"
         );
+    }
+
+    #[test]
+    fn a_message_that_names_its_code_is_not_repeated_and_not_found_names_the_list() {
+        let err = anyhow::Error::new(Status::not_found("application \"web\" not found"));
+        assert_eq!(
+            describe_error(&err),
+            "application \"web\" not found; `berth app list` lists them"
+        );
+        let err = anyhow::Error::new(Status::not_found("active api key \"ci\" not found"));
+        assert_eq!(
+            describe_error(&err),
+            "active api key \"ci\" not found; `berth apikey list` lists them"
+        );
+        let err = anyhow::Error::new(Status::already_exists("group \"db\" already exists"));
+        assert_eq!(describe_error(&err), "group \"db\" already exists");
+        let err = anyhow::Error::new(Status::not_found("no such thing"));
+        assert_eq!(describe_error(&err), "not found: no such thing");
     }
 
     #[test]

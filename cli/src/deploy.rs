@@ -59,6 +59,7 @@ struct StartArgs {
 enum DeployCommand {
     /// List the deployments of an application, newest first
     List {
+        /// The application whose deployments are listed
         app: String,
         /// How many to show (the server's default is 20)
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -66,8 +67,13 @@ enum DeployCommand {
     },
     /// Show a deployment: summary, per-target results, then its events
     Show {
-        /// Deployment id, as printed by `berth deploy` and `berth deploy list`
+        /// Deployment id as printed by `berth deploy` and `berth deploy list`, or any unique
+        /// prefix of it
         id: String,
+        /// Stream its events until it finishes instead, as `berth deploy APP VERSION --follow`
+        /// does (same exit codes)
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -139,14 +145,15 @@ pub async fn run(args: DeployArgs, connect: &ConnectOptions, format: Format) -> 
                 }
             }
         }
-        Some(DeployCommand::Show { id }) => {
-            let detail = connect
-                .connect()
-                .await?
-                .deployments()
+        Some(DeployCommand::Show { id, follow }) => {
+            let mut client = connect.connect().await?.deployments();
+            let detail = client
                 .get_deployment(GetDeploymentRequest { deployment_id: id })
                 .await?
                 .into_inner();
+            if follow {
+                return follow_to_end(client, format, &detail).await;
+            }
             match format {
                 Format::Json => output::print_json(&output::deployment_detail_json(&detail)),
                 Format::Table => print!("{}", render_detail(&detail)),
@@ -197,12 +204,40 @@ async fn start(
     }
     if !follow {
         // Refused before dispatch (no agent, image not allowed): already final.
-        if DeploymentStatus::is_finished_str(&deployment.status) && !succeeded(&deployment.status) {
-            return Err(DeploymentFailed { deployment_id: id }.into());
+        if DeploymentStatus::is_finished_str(&deployment.status) {
+            if !succeeded(&deployment.status) {
+                return Err(DeploymentFailed { deployment_id: id }.into());
+            }
+        } else if format == Format::Table {
+            println!("{}", next_step(&id));
         }
         return Ok(());
     }
+    follow_to_end(client, format, &detail).await
+}
 
+/// What to run next after a deploy that was not followed.
+fn next_step(id: &str) -> String {
+    format!(
+        "follow it with `berth deploy show {id} --follow`, or see where it stands with \
+         `berth deploy show {id}`"
+    )
+}
+
+/// Streams the deployment's events until it finishes: `Ok` when it succeeded,
+/// [`DeploymentSuperseded`] or [`DeploymentFailed`] otherwise.
+async fn follow_to_end(
+    mut client: berth_proto::v1::deploy_service_client::DeployServiceClient<
+        crate::client::AuthChannel,
+    >,
+    format: Format,
+    detail: &DeploymentDetail,
+) -> anyhow::Result<()> {
+    let id = detail
+        .deployment
+        .as_ref()
+        .map(|d| d.deployment_id.clone())
+        .unwrap_or_default();
     let mut updates = client
         .watch_deployment(GetDeploymentRequest {
             deployment_id: id.clone(),
@@ -390,11 +425,6 @@ fn final_line(summary: &DeploymentSummary) -> String {
     format!("deployment {id} failed: {error}")
 }
 
-/// `10:30:12` out of `2025-10-23 10:30:12` or `2025-10-23T10:30:12Z`.
-fn clock(at: &str) -> String {
-    at.get(11..19).unwrap_or(at).to_string()
-}
-
 /// The deployment's summary, its targets, then its events.
 fn render_detail(detail: &DeploymentDetail) -> String {
     let deployment = detail.deployment.clone().unwrap_or_default();
@@ -440,16 +470,32 @@ fn render_detail(detail: &DeploymentDetail) -> String {
 
     line(String::new());
     line(format!("Targets ({})", detail.targets.len()));
-    let mut table = Table::new(&["AGENT", "STATUS", "CONTAINER", "ERROR", "DURATION"]);
+    // SERVING is what serves on the agent after this deployment (the new container, or the
+    // previous one kept after a failure); FAILED is the container this deployment tried there.
+    let mut table = Table::new(&["AGENT", "STATUS", "SERVING", "FAILED", "ERROR", "DURATION"]);
     for target in &detail.targets {
-        let container = target
+        let serving = target
             .container_id
             .as_deref()
+            .filter(|id| !id.is_empty())
             .map(|id| id.chars().take(12).collect::<String>());
+        let serving = match serving {
+            Some(id) => id,
+            None if matches!(target.status.as_str(), "failed" | "rolled_back") => {
+                "nothing".to_string()
+            }
+            None => "-".to_string(),
+        };
+        let failed = if target.status == "success" {
+            None
+        } else {
+            output::tried_container(detail, &target.agent)
+        };
         table.row(vec![
             target.agent.clone(),
             target.status.clone(),
-            output::or_dash(container.as_deref()),
+            serving,
+            output::or_dash(failed),
             output::or_dash(target.error_message.as_deref()),
             output::duration_text(target.duration_ms),
         ]);
@@ -465,7 +511,11 @@ fn render_detail(detail: &DeploymentDetail) -> String {
     line(String::new());
     line(format!("Events ({})", detail.events.len()));
     for event in &detail.events {
-        line(format!("  {}  {}", clock(&event.at), event_line(event)));
+        line(format!(
+            "  {}  {}",
+            output::clock(&event.at),
+            event_line(event)
+        ));
     }
     if detail.events.is_empty() {
         line("  none".to_string());
@@ -521,7 +571,7 @@ mod tests {
             _ => panic!("expected list"),
         }
         match parse(&["show", "0b6f"]).unwrap().command {
-            Some(DeployCommand::Show { id }) => assert_eq!(id, "0b6f"),
+            Some(DeployCommand::Show { id, .. }) => assert_eq!(id, "0b6f"),
             _ => panic!("expected show"),
         }
     }
@@ -678,12 +728,18 @@ mod tests {
                 DeploymentTarget {
                     agent: "web-2".into(),
                     status: "rolled_back".into(),
+                    container_id: Some("7e6d5c4b3a2910".into()),
                     error_message: Some("health check timed out".into()),
                     ..Default::default()
                 },
             ],
             events: vec![
                 event(None, "dispatch", "to web-1"),
+                event(
+                    Some("web-2"),
+                    "create",
+                    "creating berth-web-d-1-new from web:v2",
+                ),
                 event(Some("web-2"), "failed", "health check timed out"),
             ],
         };
@@ -696,17 +752,18 @@ Deployment: d-1
   Status:       failed
   Error:        web-2: health check timed out
   Trigger:      manual (ci)
-  Started:      2025-10-23 10:30
-  Completed:    2025-10-23 10:30
+  Started:      2025-10-23 10:30 +00:00
+  Completed:    2025-10-23 10:30 +00:00
   Duration:     12s
 
 Targets (2)
-  AGENT  STATUS       CONTAINER     ERROR                   DURATION
-  web-1  success      3f2a1b0c9d8e  -                       4.2s
-  web-2  rolled_back  -             health check timed out  -
+  AGENT  STATUS       SERVING       FAILED             ERROR                   DURATION
+  web-1  success      3f2a1b0c9d8e  -                  -                       4.2s
+  web-2  rolled_back  7e6d5c4b3a29  berth-web-d-1-new  health check timed out  -
 
-Events (2)
+Events (3)
   10:30:12  [control-plane] dispatch: to web-1
+  10:30:12  [web-2] create: creating berth-web-d-1-new from web:v2
   10:30:12  [web-2] failed: health check timed out
 "
         );

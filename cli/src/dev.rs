@@ -9,36 +9,53 @@ use std::path::PathBuf;
 
 use berth_control_plane::node::{self, MasterKeySource, NodeConfig};
 
+/// `berth dev`'s options: the listen options have the names and environment variables of
+/// `berth-control-plane`'s and `berth-webhook`'s, so a setup moves from one to the other as
+/// it is. `berth dev` takes none of the client options (`--addr`, `--token`, `-o`).
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
     /// Directory for the database, PKI, master key and admin key.
     #[arg(long, env = "BERTH_DATA_DIR", default_value = ".berth")]
     pub data_dir: PathBuf,
     /// Address of the admin gRPC API (TLS).
-    #[arg(long, default_value = node::DEFAULT_GRPC_ADDR)]
-    pub grpc_listen: SocketAddr,
+    #[arg(long, alias = "grpc-listen", env = "BERTH_LISTEN", default_value = node::DEFAULT_GRPC_ADDR)]
+    pub listen: SocketAddr,
     /// Public base URL of the webhook shim, shown by `berth app show`.
-    #[arg(long)]
+    #[arg(long, env = "BERTH_WEBHOOK_PUBLIC_URL")]
     pub webhook_public_url: Option<String>,
     /// Address of the agent API (mTLS).
-    #[arg(long, default_value = node::DEFAULT_AGENT_ADDR)]
+    #[arg(long, env = "BERTH_AGENT_LISTEN", default_value = node::DEFAULT_AGENT_ADDR)]
     pub agent_listen: SocketAddr,
     /// host:port agents are told to dial (defaults to the agent listen address).
-    #[arg(long)]
+    #[arg(long, env = "BERTH_AGENT_ENDPOINT")]
     pub agent_endpoint: Option<String>,
     /// Lifetime of agent certificates in seconds (agents renew at two thirds).
-    #[arg(long, default_value_t = 30 * 86400)]
+    #[arg(long, env = "BERTH_AGENT_CERT_TTL", default_value_t = 30 * 86400)]
     pub agent_cert_ttl: u64,
     /// After a restart, seconds to wait for agents to report unfinished deployments.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, env = "BERTH_RECONCILE_TIMEOUT", default_value_t = 120)]
     pub reconcile_timeout: u64,
     /// Do not run the local agent (no Docker on this machine).
-    #[arg(long)]
+    #[arg(
+        long,
+        env = "BERTH_DEV_NO_AGENT",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub no_agent: bool,
     /// Address of the webhook shim for CI callers (HTTP) [default: 127.0.0.1:7480, or a
-    /// free port when that one is taken].
-    #[arg(long)]
+    /// free port when that one is taken]; `berth-webhook --listen`.
+    #[arg(long, env = "BERTH_WEBHOOK_LISTEN")]
     pub webhook_listen: Option<SocketAddr>,
+    /// The shim serves the deprecated seed route POST /deploy (registered applications only,
+    /// each with its own token); `berth-webhook --enable-legacy-deploy`.
+    #[arg(
+        long,
+        env = "BERTH_WEBHOOK_ENABLE_LEGACY_DEPLOY",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub enable_legacy_deploy: bool,
     #[command(flatten)]
     pub registry: node::RegistrySecretArgs,
     #[command(flatten)]
@@ -46,14 +63,19 @@ pub struct DevArgs {
     #[command(flatten)]
     pub notify: node::NotifyArgs,
     /// HTTP listener of the host proxy, for domains (and ACME HTTP-01); "none" disables it.
-    #[arg(long, default_value = "0.0.0.0:80", value_parser = listen_addr)]
+    #[arg(long, env = "BERTH_PROXY_HTTP_LISTEN", default_value = "0.0.0.0:80", value_parser = listen_addr)]
     pub proxy_http_listen: Listen,
     /// HTTPS listener of the host proxy, for domains with a certificate; "none" disables it.
-    #[arg(long, default_value = "0.0.0.0:443", value_parser = listen_addr)]
+    #[arg(long, env = "BERTH_PROXY_HTTPS_LISTEN", default_value = "0.0.0.0:443", value_parser = listen_addr)]
     pub proxy_https_listen: Listen,
     /// Run the local agent without the host proxy: containers publish their host ports
     /// themselves, and a deploy has a short gap while the ports change hands.
-    #[arg(long)]
+    #[arg(
+        long,
+        env = "BERTH_DEV_NO_PROXY",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub no_proxy: bool,
 }
 
@@ -80,12 +102,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 .add_directive("hyper=info".parse().expect("valid directive")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a journal or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let registry_secret = args.registry.load()?;
     let acme = args.acme.load()?;
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
-    let webhook_listener = berth_control_plane::webhook::bind(args.webhook_listen).await?;
+    let webhook_listener =
+        berth_control_plane::webhook::bind(args.webhook_listen, "--webhook-listen").await?;
     let webhook_url = format!("http://{}", webhook_listener.local_addr()?);
     let webhook_public_url = args
         .webhook_public_url
@@ -93,7 +118,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| webhook_url.clone());
     let node = node::start(NodeConfig {
         data_dir: data_dir.clone(),
-        grpc_listen: args.grpc_listen,
+        grpc_listen: args.listen,
         server_names: vec!["localhost".to_string(), "127.0.0.1".to_string()],
         master_key: MasterKeySource::from_vars(|k| std::env::var(k).ok()),
         // Stored (for `berth app show`) when chosen; the default matches the default address.
@@ -174,6 +199,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         berth_control_plane::webhook::dev_api_key(&node.service, &data_dir).await?,
     );
     shim_config.public_url = Some(webhook_public_url);
+    shim_config.enable_legacy_deploy = args.enable_legacy_deploy;
     let mut shim_stop = stop_rx.clone();
     let local_agent = if args.no_agent {
         None

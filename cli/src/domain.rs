@@ -28,6 +28,7 @@ pub struct DomainArgs {
 enum DomainCommand {
     /// Route a host name to an application through the host proxy (80/443)
     Add {
+        /// The application the host name routes to
         app: String,
         /// Host name, e.g. shop.example.com (no port, no wildcard)
         host: String,
@@ -53,7 +54,10 @@ enum DomainCommand {
         app: Option<String>,
     },
     /// Stop routing a host name
-    Remove { host: String },
+    Remove {
+        /// The host name to stop routing
+        host: String,
+    },
 }
 
 pub async fn run(args: DomainArgs, connect: &ConnectOptions, format: Format) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ pub struct EnvArgs {
 enum EnvCommand {
     /// Set a variable to a plain value, a secret reference or a group reference
     Set {
+        /// Variable name, as the container sees it
         key: String,
         /// A plain value; with none of VALUE, --secret, --group it is read from stdin
         value: Option<String>,
@@ -47,12 +48,14 @@ enum EnvCommand {
     },
     /// Remove a variable
     Unset {
+        /// Variable name to remove
         key: String,
         #[command(flatten)]
         scope: Scope,
     },
     /// Add one secret reference per secret of a group to an application
     ImportGroup {
+        /// The secret group whose secrets all become variables (@group:NAME)
         group: String,
         #[arg(long)]
         app: String,

@@ -20,6 +20,7 @@ pub struct GroupArgs {
 enum GroupCommand {
     /// Create a secret group, optionally fed by a provider
     Create {
+        /// Name of the new group
         name: String,
         #[arg(long)]
         description: Option<String>,
@@ -32,6 +33,7 @@ enum GroupCommand {
     },
     /// Change a group's description, provider link or auto-sync
     Update {
+        /// The group to change
         name: String,
         /// New description ("" removes it)
         #[arg(long)]
@@ -50,9 +52,13 @@ enum GroupCommand {
     /// List secret groups
     List,
     /// Show a group and its secrets (values masked)
-    Show { name: String },
+    Show {
+        /// The group to show
+        name: String,
+    },
     /// Delete a group and its secrets
     Delete {
+        /// The group to delete
         name: String,
         /// Delete even when environment variables reference the group or its secrets
         #[arg(long)]

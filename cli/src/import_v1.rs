@@ -66,6 +66,7 @@ pub async fn run(
     connect: &ConnectOptions,
     format: Format,
 ) -> anyhow::Result<()> {
+    let progress = output::progress(&format!("reading {}", args.path.display()), false);
     let data = read::open(&args.path).await?.read().await?;
     let mapped = plan::map(data, &args.group)?;
     let request = request::encode(&mapped.plan, args.dry_run);
@@ -83,7 +84,14 @@ pub async fn run(
         _ => None,
     };
     let mut client = connect.connect().await?.imports();
-    let response = match client.import_v1(request).await {
+    progress.set_message(format!(
+        "importing {} ({} KiB)",
+        args.path.display(),
+        size.div_ceil(1024)
+    ));
+    let imported = client.import_v1(request).await;
+    progress.finish_and_clear();
+    let response = match imported {
         Ok(r) => r.into_inner(),
         Err(status) => {
             if let Some(file) = tokens_file {

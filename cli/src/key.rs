@@ -128,7 +128,7 @@ fn key_json(key: &KeyInfo) -> Value {
         "state": key.state,
         "encryptions": key.encryptions,
         "rows": key.rows.iter().map(|r| json!({"column": r.column, "rows": r.rows})).collect::<Vec<_>>(),
-        "created_at": key.created_at,
+        "created_at": crate::output::time_json(&key.created_at),
         "warning": key.warning,
     })
 }

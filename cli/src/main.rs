@@ -99,16 +99,54 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime's threads exist: the only time the offset can be read soundly.
+    output::init_local_offset();
     quiet_on_closed_pipe();
-    let cli = Cli::parse();
+    let cli = parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => return report(anyhow::Error::new(err).context("cannot start the runtime")),
+    };
     // No tracing subscriber here: the admin commands log nothing of their own, and a
     // long-running command (`berth dev`) installs its own.
-    match run(cli).await {
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => report(err),
     }
+}
+
+/// `berth dev` is a server, not a client of one: it is parsed on its own, so that its help
+/// lists only its options and the client's (`--addr`, `--token`, `-o`) are refused there.
+/// The `Dev` subcommand of [`Cli`] stays for `berth --help` and the completions.
+#[derive(Parser)]
+#[command(
+    name = "berth dev",
+    bin_name = "berth dev",
+    about = "Run an all-in-one node: control plane, webhook shim, host proxy and a local agent; \
+             SQLite and PKI in one directory"
+)]
+struct DevCli {
+    #[command(flatten)]
+    args: dev::DevArgs,
+}
+
+fn parse() -> Cli {
+    let mut argv = std::env::args_os();
+    let program = argv.next().unwrap_or_else(|| "berth".into());
+    let mut rest: Vec<std::ffi::OsString> = argv.collect();
+    if rest.len() == 2 && rest[0] == "help" && rest[1] == "dev" {
+        rest = vec!["dev".into(), "--help".into()];
+    }
+    if rest.first().is_some_and(|first| first == "dev") {
+        let dev = DevCli::parse_from(rest);
+        return Cli {
+            connect: client::ConnectOptions::default(),
+            output: output::Format::Table,
+            command: Command::Dev(dev.args),
+        };
+    }
+    Cli::parse_from(std::iter::once(program).chain(rest))
 }
 
 async fn run(mut cli: Cli) -> anyhow::Result<()> {
@@ -212,6 +250,56 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// `berth dev` is a server: its help has its listen options with their environment
+    /// variables, and none of the client's.
+    #[test]
+    fn dev_help_lists_its_own_options_only() {
+        let help = DevCli::command().render_long_help().to_string();
+        for client in ["--addr", "--token", "--output", "BERTH_ADDR"] {
+            assert!(!help.contains(client), "{client} in: {help}");
+        }
+        for own in [
+            "--listen",
+            "BERTH_LISTEN",
+            "--agent-listen",
+            "BERTH_AGENT_LISTEN",
+            "BERTH_WEBHOOK_LISTEN",
+            "--enable-legacy-deploy",
+            "BERTH_DATA_DIR",
+        ] {
+            assert!(help.contains(own), "{own} missing from: {help}");
+        }
+        assert!(DevCli::try_parse_from(["dev", "--addr", "https://x:1"]).is_err());
+        // The old name still works.
+        let old = DevCli::try_parse_from(["dev", "--grpc-listen", "127.0.0.1:9"]).unwrap();
+        assert_eq!(old.args.listen.port(), 9);
+    }
+
+    /// As the README says: every option of `berth dev` reads an environment variable.
+    #[test]
+    fn every_dev_option_reads_an_environment_variable() {
+        let missing = berth_control_plane::node::options_without_env(&DevCli::command());
+        assert!(missing.is_empty(), "without a variable: {missing:?}");
+    }
+
+    /// Every positional argument says what it is in `--help`.
+    #[test]
+    fn every_positional_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_positionals() {
+                if arg.get_help().is_none() && !arg.is_hide_set() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "berth", &mut missing);
+        assert!(missing.is_empty(), "positionals without help: {missing:?}");
     }
 
     /// Keys are accepted from a file or stdin, and the help says why argv is the wrong place.

@@ -6,11 +6,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use berth_proto::v1::{
-    target, Agent, ApiKey, Application, ApplicationDetail, DeploymentDetail, DeploymentEventRow,
-    DeploymentSummary, DeploymentTarget, Domain, EnvVar, ImagePattern, PortMapping, Repository,
-    SecretGroup, SecretSummary, Target,
+    target, Agent, ApiKey, Application, DeploymentDetail, DeploymentEventRow, DeploymentSummary,
+    DeploymentTarget, Domain, EnvVar, ImagePattern, PortMapping, Repository, SecretGroup,
+    SecretSummary, Target,
 };
 use serde_json::{json, Value};
+use std::sync::OnceLock;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -68,6 +72,36 @@ impl Table {
     }
 }
 
+/// A spinner on stderr for long work (`backup create`, `provider sync`, `import-v1`): drawn
+/// only when stderr is a terminal, so pipes, files and CI logs stay quiet. With `bytes`, it
+/// shows the position as bytes done (`set_position`).
+pub fn progress(message: &str, bytes: bool) -> indicatif::ProgressBar {
+    progress_on(
+        message,
+        bytes,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    )
+}
+
+fn progress_on(message: &str, bytes: bool, terminal: bool) -> indicatif::ProgressBar {
+    if !terminal {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(if bytes {
+            "{spinner} {msg}: {bytes} [{elapsed}]"
+        } else {
+            "{spinner} {msg} [{elapsed}]"
+        })
+        .expect("the progress templates are valid"),
+    );
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 pub fn print_json(value: &Value) {
     println!(
         "{}",
@@ -75,13 +109,107 @@ pub fn print_json(value: &Value) {
     );
 }
 
-/// `2025-10-23 10:30:00` or `2025-10-23T10:30:00Z` becomes `2025-10-23 10:30`.
+/// The machine's UTC offset, read once at start while the process has one thread (the only
+/// time the `time` crate can read it soundly); UTC when unknown.
+static LOCAL_OFFSET: OnceLock<UtcOffset> = OnceLock::new();
+
+/// Reads the local UTC offset; call first thing in `main`, before any thread starts.
+pub fn init_local_offset() {
+    if let Ok(offset) = UtcOffset::current_local_offset() {
+        let _ = LOCAL_OFFSET.set(offset);
+    }
+}
+
+fn local_offset() -> UtcOffset {
+    LOCAL_OFFSET.get().copied().unwrap_or(UtcOffset::UTC)
+}
+
+/// A control plane timestamp, always UTC: SQLite's `2025-10-23 10:30:00` or
+/// `2025-10-23T10:30:00.123Z`.
+fn parse_utc(timestamp: &str) -> Option<OffsetDateTime> {
+    let seconds = timestamp.get(..19)?.replacen('T', " ", 1);
+    let at = PrimitiveDateTime::parse(
+        &seconds,
+        format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"),
+    )
+    .ok()?;
+    let nanos = timestamp
+        .get(19..)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .map(|rest| rest.trim_end_matches('Z'))
+        .filter(|digits| !digits.is_empty() && digits.len() <= 9)
+        .and_then(|digits| Some(digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32)))
+        .unwrap_or(0);
+    at.replace_nanosecond(nanos)
+        .ok()
+        .map(PrimitiveDateTime::assume_utc)
+}
+
+/// A timestamp for JSON: RFC 3339 in UTC (`2025-10-23T10:30:00Z`); as given when it is not
+/// one of the control plane's forms.
+pub fn rfc3339(timestamp: &str) -> String {
+    parse_utc(timestamp)
+        .and_then(|at| at.format(&Rfc3339).ok())
+        .unwrap_or_else(|| timestamp.to_string())
+}
+
+/// [`rfc3339`] of an optional timestamp, `null` when absent or empty.
+pub fn rfc3339_opt(timestamp: Option<&str>) -> Value {
+    match timestamp.filter(|t| !t.is_empty()) {
+        Some(at) => Value::String(rfc3339(at)),
+        None => Value::Null,
+    }
+}
+
+/// A timestamp field of a message (`String` or `Option<String>`) as JSON: [`rfc3339_opt`].
+pub trait TimeField {
+    fn timestamp(&self) -> Option<&str>;
+}
+
+impl TimeField for String {
+    fn timestamp(&self) -> Option<&str> {
+        Some(self)
+    }
+}
+
+impl TimeField for Option<String> {
+    fn timestamp(&self) -> Option<&str> {
+        self.as_deref()
+    }
+}
+
+pub fn time_json(field: &impl TimeField) -> Value {
+    rfc3339_opt(field.timestamp())
+}
+
+/// A timestamp for a table: local time to the minute, with the offset
+/// (`2025-10-23 12:30 +02:00`).
 pub fn short_time(timestamp: &str) -> String {
-    timestamp
-        .chars()
-        .take(16)
-        .map(|c| if c == 'T' { ' ' } else { c })
-        .collect()
+    short_time_at(timestamp, local_offset())
+}
+
+/// The time of day of a timestamp, local (`12:30:12`), for lines under a header that gives
+/// the date and offset.
+pub fn clock(timestamp: &str) -> String {
+    parse_utc(timestamp)
+        .and_then(|at| {
+            at.to_offset(local_offset())
+                .format(format_description!("[hour]:[minute]:[second]"))
+                .ok()
+        })
+        .unwrap_or_else(|| timestamp.to_string())
+}
+
+fn short_time_at(timestamp: &str, offset: UtcOffset) -> String {
+    parse_utc(timestamp)
+        .and_then(|at| {
+            at.to_offset(offset)
+                .format(format_description!(
+                    "[year]-[month]-[day] [hour]:[minute] [offset_hour sign:mandatory]:[offset_minute]"
+                ))
+                .ok()
+        })
+        .unwrap_or_else(|| timestamp.to_string())
 }
 
 /// `-` for a missing optional value in a table cell.
@@ -149,8 +277,8 @@ pub fn secret_group_json(group: &SecretGroup) -> Value {
         "provider": group.provider,
         "auto_sync": group.auto_sync,
         "secret_count": group.secret_count,
-        "created_at": group.created_at,
-        "updated_at": group.updated_at,
+        "created_at": time_json(&group.created_at),
+        "updated_at": time_json(&group.updated_at),
     })
 }
 
@@ -165,10 +293,10 @@ pub fn secret_summary_json(secret: &SecretSummary) -> Value {
         "description": secret.description,
         "source": secret.source,
         "provider": secret.provider,
-        "stale_since": secret.stale_since,
-        "last_synced_at": secret.last_synced_at,
-        "created_at": secret.created_at,
-        "updated_at": secret.updated_at,
+        "stale_since": time_json(&secret.stale_since),
+        "last_synced_at": time_json(&secret.last_synced_at),
+        "created_at": time_json(&secret.created_at),
+        "updated_at": time_json(&secret.updated_at),
     })
 }
 
@@ -183,8 +311,8 @@ pub fn env_var_json(var: &EnvVar) -> Value {
         "secret_id": var.secret_id,
         "secret_path": var.secret_path,
         "description": var.description,
-        "created_at": var.created_at,
-        "updated_at": var.updated_at,
+        "created_at": time_json(&var.created_at),
+        "updated_at": time_json(&var.updated_at),
     })
 }
 
@@ -212,10 +340,10 @@ pub fn application_json(app: &Application) -> Value {
         "webhook_enabled": app.webhook_enabled,
         "webhook_token_preview": app.webhook_token_preview,
         "auto_deploy": app.auto_deploy,
-        "last_deployed_at": app.last_deployed_at,
+        "last_deployed_at": time_json(&app.last_deployed_at),
         "targets": app.targets.iter().map(target_json).collect::<Vec<_>>(),
-        "created_at": app.created_at,
-        "updated_at": app.updated_at,
+        "created_at": time_json(&app.created_at),
+        "updated_at": time_json(&app.updated_at),
         "drain_timeout_seconds": app.drain_timeout_seconds,
         "stop_timeout_seconds": app.stop_timeout_seconds,
         "stop_signal": app.stop_signal,
@@ -231,20 +359,9 @@ pub fn deployment_summary_json(deployment: &DeploymentSummary) -> Value {
         "trigger_type": deployment.trigger_type,
         "trigger_source": deployment.trigger_source,
         "error_message": deployment.error_message,
-        "started_at": deployment.started_at,
-        "completed_at": deployment.completed_at,
+        "started_at": time_json(&deployment.started_at),
+        "completed_at": time_json(&deployment.completed_at),
         "duration_ms": deployment.duration_ms,
-    })
-}
-
-pub fn application_detail_json(detail: &ApplicationDetail) -> Value {
-    json!({
-        "application": detail.application.as_ref().map(application_json),
-        "webhook_url": detail.webhook_url,
-        "env": detail.env.iter().map(env_var_json).collect::<Vec<_>>(),
-        "deployments": detail.deployments.iter().map(deployment_summary_json).collect::<Vec<_>>(),
-        "domains": detail.domains.iter().map(domain_json).collect::<Vec<_>>(),
-        "effective_env": detail.effective_env.iter().map(crate::env::effective_json).collect::<Vec<_>>(),
     })
 }
 
@@ -254,9 +371,9 @@ pub fn api_key_json(key: &ApiKey) -> Value {
         "name": key.name,
         "role": key.role,
         "prefix": key.prefix,
-        "created_at": key.created_at,
-        "last_used_at": key.last_used_at,
-        "revoked_at": key.revoked_at,
+        "created_at": time_json(&key.created_at),
+        "last_used_at": time_json(&key.last_used_at),
+        "revoked_at": time_json(&key.revoked_at),
     })
 }
 
@@ -267,10 +384,10 @@ pub fn domain_json(domain: &Domain) -> Value {
         "container_port": domain.container_port,
         "tls_mode": domain.tls_mode,
         "not_after": domain.not_after,
-        "created_at": domain.created_at,
+        "created_at": time_json(&domain.created_at),
         "acme_status": domain.acme_status,
         "acme_error": domain.acme_error,
-        "acme_next_attempt_at": domain.acme_next_attempt_at,
+        "acme_next_attempt_at": time_json(&domain.acme_next_attempt_at),
     })
 }
 
@@ -318,7 +435,7 @@ pub fn repository_json(repository: &Repository) -> Value {
         "url": repository.url,
         "username": repository.username,
         "has_password": repository.has_password,
-        "created_at": repository.created_at,
+        "created_at": time_json(&repository.created_at),
     })
 }
 
@@ -327,7 +444,7 @@ pub fn image_pattern_json(pattern: &ImagePattern) -> Value {
         "id": pattern.id,
         "pattern": pattern.pattern,
         "description": pattern.description,
-        "created_at": pattern.created_at,
+        "created_at": time_json(&pattern.created_at),
     })
 }
 
@@ -338,9 +455,9 @@ pub fn agent_json(agent: &Agent) -> Value {
         "status": agent.status,
         "version": agent.version,
         "docker_version": agent.docker_version,
-        "last_seen_at": agent.last_seen_at,
+        "last_seen_at": time_json(&agent.last_seen_at),
         "cert_not_after": agent.cert_not_after,
-        "created_at": agent.created_at,
+        "created_at": time_json(&agent.created_at),
     })
 }
 
@@ -350,8 +467,8 @@ pub fn deployment_target_json(target: &DeploymentTarget) -> Value {
         "status": target.status,
         "container_id": target.container_id,
         "error_message": target.error_message,
-        "started_at": target.started_at,
-        "completed_at": target.completed_at,
+        "started_at": time_json(&target.started_at),
+        "completed_at": time_json(&target.completed_at),
         "duration_ms": target.duration_ms,
     })
 }
@@ -362,15 +479,41 @@ pub fn deployment_event_json(event: &DeploymentEventRow) -> Value {
         "agent": event.agent,
         "phase": event.phase,
         "message": event.message,
-        "at": event.at,
+        "at": time_json(&event.at),
     })
 }
 
+/// The container a deployment created on an agent, as the agent's `create` step named it
+/// (`creating NAME from IMAGE`, `creating NAME with host ports …`): the one that failed,
+/// when the target did.
+pub fn tried_container<'a>(detail: &'a DeploymentDetail, agent: &str) -> Option<&'a str> {
+    detail
+        .events
+        .iter()
+        .rev()
+        .filter(|e| e.agent.as_deref() == Some(agent) && e.phase == "create")
+        .find_map(|e| e.message.strip_prefix("creating ")?.split(' ').next())
+}
+
+/// A deployment with its targets; a target that did not succeed names the container it
+/// tried (`failed_container`) apart from the one serving (`container_id`), as the table does.
 pub fn deployment_detail_json(detail: &DeploymentDetail) -> Value {
+    let targets: Vec<Value> = detail
+        .targets
+        .iter()
+        .map(|target| {
+            let mut value = deployment_target_json(target);
+            let failed = (target.status != "success")
+                .then(|| tried_container(detail, &target.agent))
+                .flatten();
+            value["failed_container"] = json!(failed);
+            value
+        })
+        .collect();
     json!({
         "app": detail.app,
         "deployment": detail.deployment.as_ref().map(deployment_summary_json),
-        "targets": detail.targets.iter().map(deployment_target_json).collect::<Vec<_>>(),
+        "targets": targets,
         "events": detail.events.iter().map(deployment_event_json).collect::<Vec<_>>(),
     })
 }
@@ -381,9 +524,9 @@ pub fn notification_webhook_json(webhook: &berth_proto::v1::NotificationWebhook)
         "url": webhook.url,
         "events": webhook.events,
         "enabled": webhook.enabled,
-        "created_at": webhook.created_at,
+        "created_at": time_json(&webhook.created_at),
         "last_delivery_status": webhook.last_delivery_status,
-        "last_delivery_at": webhook.last_delivery_at,
+        "last_delivery_at": time_json(&webhook.last_delivery_at),
     })
 }
 
@@ -398,9 +541,9 @@ pub fn webhook_delivery_json(delivery: &berth_proto::v1::WebhookDelivery) -> Val
         "status": delivery.status,
         "response_code": delivery.response_code,
         "error": delivery.error,
-        "next_attempt_at": delivery.next_attempt_at,
-        "created_at": delivery.created_at,
-        "delivered_at": delivery.delivered_at,
+        "next_attempt_at": time_json(&delivery.next_attempt_at),
+        "created_at": time_json(&delivery.created_at),
+        "delivered_at": time_json(&delivery.delivered_at),
     })
 }
 
@@ -417,6 +560,12 @@ mod tests {
             table.render(),
             "NAME         ROLE\nci-deployer  deployer\nme           admin\n"
         );
+    }
+
+    #[test]
+    fn progress_is_hidden_off_a_terminal() {
+        assert!(progress_on("syncing", false, false).is_hidden());
+        assert!(progress_on("writing", true, false).is_hidden());
     }
 
     #[test]
@@ -438,8 +587,31 @@ mod tests {
     }
 
     #[test]
-    fn short_time_drops_seconds_and_the_t() {
-        assert_eq!(short_time("2025-10-23 10:30:12"), "2025-10-23 10:30");
-        assert_eq!(short_time("2025-10-23T10:30:12Z"), "2025-10-23 10:30");
+    fn tables_show_local_time_with_its_offset() {
+        let paris = UtcOffset::from_hms(2, 0, 0).unwrap();
+        assert_eq!(
+            short_time_at("2025-10-23 10:30:12", paris),
+            "2025-10-23 12:30 +02:00"
+        );
+        assert_eq!(
+            short_time_at("2025-10-23T23:30:12.345Z", paris),
+            "2025-10-24 01:30 +02:00"
+        );
+        assert_eq!(
+            short_time_at("2025-10-23 10:30:12", UtcOffset::UTC),
+            "2025-10-23 10:30 +00:00"
+        );
+        assert_eq!(short_time_at("never", paris), "never");
+    }
+
+    #[test]
+    fn json_shows_rfc3339_in_utc() {
+        assert_eq!(rfc3339("2025-10-23 10:30:12"), "2025-10-23T10:30:12Z");
+        assert_eq!(
+            rfc3339("2025-10-23T10:30:12.345Z"),
+            "2025-10-23T10:30:12.345Z"
+        );
+        assert_eq!(rfc3339_opt(None), Value::Null);
+        assert_eq!(rfc3339_opt(Some("")), Value::Null);
     }
 }

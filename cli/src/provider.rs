@@ -31,6 +31,7 @@ pub struct ProviderArgs {
 enum ProviderCommand {
     /// Register a provider; the credential is read from stdin, a prompt, a file or an env var
     Add {
+        /// Name of the new provider
         name: String,
         /// hashicorp-vault | aws-secrets-manager | infisical | azure-keyvault | gcp-secret-manager
         #[arg(long = "type")]
@@ -43,11 +44,18 @@ enum ProviderCommand {
     /// List providers with their group and last sync
     List,
     /// Show a provider's settings (never its credential) and last sync
-    Show { name: String },
+    Show {
+        /// The provider to show
+        name: String,
+    },
     /// Log in and list, writing nothing: how many values the provider would sync
-    Test { name: String },
+    Test {
+        /// The provider to test
+        name: String,
+    },
     /// Sync the provider's group now
     Sync {
+        /// The provider to sync
         name: String,
         /// Show what would change, change nothing
         #[arg(long)]
@@ -55,6 +63,7 @@ enum ProviderCommand {
     },
     /// Change settings (an empty value removes one) and/or replace the credential
     Update {
+        /// The provider to change
         name: String,
         #[command(flatten)]
         settings: SettingsArgs,
@@ -65,9 +74,13 @@ enum ProviderCommand {
         credential_source: CredentialArgs,
     },
     /// Remove a provider; its group and secrets stay, as manual ones
-    Remove { name: String },
+    Remove {
+        /// The provider to remove
+        name: String,
+    },
     /// Past syncs, newest first
     History {
+        /// The provider whose syncs are listed
         name: String,
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -329,6 +342,7 @@ pub async fn run(
             }
         }
         ProviderCommand::Sync { name, dry_run } => {
+            let progress = output::progress(&format!("syncing {name} from its provider"), false);
             let r = connect
                 .connect()
                 .await?
@@ -336,6 +350,7 @@ pub async fn run(
                 .sync_provider(SyncProviderRequest { name, dry_run })
                 .await?
                 .into_inner();
+            progress.finish_and_clear();
             match format {
                 Format::Json => output::print_json(&sync_json(&r)),
                 Format::Table => print!("{}", render_sync(&r)),
@@ -512,10 +527,10 @@ fn provider_json(p: &Provider) -> Value {
         "group": p.group,
         "auto_sync": p.auto_sync,
         "sync_interval_seconds": p.sync_interval_seconds,
-        "last_sync_at": p.last_sync_at,
+        "last_sync_at": crate::output::time_json(&p.last_sync_at),
         "last_sync_status": p.last_sync_status,
         "last_sync_error": p.last_sync_error,
-        "created_at": p.created_at,
+        "created_at": crate::output::time_json(&p.created_at),
     })
 }
 
@@ -542,8 +557,8 @@ fn sync_row_json(s: &SecretSync) -> Value {
         "unchanged": s.unchanged,
         "duration_ms": s.duration_ms,
         "error": s.error,
-        "started_at": s.started_at,
-        "completed_at": s.completed_at,
+        "started_at": crate::output::time_json(&s.started_at),
+        "completed_at": crate::output::time_json(&s.completed_at),
     })
 }
 

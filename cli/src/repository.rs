@@ -20,6 +20,7 @@ pub struct RepositoryArgs {
 enum RepositoryCommand {
     /// Add a registry; with --username the password is read from stdin or a hidden prompt
     Add {
+        /// Name of the registry, as applications reference it
         name: String,
         /// Registry address, e.g. registry.local:5000 or ghcr.io
         #[arg(long)]
@@ -30,7 +31,10 @@ enum RepositoryCommand {
     /// List registries (never their passwords)
     List,
     /// Remove a registry
-    Remove { name: String },
+    Remove {
+        /// The registry to remove
+        name: String,
+    },
 }
 
 pub async fn run(

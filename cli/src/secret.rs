@@ -27,7 +27,9 @@ pub struct SecretArgs {
 enum SecretCommand {
     /// Create a secret or replace its value; the value is read from stdin or a hidden prompt
     Set {
+        /// The group the secret belongs to
         group: String,
+        /// Name of the secret, as variables reference it (GROUP/NAME)
         name: String,
         #[arg(long)]
         description: Option<String>,
@@ -40,7 +42,9 @@ enum SecretCommand {
     },
     /// Print the plaintext value of a secret (audited)
     Reveal {
+        /// The group of the secret
         group: String,
+        /// Name of the secret
         name: String,
         /// Do not ask for confirmation
         #[arg(long)]
@@ -48,7 +52,9 @@ enum SecretCommand {
     },
     /// Delete a secret
     Delete {
+        /// The group of the secret
         group: String,
+        /// Name of the secret
         name: String,
         /// Delete even when environment variables reference it (they are removed too)
         #[arg(long)]
@@ -56,6 +62,7 @@ enum SecretCommand {
     },
     /// Import a .env or JSON file into a group, all or nothing
     Import {
+        /// The group to import into (created if missing)
         group: String,
         /// The file to import, or - for stdin
         #[arg(long)]

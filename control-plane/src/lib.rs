@@ -7,6 +7,7 @@ pub mod acme;
 pub mod backup;
 pub mod crypto;
 pub mod error;
+pub mod exit;
 pub mod fleet;
 pub mod grpc;
 pub mod model;

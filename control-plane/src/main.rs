@@ -83,12 +83,18 @@ enum Offline {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    berth_control_plane::exit::status(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a journal or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     if let Some(Offline::Restore {
@@ -191,4 +197,17 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     ctrl_c.await.ok();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// As the README says: every option of the server reads an environment variable (the
+    /// offline maintenance commands aside).
+    #[test]
+    fn every_option_reads_an_environment_variable() {
+        let missing = berth_control_plane::node::options_without_env(&super::Args::command());
+        assert!(missing.is_empty(), "without a variable: {missing:?}");
+    }
 }

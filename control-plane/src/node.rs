@@ -304,10 +304,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
 
     let listener = TcpListener::bind(config.grpc_listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_listen))?;
+        .map_err(|e| listen_error(config.grpc_listen, "--listen", &e))?;
     let agent_listener = TcpListener::bind(config.agent_listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.agent_listen))?;
+        .map_err(|e| listen_error(config.agent_listen, "--agent-listen", &e))?;
     let agent_addr = agent_listener.local_addr()?;
     let pki = Arc::new(pki);
     let mut fleet_config = config.fleet.clone();
@@ -577,3 +577,28 @@ mod reflection;
 
 #[cfg(test)]
 mod tests;
+
+/// `cannot listen on ADDR: …`; when the address is taken, says what usually holds it (another
+/// node started earlier) and how to choose another (`flag`).
+pub fn listen_error(addr: SocketAddr, flag: &str, error: &std::io::Error) -> anyhow::Error {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: address in use. Another berth node (berth dev or \
+             berth-control-plane) may be running already, or another program holds the port: \
+             stop it, or pass {flag} with a free address"
+        )
+    } else {
+        anyhow::anyhow!("cannot listen on {addr}: {error}")
+    }
+}
+
+/// The options of a server's command line that read no environment variable (`--help` and
+/// `--version` aside): none, for every server (README, Configuration). Its tests call it.
+pub fn options_without_env(command: &clap::Command) -> Vec<String> {
+    command
+        .get_arguments()
+        .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+        .filter(|a| a.get_env().is_none())
+        .map(|a| a.get_id().to_string())
+        .collect()
+}

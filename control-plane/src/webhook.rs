@@ -165,12 +165,13 @@ pub async fn serve(
 }
 
 /// Binds the shim's address. An explicit address must be free; the default one falls back to
-/// a free port (with a warning) so that several dev nodes can run side by side.
-pub async fn bind(explicit: Option<SocketAddr>) -> anyhow::Result<TcpListener> {
+/// a free port (with a warning) so that several dev nodes can run side by side. `flag` is the
+/// option that chose it, named when the address is taken.
+pub async fn bind(explicit: Option<SocketAddr>, flag: &str) -> anyhow::Result<TcpListener> {
     match explicit {
         Some(addr) => TcpListener::bind(addr)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}")),
+            .map_err(|e| crate::node::listen_error(addr, flag, &e)),
         None => match TcpListener::bind(DEFAULT_LISTEN).await {
             Ok(listener) => Ok(listener),
             Err(e) => {

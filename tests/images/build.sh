@@ -1,6 +1,8 @@
 #!/bin/sh
 # Builds the local test images the Docker suites deploy, offline, from Debian's
-# busybox-static (`apt-get install -y busybox-static`):
+# busybox-static. When it is missing, it is installed with apt-get first (as root, or with
+# sudo when that needs no password); otherwise the script stops with the one command to run:
+# `sudo apt-get install -y busybox-static`. BUSYBOX names another static busybox.
 #
 #   berth-test/web:v1, :v2  busybox httpd on port 80; the page is written at start from the
 #                           environment: `version=<v> secret=$APP_SECRET`
@@ -22,9 +24,28 @@ set -eu
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 REPO=berth-test/web
 
-if [ ! -x "$BUSYBOX" ]; then
-  echo "build.sh: $BUSYBOX not found (apt-get install -y busybox-static)" >&2
-  exit 1
+# A static busybox: Debian's `busybox` package is dynamic and would not run in the images.
+is_static() {
+  [ -x "$1" ] || return 1
+  if command -v file >/dev/null 2>&1; then
+    file -L "$1" 2>/dev/null | grep -q 'statically linked\|static-pie'
+  fi
+}
+
+if ! is_static "$BUSYBOX"; then
+  INSTALL="apt-get install -y busybox-static"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo -n"; fi
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$SUDO" ] || sudo -n true 2>/dev/null; }; then
+    echo "build.sh: no static busybox at $BUSYBOX: installing it ($INSTALL)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq >/dev/null 2>&1 || true
+    $SUDO apt-get install -y -qq --no-install-recommends busybox-static >/dev/null 2>&1 || true
+  fi
+  if ! is_static "$BUSYBOX"; then
+    echo "build.sh: no static busybox at $BUSYBOX; install it with: sudo $INSTALL" >&2
+    echo "          (or set BUSYBOX to the path of a static busybox)" >&2
+    exit 1
+  fi
 fi
 
 # Parallel test processes (cargo nextest) may call this at once: build one at a time.

@@ -55,7 +55,11 @@ fn parse_listen(value: &str) -> Result<Listen, String> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    berth_agent::exit::status(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -64,6 +68,8 @@ async fn main() -> anyhow::Result<()> {
                 .add_directive("rustls=info".parse().expect("valid directive")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a journal or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let running = proxy::start(ProxyConfig {

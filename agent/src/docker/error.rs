@@ -133,6 +133,14 @@ pub enum PullError {
     /// Anything else the engine reported.
     #[error("pull {reference} failed: {message}")]
     Engine { reference: String, message: String },
+    /// The pull failed (not refused) and the host has no copy either: whatever the engine
+    /// said about the registry (often a DNS error for a registry that is not there), the image
+    /// is nowhere to be had.
+    #[error(
+        "image {reference} is neither pullable from its registry nor present on the host \
+         (the pull said: {message})"
+    )]
+    Absent { reference: String, message: String },
 }
 
 /// What registries answer, in the words the engine passes on, when they refuse credentials.
@@ -176,6 +184,17 @@ impl PullError {
     /// fixed, not bypassed.
     pub fn is_refusal(&self) -> bool {
         matches!(self, Self::Unauthorized { .. })
+    }
+
+    /// This failure, once the host was found to have no copy of the image either.
+    #[must_use]
+    pub fn absent_here(self) -> Self {
+        match self {
+            Self::NotFound { reference, message }
+            | Self::Unreachable { reference, message }
+            | Self::Engine { reference, message } => Self::Absent { reference, message },
+            other => other,
+        }
     }
 }
 
@@ -294,6 +313,24 @@ mod tests {
             &test_spec("v1"),
         );
         assert!(!named.is_refusal(), "{named:?}");
+    }
+
+    #[test]
+    fn a_failed_pull_of_an_image_the_host_lacks_says_so_not_only_the_dns_error() {
+        let unreachable = pull(server(
+            500,
+            "Get \"https://registry-1.docker.io/v2/\": dial tcp: lookup registry-1.docker.io: no such host",
+        ));
+        let absent = unreachable.absent_here().to_string();
+        assert!(
+            absent.starts_with(
+                "image r/x:v1 is neither pullable from its registry nor present on the host"
+            ),
+            "{absent}"
+        );
+        // A refusal stays a refusal: the credentials must be fixed.
+        let refused = pull(server(401, "unauthorized")).absent_here();
+        assert!(refused.is_refusal());
     }
 
     #[test]

@@ -63,9 +63,14 @@ impl DockerExecutor {
             .create_image(Some(options), None, credentials(spec));
         let mut digest = None;
         let mut failure = None;
+        let mut layers = PullProgress::new(std::time::Instant::now());
         while let Some(item) = progress.next().await {
             match item {
                 Ok(info) => {
+                    layers.update(&info);
+                    if let Some(line) = layers.due(std::time::Instant::now()) {
+                        emit(events, "progress", format!("pulling {reference}: {line}"));
+                    }
                     if let Some(d) = info
                         .status
                         .as_deref()
@@ -97,36 +102,148 @@ impl DockerExecutor {
         // is out of reach. Refused credentials still fail: they must be fixed, not bypassed.
         // An application without a registry of its own (no credentials) may run an image
         // built on this host, as `docker run` would when the pull fails.
-        if spec.registry_auth.is_none()
-            && !error.is_refusal()
-            && self.docker.inspect_image(&reference).await.is_ok()
-        {
-            emit(
-                events,
-                "pull",
-                format!("{error}; using the image present on this host"),
-            );
-            return Ok(());
+        let may_use_local = spec.registry_auth.is_none() || is_digest(&spec.version);
+        if !may_use_local || error.is_refusal() {
+            return Err(error);
         }
-        if is_digest(&spec.version)
-            && !error.is_refusal()
-            && self.docker.inspect_image(&reference).await.is_ok()
-        {
-            emit(
-                events,
-                "pull",
-                format!("{error}; using the local copy of this digest"),
-            );
-            return Ok(());
+        if self.docker.inspect_image(&reference).await.is_err() {
+            return Err(error.absent_here());
         }
-        Err(error)
+        let using = if spec.registry_auth.is_none() {
+            "using the image present on this host"
+        } else {
+            "using the local copy of this digest"
+        };
+        emit(events, "pull", format!("{error}; {using}"));
+        Ok(())
     }
+}
+
+/// How often a pull reports its progress (phase `progress`), at most: `--follow` shows it, and
+/// each report is a stored event (a deployment keeps at most 1,000 per target).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The layers of a pull as the engine reports them (`Downloading` with bytes, `Pull
+/// complete`, `Already exists`), summed into one line: `2/5 layers, 12.3 MB of 40.1 MB`. A
+/// pull shorter than [`PROGRESS_EVERY`] reports nothing but its start and end.
+struct PullProgress {
+    /// Per layer id: bytes downloaded, bytes in all, and whether it is done.
+    layers: std::collections::BTreeMap<String, (i64, i64, bool)>,
+    /// The start of the pull, then the last report.
+    last: std::time::Instant,
+}
+
+impl PullProgress {
+    fn new(started: std::time::Instant) -> Self {
+        PullProgress {
+            layers: std::collections::BTreeMap::new(),
+            last: started,
+        }
+    }
+
+    fn update(&mut self, info: &bollard::models::CreateImageInfo) {
+        let (Some(id), Some(status)) = (info.id.as_deref(), info.status.as_deref()) else {
+            return;
+        };
+        // Lines about the tag or the image as a whole carry no layer id of 12 hex digits.
+        if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return;
+        }
+        let layer = self.layers.entry(id.to_owned()).or_default();
+        match status {
+            "Downloading" => {
+                if let Some(detail) = &info.progress_detail {
+                    layer.0 = detail.current.unwrap_or(layer.0);
+                    layer.1 = detail.total.unwrap_or(layer.1);
+                }
+            }
+            "Download complete" => layer.0 = layer.1,
+            "Pull complete" | "Already exists" => {
+                layer.0 = layer.1;
+                layer.2 = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// The progress line, when one is due ([`PROGRESS_EVERY`] after the start or the last
+    /// one) and there is something to say.
+    fn due(&mut self, now: std::time::Instant) -> Option<String> {
+        if self.layers.is_empty() || now.saturating_duration_since(self.last) < PROGRESS_EVERY {
+            return None;
+        }
+        self.last = now;
+        Some(self.line())
+    }
+
+    fn line(&self) -> String {
+        let done = self.layers.values().filter(|l| l.2).count();
+        let current: i64 = self.layers.values().map(|l| l.0).sum();
+        let total: i64 = self.layers.values().map(|l| l.1).sum();
+        let mut line = format!("{done}/{} layers", self.layers.len());
+        if total > 0 {
+            line.push_str(&format!(", {} of {}", megabytes(current), megabytes(total)));
+        }
+        line
+    }
+}
+
+/// `12.3 MB`.
+fn megabytes(bytes: i64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_000_000.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::docker::test_spec;
+    use bollard::models::{CreateImageInfo, ProgressDetail};
+
+    fn info(id: &str, status: &str, progress: Option<(i64, i64)>) -> CreateImageInfo {
+        CreateImageInfo {
+            id: Some(id.into()),
+            status: Some(status.into()),
+            progress_detail: progress.map(|(current, total)| ProgressDetail {
+                current: Some(current),
+                total: Some(total),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pull_progress_sums_layers_and_bytes_at_most_once_a_second() {
+        let start = std::time::Instant::now();
+        let second = |n: u32| start + PROGRESS_EVERY * n;
+        let mut progress = PullProgress::new(start);
+        progress.update(&info("v1", "Pulling from team/web", None));
+        assert_eq!(progress.due(second(1)), None, "nothing about layers yet");
+        progress.update(&info("aaaaaaaaaaaa", "Already exists", None));
+        progress.update(&info(
+            "bbbbbbbbbbbb",
+            "Downloading",
+            Some((2_000_000, 10_000_000)),
+        ));
+        progress.update(&info("cccccccccccc", "Pulling fs layer", None));
+        assert_eq!(progress.due(start), None, "a short pull says nothing more");
+        assert_eq!(
+            progress.due(second(1)).as_deref(),
+            Some("1/3 layers, 2.0 MB of 10.0 MB")
+        );
+        progress.update(&info(
+            "bbbbbbbbbbbb",
+            "Downloading",
+            Some((6_000_000, 10_000_000)),
+        ));
+        let soon = second(1) + std::time::Duration::from_millis(500);
+        assert_eq!(progress.due(soon), None, "rate limited");
+        progress.update(&info("bbbbbbbbbbbb", "Pull complete", None));
+        let later = second(2);
+        assert_eq!(
+            progress.due(later).as_deref(),
+            Some("2/3 layers, 10.0 MB of 10.0 MB")
+        );
+    }
 
     #[test]
     fn references() {

@@ -55,12 +55,18 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    berth_control_plane::exit::status(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a journal or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     if args.registry_secret.is_some() || args.registry_secret_file.is_some() {
@@ -98,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     config.public_url = args.public_url;
     config.wait_timeout = Duration::from_secs(args.wait_timeout);
     config.failed_auth_per_minute = args.failed_auth_per_minute;
-    let listener = webhook::bind(Some(args.listen)).await?;
+    let listener = webhook::bind(Some(args.listen), "--listen").await?;
     webhook::serve(config, listener, shutdown_signal()).await
 }
 

@@ -44,10 +44,15 @@ pub enum WatchUpdate {
 }
 
 impl Fleet {
-    /// `berth deploy show`.
+    /// `berth deploy show`: by id or by a unique prefix of one.
     pub async fn deployment(&self, actor: &Actor, deployment_id: &str) -> Result<DeploymentView> {
         actor.require(Permission::Read)?;
-        self.deployment_view(deployment_id).await
+        let deployment_id = self
+            .service()
+            .store()
+            .resolve_deployment_id(deployment_id)
+            .await?;
+        self.deployment_view(&deployment_id).await
     }
 
     /// The full view of a deployment the caller was already authorized for (the deploy call
@@ -83,8 +88,8 @@ impl Fleet {
         store.recent_deployments(app.id, limit.into()).await
     }
 
-    /// `berth deploy --follow`: a stream of the deployment's steps, from the first, ending
-    /// with its final row. The stream ends early when the receiver is dropped (at once, not
+    /// `berth deploy --follow`: a stream of the deployment's steps (by id or a unique prefix
+    /// of one), from the first, ending with its final row. The stream ends early when the receiver is dropped (at once, not
     /// at the next step), when it reached its maximum lifetime or when the store fails (the
     /// error is the last item). Refused when the caller or the node has too many open.
     pub async fn watch(
@@ -95,11 +100,15 @@ impl Fleet {
         actor.require(Permission::Read)?;
         let limits = &self.inner.config.watch;
         let slot = self.inner.watchers.admit(limits, &actor.name)?;
-        // An unknown id is refused now, not as the first item of the stream.
-        self.service().store().deployment(deployment_id).await?;
+        // An unknown id (or an ambiguous prefix) is refused now, not as the first item of
+        // the stream.
+        let deployment_id = self
+            .service()
+            .store()
+            .resolve_deployment_id(deployment_id)
+            .await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let fleet = self.clone();
-        let deployment_id = deployment_id.to_string();
         let lifetime = limits.max_lifetime;
         tokio::spawn(async move {
             let _slot = slot;

@@ -61,7 +61,7 @@ impl Fleet {
                     deployment_id,
                     batch,
                     true,
-                    pb::CommandKind::Deploy.as_str_name(),
+                    command_word(pb::CommandKind::Deploy),
                 )
                 .await?;
             let mut set = JoinSet::new();
@@ -381,7 +381,7 @@ impl Fleet {
                     deployment_id,
                     &[agent.to_string()],
                     kind == pb::CommandKind::Deploy,
-                    kind.as_str_name(),
+                    command_word(kind),
                 )
                 .await?;
         }
@@ -452,4 +452,15 @@ fn now_nanos() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// How a dispatch event names its command (`deploy sent to web-1`), in the words of the
+/// CLI, never the proto's `COMMAND_KIND_DEPLOY`.
+fn command_word(kind: pb::CommandKind) -> &'static str {
+    match kind {
+        pb::CommandKind::Deploy => "deploy",
+        pb::CommandKind::Commit => "commit",
+        pb::CommandKind::Rollback => "rollback",
+        pb::CommandKind::Unspecified => "command",
+    }
 }

@@ -428,6 +428,48 @@ impl Store {
             .await
     }
 
+    /// The full id of the deployment `given` names: its id, or a prefix of exactly one
+    /// deployment's id (`berth deploy show 3f2a`, as `git` takes a short hash). An ambiguous
+    /// prefix is refused naming the candidates; an unknown one is not found.
+    pub async fn resolve_deployment_id(&self, given: &str) -> Result<String> {
+        const SHOWN: usize = 5;
+        const FETCHED: i64 = 6;
+        if given.is_empty() {
+            return Err(Error::invalid("a deployment id is required"));
+        }
+        let exact: Option<String> =
+            sqlx::query_scalar("SELECT deployment_id FROM deployment_logs WHERE deployment_id = ?")
+                .bind(given)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(internal)?;
+        if let Some(id) = exact {
+            return Ok(id);
+        }
+        // substr, not LIKE: `_` and `%` in the input are characters, not patterns.
+        let matches: Vec<String> = sqlx::query_scalar(
+            "SELECT deployment_id FROM deployment_logs \
+             WHERE substr(deployment_id, 1, length(?1)) = ?1 ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(given)
+        .bind(FETCHED)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)?;
+        match matches.as_slice() {
+            [] => Err(Error::not_found(format!("deployment {given} not found"))),
+            [id] => Ok(id.clone()),
+            many => {
+                let shown: Vec<&str> = many.iter().take(SHOWN).map(String::as_str).collect();
+                let more = if many.len() > SHOWN { ", …" } else { "" };
+                Err(Error::invalid(format!(
+                    "deployment id prefix {given} is ambiguous: it matches {}{more}; give more characters",
+                    shown.join(", ")
+                )))
+            }
+        }
+    }
+
     pub async fn deployment(&self, deployment_id: &str) -> Result<(DeploymentLog, String)> {
         let log: DeploymentLog =
             sqlx::query_as("SELECT * FROM deployment_logs WHERE deployment_id = ?")
