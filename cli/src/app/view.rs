@@ -341,12 +341,18 @@ impl AppShow {
         line(String::new());
         line(format!(
             "Effective environment ({} keys reach the containers)",
-            self.effective.iter().filter(|v| v.problem.is_none()).count()
+            self.effective
+                .iter()
+                .filter(|v| v.problem.is_none())
+                .count()
         ));
         if self.effective.is_empty() {
             line("  none".to_string());
         } else {
-            for row in crate::env::effective_table(&self.effective).render().lines() {
+            for row in crate::env::effective_table(&self.effective)
+                .render()
+                .lines()
+            {
                 line(format!("  {row}"));
             }
         }
