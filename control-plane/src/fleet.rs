@@ -117,6 +117,8 @@ struct Inner {
     /// closes the store only once they have recorded their disconnect.
     open_streams: AtomicUsize,
     streams_done: Notify,
+    /// Fired once when the node starts to stop (with `closing` set first).
+    stopping: Notify,
     /// Refused webhook tokens and registry secrets, audited per client and window.
     refusals: refusals::Refusals,
 }
@@ -179,6 +181,7 @@ impl Fleet {
                 closing: AtomicBool::new(false),
                 open_streams: AtomicUsize::new(0),
                 streams_done: Notify::new(),
+                stopping: Notify::new(),
                 refusals: refusals::Refusals::default(),
             }),
         }
@@ -311,6 +314,18 @@ impl Fleet {
             .await
     }
 
+    /// Returns once the node has started to stop ([`Fleet::close_streams`]): what a
+    /// long-lived stream (a deploy watch) waits for so that it never holds the stop up.
+    pub async fn stopping(&self) {
+        loop {
+            let notified = self.inner.stopping.notified();
+            if self.inner.closing.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// When the node stops: refuses new streams, ends every live one ([`SHUTTING_DOWN`]),
     /// and waits (at most `limit`) until their handlers have recorded the disconnects, so
     /// that the store can be closed after. Connected agents do not hold the stop up.
@@ -320,6 +335,7 @@ impl Fleet {
             self.inner.closing.store(true, Ordering::Release);
             live.values_mut().filter_map(|a| a.kill.take()).collect()
         };
+        self.inner.stopping.notify_waiters();
         for kill in killed {
             let _ = kill.send(SHUTTING_DOWN);
         }

@@ -116,6 +116,11 @@ impl Fleet {
                 // The client is gone (the RPC's response stream, holding the receiver, was
                 // dropped): nothing is left to do, even if the deployment never moves again.
                 () = tx.closed() => return,
+                // The node stops: an open watch must not hold its graceful stop up.
+                () = fleet.stopping() => Err(Error::Unavailable(format!(
+                    "the control plane is stopping: follow deployment {deployment_id} again \
+                     once it is back (`berth deploy show {deployment_id} --follow`)"
+                ))),
                 () = tokio::time::sleep(lifetime) => Err(Error::Unavailable(format!(
                     "the watch of deployment {deployment_id} reached its maximum lifetime of \
                      {} s before the deployment finished: watch it again or see \

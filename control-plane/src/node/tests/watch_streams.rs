@@ -152,3 +152,23 @@ async fn a_watch_stream_ends_at_its_maximum_lifetime_with_a_clear_status() {
         .unwrap();
     assert_eq!(log.status, DeploymentStatus::Running, "{log:?}");
 }
+
+/// An open `deploy --follow` of a deployment that keeps running does not hold the node's
+/// clean stop up: the watch ends with UNAVAILABLE saying how to follow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_watch_ends_when_the_node_stops_and_does_not_hold_the_stop() {
+    let (mut cluster, id) = cluster_with(WatchLimits::default()).await;
+    let key = viewer_key(&cluster, "follower").await;
+    let mut stream = watch(&cluster, &id, &key).await.unwrap();
+    stream.message().await.unwrap().expect("a first step");
+    cluster.stop_node().await.unwrap();
+    let ended = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the watch ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("is stopping"), "{ended:?}");
+}
