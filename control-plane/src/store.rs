@@ -53,11 +53,8 @@ pub use secrets::WriteCounts;
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
-    /// Connections with `synchronous=NORMAL`, for the deployment step log only: in WAL mode a
-    /// commit there survives kill -9 of the process (it is in the OS page cache) but not a
-    /// power cut, and costs no fsync. Nothing written through it is acknowledged to anyone.
-    log_pool: SqlitePool,
-    /// The group-committing writer of the hot write paths (deployments, targets, audit).
+    /// The group-committing writer of the hot write paths (deployments, targets, the step
+    /// log, agent presence, audit).
     writer: writer::Writer,
     /// Environment structures by application, valid for one value of the change counter.
     env_cache: env_structure::SharedEnvCache,
@@ -78,16 +75,7 @@ impl Store {
             .busy_timeout(Duration::from_secs(10));
         let store = Self::connect(options.clone()).await?;
         let writer = writer::Writer::start(options.clone()).await?;
-        let log_pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(options.synchronous(SqliteSynchronous::Normal))
-            .await
-            .map_err(|e| Error::Unavailable(format!("cannot open database: {e}")))?;
-        Ok(Store {
-            log_pool,
-            writer,
-            ..store
-        })
+        Ok(Store { writer, ..store })
     }
 
     /// An in-memory database, for unit tests and benchmarks.
@@ -111,7 +99,6 @@ impl Store {
             .map_err(|e| Error::Unavailable(format!("cannot open database: {e}")))?;
         migrate(&pool).await?;
         Ok(Store {
-            log_pool: pool.clone(),
             writer: writer::Writer::Pool(pool.clone()),
             env_cache: Default::default(),
             pool,
@@ -126,7 +113,6 @@ impl Store {
 
     pub async fn close(&self) {
         self.writer.close().await;
-        self.log_pool.close().await;
         self.pool.close().await;
     }
 

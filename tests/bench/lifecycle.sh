@@ -73,7 +73,7 @@ berth group create g >/dev/null
 python3 - "$ROWS" "$WORK" <<'PY'
 import sys
 rows, work = int(sys.argv[1]), sys.argv[2]
-per = 30000
+per = 20000  # import documents are capped at 1 MiB
 for part, start in enumerate(range(0, rows, per)):
     with open(f"{work}/import-{part}.env", "w") as f:
         for i in range(start, min(rows, start + per)):
@@ -124,15 +124,20 @@ T0=$(now_ms); berth backup create "$WORK/b.berthbak" >/dev/null; BERTH_MS=$(( $(
 touch "$STOP"; wait "$LOOP"
 ARCHIVE_MIB=$(( $(stat -c %s "$WORK/b.berthbak") / 1048576 )); rm -f "$WORK/b.berthbak"
 
+# SQLite's backup API restarts its copy whenever another connection writes the source, so
+# under a write loop that never pauses `.backup` never finishes: the loop here stops after
+# LOOP_SECONDS, and the report says whether the copy finished only once the writes stopped.
 rm -f "$STOP"; loop_until "$RESULTS/write-sqlite-backup.ms" "$STOP" write_once & LOOP=$!
+( sleep "$LOOP_SECONDS"; touch "$STOP" ) & TIMER=$!
 T0=$(now_ms); sqlite3 "$DATA/berth.db" ".backup '$WORK/anchor.db'"; ANCHOR_MS=$(( $(now_ms) - T0 ))
-touch "$STOP"; wait "$LOOP"; rm -f "$WORK/anchor.db"
+ANCHOR_NOTE=""; [ -f "$STOP" ] && ANCHOR_NOTE=" (finished only after the write loop stopped at ${LOOP_SECONDS} s)"
+touch "$STOP"; kill "$TIMER" 2>/dev/null || true; wait "$LOOP"; rm -f "$WORK/anchor.db"
 
 echo
 echo "| | time ms | writes | p50 ms | p99 ms | longest write ms |"
 echo "|---|---|---|---|---|---|"
 echo "| no backup (${LOOP_SECONDS} s) | - | $(stats "$RESULTS/write-alone.ms") |"
 echo "| \`berth backup create\` (archive ${ARCHIVE_MIB} MiB) | $BERTH_MS | $(stats "$RESULTS/write-berth-backup.ms") |"
-echo "| \`sqlite3 .backup\` (anchor) | $ANCHOR_MS | $(stats "$RESULTS/write-sqlite-backup.ms") |"
+echo "| \`sqlite3 .backup\` (anchor)$ANCHOR_NOTE | $ANCHOR_MS | $(stats "$RESULTS/write-sqlite-backup.ms") |"
 echo
 echo "raw: $RESULTS"

@@ -203,7 +203,8 @@ impl Store {
             .await
     }
 
-    /// Appends to the step log (through the no-fsync pool: see `Store::log_pool`).
+    /// Appends to the step log, through the group commit: the events of many agents and
+    /// deployments share one transaction and its fsync.
     pub async fn add_deployment_event(
         &self,
         deployment_id: &str,
@@ -211,21 +212,25 @@ impl Store {
         phase: &str,
         message: &str,
     ) -> Result<i64> {
-        sqlx::query_scalar(
-            "INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, ?, ?, ?) RETURNING id",
-        )
-        .bind(deployment_id)
-        .bind(agent)
-        .bind(phase)
-        .bind(message)
-        .fetch_one(&self.log_pool)
-        .await
-        .map_err(internal)
+        let (deployment_id, agent, phase, message) = (
+            deployment_id.to_string(),
+            agent.map(str::to_string),
+            phase.to_string(),
+            message.to_string(),
+        );
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    insert_event(conn, &deployment_id, agent.as_deref(), &phase, &message).await
+                })
+            })
+            .await
     }
 
     /// Appends an event an agent sent, only when that agent is a target of the deployment
     /// and has sent fewer than `cap` events for it; the event that reaches the cap is
     /// replaced by one saying that later ones are dropped. Returns whether it was stored.
+    /// The check and the insert are one write (no other event of the agent comes between).
     pub async fn add_agent_event(
         &self,
         deployment_id: &str,
@@ -234,29 +239,40 @@ impl Store {
         message: &str,
         cap: i64,
     ) -> Result<bool> {
-        let (is_target, sent): (bool, i64) = sqlx::query_as(
-            "SELECT EXISTS(SELECT 1 FROM deployment_targets WHERE deployment_id = ?1 AND agent_name = ?2), \
-             (SELECT COUNT(*) FROM deployment_events WHERE deployment_id = ?1 AND agent_name = ?2)",
-        )
-        .bind(deployment_id)
-        .bind(agent)
-        .fetch_one(&self.log_pool)
-        .await
-        .map_err(internal)?;
-        if !is_target || sent >= cap {
-            return Ok(false);
-        }
-        let (phase, message) = if sent + 1 == cap {
-            (
-                "events",
-                format!("{cap} events from {agent}: later events of this deployment are dropped"),
-            )
-        } else {
-            (phase, message.to_string())
-        };
-        self.add_deployment_event(deployment_id, Some(agent), phase, &message)
-            .await?;
-        Ok(true)
+        let (deployment_id, agent, phase, message) = (
+            deployment_id.to_string(),
+            agent.to_string(),
+            phase.to_string(),
+            message.to_string(),
+        );
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let (is_target, sent): (bool, i64) = sqlx::query_as(
+                        "SELECT EXISTS(SELECT 1 FROM deployment_targets WHERE deployment_id = ?1 AND agent_name = ?2), \
+                         (SELECT COUNT(*) FROM deployment_events WHERE deployment_id = ?1 AND agent_name = ?2)",
+                    )
+                    .bind(&deployment_id)
+                    .bind(&agent)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(internal)?;
+                    if !is_target || sent >= cap {
+                        return Ok(false);
+                    }
+                    let (phase, message) = if sent + 1 == cap {
+                        (
+                            "events".to_string(),
+                            format!("{cap} events from {agent}: later events of this deployment are dropped"),
+                        )
+                    } else {
+                        (phase, message)
+                    };
+                    insert_event(conn, &deployment_id, Some(&agent), &phase, &message).await?;
+                    Ok(true)
+                })
+            })
+            .await
     }
 
     /// The state of one target, `None` when the agent is not a target of the deployment.
@@ -712,4 +728,24 @@ async fn supersede_queued(
             .map_err(internal)?;
     }
     Ok(superseded)
+}
+
+/// One step-log row, on the writer's connection.
+async fn insert_event(
+    conn: &mut sqlx::SqliteConnection,
+    deployment_id: &str,
+    agent: Option<&str>,
+    phase: &str,
+    message: &str,
+) -> Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, ?, ?, ?) RETURNING id",
+    )
+    .bind(deployment_id)
+    .bind(agent)
+    .bind(phase)
+    .bind(message)
+    .fetch_one(conn)
+    .await
+    .map_err(internal)
 }
