@@ -39,7 +39,11 @@ impl Service {
             }
         }
         let row = found.ok_or_else(refused)?;
-        self.store.touch_api_key(row.id).await?;
+        // `last_used_at` is kept to the minute: most calls need no write at all (a write per
+        // call took SQLite's write lock on every request).
+        if used_over_a_minute_ago(row.last_used_at.as_deref(), time::OffsetDateTime::now_utc()) {
+            self.store.touch_api_key(row.id).await?;
+        }
         Ok(Actor {
             name: format!("apikey:{}", row.name),
             role: Role::parse(&row.role)?,
@@ -101,8 +105,37 @@ impl Service {
     }
 }
 
+/// Whether a key last used at `last_used` (SQLite's `datetime('now')`, UTC
+/// `YYYY-MM-DD HH:MM:SS`) should be recorded as used again at `now`: never used, used over a
+/// minute ago, or a value that does not read as such a time.
+fn used_over_a_minute_ago(last_used: Option<&str>, now: time::OffsetDateTime) -> bool {
+    let Some(last_used) = last_used else {
+        return true;
+    };
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    match time::PrimitiveDateTime::parse(last_used, format) {
+        Ok(at) => now - at.assume_utc() > time::Duration::seconds(60),
+        Err(_) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_key_is_recorded_as_used_at_most_once_a_minute() {
+        let now = time::macros::datetime!(2026-11-30 10:00:00 UTC);
+        assert!(super::used_over_a_minute_ago(None, now));
+        assert!(!super::used_over_a_minute_ago(
+            Some("2026-11-30 09:59:30"),
+            now
+        ));
+        assert!(super::used_over_a_minute_ago(
+            Some("2026-11-30 09:58:59"),
+            now
+        ));
+        assert!(super::used_over_a_minute_ago(Some("not a time"), now));
+    }
+
     use super::*;
     use crate::error::ErrorCode;
     use crate::service::testing::{admin, service};

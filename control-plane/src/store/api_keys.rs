@@ -63,14 +63,20 @@ impl Store {
 
     /// Records use, at most once a minute per key so reads do not turn into writes.
     pub async fn touch_api_key(&self, id: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE api_keys SET last_used_at = datetime('now') WHERE id = ? \
-             AND (last_used_at IS NULL OR last_used_at < datetime('now', '-60 seconds'))",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(internal)?;
-        Ok(())
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE api_keys SET last_used_at = datetime('now') WHERE id = ? \
+                         AND (last_used_at IS NULL OR last_used_at < datetime('now', '-60 seconds'))",
+                    )
+                    .bind(id)
+                    .execute(conn)
+                    .await
+                    .map_err(internal)?;
+                    Ok(())
+                })
+            })
+            .await
     }
 }

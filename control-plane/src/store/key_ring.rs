@@ -110,17 +110,27 @@ impl Store {
     }
 
     /// Persists `n` more encryptions under a key before they are made.
+    /// Through the group commit, like every hot write (a rewrap reserves often).
     pub async fn reserve_encryptions(&self, id: &str, n: i64) -> Result<()> {
-        let done = sqlx::query("UPDATE key_ring SET encryptions = encryptions + ? WHERE id = ?")
-            .bind(n)
-            .bind(id)
-            .execute(&self.pool)
+        let id = id.to_string();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "UPDATE key_ring SET encryptions = encryptions + ? WHERE id = ?",
+                    )
+                    .bind(n)
+                    .bind(&id)
+                    .execute(conn)
+                    .await
+                    .map_err(internal)?;
+                    if done.rows_affected() != 1 {
+                        return Err(Error::Internal(format!("key ring entry {id} is gone")));
+                    }
+                    Ok(())
+                })
+            })
             .await
-            .map_err(internal)?;
-        if done.rows_affected() != 1 {
-            return Err(Error::Internal(format!("key ring entry {id} is gone")));
-        }
-        Ok(())
     }
 
     /// Up to `limit` ciphertexts of `column` not under `key_id`, after `after_rowid`, in rowid
