@@ -296,6 +296,20 @@ mod migration_tests {
 
     use super::*;
 
+    /// Applies the migrations numbered below `version`: a database as an older berth left it.
+    async fn migrate_before(pool: &SqlitePool, version: i64) {
+        let mut before = sqlx::migrate!("../migrations");
+        before.migrations = Cow::Owned(
+            before
+                .migrations
+                .iter()
+                .filter(|m| m.version < version)
+                .cloned()
+                .collect(),
+        );
+        before.run(pool).await.unwrap();
+    }
+
     /// Migration 5 rebuilds `deployment_logs`; the children of every deployment (targets and
     /// the step log, both `ON DELETE CASCADE`) must survive it.
     #[tokio::test]
@@ -310,16 +324,7 @@ mod migration_tests {
             .connect_with(options)
             .await
             .unwrap();
-        let mut before = sqlx::migrate!("../migrations");
-        before.migrations = Cow::Owned(
-            before
-                .migrations
-                .iter()
-                .filter(|m| m.version < 5)
-                .cloned()
-                .collect(),
-        );
-        before.run(&pool).await.unwrap();
+        migrate_before(&pool, 5).await;
         for sql in [
             "INSERT INTO applications (name, image) VALUES ('web', 'team/web')",
             "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, status) \
@@ -369,16 +374,7 @@ mod migration_tests {
             )
             .await
             .unwrap();
-        let mut before = sqlx::migrate!("../migrations");
-        before.migrations = Cow::Owned(
-            before
-                .migrations
-                .iter()
-                .filter(|m| m.version < 6)
-                .cloned()
-                .collect(),
-        );
-        before.run(&pool).await.unwrap();
+        migrate_before(&pool, 6).await;
         for sql in [
             "INSERT INTO applications (name, image) VALUES ('web', 'team/web')",
             "INSERT INTO domains (application_id, domain) VALUES (1, 'shop.example.com')",
@@ -421,16 +417,7 @@ mod migration_tests {
             .connect_with(SqliteConnectOptions::from_str("sqlite::memory:").unwrap())
             .await
             .unwrap();
-        let mut before = sqlx::migrate!("../migrations");
-        before.migrations = Cow::Owned(
-            before
-                .migrations
-                .iter()
-                .filter(|m| m.version < 11)
-                .cloned()
-                .collect(),
-        );
-        before.run(&pool).await.unwrap();
+        migrate_before(&pool, 11).await;
         let old = [
             "application.create",
             "application.update",
