@@ -15,6 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection as _, SqliteConnection, SqlitePool};
@@ -185,8 +186,20 @@ async fn run(
             }
         }
         if !batch.is_empty() {
-            commit_batch(&mut conn, batch).await;
+            let jobs = batch.len();
+            let timing = commit_batch(&mut conn, batch).await;
             batches.fetch_add(1, Ordering::Relaxed);
+            if timing.total() >= SLOW_BATCH {
+                // What an operator needs to tell a lock wait (another connection writing)
+                // from slow jobs from a slow commit (fsync, checkpoint).
+                tracing::warn!(
+                    jobs,
+                    lock_wait_ms = timing.begin.as_millis(),
+                    jobs_ms = timing.jobs.as_millis(),
+                    commit_ms = timing.commit.as_millis(),
+                    "slow database commit"
+                );
+            }
         }
     }
     let _ = conn.close().await;
@@ -195,15 +208,36 @@ async fn run(
     }
 }
 
+/// A batch that takes this long is logged with where its time went.
+const SLOW_BATCH: Duration = Duration::from_millis(250);
+
+/// Where a batch's time went: waiting for SQLite's write lock, running the jobs, committing.
+#[derive(Default)]
+struct Timing {
+    begin: Duration,
+    jobs: Duration,
+    commit: Duration,
+}
+
+impl Timing {
+    fn total(&self) -> Duration {
+        self.begin + self.jobs + self.commit
+    }
+}
+
 /// One transaction for the whole batch, a savepoint per job, one commit.
-async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Job>) {
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Job>) -> Timing {
+    let mut timing = Timing::default();
+    let started = Instant::now();
+    let begun = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await;
+    timing.begin = started.elapsed();
+    if let Err(e) = begun {
         let why = failure(e);
         for job in batch {
             // Never run: each caller hears why (nothing of it was written).
             job(Err(why.clone())).await;
         }
-        return;
+        return timing;
     }
     let mut committed = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter();
@@ -232,11 +266,13 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Job>) {
             for job in jobs {
                 job(Err(why.clone())).await;
             }
-            return;
+            return timing;
         }
         let _ = sqlx::query("RELEASE job").execute(&mut *conn).await;
         (ran.acknowledge)(None);
     }
+    timing.jobs = started.elapsed() - timing.begin;
+    let committing = Instant::now();
     let failed = match sqlx::query("COMMIT").execute(&mut *conn).await {
         Ok(_) => None,
         Err(e) => {
@@ -244,9 +280,11 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Job>) {
             Some(failure(e))
         }
     };
+    timing.commit = committing.elapsed();
     for acknowledge in committed {
         acknowledge(failed.clone());
     }
+    timing
 }
 
 #[cfg(test)]
