@@ -10,6 +10,7 @@ UPDATE audit_log SET action = CASE action
     WHEN 'application.rotate_token' THEN 'app.rotate_token'
     WHEN 'deployment.start' THEN 'deploy.start'
     WHEN 'deployment.refused' THEN 'deploy.refused'
+    WHEN 'deployment.queue' THEN 'deploy.queue'
     WHEN 'agent.token.create' THEN 'agent.token_create'
     WHEN 'acme.account.create' THEN 'acme.account_create'
     WHEN 'domain.acme.issue' THEN 'domain.acme_issue'
@@ -19,7 +20,7 @@ UPDATE audit_log SET action = CASE action
 END
 WHERE action IN (
     'application.create', 'application.update', 'application.delete',
-    'application.rotate_token', 'deployment.start', 'deployment.refused',
+    'application.rotate_token', 'deployment.start', 'deployment.refused', 'deployment.queue',
     'agent.token.create', 'acme.account.create', 'domain.acme.issue', 'domain.acme.fail',
     'key.rotate.resume'
 );

@@ -579,46 +579,53 @@ impl Store {
         d: &NewDeployment<'_>,
         behind: &str,
     ) -> Result<Vec<String>> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let d = OwnedDeployment::from(d);
+        let behind = behind.to_string();
+        // Through the group commit, like every hot write: on a pool connection of its own it
+        // waited in SQLite's busy handler while the writer kept the lock (deploys queued during
+        // a key rewrap waited up to 2 s).
+        self.writer
+            .write(move |tx| {
+                Box::pin(async move {
+                    let d = d.borrowed();
+                    let superseded =
+                        supersede_queued(&mut *tx, d.application_id, d.deployment_id).await?;
+                    sqlx::query(
+                        "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
+                         VALUES (?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(d.application_id)
+                    .bind(d.version)
+                    .bind(d.deployment_id)
+                    .bind(d.trigger_type)
+                    .bind(d.trigger_source)
+                    .bind(DeploymentStatus::Queued)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(internal)?;
+                    sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, NULL, 'queued', ?)")
+                        .bind(d.deployment_id)
+                        .bind(format!("queued behind deployment {behind}"))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(internal)?;
+                    sqlx::query(
+                        "INSERT INTO audit_log (actor, action, target, details) \
+                         SELECT ?, 'deploy.queue', name, ? FROM applications WHERE id = ?",
+                    )
+                    .bind(d.actor)
+                    .bind(format!(
+                        "{} version {} behind {behind}",
+                        d.deployment_id, d.version
+                    ))
+                    .bind(d.application_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(internal)?;
+                    Ok(superseded)
+                })
+            })
             .await
-            .map_err(internal)?;
-        let superseded = supersede_queued(&mut tx, d.application_id, d.deployment_id).await?;
-        sqlx::query(
-            "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(d.application_id)
-        .bind(d.version)
-        .bind(d.deployment_id)
-        .bind(d.trigger_type)
-        .bind(d.trigger_source)
-        .bind(DeploymentStatus::Queued)
-        .execute(&mut *tx)
-        .await
-        .map_err(internal)?;
-        sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, NULL, 'queued', ?)")
-            .bind(d.deployment_id)
-            .bind(format!("queued behind deployment {behind}"))
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-        sqlx::query(
-            "INSERT INTO audit_log (actor, action, target, details) \
-             SELECT ?, 'deployment.queue', name, ? FROM applications WHERE id = ?",
-        )
-        .bind(d.actor)
-        .bind(format!(
-            "{} version {} behind {behind}",
-            d.deployment_id, d.version
-        ))
-        .bind(d.application_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
-        Ok(superseded)
     }
 
     /// Takes the newest queued deployment of an application to run it: it becomes pending,
@@ -628,61 +635,63 @@ impl Store {
         &self,
         application_id: i64,
     ) -> Result<Option<(DeploymentLog, Vec<String>)>> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        self.writer
+            .write(move |tx| {
+                Box::pin(async move {
+                    let next: Option<String> = sqlx::query_scalar(
+                        "SELECT deployment_id FROM deployment_logs WHERE application_id = ? AND status = ? ORDER BY id DESC LIMIT 1",
+                    )
+                    .bind(application_id)
+                    .bind(DeploymentStatus::Queued)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(internal)?;
+                    let Some(next) = next else {
+                        return Ok(None);
+                    };
+                    let superseded = supersede_queued(&mut *tx, application_id, &next).await?;
+                    sqlx::query("UPDATE deployment_logs SET status = ? WHERE deployment_id = ?")
+                        .bind(DeploymentStatus::Pending)
+                        .bind(&next)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(internal)?;
+                    sqlx::query("UPDATE applications SET status = 'deploying', updated_at = datetime('now') WHERE id = ?")
+                        .bind(application_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(internal)?;
+                    let log: DeploymentLog =
+                        sqlx::query_as("SELECT * FROM deployment_logs WHERE deployment_id = ?")
+                            .bind(&next)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(internal)?;
+                    Ok(Some((log, superseded)))
+                })
+            })
             .await
-            .map_err(internal)?;
-        let next: Option<String> = sqlx::query_scalar(
-            "SELECT deployment_id FROM deployment_logs WHERE application_id = ? AND status = ? ORDER BY id DESC LIMIT 1",
-        )
-        .bind(application_id)
-        .bind(DeploymentStatus::Queued)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(internal)?;
-        let Some(next) = next else {
-            return Ok(None);
-        };
-        let superseded = supersede_queued(&mut tx, application_id, &next).await?;
-        sqlx::query("UPDATE deployment_logs SET status = ? WHERE deployment_id = ?")
-            .bind(DeploymentStatus::Pending)
-            .bind(&next)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-        sqlx::query("UPDATE applications SET status = 'deploying', updated_at = datetime('now') WHERE id = ?")
-            .bind(application_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-        let log: DeploymentLog =
-            sqlx::query_as("SELECT * FROM deployment_logs WHERE deployment_id = ?")
-                .bind(&next)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
-        Ok(Some((log, superseded)))
     }
 
     /// The target rows of a deployment taken from the queue, before anything is dispatched.
     pub async fn add_targets(&self, deployment_id: &str, targets: &[String]) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let (deployment_id, targets) = (deployment_id.to_string(), targets.to_vec());
+        self.writer
+            .write(move |tx| {
+                Box::pin(async move {
+                    for agent in &targets {
+                        sqlx::query("INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES (?, ?, ?)")
+                            .bind(&deployment_id)
+                            .bind(agent)
+                            .bind(TargetStatus::Pending)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(internal)?;
+                    }
+                    Ok(())
+                })
+            })
             .await
-            .map_err(internal)?;
-        for agent in targets {
-            sqlx::query("INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES (?, ?, ?)")
-                .bind(deployment_id)
-                .bind(agent)
-                .bind(TargetStatus::Pending)
-                .execute(&mut *tx)
-                .await
-                .map_err(internal)?;
-        }
-        tx.commit().await.map_err(internal)
     }
 
     /// Applications with a queued deployment and none holding the slot (after a restart).
