@@ -4,10 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# A full build and test run writes about N GiB (target dir, images, test data dirs); say so
-# before starting rather than failing half-way on ENOSPC.
+# A full build and test run writes about 6 GiB (the target dir is ~5 GiB, then the provider
+# venv, test images and data dirs); say so before starting rather than failing half-way on
+# ENOSPC.
 avail_kib=$(df -Pk . | awk 'NR==2 {print $4}')
-printf '==> disk: %s GiB free here\n' "$((avail_kib / 1048576))"
+printf '==> disk: %s GiB free here (a full run needs about 6 GiB)\n' "$((avail_kib / 1048576))"
+if [ "$avail_kib" -lt $((6 * 1048576)) ]; then
+  printf '==> warning: less than 6 GiB free: the build may fail with "No space left on device"\n'
+fi
 
 log() { printf '\n==> %s\n' "$*"; }
 

@@ -107,20 +107,7 @@ impl Store {
             .write(move |tx| {
                 Box::pin(async move {
                     let d = d.borrowed();
-                let superseded = supersede_queued(&mut *tx, d.application_id, d.deployment_id).await?;
-                sqlx::query(
-                    "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
-                     VALUES (?, ?, ?, ?, ?, ?)",
-                )
-                .bind(d.application_id)
-                .bind(d.version)
-                .bind(d.deployment_id)
-                .bind(d.trigger_type)
-                .bind(d.trigger_source)
-                .bind(DeploymentStatus::Pending)
-                .execute(&mut *tx)
-                .await
-                .map_err(internal)?;
+                let superseded = insert_log_row(&mut *tx, &d, DeploymentStatus::Pending).await?;
                 for agent in d.targets {
                     sqlx::query("INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES (?, ?, ?)")
                         .bind(d.deployment_id)
@@ -588,21 +575,7 @@ impl Store {
             .write(move |tx| {
                 Box::pin(async move {
                     let d = d.borrowed();
-                    let superseded =
-                        supersede_queued(&mut *tx, d.application_id, d.deployment_id).await?;
-                    sqlx::query(
-                        "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
-                         VALUES (?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(d.application_id)
-                    .bind(d.version)
-                    .bind(d.deployment_id)
-                    .bind(d.trigger_type)
-                    .bind(d.trigger_source)
-                    .bind(DeploymentStatus::Queued)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(internal)?;
+                    let superseded = insert_log_row(&mut *tx, &d, DeploymentStatus::Queued).await?;
                     sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, NULL, 'queued', ?)")
                         .bind(d.deployment_id)
                         .bind(format!("queued behind deployment {behind}"))
@@ -704,6 +677,30 @@ impl Store {
         .await
         .map_err(internal)
     }
+}
+
+/// The aggregate row of a new deployment with `status`, after superseding the application's
+/// queued deployments by it (only the newest waits). Returns the superseded ids.
+async fn insert_log_row(
+    tx: &mut sqlx::SqliteConnection,
+    d: &NewDeployment<'_>,
+    status: DeploymentStatus,
+) -> Result<Vec<String>> {
+    let superseded = supersede_queued(&mut *tx, d.application_id, d.deployment_id).await?;
+    sqlx::query(
+        "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(d.application_id)
+    .bind(d.version)
+    .bind(d.deployment_id)
+    .bind(d.trigger_type)
+    .bind(d.trigger_source)
+    .bind(status)
+    .execute(&mut *tx)
+    .await
+    .map_err(internal)?;
+    Ok(superseded)
 }
 
 /// Supersedes every queued deployment of an application but `by`, recording why.
