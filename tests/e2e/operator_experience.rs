@@ -158,6 +158,11 @@ fn a_deploy_not_followed_says_how_to_follow_it_and_the_follower_speaks_plainly()
     build_test_images();
     let d = dirs();
     let node = DevNode::start_in(&d);
+    // The node answers before its local agent has connected: a deploy before that fails at
+    // once for want of a target.
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::fixture::agent::wait_connected(&node, "local"));
     let app = unique("follow");
     let _cleanup = Cleanup { app: app.clone() };
     create_app(&node, &app);
