@@ -99,9 +99,6 @@ struct Inner {
     connected: Notify,
     /// Called once per finished deployment (outgoing notifications subscribe here).
     on_finished: Mutex<Vec<FinishedHook>>,
-    /// Per application: held while deciding whether a deployment runs or queues, and while
-    /// the next queued one takes the slot (one deployment per application at a time).
-    app_slots: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     /// Running deployments a newer one asked to cancel (`--cancel-in-progress`), by id: the
     /// newer deployment's id. Checked between batches.
     cancels: Mutex<HashMap<String, String>>,
@@ -173,7 +170,6 @@ impl Fleet {
                 enroll_gate: enroll::EnrollGate::new(),
                 connected: Notify::new(),
                 on_finished: Mutex::new(Vec::new()),
-                app_slots: Mutex::new(HashMap::new()),
                 cancels: Mutex::new(HashMap::new()),
                 challenge_replies: Mutex::new(HashMap::new()),
                 acme_wake: Notify::new(),
@@ -621,16 +617,6 @@ impl Fleet {
             .lock()
             .expect("cancels lock")
             .remove(deployment_id);
-    }
-
-    fn app_slot(&self, application_id: i64) -> Arc<tokio::sync::Mutex<()>> {
-        self.inner
-            .app_slots
-            .lock()
-            .expect("slots lock")
-            .entry(application_id)
-            .or_default()
-            .clone()
     }
 
     /// Audits a refused credential: the first refusal of a client in a window at once, the

@@ -36,7 +36,7 @@ pub use acme::{AcmeAccountRow, AcmeIssued};
 pub use agents::{unknown_enrollment_token, AgentRow, Enrollment, EnrollmentToken};
 pub use audit::{is_action_name, AuditCursor, AuditEntry, AuditFilter};
 pub use deployments::{
-    DeploymentEventRow, DeploymentTargetRow, FailureText, NewDeployment, ServingRow,
+    Admission, DeploymentEventRow, DeploymentTargetRow, FailureText, NewDeployment, ServingRow,
 };
 pub use env::{EnvResolutionRow, ImportOutcome};
 pub use env_structure::EnvStructure;

@@ -5,7 +5,7 @@
 //! still recorded, failed, with its reason.
 //!
 //! Architecture invariant: nothing reaches an agent from this file; the rollout starts only
-//! after `insert_deployment` committed.
+//! after `admit_deployment` committed.
 
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::crypto::Aad;
 use crate::error::{Error, Result};
 use crate::model::{Application, Target, TargetStatus};
 use crate::service::{Actor, Permission};
-use crate::store::{FailureText, NewDeployment};
+use crate::store::{Admission, FailureText, NewDeployment};
 use crate::validate;
 
 #[derive(Debug, Clone)]
@@ -74,7 +74,11 @@ impl Fleet {
 
     /// The deployment itself, for callers that authorized it their own way (the webhook).
     /// One deployment per application runs at a time: while another holds the slot, this one
-    /// is queued (and supersedes an older queued one); it starts when the slot frees.
+    /// is queued (and supersedes an older queued one); it starts when the slot frees. The
+    /// store decides which, in the writer's transaction ([`Store::admit_deployment`]): no lock
+    /// is held across a commit, so deploys of one application share commits like any others.
+    ///
+    /// [`Store::admit_deployment`]: crate::store::Store::admit_deployment
     pub(crate) async fn start_deployment(
         &self,
         actor_name: &str,
@@ -85,61 +89,61 @@ impl Fleet {
         validate::version(version)?;
         let store = self.service().store();
         let deployment_id = uuid::Uuid::new_v4().to_string();
-        let slot = self.app_slot(app.id);
-        let _slot = slot.lock().await;
-        if let Some(running) = store.active_deployment(app.id).await? {
-            let superseded = store
-                .enqueue_deployment(
-                    &NewDeployment {
-                        deployment_id: &deployment_id,
-                        application_id: app.id,
-                        version,
-                        trigger_type: trigger.trigger_type,
-                        trigger_source: trigger.source.as_deref(),
-                        targets: &[],
-                        actor: actor_name,
-                    },
-                    &running,
-                )
-                .await?;
-            tracing::info!(deployment = %deployment_id, app = %app.name, behind = %running, "deployment queued");
-            // The app's own setting (issue 14) makes every deploy of it ask.
-            if trigger.cancel_in_progress || app.cancel_in_progress {
-                self.request_cancel(&running, &deployment_id);
-                store
-                    .add_deployment_event(
-                        &running,
-                        None,
-                        "cancel",
-                        &format!("cancelled by deployment {deployment_id}: no further batch; finishing cleanly"),
-                    )
-                    .await?;
-            }
-            self.inner.changed.notify_waiters();
-            for id in superseded {
-                self.notify_finished(&id).await;
-            }
-            return Ok(deployment_id);
-        }
-        // Everything that can refuse a deployment is decided before anything is dispatched:
-        // the allowlist and the environment first, then the targets.
-        let (prepared, targets) = self.prepare(&app, version, &deployment_id).await;
-        let superseded = store
-            .insert_deployment(&NewDeployment {
-                deployment_id: &deployment_id,
-                application_id: app.id,
-                version,
-                trigger_type: trigger.trigger_type,
-                trigger_source: trigger.source.as_deref(),
-                targets: &targets,
-                actor: actor_name,
-            })
+        // A hint, not the decision: when a deployment holds the slot this one will most likely
+        // queue, and a queued deployment is prepared when it starts (against the environment
+        // of then). Otherwise everything that can refuse it is decided before anything is
+        // dispatched, and its targets are recorded with it in one commit.
+        let prepared = match store.active_deployment(app.id).await? {
+            Some(_) => None,
+            None => Some(self.prepare(&app, version, &deployment_id).await),
+        };
+        let cancel = trigger.cancel_in_progress || app.cancel_in_progress;
+        let admission = store
+            .admit_deployment(
+                &NewDeployment {
+                    deployment_id: &deployment_id,
+                    application_id: app.id,
+                    version,
+                    trigger_type: trigger.trigger_type,
+                    trigger_source: trigger.source.as_deref(),
+                    targets: prepared
+                        .as_ref()
+                        .map_or(&[][..], |(_, targets)| targets.as_slice()),
+                    actor: actor_name,
+                },
+                cancel,
+            )
             .await?;
-        for id in superseded {
-            self.notify_finished(&id).await;
+        match admission {
+            Admission::Queued { behind, superseded } => {
+                tracing::info!(deployment = %deployment_id, app = %app.name, %behind, "deployment queued");
+                // The app's own setting (issue 14) makes every deploy of it ask.
+                if cancel {
+                    self.request_cancel(&behind, &deployment_id);
+                }
+                self.inner.changed.notify_waiters();
+                for id in superseded {
+                    self.notify_finished(&id).await;
+                }
+            }
+            Admission::Started { superseded } => {
+                for id in superseded {
+                    self.notify_finished(&id).await;
+                }
+                match prepared {
+                    Some((prepared, targets)) => {
+                        self.launch(actor_name, app, &deployment_id, prepared, targets)
+                            .await?;
+                    }
+                    // The deployment seen a moment ago has finished since: this one was
+                    // admitted unprepared, and is prepared now as a dequeued one is.
+                    None => {
+                        self.prepare_and_launch(actor_name, app, version, &deployment_id)
+                            .await?;
+                    }
+                }
+            }
         }
-        self.launch(actor_name, app, &deployment_id, prepared, targets)
-            .await?;
         Ok(deployment_id)
     }
 
@@ -157,11 +161,7 @@ impl Fleet {
 
     async fn start_next_now(&self, application_id: i64) -> Result<()> {
         let store = self.service().store();
-        let slot = self.app_slot(application_id);
-        let _slot = slot.lock().await;
-        if store.active_deployment(application_id).await?.is_some() {
-            return Ok(());
-        }
+        // `None` as well when a deployment admitted since holds the slot.
         let Some((log, superseded)) = store.take_next_queued(application_id).await? else {
             return Ok(());
         };
@@ -171,21 +171,28 @@ impl Fleet {
         let (_, app_name) = store.deployment(&log.deployment_id).await?;
         let app = store.application(&app_name).await?;
         tracing::info!(deployment = %log.deployment_id, app = %app.name, "queued deployment starts");
-        store
-            .add_deployment_event(
-                &log.deployment_id,
-                None,
-                "dequeued",
-                "the application's slot is free; starting",
-            )
-            .await?;
-        let (prepared, targets) = self.prepare(&app, &log.version, &log.deployment_id).await;
-        store.add_targets(&log.deployment_id, &targets).await?;
         let actor = log
             .trigger_source
             .clone()
             .unwrap_or_else(|| log.trigger_type.clone());
-        self.launch(&actor, app, &log.deployment_id, prepared, targets)
+        self.prepare_and_launch(&actor, app, &log.version, &log.deployment_id)
+            .await
+    }
+
+    /// Prepares a deployment that already holds the slot, records its targets, and launches it.
+    async fn prepare_and_launch(
+        &self,
+        actor: &str,
+        app: Application,
+        version: &str,
+        deployment_id: &str,
+    ) -> Result<()> {
+        let (prepared, targets) = self.prepare(&app, version, deployment_id).await;
+        self.service()
+            .store()
+            .add_targets(deployment_id, &targets)
+            .await?;
+        self.launch(actor, app, deployment_id, prepared, targets)
             .await
     }
 

@@ -385,3 +385,63 @@ async fn a_burst_of_deploys_of_one_app_runs_the_first_and_the_last_and_supersede
     );
     assert_eq!(cluster.executor("a1").deploy_count(), ran);
 }
+
+/// The admission decides "start or queue" in the writer's transaction: deploys of one app
+/// that arrive together share commits, and still exactly one of them takes the slot — the
+/// others queue behind it and only the newest queued one runs after it.
+#[tokio::test]
+async fn concurrent_deploys_of_one_app_admit_exactly_one_and_run_the_newest_queued_after_it() {
+    let mut cluster = Cluster::start().await;
+    cluster
+        .add_agent(
+            "a1",
+            FakeExecutor::new().with_delay(Duration::from_millis(500)),
+        )
+        .await;
+    cluster.app("web", 1).await;
+    let cluster = Arc::new(cluster);
+    let deploys: Vec<_> = (0..20)
+        .map(|i| {
+            let cluster = cluster.clone();
+            tokio::spawn(async move { cluster.deploy("web", &format!("v{i}")).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for deploy in deploys {
+        ids.push(deploy.await.unwrap());
+    }
+    let mut outcomes = Vec::new();
+    for id in &ids {
+        outcomes.push(cluster.finished(id).await);
+    }
+    let ran: Vec<&DeploymentLog> = outcomes
+        .iter()
+        .filter(|log| log.status == DeploymentStatus::Success)
+        .collect();
+    assert!(
+        outcomes.iter().all(|log| matches!(
+            log.status,
+            DeploymentStatus::Success | DeploymentStatus::Superseded
+        )),
+        "{outcomes:#?}"
+    );
+    assert_eq!(
+        ran.len(),
+        2,
+        "the admitted one, then the newest queued: {outcomes:#?}"
+    );
+    assert_eq!(cluster.executor("a1").deploy_count(), 2);
+    // The one that ran second was the newest: every superseded one was admitted before it.
+    let last = ran.iter().max_by_key(|log| log.id).unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .filter(|log| log.status == DeploymentStatus::Superseded)
+            .all(|log| log.id < last.id),
+        "{outcomes:#?}"
+    );
+    assert_eq!(
+        cluster.executor("a1").current_version("web"),
+        Some(last.version.clone())
+    );
+}

@@ -97,42 +97,55 @@ impl OwnedDeployment {
 const NOW_MS: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 impl Store {
-    /// Inserts the aggregate row (pending), one target row per agent, and marks the
-    /// application `deploying`, in one transaction (durable before anything is dispatched).
-    /// A deployment still queued for the application is superseded by this newer one; their
-    /// ids are returned.
-    pub async fn insert_deployment(&self, d: &NewDeployment<'_>) -> Result<Vec<String>> {
+    /// Admits a new deployment, deciding in the writer's transaction (which sees every
+    /// earlier write, committed or of the same batch) whether it takes the application's slot
+    /// or waits: one deployment per application at a time (issue 14) without a lock held
+    /// across an fsync.
+    ///
+    /// - No deployment of the application is pending or running: the aggregate row (pending),
+    ///   one target row per agent of `d.targets`, the application `deploying`, `deploy.start`.
+    /// - Another one is: the row is `queued` behind it with a `queued` event and a
+    ///   `deploy.queue` audit row; with `cancel_running`, the running one gets a `cancel` event.
+    ///
+    /// Either way an older queued deployment of the application is superseded by this newer
+    /// one (only the newest waits); their ids are in the answer.
+    pub async fn admit_deployment(
+        &self,
+        d: &NewDeployment<'_>,
+        cancel_running: bool,
+    ) -> Result<Admission> {
         let d = OwnedDeployment::from(d);
         self.writer
             .write(move |tx| {
                 Box::pin(async move {
                     let d = d.borrowed();
-                let superseded = insert_log_row(&mut *tx, &d, DeploymentStatus::Pending).await?;
-                for agent in d.targets {
-                    sqlx::query("INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES (?, ?, ?)")
-                        .bind(d.deployment_id)
-                        .bind(agent)
-                        .bind(TargetStatus::Pending)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(internal)?;
-                }
-                sqlx::query("UPDATE applications SET status = 'deploying', updated_at = datetime('now') WHERE id = ?")
-                    .bind(d.application_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(internal)?;
-                sqlx::query(
-                    "INSERT INTO audit_log (actor, action, target, details) \
-                     SELECT ?, 'deploy.start', name, ? FROM applications WHERE id = ?",
-                )
-                .bind(d.actor)
-                .bind(format!("{} version {}", d.deployment_id, d.version))
-                .bind(d.application_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(internal)?;
-                Ok(superseded)
+                    match active_in(&mut *tx, d.application_id).await? {
+                        None => {
+                            let superseded =
+                                insert_log_row(&mut *tx, &d, DeploymentStatus::Pending).await?;
+                            insert_targets(&mut *tx, d.deployment_id, d.targets).await?;
+                            mark_deploying(&mut *tx, d.application_id).await?;
+                            audit_deploy(&mut *tx, &d, "deploy.start", String::new()).await?;
+                            Ok(Admission::Started { superseded })
+                        }
+                        Some(behind) => {
+                            let superseded =
+                                insert_log_row(&mut *tx, &d, DeploymentStatus::Queued).await?;
+                            let queued = format!("queued behind deployment {behind}");
+                            insert_event(&mut *tx, d.deployment_id, None, "queued", &queued)
+                                .await?;
+                            if cancel_running {
+                                let why = format!(
+                                    "cancelled by deployment {}: no further batch; finishing cleanly",
+                                    d.deployment_id
+                                );
+                                insert_event(&mut *tx, &behind, None, "cancel", &why).await?;
+                            }
+                            let details = format!(" behind {behind}");
+                            audit_deploy(&mut *tx, &d, "deploy.queue", details).await?;
+                            Ok(Admission::Queued { behind, superseded })
+                        }
+                    }
                 })
             })
             .await
@@ -558,52 +571,9 @@ impl Store {
         .map_err(internal)
     }
 
-    /// Records a deployment that waits behind `behind`, in one transaction: older queued
-    /// deployments of the application are superseded by it (only the newest waits). Returns
-    /// the ids it superseded.
-    pub async fn enqueue_deployment(
-        &self,
-        d: &NewDeployment<'_>,
-        behind: &str,
-    ) -> Result<Vec<String>> {
-        let d = OwnedDeployment::from(d);
-        let behind = behind.to_string();
-        // Through the group commit, like every hot write: on a pool connection of its own it
-        // waited in SQLite's busy handler while the writer kept the lock (deploys queued during
-        // a key rewrap waited up to 2 s).
-        self.writer
-            .write(move |tx| {
-                Box::pin(async move {
-                    let d = d.borrowed();
-                    let superseded = insert_log_row(&mut *tx, &d, DeploymentStatus::Queued).await?;
-                    sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, NULL, 'queued', ?)")
-                        .bind(d.deployment_id)
-                        .bind(format!("queued behind deployment {behind}"))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(internal)?;
-                    sqlx::query(
-                        "INSERT INTO audit_log (actor, action, target, details) \
-                         SELECT ?, 'deploy.queue', name, ? FROM applications WHERE id = ?",
-                    )
-                    .bind(d.actor)
-                    .bind(format!(
-                        "{} version {} behind {behind}",
-                        d.deployment_id, d.version
-                    ))
-                    .bind(d.application_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(internal)?;
-                    Ok(superseded)
-                })
-            })
-            .await
-    }
-
     /// Takes the newest queued deployment of an application to run it: it becomes pending,
     /// and the older queued ones are superseded by it, in one transaction. Returns it and the
-    /// ids it superseded; `None` when nothing is queued.
+    /// ids it superseded; `None` when nothing is queued or another deployment holds the slot.
     pub async fn take_next_queued(
         &self,
         application_id: i64,
@@ -611,6 +581,11 @@ impl Store {
         self.writer
             .write(move |tx| {
                 Box::pin(async move {
+                    // Decided here, like an admission: a deployment admitted since the slot
+                    // freed holds it, and the queued one keeps waiting behind it.
+                    if active_in(&mut *tx, application_id).await?.is_some() {
+                        return Ok(None);
+                    }
                     let next: Option<String> = sqlx::query_scalar(
                         "SELECT deployment_id FROM deployment_logs WHERE application_id = ? AND status = ? ORDER BY id DESC LIMIT 1",
                     )
@@ -629,11 +604,9 @@ impl Store {
                         .execute(&mut *tx)
                         .await
                         .map_err(internal)?;
-                    sqlx::query("UPDATE applications SET status = 'deploying', updated_at = datetime('now') WHERE id = ?")
-                        .bind(application_id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(internal)?;
+                    mark_deploying(&mut *tx, application_id).await?;
+                    let started = "the application's slot is free; starting";
+                    insert_event(&mut *tx, &next, None, "dequeued", started).await?;
                     let log: DeploymentLog =
                         sqlx::query_as("SELECT * FROM deployment_logs WHERE deployment_id = ?")
                             .bind(&next)
@@ -646,23 +619,13 @@ impl Store {
             .await
     }
 
-    /// The target rows of a deployment taken from the queue, before anything is dispatched.
+    /// The target rows of a deployment that was admitted before it was prepared (taken from
+    /// the queue), before anything is dispatched.
     pub async fn add_targets(&self, deployment_id: &str, targets: &[String]) -> Result<()> {
         let (deployment_id, targets) = (deployment_id.to_string(), targets.to_vec());
         self.writer
             .write(move |tx| {
-                Box::pin(async move {
-                    for agent in &targets {
-                        sqlx::query("INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES (?, ?, ?)")
-                            .bind(&deployment_id)
-                            .bind(agent)
-                            .bind(TargetStatus::Pending)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(internal)?;
-                    }
-                    Ok(())
-                })
+                Box::pin(async move { insert_targets(&mut *tx, &deployment_id, &targets).await })
             })
             .await
     }
@@ -677,6 +640,82 @@ impl Store {
         .await
         .map_err(internal)
     }
+}
+
+/// How [`Store::admit_deployment`] admitted a deployment.
+#[derive(Debug)]
+pub enum Admission {
+    /// It holds the application's slot: pending, with its target rows.
+    Started { superseded: Vec<String> },
+    /// Another deployment holds the slot: it waits behind `behind`.
+    Queued {
+        behind: String,
+        superseded: Vec<String>,
+    },
+}
+
+/// The deployment of an application that holds its slot (pending or running), if any, as
+/// the writer's transaction sees it.
+async fn active_in(tx: &mut sqlx::SqliteConnection, application_id: i64) -> Result<Option<String>> {
+    sqlx::query_scalar(&format!(
+        "SELECT deployment_id FROM deployment_logs WHERE application_id = ? AND status IN {ACTIVE_SQL} \
+         ORDER BY id LIMIT 1"
+    ))
+    .bind(application_id)
+    .fetch_optional(tx)
+    .await
+    .map_err(internal)
+}
+
+async fn insert_targets(
+    tx: &mut sqlx::SqliteConnection,
+    deployment_id: &str,
+    targets: &[String],
+) -> Result<()> {
+    for agent in targets {
+        sqlx::query(
+            "INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES (?, ?, ?)",
+        )
+        .bind(deployment_id)
+        .bind(agent)
+        .bind(TargetStatus::Pending)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?;
+    }
+    Ok(())
+}
+
+async fn mark_deploying(tx: &mut sqlx::SqliteConnection, application_id: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE applications SET status = 'deploying', updated_at = datetime('now') WHERE id = ?",
+    )
+    .bind(application_id)
+    .execute(tx)
+    .await
+    .map_err(internal)?;
+    Ok(())
+}
+
+/// The audit row of an admission: `{id} version {v}{more}`.
+async fn audit_deploy(
+    tx: &mut sqlx::SqliteConnection,
+    d: &NewDeployment<'_>,
+    action: &str,
+    more: String,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (actor, action, target, details) \
+         SELECT ?, ?, name, ? FROM applications WHERE id = ?",
+    )
+    .bind(d.actor)
+    .bind(action)
+    .bind(format!("{} version {}{more}", d.deployment_id, d.version))
+    .bind(d.application_id)
+    .execute(tx)
+    .await
+    .map_err(internal)?;
+    Ok(())
 }
 
 /// The aggregate row of a new deployment with `status`, after superseding the application's
