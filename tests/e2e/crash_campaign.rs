@@ -67,7 +67,7 @@ struct Cluster {
     admin: Admin,
     shim: StandaloneShim,
     /// Kept running for the whole campaign (the data plane is not a victim here).
-    _proxies: Vec<ProxyProcess>,
+    proxies: Vec<ProxyProcess>,
     agents: Vec<(String, AgentProcess)>,
     apps: Vec<CampaignApp>,
 }
@@ -140,7 +140,7 @@ impl Cluster {
             agent_port,
             admin,
             shim,
-            _proxies: proxies,
+            proxies,
             agents,
             apps,
         }
@@ -179,6 +179,45 @@ impl Cluster {
             }
             Victim::Agent(i) => self.agents[i].1.spawn(&[]),
         }
+    }
+
+    /// The lines of every agent's and proxy's log naming an app of `down` (its lines name
+    /// the app), the last 60 of each.
+    fn host_logs(&self, down: &[String]) -> String {
+        let apps: Vec<&CampaignApp> = self
+            .apps
+            .iter()
+            .filter(|a| down.iter().any(|d| d.starts_with(&format!("{} ", a.name))))
+            .collect();
+        let mut out = String::new();
+        let mut logs: Vec<(String, String)> = self
+            .agents
+            .iter()
+            .map(|(name, agent)| (format!("agent {name}"), agent.log()))
+            .collect();
+        logs.extend(
+            self.proxies
+                .iter()
+                .enumerate()
+                .map(|(i, proxy)| (format!("proxy of host {}", HOSTS[i]), proxy.log())),
+        );
+        for (who, log) in logs {
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| apps.iter().any(|a| l.contains(&a.name)))
+                .collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            out.push_str(&format!(
+                "--- {who}: {} line(s) about the down apps, the last {}:\n",
+                lines.len(),
+                tail.len()
+            ));
+            for line in tail {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     fn deploy_apps(&self) -> Vec<DeployApp> {
@@ -293,6 +332,11 @@ async fn kill_9_campaign_loses_nothing_and_leaves_nothing_stuck_doubled_or_down(
             },
             round_started.elapsed().as_secs_f64()
         );
+        if !report.down.is_empty() {
+            // What the hosts' agents and proxies said, for a campaign that cannot be watched
+            // (CI): the lines about the apps that went down.
+            eprintln!("{}", cluster.host_logs(&report.down));
+        }
         figures.add(round, report);
     }
 
@@ -300,6 +344,13 @@ async fn kill_9_campaign_loses_nothing_and_leaves_nothing_stuck_doubled_or_down(
     figures.close(&ledger.lock().unwrap(), &all, &creations.counts());
     figures.elapsed = started.elapsed();
     eprint!("{figures}");
+    if !figures.clean() {
+        cluster.d.logs.disable_cleanup(true);
+        eprintln!(
+            "campaign: the processes' logs are kept in {}",
+            cluster.d.logs.path().display()
+        );
+    }
     assert!(
         figures.clean(),
         "the campaign found failures (replay with BERTH_CAMPAIGN_SEED={seed}):\n{figures}"

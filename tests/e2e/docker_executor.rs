@@ -152,6 +152,57 @@ async fn rollback_after_a_successful_deploy_restores_the_previous_container() {
     assert_eq!(policy, Some(RestartPolicyNameEnum::UNLESS_STOPPED));
 }
 
+/// A kill -9 campaign found an app down after a rollback: a stopped candidate of an
+/// interrupted deployment (never passed its gate) was newer than the version that served
+/// before, and the rollback started it again and let it serve. A rollback now puts back only
+/// a container that passes its own health check again, newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_skips_a_previous_container_that_fails_its_health_check_again() {
+    let Some(app) = DockerApp::start().await else {
+        return;
+    };
+    let port = free_port();
+    let tcp = HealthCheck::Tcp {
+        port: 80,
+        timeout: Duration::from_secs(10),
+    };
+    let v1 = app.deploy(app.spec("v1", Some(port), tcp.clone())).await;
+    assert!(v1.outcome.success, "{:?}", v1.outcome);
+    // What an agent killed during the health gate of a failing release leaves behind: its
+    // candidate, stopped, one generation above the serving version (no `berth.health`
+    // label: the default check, "still running after its grace", applies).
+    let leftover = app.leftover_container("berth-test/web:bad", "bad", 2).await;
+    let v2 = app.deploy(app.spec("v2", Some(port), tcp)).await;
+    assert!(v2.outcome.success, "{:?}", v2.outcome);
+
+    let rollback = app.rollback(&v2.deployment_id).await;
+    assert!(rollback.outcome.rolled_back, "{:?}", rollback.outcome);
+    assert_eq!(
+        rollback.outcome.container_id, v1.outcome.container_id,
+        "{:?}",
+        rollback.events
+    );
+    assert!(
+        rollback
+            .texts()
+            .any(|t| t.contains("does not pass its health check again")),
+        "{:?}",
+        rollback.events
+    );
+    assert_eq!(
+        wait_page(port, Duration::from_secs(10)),
+        format!("version=v1 secret={}", app.secret)
+    );
+    let state = app
+        .docker
+        .inspect_container(&leftover, None)
+        .await
+        .unwrap()
+        .state
+        .and_then(|s| s.running);
+    assert_eq!(state, Some(false), "the leftover was stopped again");
+}
+
 #[tokio::test]
 async fn a_final_container_that_cannot_start_puts_the_previous_one_back() {
     let Some(app) = DockerApp::start().await else {

@@ -7,7 +7,8 @@
 //! again (stopping one sets its policy to `no`, so a daemon restart cannot revive a superseded
 //! version next to the new one), and `berth.generation`, the deployment's place in the app's
 //! order on this host (one more than the highest generation of the app's containers when it
-//! started). Which container is newer, so what a commit removes and what a rollback restores,
+//! started), and `berth.health`, the health check it was created with, which it passes again
+//! before a rollback lets it serve once more. Which container is newer, so what a commit removes and what a rollback restores,
 //! is decided by that number, never by clocks: the engine lists creation times in whole
 //! seconds, and two deployments often start within one.
 //!
@@ -31,8 +32,8 @@ use tracing::{info, warn};
 use super::error::{engine_message, DeployError, EngineError, Request};
 use super::health::container_ip;
 use super::pull::image_reference;
-use super::DockerExecutor;
-use crate::executor::{DeploySpec, PortSpec, RestartPolicy, StopSpec};
+use super::{emit, DockerExecutor};
+use crate::executor::{DeploySpec, EventSink, HealthCheck, PortSpec, RestartPolicy, StopSpec};
 
 const LABEL_APP: &str = "berth.app";
 const LABEL_DEPLOYMENT: &str = "berth.deployment";
@@ -41,6 +42,7 @@ const LABEL_RESTART_POLICY: &str = "berth.restart-policy";
 /// The agent that owns a container, when several agents share one engine.
 const LABEL_AGENT: &str = "berth.agent";
 const LABEL_GENERATION: &str = "berth.generation";
+const LABEL_HEALTH: &str = "berth.health";
 
 /// `berth-<app>-<first 8 characters of the deployment id>`.
 pub fn container_name(app: &str, deployment_id: &str) -> String {
@@ -67,6 +69,8 @@ pub struct AppContainer {
     pub publishes: bool,
     /// The policy the deployment asked for (the engine's may have been set to `no`).
     restart_policy: Option<String>,
+    /// The health check it was created with (`None`: made before containers carried it).
+    pub health: Option<HealthCheck>,
 }
 
 impl AppContainer {
@@ -94,6 +98,7 @@ impl AppContainer {
                 .flatten()
                 .any(|p| p.public_port.is_some_and(|port| port != 0)),
             restart_policy: labels.get(LABEL_RESTART_POLICY).cloned(),
+            health: labels.get(LABEL_HEALTH).and_then(|l| health_from_label(l)),
         })
     }
 
@@ -116,8 +121,48 @@ impl AppContainer {
             running,
             publishes: false,
             restart_policy: None,
+            health: None,
         }
     }
+}
+
+/// `berth.health`: `default;<timeout ms>;<grace ms>`, `http;<port>;<timeout ms>;<path>` or
+/// `tcp;<port>;<timeout ms>` (the path last: it may hold anything but a newline).
+fn health_label(check: &HealthCheck) -> String {
+    match check {
+        HealthCheck::Default { timeout, grace } => {
+            format!("default;{};{}", timeout.as_millis(), grace.as_millis())
+        }
+        HealthCheck::Http {
+            port,
+            path,
+            timeout,
+        } => format!("http;{port};{};{path}", timeout.as_millis()),
+        HealthCheck::Tcp { port, timeout } => format!("tcp;{port};{}", timeout.as_millis()),
+    }
+}
+
+/// The check a `berth.health` label describes; `None` for anything else.
+fn health_from_label(label: &str) -> Option<HealthCheck> {
+    let ms = |s: &str| s.parse().ok().map(std::time::Duration::from_millis);
+    let mut parts = label.splitn(4, ';');
+    let check = match (parts.next()?, parts.next()?, parts.next()?, parts.next()) {
+        ("default", timeout, grace, None) => HealthCheck::Default {
+            timeout: ms(timeout)?,
+            grace: ms(grace)?,
+        },
+        ("http", port, timeout, Some(path)) => HealthCheck::Http {
+            port: port.parse().ok()?,
+            path: path.to_owned(),
+            timeout: ms(timeout)?,
+        },
+        ("tcp", port, timeout, None) => HealthCheck::Tcp {
+            port: port.parse().ok()?,
+            timeout: ms(timeout)?,
+        },
+        _ => return None,
+    };
+    Some(check)
 }
 
 /// The generation of a deployment that starts among `containers` (all of the app's).
@@ -193,6 +238,7 @@ impl DockerExecutor {
             (LABEL_VERSION.to_owned(), spec.version.clone()),
             (LABEL_RESTART_POLICY.to_owned(), spec.restart_policy.clone()),
             (LABEL_GENERATION.to_owned(), generation.to_string()),
+            (LABEL_HEALTH.to_owned(), health_label(&spec.health_check)),
         ]);
         if let Some(agent) = &self.scope {
             labels.insert(LABEL_AGENT.to_owned(), agent.clone());
@@ -370,6 +416,38 @@ impl DockerExecutor {
         container_ip(&info).ok_or_else(|| DeployError::NoAddress(name.to_owned()))
     }
 
+    /// Makes `container`, a previous version a rollback wants back, serve-ready: started again
+    /// when it is not `running`, then checked with its own health check (a container that
+    /// never passed one, such as the candidate of an interrupted deployment, must not serve).
+    /// One that does not pass is stopped again unless it was running before (it may be what
+    /// serves now) and the reason is returned.
+    pub(super) async fn bring_back(
+        &self,
+        container: &AppContainer,
+        running: bool,
+        events: &EventSink,
+    ) -> Result<(), String> {
+        let what = format!("{} ({})", container.name, container.version);
+        if !running {
+            self.restart(container)
+                .await
+                .map_err(|e| format!("{what}: {e}"))?;
+        }
+        match self.check_again(container).await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                if !running {
+                    if let Err(e) = self.stop_with(container, &StopSpec::default()).await {
+                        warn!(container = %container.name, error = %e, "could not stop a container that failed its health check again");
+                    }
+                }
+                let why = format!("{what} does not pass its health check again: {error}");
+                emit(events, "rollback", format!("{why}; trying an older one"));
+                Err(why)
+            }
+        }
+    }
+
     /// Starts a stopped container again and gives it back its own restart policy.
     pub(super) async fn restart(&self, container: &AppContainer) -> Result<(), EngineError> {
         self.docker
@@ -434,6 +512,38 @@ pub fn host_ports(ports: &[PortSpec]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_health_check_survives_its_label() {
+        use std::time::Duration;
+        for check in [
+            HealthCheck::Default {
+                timeout: Duration::from_secs(60),
+                grace: Duration::from_millis(1500),
+            },
+            HealthCheck::Http {
+                port: 8080,
+                path: "/health;x?a=b c".to_owned(),
+                timeout: Duration::from_secs(7),
+            },
+            HealthCheck::Tcp {
+                port: 5432,
+                timeout: Duration::from_millis(250),
+            },
+        ] {
+            assert_eq!(health_from_label(&health_label(&check)), Some(check));
+        }
+        for bad in [
+            "",
+            "http;80;1000",
+            "tcp;x;1",
+            "default;1",
+            "ping;1;2",
+            "tcp;1;2;3",
+        ] {
+            assert_eq!(health_from_label(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn names_and_ports() {

@@ -47,6 +47,19 @@ pub struct Candidate {
     pub generation: u64,
 }
 
+/// Why a rollback of `app` found nothing to put back: no other container, or none that passes
+/// its health check again (`refused`, newest first).
+fn no_previous(app: &str, refused: &[String]) -> String {
+    if refused.is_empty() {
+        format!("rollback failed: no previous container of {app} to restore")
+    } else {
+        format!(
+            "rollback failed: no previous container of {app} passes its health check again: {}",
+            refused.join("; ")
+        )
+    }
+}
+
 impl CutOver {
     /// Refuses, before anything is pulled or created, what this cut-over cannot serve.
     pub fn check(&self, spec: &DeploySpec) -> Result<(), DeployError> {

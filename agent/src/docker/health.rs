@@ -15,9 +15,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, Instant};
 
+use super::containers::AppContainer;
 use super::error::{EngineError, Request};
 use super::DockerExecutor;
 use crate::executor::{DeploySpec, HealthCheck};
+
+/// The check of a container made before containers carried their own (`berth.health`): the
+/// control plane's default gate.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_GRACE: Duration = Duration::from_secs(3);
 
 /// One HTTP or TCP probe gives up after this long (the overall health timeout still rules).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -77,7 +83,29 @@ impl DockerExecutor {
         id: &str,
         gate: Gate,
     ) -> Result<(), HealthError> {
-        match &spec.health_check {
+        self.check(&spec.health_check, Some(spec), id, gate).await
+    }
+
+    /// Runs the health check a container was created with (its `berth.health` label; the
+    /// default check for a container made before the label) against it: a container a
+    /// rollback puts back must pass its gate again before it serves.
+    pub(super) async fn check_again(&self, container: &AppContainer) -> Result<(), HealthError> {
+        let check = container.health.clone().unwrap_or(HealthCheck::Default {
+            timeout: DEFAULT_TIMEOUT,
+            grace: DEFAULT_GRACE,
+        });
+        self.check(&check, None, &container.id, Gate::Final).await
+    }
+
+    /// `check` against container `id`; `spec` (when there is one) redacts engine errors.
+    async fn check(
+        &self,
+        check: &HealthCheck,
+        spec: Option<&DeploySpec>,
+        id: &str,
+        gate: Gate,
+    ) -> Result<(), HealthError> {
+        match check {
             HealthCheck::Default { timeout, grace } => {
                 let info = self.inspect(spec, id).await?;
                 if has_docker_healthcheck(&info) {
@@ -108,19 +136,22 @@ impl DockerExecutor {
 
     async fn inspect(
         &self,
-        spec: &DeploySpec,
+        spec: Option<&DeploySpec>,
         id: &str,
     ) -> Result<ContainerInspectResponse, HealthError> {
         self.docker
             .inspect_container(id, None)
             .await
-            .map_err(|e| EngineError::redacted(Request::Inspect, &e, spec).into())
+            .map_err(|e| match spec {
+                Some(spec) => EngineError::redacted(Request::Inspect, &e, spec).into(),
+                None => EngineError::new(Request::Inspect, &e).into(),
+            })
     }
 
     /// The image's own HEALTHCHECK decides.
     async fn wait_healthy(
         &self,
-        spec: &DeploySpec,
+        spec: Option<&DeploySpec>,
         id: &str,
         timeout: Duration,
     ) -> Result<(), HealthError> {
@@ -150,7 +181,7 @@ impl DockerExecutor {
     /// No check to run: the container must still be running after `grace`.
     async fn wait_running(
         &self,
-        spec: &DeploySpec,
+        spec: Option<&DeploySpec>,
         id: &str,
         grace: Duration,
     ) -> Result<(), HealthError> {
@@ -168,7 +199,7 @@ impl DockerExecutor {
     /// Probes the container's bridge address until it answers, it dies, or `timeout` passes.
     async fn wait_probe(
         &self,
-        spec: &DeploySpec,
+        spec: Option<&DeploySpec>,
         id: &str,
         timeout: Duration,
         probe: Probe<'_>,

@@ -9,7 +9,7 @@
 //! time, and a failure after a previous container was stopped starts it again (its own restart
 //! policy restored) before the deployment reports failure.
 
-use super::Candidate;
+use super::{no_previous, Candidate};
 use crate::docker::containers::{host_ports, AppContainer};
 use crate::docker::deploy::Deploy;
 use crate::docker::error::DeployError;
@@ -165,19 +165,23 @@ pub(super) async fn rollback(
             format!("removed {} ({})", container.name, container.version),
         );
     }
-    let Some(previous) = others.into_iter().next() else {
-        return failed(
-            events,
-            format!("rollback failed: no previous container of {app} to restore"),
-            None,
-            false,
-        );
-    };
-    if !previous.running {
-        if let Err(error) = exec.restart(&previous).await {
-            return failed(events, format!("rollback failed: {error}"), None, false);
+    // The newest previous container that passes its own health check again: a stopped one
+    // may be a candidate that never passed its gate (left by an interrupted deployment).
+    let mut refused = Vec::new();
+    let mut restored = None;
+    for candidate in others {
+        let running = candidate.running;
+        match exec.bring_back(&candidate, running, events).await {
+            Ok(()) => {
+                restored = Some(candidate);
+                break;
+            }
+            Err(why) => refused.push(why),
         }
     }
+    let Some(previous) = restored else {
+        return failed(events, no_previous(app, &refused), None, false);
+    };
     emit(
         events,
         "rollback",

@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
-use super::Candidate;
+use super::{no_previous, Candidate};
 use crate::docker::containers::AppContainer;
 use crate::docker::deploy::Deploy;
 use crate::docker::error::DeployError;
@@ -438,8 +438,9 @@ fn what_routes(spec: &DeploySpec) -> String {
     }
 }
 
-/// Undoes a successful deployment: the newest other container serves again (started again if
-/// it already stopped), then the undone one retires and is removed.
+/// Undoes a successful deployment: the newest other container that passes its own health
+/// check again serves again (started again if it already stopped), then the undone one
+/// retires and is removed. With none, the route stays where it was.
 pub(super) async fn rollback(
     link: &Arc<ProxyLink>,
     exec: &DockerExecutor,
@@ -454,36 +455,44 @@ pub(super) async fn rollback(
     let (ours, others): (Vec<_>, Vec<_>) = containers
         .into_iter()
         .partition(|c| c.deployment == deployment_id);
-    let Some(previous) = others.into_iter().next() else {
+    let current = match link.route_of(app).await {
+        Ok(route) => route.unwrap_or_default(),
+        Err(error) => return failed(events, format!("rollback failed: {error}"), None, false),
+    };
+    // The newest previous container that passes its own health check again: a stopped one
+    // may be a candidate that never passed its gate (left by an interrupted deployment).
+    let mut refused = Vec::new();
+    let mut restored = None;
+    for candidate in others {
+        link.keep(&candidate.id).await;
+        // Whether it stopped is known only now that no retire task can touch it.
+        let running = match exec.app_containers(app, true).await {
+            Ok(now) => now.iter().any(|c| c.id == candidate.id && c.running),
+            Err(error) => return failed(events, format!("rollback failed: {error}"), None, false),
+        };
+        match exec.bring_back(&candidate, running, events).await {
+            Ok(()) => {
+                if !running {
+                    let what = format!("{} ({})", candidate.name, candidate.version);
+                    emit(events, "rollback", format!("started {what} again"));
+                }
+                restored = Some(candidate);
+                break;
+            }
+            Err(why) => refused.push(why),
+        }
+    }
+    let Some(previous) = restored else {
+        // The route still points where it did: what served keeps serving.
         return failed(
             events,
-            format!("rollback failed: no previous container of {app} to restore"),
+            no_previous(app, &refused),
             ours.first().map(|c| c.id.clone()),
             false,
         );
     };
-    link.keep(&previous.id).await;
-    // Whether it stopped is known only now that no retire task can touch it.
-    let running = match exec.app_containers(app, true).await {
-        Ok(now) => now.iter().any(|c| c.id == previous.id && c.running),
-        Err(error) => return failed(events, format!("rollback failed: {error}"), None, false),
-    };
-    if !running {
-        if let Err(error) = exec.restart(&previous).await {
-            return failed(events, format!("rollback failed: {error}"), None, false);
-        }
-        emit(
-            events,
-            "rollback",
-            format!("started {} ({}) again", previous.name, previous.version),
-        );
-    }
     let address = match exec.address(&previous.id, &previous.name).await {
         Ok(address) => address,
-        Err(error) => return failed(events, format!("rollback failed: {error}"), None, false),
-    };
-    let current = match link.route_of(app).await {
-        Ok(route) => route.unwrap_or_default(),
         Err(error) => return failed(events, format!("rollback failed: {error}"), None, false),
     };
     let back = route(
@@ -554,9 +563,9 @@ pub(super) async fn set_challenge(
 }
 
 /// Puts the host back in order after the agent stopped in the middle of a deployment (even by
-/// `kill -9`): for every routed app, a running container newer than the routed one never got
-/// the traffic (an interrupted deploy) and is removed; an older running one was being retired
-/// and is stopped. A route whose container is gone points at the newest running one.
+/// `kill -9`): for every routed app, a container newer than the routed one never got the
+/// traffic (an interrupted deploy) and is removed, running or not; an older running one was
+/// being retired and is stopped. A route whose container is gone points at the newest running one.
 pub(super) async fn repair(
     link: &Arc<ProxyLink>,
     exec: &DockerExecutor,
@@ -594,11 +603,14 @@ pub(super) async fn repair(
             warn!(%app, container = %newest.name, "repaired a route to a container that was gone");
             continue;
         };
-        for container in containers.iter().filter(|c| c.running && c.id != routed.id) {
+        for container in containers.iter().filter(|c| c.id != routed.id) {
             if container.order() > routed.order() {
+                // Running or not: a stopped one is a candidate that failed its gate (or a
+                // rolled-back version) whose removal the crash cut short; a rollback must
+                // never find it.
                 warn!(container = %container.name, "removing a candidate of an interrupted deployment (never routed)");
                 exec.remove_quietly(&container.id).await;
-            } else {
+            } else if container.running {
                 warn!(container = %container.name, "retiring a container whose retirement was interrupted");
                 link.retire(exec, vec![container.clone()], StopSpec::default(), false);
             }
