@@ -621,20 +621,23 @@ impl Fleet {
 
     /// Audits a refused credential: the first refusal of a client in a window at once, the
     /// rest counted (see `fleet/refusals.rs`), so a flood of bad tokens costs no fsyncs.
+    /// Returns whether this was the first (the caller logs that one only: a flood must not
+    /// become a flood of log lines either).
     pub(crate) async fn audit_refusal(
         &self,
         actor: &str,
         action: &'static str,
         target: &str,
         details: &str,
-    ) -> Result<()> {
-        if self.inner.refusals.count(actor, action, target) {
+    ) -> Result<bool> {
+        let first = self.inner.refusals.count(actor, action, target);
+        if first {
             self.service()
                 .store()
                 .audit(actor, action, target, Some(details))
                 .await?;
         }
-        Ok(())
+        Ok(first)
     }
 
     /// Writes one audit row per closed refusal window (every window with `all`, at stop).

@@ -34,6 +34,7 @@ use crate::error::Error;
 
 pub use acme::{AcmeAccountRow, AcmeIssued};
 pub use agents::{unknown_enrollment_token, AgentRow, Enrollment, EnrollmentToken};
+pub use applications::WebhookGate;
 pub use audit::{is_action_name, AuditCursor, AuditEntry, AuditFilter};
 pub use deployments::{
     Admission, DeploymentEventRow, DeploymentTargetRow, FailureText, NewDeployment, ServingRow,

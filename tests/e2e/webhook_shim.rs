@@ -616,10 +616,12 @@ async fn hostile_input_gets_a_clear_error_writes_nothing_and_the_servers_keep_se
         before,
         "nothing written by failed tokens"
     );
+    // The first refusal of a client is logged; the ones after it in its window are counted
+    // in the audit log, not logged one by one.
     let refusals = node.log().matches("webhook token refused").count();
     assert!(
-        refusals <= 30,
-        "the control plane saw {refusals} refused tokens, not 10,000"
+        (1..=30).contains(&refusals),
+        "{refusals} log lines of refused tokens, not one per request"
     );
     assert!(
         !node.log().contains(&app.token[..12]),

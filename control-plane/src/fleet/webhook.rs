@@ -22,8 +22,9 @@ use secrecy::{ExposeSecret as _, SecretString};
 use super::{DeployTrigger, Fleet};
 use crate::crypto::token_matches;
 use crate::error::{Error, Result};
-use crate::model::{Application, DeploymentLog};
+use crate::model::DeploymentLog;
 use crate::service::{Actor, Permission};
+use crate::store::WebhookGate;
 use crate::validate;
 
 /// The seed's 400 message, word for word.
@@ -167,11 +168,14 @@ impl Fleet {
             return Err(Error::invalid(MISSING_FIELDS));
         }
         validate::version(&request.version)?;
-        let app = self
-            .webhook_application(request.application.as_ref().expect("checked above"))
+        // One read decides 404, 403 and 401; the application itself is read only for a
+        // caller that holds its token (a flood of wrong tokens costs one read each).
+        let gate = self
+            .webhook_gate(request.application.as_ref().expect("checked above"))
             .await?;
-        self.check_webhook_token(&app, &request.token, request.client_ip)
+        self.check_webhook_token(&gate, &request.token, request.client_ip)
             .await?;
+        let app = self.service().store().application_by_id(gate.id).await?;
         let trigger = DeployTrigger {
             trigger_type: "webhook",
             source: Some(request.client_ip.to_string()),
@@ -216,12 +220,15 @@ impl Fleet {
             Err(Error::NotFound(_)) => return Err(Error::not_found(DEPLOYMENT_NOT_FOUND)),
             Err(e) => return Err(e),
         };
-        let app = store.application_by_id(log.application_id).await?;
-        self.check_webhook_token(&app, token, client_ip).await?;
+        let gate = store
+            .webhook_gate_by_id(log.application_id)
+            .await?
+            .ok_or_else(|| Error::not_found(DEPLOYMENT_NOT_FOUND))?;
+        self.check_webhook_token(&gate, token, client_ip).await?;
         Ok(WebhookDeployment {
             log,
-            application_id: app.id,
-            application_name: app.name,
+            application_id: gate.id,
+            application_name: gate.name,
         })
     }
 
@@ -316,24 +323,21 @@ impl Fleet {
 
     /// Looks the application up by id or name. Anything that cannot be a registered
     /// application (a unicode or overlong name) is simply not found.
-    async fn webhook_application(&self, reference: &ApplicationRef) -> Result<Application> {
+    /// The named application's webhook gate: 404 unknown, 403 webhook disabled.
+    async fn webhook_gate(&self, reference: &ApplicationRef) -> Result<WebhookGate> {
         let store = self.service().store();
         let found = match reference {
-            ApplicationRef::Id(id) => store.application_by_id(*id).await,
+            ApplicationRef::Id(id) => store.webhook_gate_by_id(*id).await?,
             ApplicationRef::Name(name) if validate::name("application", name).is_ok() => {
-                store.application(name).await
+                store.webhook_gate_by_name(name).await?
             }
-            ApplicationRef::Name(_) => Err(Error::not_found(APPLICATION_NOT_FOUND)),
+            ApplicationRef::Name(_) => None,
         };
-        let app = match found {
-            Ok(app) => app,
-            Err(Error::NotFound(_)) => return Err(Error::not_found(APPLICATION_NOT_FOUND)),
-            Err(e) => return Err(e),
-        };
-        if !app.webhook_enabled {
-            return Err(Error::PermissionDenied(webhook_disabled(&app.name)));
+        let gate = found.ok_or_else(|| Error::not_found(APPLICATION_NOT_FOUND))?;
+        if !gate.webhook_enabled {
+            return Err(Error::PermissionDenied(webhook_disabled(&gate.name)));
         }
-        Ok(app)
+        Ok(gate)
     }
 
     /// Compares the presented token with the application's stored digest in constant time.
@@ -341,13 +345,15 @@ impl Fleet {
     /// eight characters.
     async fn check_webhook_token(
         &self,
-        app: &Application,
+        app: &WebhookGate,
         token: &SecretString,
         client_ip: IpAddr,
     ) -> Result<()> {
-        let store = self.service().store();
-        let digest = store.webhook_token_digest(app.id).await?;
-        if digest.is_some_and(|d| token_matches(token, &d)) {
+        if app
+            .webhook_token
+            .as_deref()
+            .is_some_and(|d| token_matches(token, d))
+        {
             return Ok(());
         }
         let prefix: String = token
@@ -355,14 +361,17 @@ impl Fleet {
             .chars()
             .take(LOGGED_TOKEN_CHARS)
             .collect();
-        tracing::warn!(app = %app.name, %client_ip, token_prefix = %prefix, "webhook token refused");
-        self.audit_refusal(
-            &format!("webhook:{client_ip}"),
-            "webhook.token_refused",
-            &app.name,
-            &format!("client {client_ip}"),
-        )
-        .await?;
+        let first = self
+            .audit_refusal(
+                &format!("webhook:{client_ip}"),
+                "webhook.token_refused",
+                &app.name,
+                &format!("client {client_ip}"),
+            )
+            .await?;
+        if first {
+            tracing::warn!(app = %app.name, %client_ip, token_prefix = %prefix, "webhook token refused (more from this client within 10 s are counted in the audit log)");
+        }
         Err(Error::Unauthenticated(INVALID_TOKEN.to_string()))
     }
 
@@ -375,14 +384,17 @@ impl Fleet {
         if expected.matches(secret) {
             return Ok(());
         }
-        tracing::warn!(%client_ip, "registry notification secret refused");
-        self.audit_refusal(
-            &format!("registry:{client_ip}"),
-            "registry.secret_refused",
-            "registry",
-            &format!("client {client_ip}"),
-        )
-        .await?;
+        let first = self
+            .audit_refusal(
+                &format!("registry:{client_ip}"),
+                "registry.secret_refused",
+                "registry",
+                &format!("client {client_ip}"),
+            )
+            .await?;
+        if first {
+            tracing::warn!(%client_ip, "registry notification secret refused (more from this client within 10 s are counted in the audit log)");
+        }
         Err(Error::Unauthenticated(INVALID_REGISTRY_SECRET.to_string()))
     }
 

@@ -33,6 +33,28 @@ struct ApplicationRow {
     cancel_in_progress: bool,
 }
 
+/// An application as the webhook's first checks see it (see [`Store::webhook_gate_by_name`]).
+#[derive(Clone, sqlx::FromRow)]
+pub struct WebhookGate {
+    pub id: i64,
+    pub name: String,
+    pub webhook_enabled: bool,
+    /// The token's digest (never the token); `None` for an application without one.
+    pub webhook_token: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookGate")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("webhook_enabled", &self.webhook_enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+const GATE_SELECT: &str = "SELECT id, name, webhook_enabled, webhook_token FROM applications";
+
 const APP_SELECT: &str = "SELECT a.id, a.name, a.image, a.version, r.name AS repository, a.ports, a.status, \
      a.webhook_enabled, a.webhook_token_prefix, a.auto_deploy, a.last_deployed_at, a.created_at, a.updated_at, \
      a.deploy_batch_size, a.health_check, a.restart_policy, a.command, \
@@ -107,6 +129,25 @@ impl Store {
             apps.push(self.with_targets(row).await?);
         }
         Ok(apps)
+    }
+
+    /// What the webhook checks before anything else is read (R-7.1): the application by name,
+    /// whether its webhook is enabled, and its token digest, in one read. `None`: unknown.
+    pub async fn webhook_gate_by_name(&self, name: &str) -> Result<Option<WebhookGate>> {
+        sqlx::query_as(&format!("{GATE_SELECT} WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(internal)
+    }
+
+    /// [`Store::webhook_gate_by_name`] by application id.
+    pub async fn webhook_gate_by_id(&self, id: i64) -> Result<Option<WebhookGate>> {
+        sqlx::query_as(&format!("{GATE_SELECT} WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(internal)
     }
 
     /// The stored webhook token digest of an application.
