@@ -404,11 +404,14 @@ impl Fleet {
         match message.msg {
             Some(pb::agent_message::Msg::Heartbeat(_)) => {}
             Some(pb::agent_message::Msg::Event(event)) => {
-                // Only a target of the deployment adds to its log, and only so much.
+                // Only a target of the deployment adds to its log, and only so much. The step
+                // log is nobody's acknowledgement: the stream's next message is read as soon as
+                // this event is queued (in order, behind the stream's earlier writes), so an
+                // agent's steps and its result share a commit instead of taking one each.
                 let stored = self
                     .service()
                     .store()
-                    .add_agent_event(
+                    .queue_agent_event(
                         &event.deployment_id,
                         agent,
                         &truncate(&event.phase, 32),
@@ -416,9 +419,17 @@ impl Fleet {
                         EVENTS_PER_TARGET,
                     )
                     .await?;
-                if stored {
-                    self.inner.changed.notify_waiters();
-                }
+                let fleet = self.clone();
+                let agent = agent.to_string();
+                tokio::spawn(async move {
+                    match stored.await {
+                        Ok(true) => fleet.inner.changed.notify_waiters(),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(%agent, error = %e, "cannot record an agent's event")
+                        }
+                    }
+                });
             }
             Some(pb::agent_message::Msg::Result(result)) => {
                 self.handle_result(agent, result).await?

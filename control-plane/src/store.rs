@@ -112,6 +112,13 @@ impl Store {
         self.writer.batches()
     }
 
+    /// Returns once every write queued before this call is durable (the writer commits in
+    /// order): for a reader that must see writes queued without waiting, such as agents'
+    /// events.
+    pub async fn queued_writes_durable(&self) -> crate::error::Result<()> {
+        self.writer.write(|_| Box::pin(async { Ok(()) })).await
+    }
+
     pub async fn close(&self) {
         self.writer.close().await;
         self.pool.close().await;

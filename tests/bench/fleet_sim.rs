@@ -213,25 +213,34 @@ async fn wait_connected(
     started.elapsed()
 }
 
+/// Polls the deployment's summary (`ListDeployments` of its app, newest first) every 2 ms
+/// until it is finished, and returns its status. A summary, not `GetDeployment`: that one
+/// returns every target and event, which for a fan-out to 10,000 agents is megabytes per poll
+/// and made the poller, not the control plane, the cost of the measurement.
 async fn wait_finished(
     deploys: &mut pb::deploy_service_client::DeployServiceClient<Channel>,
     key: &str,
+    app: &str,
     id: &str,
 ) -> String {
     loop {
-        let d = deploys
-            .get_deployment(authed(
-                pb::GetDeploymentRequest {
-                    deployment_id: id.into(),
+        let listed = deploys
+            .list_deployments(authed(
+                pb::ListDeploymentsRequest {
+                    app: app.into(),
+                    limit: 5,
                 },
                 key,
             ))
             .await
             .unwrap()
             .into_inner()
-            .deployment
-            .unwrap();
-        if d.status != "pending" && d.status != "running" {
+            .deployments;
+        let d = listed
+            .into_iter()
+            .find(|d| d.deployment_id == id)
+            .expect("the deployment is among its app's newest");
+        if d.status != "pending" && d.status != "running" && d.status != "queued" {
             return d.status;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -383,7 +392,7 @@ async fn main() -> anyhow::Result<()> {
         };
         api_to_agent.push((receipt.received_unix_nanos - t0) as f64 / 1e6);
         stream_to_agent.push((receipt.received_unix_nanos - receipt.sent_unix_nanos) as f64 / 1e6);
-        wait_finished(&mut deploys, &key, &id).await;
+        wait_finished(&mut deploys, &key, "latency", &id).await;
     }
     api_to_agent.sort_by(|a, b| a.partial_cmp(b).unwrap());
     stream_to_agent.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -435,7 +444,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let dispatched = started.elapsed();
-    let status = wait_finished(&mut deploys, &key, &id).await;
+    let status = wait_finished(&mut deploys, &key, "fanout", &id).await;
     println!(
         "fan-out to {} agents: every agent had the command after {:.2?}; deployment {status} after {:.2?}",
         args.agents,

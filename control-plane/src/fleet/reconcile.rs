@@ -13,12 +13,15 @@ impl Fleet {
     /// agents' reports, or marked failed with the reason after `reconcile_timeout`.
     pub async fn reconcile(&self) -> Result<()> {
         let store = self.service().store();
+        // What the crash left unfinished is read first: a queued deployment started below
+        // is pending at once, and must not be taken for one the crash left behind.
+        let unfinished = store.unfinished_deployments().await?;
         // Queued deployments of applications with nothing running start now; the others
         // start when the deployment being reconciled concludes.
         for application_id in store.apps_with_queued().await? {
             self.start_next(application_id);
         }
-        for deployment_id in store.unfinished_deployments().await? {
+        for deployment_id in unfinished {
             let fleet = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = fleet.reconcile_one(&deployment_id).await {

@@ -1,6 +1,7 @@
 //! `deployment_logs` (the seed's aggregate), `deployment_targets` (one row per host) and
 //! `deployment_events` (the ordered step log).
 
+use super::writer::Durable;
 use super::{internal, Store};
 use crate::error::{Error, Result};
 use crate::model::{DeploymentLog, DeploymentStatus, TargetStatus, ACTIVE_SQL, UNFINISHED_SQL};
@@ -231,14 +232,16 @@ impl Store {
     /// and has sent fewer than `cap` events for it; the event that reaches the cap is
     /// replaced by one saying that later ones are dropped. Returns whether it was stored.
     /// The check and the insert are one write (no other event of the agent comes between).
-    pub async fn add_agent_event(
+    /// Returns once the write is queued, in order behind the ones before it; the answer
+    /// (stored or not) comes when it is durable.
+    pub(crate) async fn queue_agent_event(
         &self,
         deployment_id: &str,
         agent: &str,
         phase: &str,
         message: &str,
         cap: i64,
-    ) -> Result<bool> {
+    ) -> Result<Durable<bool>> {
         let (deployment_id, agent, phase, message) = (
             deployment_id.to_string(),
             agent.to_string(),
@@ -246,7 +249,7 @@ impl Store {
             message.to_string(),
         );
         self.writer
-            .write(move |conn| {
+            .enqueue(move |conn| {
                 Box::pin(async move {
                     let (is_target, sent): (bool, i64) = sqlx::query_as(
                         "SELECT EXISTS(SELECT 1 FROM deployment_targets WHERE deployment_id = ?1 AND agent_name = ?2), \

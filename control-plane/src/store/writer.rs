@@ -52,6 +52,22 @@ pub(super) enum Message {
     Close(oneshot::Sender<()>),
 }
 
+/// A queued write's outcome, known once its transaction is durable (or refused).
+pub(crate) struct Durable<T>(oneshot::Receiver<Result<T>>);
+
+impl<T> Future for Durable<T> {
+    type Output = Result<T>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<T>> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.map_err(|_| closed())?)
+    }
+}
+
 /// Where writes go. Cheap to clone.
 #[derive(Clone)]
 pub(super) enum Writer {
@@ -80,12 +96,30 @@ impl Writer {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> WriteFuture<'c, T> + Send + 'static,
     {
+        self.enqueue(f).await?.await
+    }
+
+    /// Queues `f` behind every write queued before it (waiting only for room in the queue)
+    /// and returns what will say, once its transaction is durable, how it went. A caller
+    /// that must keep its writes in order without waiting for each commit (an agent's step
+    /// log, read message after message from one stream) queues the next one at once.
+    pub(super) async fn enqueue<T, F>(&self, f: F) -> Result<Durable<T>>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> WriteFuture<'c, T> + Send + 'static,
+    {
         match self {
             Writer::Pool(pool) => {
-                let mut tx = pool.begin().await.map_err(internal)?;
-                let out = f(&mut tx).await?;
-                tx.commit().await.map_err(internal)?;
-                Ok(out)
+                let out = async {
+                    let mut tx = pool.begin().await.map_err(internal)?;
+                    let out = f(&mut tx).await?;
+                    tx.commit().await.map_err(internal)?;
+                    Ok(out)
+                }
+                .await;
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(out);
+                Ok(Durable(rx))
             }
             Writer::Task(queue, _) => {
                 let (tx, rx) = oneshot::channel::<Result<T>>();
@@ -125,7 +159,7 @@ impl Writer {
                     .send(Message::Write(job))
                     .await
                     .map_err(|_| closed())?;
-                rx.await.map_err(|_| closed())?
+                Ok(Durable(rx))
             }
         }
     }

@@ -28,9 +28,10 @@ fn event(id: &str, message: &str) -> pb::AgentMessage {
 }
 
 async fn messages_of(fleet: &Fleet, id: &str, agent: &str) -> Vec<String> {
-    fleet
-        .service()
-        .store()
+    let store = fleet.service().store();
+    // Agents' events are queued, not awaited, by the stream that reads them.
+    store.queued_writes_durable().await.unwrap();
+    store
         .deployment_events(id, 0)
         .await
         .unwrap()
