@@ -564,14 +564,8 @@ impl Store {
 
     /// The deployment of an application that holds its slot (pending or running), if any.
     pub async fn active_deployment(&self, application_id: i64) -> Result<Option<String>> {
-        sqlx::query_scalar(&format!(
-            "SELECT deployment_id FROM deployment_logs WHERE application_id = ? AND status IN {ACTIVE_SQL} \
-             ORDER BY id LIMIT 1"
-        ))
-        .bind(application_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(internal)
+        let mut conn = self.pool.acquire().await.map_err(internal)?;
+        active_in(&mut conn, application_id).await
     }
 
     /// Takes the newest queued deployment of an application to run it: it becomes pending,
@@ -658,11 +652,13 @@ pub enum Admission {
 }
 
 /// The deployment of an application that holds its slot (pending or running), if any, as
-/// the writer's transaction sees it.
+/// the connection sees it (the writer's: every earlier write). `+id`: ordering by the rowid
+/// made SQLite walk every deployment of the application; the (application, status) index
+/// finds the one or two rows.
 async fn active_in(tx: &mut sqlx::SqliteConnection, application_id: i64) -> Result<Option<String>> {
     sqlx::query_scalar(&format!(
         "SELECT deployment_id FROM deployment_logs WHERE application_id = ? AND status IN {ACTIVE_SQL} \
-         ORDER BY id LIMIT 1"
+         ORDER BY +id LIMIT 1"
     ))
     .bind(application_id)
     .fetch_optional(tx)
