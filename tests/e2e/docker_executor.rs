@@ -13,9 +13,12 @@ use berth_agent::executor::{DeploySpec, Executor, HealthCheck};
 use bollard::models::{ContainerSummaryStateEnum, HealthStatusEnum, RestartPolicyNameEnum};
 use secrecy::SecretString;
 
-use crate::fixture::executor::DockerApp;
+use berth_agent::docker::DockerExecutor;
+
+use crate::fixture::executor::{deploy, rollback, DockerApp};
 use crate::fixture::http::{expect_page, wait_page, Poller};
 use crate::fixture::process::free_port;
+use crate::fixture::proxy::ProxyProcess;
 use crate::fixture::registry::Registry;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +204,70 @@ async fn a_rollback_skips_a_previous_container_that_fails_its_health_check_again
         .state
         .and_then(|s| s.running);
     assert_eq!(state, Some(false), "the leftover was stopped again");
+}
+
+/// The same behind the host proxy (the cut-over the kill -9 campaign runs): the rollback
+/// routes back to the version that passes its check again, never to the leftover; and an
+/// agent's repair removes a stopped container newer than the routed one (it never served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_host_proxy_a_rollback_and_a_repair_leave_out_a_candidate_that_never_passed() {
+    let Some(app) = DockerApp::start().await else {
+        return;
+    };
+    let logs = tempfile::tempdir().unwrap();
+    let proxy = ProxyProcess::start(logs.path());
+    let exec = DockerExecutor::connect()
+        .await
+        .expect("connect to the Docker Engine")
+        .with_proxy(proxy.socket());
+    let port = free_port();
+    let tcp = HealthCheck::Tcp {
+        port: 80,
+        timeout: Duration::from_secs(10),
+    };
+    let v1 = deploy(&exec, &app.spec("v1", Some(port), tcp.clone())).await;
+    assert!(v1.outcome.success, "{:?}", v1.outcome);
+    let leftover = app.leftover_container("berth-test/web:bad", "bad", 2).await;
+    let v2 = deploy(&exec, &app.spec("v2", Some(port), tcp)).await;
+    assert!(v2.outcome.success, "{:?}", v2.outcome);
+    assert_eq!(
+        wait_page(port, Duration::from_secs(10)),
+        format!("version=v2 secret={}", app.secret)
+    );
+
+    let rollback = rollback(&exec, &app.name, &v2.deployment_id).await;
+    assert!(rollback.outcome.rolled_back, "{:?}", rollback.events);
+    assert_eq!(
+        rollback.outcome.container_id, v1.outcome.container_id,
+        "{:?}",
+        rollback.events
+    );
+    assert!(
+        rollback
+            .texts()
+            .any(|t| t.contains("does not pass its health check again")),
+        "{:?}",
+        rollback.events
+    );
+    assert_eq!(
+        wait_page(port, Duration::from_secs(10)),
+        format!("version=v1 secret={}", app.secret)
+    );
+
+    // Left by a crash: stopped, newer than the routed v1 (as the first leftover is). A repair
+    // removes every container newer than the routed one, running or not.
+    let never_routed = app.leftover_container("berth-test/web:bad", "bad", 9).await;
+    exec.repair().await.expect("repair");
+    let ids = app.container_ids().await;
+    assert!(
+        !ids.contains(&never_routed) && !ids.contains(&leftover),
+        "{ids:?}"
+    );
+    assert!(ids.iter().any(|id| id == v1.container()), "{ids:?}");
+    assert_eq!(
+        wait_page(port, Duration::from_secs(10)),
+        format!("version=v1 secret={}", app.secret)
+    );
 }
 
 #[tokio::test]
