@@ -115,7 +115,8 @@ impl Store {
     /// Returns once every write queued before this call is durable (the writer commits in
     /// order): for a reader that must see writes queued without waiting, such as agents'
     /// events.
-    pub async fn queued_writes_durable(&self) -> crate::error::Result<()> {
+    #[cfg(test)]
+    pub(crate) async fn queued_writes_durable(&self) -> crate::error::Result<()> {
         self.writer.write(|_| Box::pin(async { Ok(()) })).await
     }
 

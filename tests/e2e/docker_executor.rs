@@ -15,7 +15,7 @@ use secrecy::SecretString;
 
 use berth_agent::docker::DockerExecutor;
 
-use crate::fixture::executor::{deploy, rollback, DockerApp};
+use crate::fixture::executor::{deploy, rollback, DockerApp, Run};
 use crate::fixture::http::{expect_page, wait_page, Poller};
 use crate::fixture::process::free_port;
 use crate::fixture::proxy::ProxyProcess;
@@ -155,87 +155,31 @@ async fn rollback_after_a_successful_deploy_restores_the_previous_container() {
     assert_eq!(policy, Some(RestartPolicyNameEnum::UNLESS_STOPPED));
 }
 
-/// A kill -9 campaign found an app down after a rollback: a stopped candidate of an
-/// interrupted deployment (never passed its gate) was newer than the version that served
-/// before, and the rollback started it again and let it serve. A rollback now puts back only
-/// a container that passes its own health check again, newest first.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollback_skips_a_previous_container_that_fails_its_health_check_again() {
-    let Some(app) = DockerApp::start().await else {
-        return;
-    };
-    let port = free_port();
+/// The scenario a kill -9 campaign found an app down in, through `exec`: v1 serves; a
+/// stopped candidate of an interrupted deployment (never passed its gate; no `berth.health`
+/// label, so the default check, "still running after its grace", applies) sits one generation
+/// above it; v2 deploys; v2 is rolled back. The rollback must put v1 back, not the leftover,
+/// and say why it passed over the leftover. Returns (v1, the leftover's id).
+async fn rollback_past_a_leftover(
+    app: &DockerApp,
+    exec: &dyn Executor,
+    port: u16,
+) -> (Run, String) {
     let tcp = HealthCheck::Tcp {
         port: 80,
         timeout: Duration::from_secs(10),
     };
-    let v1 = app.deploy(app.spec("v1", Some(port), tcp.clone())).await;
-    assert!(v1.outcome.success, "{:?}", v1.outcome);
-    // What an agent killed during the health gate of a failing release leaves behind: its
-    // candidate, stopped, one generation above the serving version (no `berth.health`
-    // label: the default check, "still running after its grace", applies).
-    let leftover = app.leftover_container("berth-test/web:bad", "bad", 2).await;
-    let v2 = app.deploy(app.spec("v2", Some(port), tcp)).await;
-    assert!(v2.outcome.success, "{:?}", v2.outcome);
-
-    let rollback = app.rollback(&v2.deployment_id).await;
-    assert!(rollback.outcome.rolled_back, "{:?}", rollback.outcome);
-    assert_eq!(
-        rollback.outcome.container_id, v1.outcome.container_id,
-        "{:?}",
-        rollback.events
-    );
-    assert!(
-        rollback
-            .texts()
-            .any(|t| t.contains("does not pass its health check again")),
-        "{:?}",
-        rollback.events
-    );
-    assert_eq!(
-        wait_page(port, Duration::from_secs(10)),
-        format!("version=v1 secret={}", app.secret)
-    );
-    let state = app
-        .docker
-        .inspect_container(&leftover, None)
-        .await
-        .unwrap()
-        .state
-        .and_then(|s| s.running);
-    assert_eq!(state, Some(false), "the leftover was stopped again");
-}
-
-/// The same behind the host proxy (the cut-over the kill -9 campaign runs): the rollback
-/// routes back to the version that passes its check again, never to the leftover; and an
-/// agent's repair removes a stopped container newer than the routed one (it never served).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behind_the_host_proxy_a_rollback_and_a_repair_leave_out_a_candidate_that_never_passed() {
-    let Some(app) = DockerApp::start().await else {
-        return;
-    };
-    let logs = tempfile::tempdir().unwrap();
-    let proxy = ProxyProcess::start(logs.path());
-    let exec = DockerExecutor::connect()
-        .await
-        .expect("connect to the Docker Engine")
-        .with_proxy(proxy.socket());
-    let port = free_port();
-    let tcp = HealthCheck::Tcp {
-        port: 80,
-        timeout: Duration::from_secs(10),
-    };
-    let v1 = deploy(&exec, &app.spec("v1", Some(port), tcp.clone())).await;
+    let v1 = deploy(exec, &app.spec("v1", Some(port), tcp.clone())).await;
     assert!(v1.outcome.success, "{:?}", v1.outcome);
     let leftover = app.leftover_container("berth-test/web:bad", "bad", 2).await;
-    let v2 = deploy(&exec, &app.spec("v2", Some(port), tcp)).await;
+    let v2 = deploy(exec, &app.spec("v2", Some(port), tcp)).await;
     assert!(v2.outcome.success, "{:?}", v2.outcome);
     assert_eq!(
         wait_page(port, Duration::from_secs(10)),
         format!("version=v2 secret={}", app.secret)
     );
 
-    let rollback = rollback(&exec, &app.name, &v2.deployment_id).await;
+    let rollback = rollback(exec, &app.name, &v2.deployment_id).await;
     assert!(rollback.outcome.rolled_back, "{:?}", rollback.events);
     assert_eq!(
         rollback.outcome.container_id, v1.outcome.container_id,
@@ -253,6 +197,42 @@ async fn behind_the_host_proxy_a_rollback_and_a_repair_leave_out_a_candidate_tha
         wait_page(port, Duration::from_secs(10)),
         format!("version=v1 secret={}", app.secret)
     );
+    (v1, leftover)
+}
+
+/// A rollback puts back only a container that passes its own health check again, newest
+/// first (the host-port cut-over); the leftover it passed over is stopped again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_skips_a_previous_container_that_fails_its_health_check_again() {
+    let Some(app) = DockerApp::start().await else {
+        return;
+    };
+    let (_, leftover) = rollback_past_a_leftover(&app, &app.exec, free_port()).await;
+    let state = app
+        .docker
+        .inspect_container(&leftover, None)
+        .await
+        .unwrap()
+        .state
+        .and_then(|s| s.running);
+    assert_eq!(state, Some(false), "the leftover was stopped again");
+}
+
+/// The same behind the host proxy (the cut-over the kill -9 campaign runs), and an agent's
+/// repair removes a stopped container newer than the routed one (it never served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_host_proxy_a_rollback_and_a_repair_leave_out_a_candidate_that_never_passed() {
+    let Some(app) = DockerApp::start().await else {
+        return;
+    };
+    let logs = tempfile::tempdir().unwrap();
+    let proxy = ProxyProcess::start(logs.path());
+    let exec = DockerExecutor::connect()
+        .await
+        .expect("connect to the Docker Engine")
+        .with_proxy(proxy.socket());
+    let port = free_port();
+    let (v1, leftover) = rollback_past_a_leftover(&app, &exec, port).await;
 
     // Left by a crash: stopped, newer than the routed v1 (as the first leftover is). A repair
     // removes every container newer than the routed one, running or not.

@@ -441,9 +441,14 @@ impl DockerExecutor {
                         warn!(container = %container.name, error = %e, "could not stop a container that failed its health check again");
                     }
                 }
-                let why = format!("{what} does not pass its health check again: {error}");
-                emit(events, "rollback", format!("{why}; trying an older one"));
-                Err(why)
+                emit(
+                    events,
+                    "rollback",
+                    format!(
+                        "{what} does not pass its health check again: {error}; trying an older one"
+                    ),
+                );
+                Err(format!("{what}: {error}"))
             }
         }
     }
