@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::model::TargetStatus;
 use crate::pki::Pki;
 use crate::service::Service;
-use crate::store::AgentRow;
+use crate::store::{AgentRow, Report};
 
 pub use deployments::{DeploymentView, WatchUpdate};
 pub use enroll::{IssuedCertificate, ENROLLMENT_TOKEN_PREFIX};
@@ -290,24 +290,24 @@ impl Fleet {
     /// Whether a registered stream may stay: the agent is not revoked and still has the
     /// certificate it authenticated with; then its presence is recorded.
     async fn admit(&self, agent: &AgentRow, hello: &pb::Hello) -> Result<()> {
-        let store = self.service().store();
-        let now = store.agent(&agent.name).await?;
-        let same_certificate = now.cert_fingerprint == agent.cert_fingerprint
-            || now.prev_cert_fingerprint == agent.cert_fingerprint;
-        if now.revoked_at.is_some() || !same_certificate {
+        let fingerprint = agent.cert_fingerprint.as_deref().unwrap_or_default();
+        let admitted = self
+            .service()
+            .store()
+            .admit_agent(
+                &agent.name,
+                fingerprint,
+                &hello.agent_version,
+                &hello.docker_version,
+            )
+            .await?;
+        if !admitted {
             return Err(Error::PermissionDenied(format!(
                 "agent {:?} was revoked or re-enrolled",
                 agent.name
             )));
         }
-        store
-            .agent_seen(
-                &agent.name,
-                "connected",
-                Some(&hello.agent_version),
-                Some(&hello.docker_version),
-            )
-            .await
+        Ok(())
     }
 
     /// Returns once the node has started to stop ([`Fleet::close_streams`]): what a
@@ -411,13 +411,13 @@ impl Fleet {
                 let stored = self
                     .service()
                     .store()
-                    .queue_agent_event(
-                        &event.deployment_id,
-                        agent,
-                        &truncate(&event.phase, 32),
-                        &truncate(&event.message, 2048),
-                        EVENTS_PER_TARGET,
-                    )
+                    .queue_report(Report::Event {
+                        deployment_id: event.deployment_id,
+                        agent: agent.to_string(),
+                        phase: truncate(&event.phase, 32),
+                        message: truncate(&event.message, 2048),
+                        cap: EVENTS_PER_TARGET,
+                    })
                     .await?;
                 let fleet = self.clone();
                 let agent = agent.to_string();
@@ -448,42 +448,29 @@ impl Fleet {
     async fn handle_result(&self, agent: &str, result: pb::DeployResult) -> Result<()> {
         let store = self.service().store();
         let kind = pb::CommandKind::try_from(result.kind).unwrap_or(pb::CommandKind::Unspecified);
-        if store.deployment(&result.deployment_id).await.is_ok() {
-            let container =
-                (!result.container_id.is_empty()).then_some(result.container_id.as_str());
-            let error = (!result.error.is_empty()).then_some(truncate(&result.error, 2048));
-            match kind {
-                pb::CommandKind::Deploy => {
-                    let status = if result.success {
-                        TargetStatus::Success
-                    } else {
-                        TargetStatus::Failed
-                    };
-                    let recorded = store
-                        .finish_target(
-                            &result.deployment_id,
-                            agent,
-                            status,
-                            container,
-                            error.as_deref(),
-                        )
-                        .await?;
-                    if !recorded && result.success {
-                        self.late_success(&result.deployment_id, agent).await?;
-                    }
-                }
-                pb::CommandKind::Rollback => {
-                    store
-                        .finish_target(
-                            &result.deployment_id,
-                            agent,
-                            TargetStatus::RolledBack,
-                            container,
-                            error.as_deref(),
-                        )
-                        .await?;
-                }
-                _ => {}
+        // No read first: a result for a deployment or target the store does not know updates
+        // nothing (and a success is then checked by `late_success`).
+        let container = (!result.container_id.is_empty()).then_some(result.container_id.as_str());
+        let error = (!result.error.is_empty()).then_some(truncate(&result.error, 2048));
+        let status = match kind {
+            pb::CommandKind::Deploy if result.success => Some(TargetStatus::Success),
+            pb::CommandKind::Deploy => Some(TargetStatus::Failed),
+            pb::CommandKind::Rollback => Some(TargetStatus::RolledBack),
+            _ => None,
+        };
+        if let Some(status) = status {
+            let recorded = store
+                .queue_report(Report::Result {
+                    deployment_id: result.deployment_id.clone(),
+                    agent: agent.to_string(),
+                    status,
+                    container_id: container.map(str::to_string),
+                    error,
+                })
+                .await?
+                .await?;
+            if !recorded && kind == pb::CommandKind::Deploy && result.success {
+                self.late_success(&result.deployment_id, agent).await?;
             }
             self.inner.changed.notify_waiters();
         }

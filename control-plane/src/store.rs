@@ -18,6 +18,7 @@ mod key_ring;
 mod notifications;
 mod providers;
 mod registry;
+mod reports;
 mod secrets;
 mod writer;
 
@@ -31,6 +32,9 @@ use sqlx::{Row as _, SqlitePool};
 use crate::crypto::columns::{EncryptedColumn, ENCRYPTED_COLUMNS};
 use crate::crypto::Aad;
 use crate::error::Error;
+
+/// Now, UTC to the millisecond (`2026-11-30T16:25:27.123Z`): timestamps comparable as text.
+const NOW_MS: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 pub use acme::{AcmeAccountRow, AcmeIssued};
 pub use agents::{unknown_enrollment_token, AgentRow, Enrollment, EnrollmentToken};
@@ -48,6 +52,7 @@ pub use import::{
 pub use key_ring::{Candidate, KeyRingRow, ROTATION_SETTING};
 pub use notifications::{AttemptRecord, DeliveryRow, DueDelivery, NewDelivery, WebhookRow};
 pub use providers::{GroupSecretRow, ProviderRow, SyncRow, SyncWrite, SyncedSecret};
+pub(crate) use reports::Report;
 pub use secrets::WriteCounts;
 
 /// The database handle. Cheap to clone.
@@ -59,6 +64,8 @@ pub struct Store {
     writer: writer::Writer,
     /// Environment structures by application, valid for one value of the change counter.
     env_cache: env_structure::SharedEnvCache,
+    /// Agents' reports waiting to be written together.
+    reports: reports::Reports,
 }
 
 impl Store {
@@ -102,6 +109,7 @@ impl Store {
         Ok(Store {
             writer: writer::Writer::Pool(pool.clone()),
             env_cache: Default::default(),
+            reports: Default::default(),
             pool,
         })
     }

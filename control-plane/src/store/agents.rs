@@ -279,7 +279,7 @@ impl Store {
             name.to_string(),
         );
         self.writer
-            .write(move |conn| {
+            .write_statement(move |conn| {
                 Box::pin(async move {
                     sqlx::query(
                         "UPDATE agents SET status = ?, last_seen_at = datetime('now'), version = COALESCE(?, version), \
@@ -293,6 +293,43 @@ impl Store {
                     .await
                     .map_err(internal)?;
                     Ok(())
+                })
+            })
+            .await
+    }
+
+    /// Records a connecting agent as `connected` only if it is still unrevoked and its
+    /// current (or, during a renewal, previous) certificate is still `fingerprint`: the check
+    /// and the presence are one statement, so a revocation or re-enrollment either comes
+    /// before it (refused: `false`) or after it (and finds the stream to end).
+    pub async fn admit_agent(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        version: &str,
+        docker_version: &str,
+    ) -> Result<bool> {
+        let (name, fingerprint, version, docker_version) = (
+            name.to_string(),
+            fingerprint.to_string(),
+            version.to_string(),
+            docker_version.to_string(),
+        );
+        self.writer
+            .write_statement(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "UPDATE agents SET status = 'connected', last_seen_at = datetime('now'), version = ?, docker_version = ? \
+                         WHERE name = ? AND revoked_at IS NULL AND (cert_fingerprint = ?4 OR prev_cert_fingerprint = ?4)",
+                    )
+                    .bind(version)
+                    .bind(docker_version)
+                    .bind(name)
+                    .bind(fingerprint)
+                    .execute(conn)
+                    .await
+                    .map_err(internal)?;
+                    Ok(done.rows_affected() > 0)
                 })
             })
             .await

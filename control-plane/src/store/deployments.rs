@@ -1,8 +1,7 @@
 //! `deployment_logs` (the seed's aggregate), `deployment_targets` (one row per host) and
 //! `deployment_events` (the ordered step log).
 
-use super::writer::Durable;
-use super::{internal, Store};
+use super::{internal, Store, NOW_MS};
 use crate::error::{Error, Result};
 use crate::model::{DeploymentLog, DeploymentStatus, TargetStatus, ACTIVE_SQL, UNFINISHED_SQL};
 
@@ -95,8 +94,6 @@ impl OwnedDeployment {
     }
 }
 
-const NOW_MS: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
-
 impl Store {
     /// Admits a new deployment, deciding in the writer's transaction (which sees every
     /// earlier write, committed or of the same batch) whether it takes the application's slot
@@ -178,26 +175,32 @@ impl Store {
                     .execute(&mut *tx)
                     .await
                     .map_err(internal)?;
-                for agent in agents {
-                    if deploy {
-                        sqlx::query(&format!(
-                            "UPDATE deployment_targets SET status = ?, started_at = {NOW_MS} WHERE deployment_id = ? AND agent_name = ?"
-                        ))
-                        .bind(TargetStatus::Running)
-                        .bind(deployment_id)
-                        .bind(agent)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(internal)?;
-                    }
-                    sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, ?, 'dispatch', ?)")
-                        .bind(deployment_id)
-                        .bind(agent)
-                        .bind(format!("{command} sent to {agent}"))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(internal)?;
+                // Set-based: a batch of 10,000 targets is two statements, not 20,000 round
+                // trips to the connection before the first command goes out.
+                let agents = serde_json::to_string(agents).map_err(|e| Error::Internal(e.to_string()))?;
+                if deploy {
+                    sqlx::query(&format!(
+                        "UPDATE deployment_targets SET status = ?, started_at = {NOW_MS} \
+                         WHERE deployment_id = ? AND agent_name IN (SELECT value FROM json_each(?))"
+                    ))
+                    .bind(TargetStatus::Running)
+                    .bind(deployment_id)
+                    .bind(&agents)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(internal)?;
                 }
+                // json_each walks the array in order: the events keep the batch's order.
+                sqlx::query(
+                    "INSERT INTO deployment_events (deployment_id, agent_name, phase, message) \
+                     SELECT ?1, value, 'dispatch', ?2 || ' sent to ' || value FROM json_each(?3) ORDER BY key",
+                )
+                .bind(deployment_id)
+                .bind(command)
+                .bind(&agents)
+                .execute(&mut *tx)
+                .await
+                .map_err(internal)?;
                 Ok(())
                 })
             })
@@ -220,59 +223,9 @@ impl Store {
             message.to_string(),
         );
         self.writer
-            .write(move |conn| {
+            .write_statement(move |conn| {
                 Box::pin(async move {
                     insert_event(conn, &deployment_id, agent.as_deref(), &phase, &message).await
-                })
-            })
-            .await
-    }
-
-    /// Appends an event an agent sent, only when that agent is a target of the deployment
-    /// and has sent fewer than `cap` events for it; the event that reaches the cap is
-    /// replaced by one saying that later ones are dropped. Returns whether it was stored.
-    /// The check and the insert are one write (no other event of the agent comes between).
-    /// Returns once the write is queued, in order behind the ones before it; the answer
-    /// (stored or not) comes when it is durable.
-    pub(crate) async fn queue_agent_event(
-        &self,
-        deployment_id: &str,
-        agent: &str,
-        phase: &str,
-        message: &str,
-        cap: i64,
-    ) -> Result<Durable<bool>> {
-        let (deployment_id, agent, phase, message) = (
-            deployment_id.to_string(),
-            agent.to_string(),
-            phase.to_string(),
-            message.to_string(),
-        );
-        self.writer
-            .enqueue(move |conn| {
-                Box::pin(async move {
-                    let (is_target, sent): (bool, i64) = sqlx::query_as(
-                        "SELECT EXISTS(SELECT 1 FROM deployment_targets WHERE deployment_id = ?1 AND agent_name = ?2), \
-                         (SELECT COUNT(*) FROM deployment_events WHERE deployment_id = ?1 AND agent_name = ?2)",
-                    )
-                    .bind(&deployment_id)
-                    .bind(&agent)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(internal)?;
-                    if !is_target || sent >= cap {
-                        return Ok(false);
-                    }
-                    let (phase, message) = if sent + 1 == cap {
-                        (
-                            "events".to_string(),
-                            format!("{cap} events from {agent}: later events of this deployment are dropped"),
-                        )
-                    } else {
-                        (phase, message)
-                    };
-                    insert_event(conn, &deployment_id, Some(&agent), &phase, &message).await?;
-                    Ok(true)
                 })
             })
             .await
@@ -327,7 +280,7 @@ impl Store {
             error.map(str::to_string),
         );
         self.writer
-            .write(move |conn| {
+            .write_statement(move |conn| {
                 Box::pin(async move {
                     let done = sqlx::query(&format!(
                         "UPDATE deployment_targets SET status = ?, container_id = COALESCE(?, container_id), error_message = ?, \

@@ -1,11 +1,8 @@
 //! `webhooks` (outgoing notification receivers, signing secret encrypted) and
 //! `webhook_deliveries` (one row per event and webhook, written before the first attempt).
 
-use super::{internal, Store};
+use super::{internal, Store, NOW_MS};
 use crate::error::{Error, Result};
-
-/// Timestamps of deliveries: UTC with milliseconds, comparable as text.
-const NOW_MS: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 /// A webhook as listed: never its secret. `last_delivery_*` describe its newest delivery.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -48,12 +48,30 @@ type Job = Box<
 >;
 
 pub(super) enum Message {
-    Write(Job),
+    Write(Job, Undo),
     Close(oneshot::Sender<()>),
+}
+
+/// How a job that fails is undone without undoing the rest of its batch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Undo {
+    /// A savepoint of its own around it: the job may change rows with several statements.
+    Savepoint,
+    /// Nothing to do: the job changes the database with at most one statement, its last, and
+    /// SQLite undoes a statement that fails by itself while keeping the transaction. Saves
+    /// two round trips to the connection per job, on the paths that run once per agent.
+    Statement,
 }
 
 /// A queued write's outcome, known once its transaction is durable (or refused).
 pub(crate) struct Durable<T>(oneshot::Receiver<Result<T>>);
+
+impl<T> Durable<T> {
+    /// An outcome another part of the store answers (see `reports.rs`).
+    pub(super) fn new(answer: oneshot::Receiver<Result<T>>) -> Self {
+        Durable(answer)
+    }
+}
 
 impl<T> Future for Durable<T> {
     type Output = Result<T>;
@@ -96,14 +114,24 @@ impl Writer {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> WriteFuture<'c, T> + Send + 'static,
     {
-        self.enqueue(f).await?.await
+        self.enqueue_as(Undo::Savepoint, f).await?.await
+    }
+
+    /// [`Writer::write`] for a job whose only change is one statement, its last (see
+    /// [`Undo::Statement`]).
+    pub(super) async fn write_statement<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> WriteFuture<'c, T> + Send + 'static,
+    {
+        self.enqueue_as(Undo::Statement, f).await?.await
     }
 
     /// Queues `f` behind every write queued before it (waiting only for room in the queue)
     /// and returns what will say, once its transaction is durable, how it went. A caller
-    /// that must keep its writes in order without waiting for each commit (an agent's step
-    /// log, read message after message from one stream) queues the next one at once.
-    pub(super) async fn enqueue<T, F>(&self, f: F) -> Result<Durable<T>>
+    /// that must keep its writes in order without waiting for each commit (agents' reports,
+    /// read message after message from a stream) queues the next one at once.
+    pub(super) async fn enqueue_as<T, F>(&self, undo: Undo, f: F) -> Result<Durable<T>>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> WriteFuture<'c, T> + Send + 'static,
@@ -156,7 +184,7 @@ impl Writer {
                     })
                 });
                 queue
-                    .send(Message::Write(job))
+                    .send(Message::Write(job, undo))
                     .await
                     .map_err(|_| closed())?;
                 Ok(Durable(rx))
@@ -209,12 +237,12 @@ async fn run(
         };
         let mut batch = Vec::new();
         match first {
-            Message::Write(job) => batch.push(job),
+            Message::Write(job, undo) => batch.push((job, undo)),
             Message::Close(ack) => close = Some(ack),
         }
         while close.is_none() && batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(Message::Write(job)) => batch.push(job),
+                Ok(Message::Write(job, undo)) => batch.push((job, undo)),
                 Ok(Message::Close(ack)) => close = Some(ack),
                 Err(_) => break,
             }
@@ -259,15 +287,15 @@ impl Timing {
     }
 }
 
-/// One transaction for the whole batch, a savepoint per job, one commit.
-async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Job>) -> Timing {
+/// One transaction for the whole batch, a savepoint per job that needs one, one commit.
+async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<(Job, Undo)>) -> Timing {
     let mut timing = Timing::default();
     let started = Instant::now();
     let begun = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await;
     timing.begin = started.elapsed();
     if let Err(e) = begun {
         let why = failure(e);
-        for job in batch {
+        for (job, _) in batch {
             // Never run: each caller hears why (nothing of it was written).
             job(Err(why.clone())).await;
         }
@@ -275,34 +303,46 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Job>) -> Timing {
     }
     let mut committed = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter();
-    while let Some(job) = jobs.next() {
-        let savepoint = sqlx::query("SAVEPOINT job").execute(&mut *conn).await;
-        if let Err(e) = savepoint {
-            job(Err(failure(e))).await;
-            continue;
+    while let Some((job, undo)) = jobs.next() {
+        if undo == Undo::Savepoint {
+            if let Err(e) = sqlx::query("SAVEPOINT job").execute(&mut *conn).await {
+                job(Err(failure(e))).await;
+                continue;
+            }
         }
         let ran = job(Ok(&mut *conn)).await;
         if ran.ok {
-            let _ = sqlx::query("RELEASE job").execute(&mut *conn).await;
+            if undo == Undo::Savepoint {
+                let _ = sqlx::query("RELEASE job").execute(&mut *conn).await;
+            }
             committed.push(ran.acknowledge);
             continue;
         }
-        if let Err(e) = sqlx::query("ROLLBACK TO job").execute(&mut *conn).await {
-            // The savepoint is gone: SQLite rolled the whole transaction back (a full disk,
-            // an I/O error). Nothing of the batch was written; every caller hears so, and
-            // the rest of the batch does not run outside a transaction.
+        let undone = match undo {
+            Undo::Savepoint => sqlx::query("ROLLBACK TO job")
+                .execute(&mut *conn)
+                .await
+                .map(drop)
+                .map_err(failure),
+            Undo::Statement => still_in_transaction(conn).await,
+        };
+        if let Err(why) = undone {
+            // The transaction is gone: SQLite rolled it back (a full disk, an I/O error).
+            // Nothing of the batch was written; every caller hears so, and the rest of the
+            // batch does not run outside a transaction.
             (ran.acknowledge)(None);
-            let why = failure(e);
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
             for acknowledge in committed {
                 acknowledge(Some(why.clone()));
             }
-            for job in jobs {
+            for (job, _) in jobs {
                 job(Err(why.clone())).await;
             }
             return timing;
         }
-        let _ = sqlx::query("RELEASE job").execute(&mut *conn).await;
+        if undo == Undo::Savepoint {
+            let _ = sqlx::query("RELEASE job").execute(&mut *conn).await;
+        }
         (ran.acknowledge)(None);
     }
     timing.jobs = started.elapsed() - timing.begin;
@@ -319,6 +359,20 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Job>) -> Timing {
         acknowledge(failed.clone());
     }
     timing
+}
+
+/// After a job without a savepoint failed: whether the batch's transaction survived the
+/// failed statement (SQLite keeps it for a constraint, may roll it back for a full disk or an
+/// I/O error). `BEGIN` is refused inside a transaction and only there.
+async fn still_in_transaction(conn: &mut SqliteConnection) -> std::result::Result<(), String> {
+    match sqlx::query("BEGIN").execute(&mut *conn).await {
+        Err(e) if e.to_string().contains("within a transaction") => Ok(()),
+        Err(e) => Err(failure(e)),
+        Ok(_) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err("cannot write to the database: the transaction was rolled back".to_string())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -402,6 +456,51 @@ mod tests {
             if !fails {
                 assert_eq!(outcome.unwrap(), n);
                 expected.insert(format!("w{n}"));
+            }
+        }
+        let stored: HashSet<String> = audit_targets(&store).await.into_iter().collect();
+        assert_eq!(stored, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_statement_job_changes_nothing_and_its_batch_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("berth.db")).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..60 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let fails = n % 7 == 2;
+                let outcome = store
+                    .writer
+                    .write_statement(move |conn| {
+                        Box::pin(async move {
+                            // One statement; a failing one violates NOT NULL on its second row,
+                            // after SQLite inserted the first: the statement is undone whole.
+                            let action = (!fails).then_some("test.write");
+                            sqlx::query(
+                                "INSERT INTO audit_log (actor, action, target) VALUES ('test', 'test.write', ?), ('test', ?, ?)",
+                            )
+                            .bind(format!("w{n}"))
+                            .bind(action)
+                            .bind(format!("w{n}b"))
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(internal)?;
+                            Ok(n)
+                        })
+                    })
+                    .await;
+                (n, fails, outcome)
+            });
+        }
+        let mut expected = HashSet::new();
+        while let Some(done) = tasks.join_next().await {
+            let (n, fails, outcome) = done.unwrap();
+            assert_eq!(outcome.is_err(), fails, "write {n}: {outcome:?}");
+            if !fails {
+                expected.insert(format!("w{n}"));
+                expected.insert(format!("w{n}b"));
             }
         }
         let stored: HashSet<String> = audit_targets(&store).await.into_iter().collect();
