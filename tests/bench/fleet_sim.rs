@@ -39,6 +39,13 @@ struct Args {
     /// Also measure the reconnect storm (kill -9 and restart of the control plane).
     #[arg(long)]
     storm: bool,
+    /// Where the agents keep their data (identity, command journal): by default the
+    /// control plane's temporary directory, on the same disk. Each journaled command costs an
+    /// agent file creations and fsyncs that a real fleet spreads over its hosts' disks; here
+    /// they share this machine's one disk and cores with the control plane. A tmpfs
+    /// (`/dev/shm`) keeps the agents' files and leaves the control plane's database on disk.
+    #[arg(long)]
+    agents_dir: Option<PathBuf>,
 }
 
 struct ControlPlane {
@@ -272,7 +279,13 @@ async fn main() -> anyhow::Result<()> {
 
     // Enrollment, through the real path (token, CSR, pinned CA), 16 at a time.
     let started = Instant::now();
-    let agents_dir = tmp.path().join("agents");
+    let agents_tmp = match &args.agents_dir {
+        Some(dir) => Some(tempfile::tempdir_in(dir)?),
+        None => None,
+    };
+    let agents_dir = agents_tmp
+        .as_ref()
+        .map_or_else(|| tmp.path().join("agents"), |d| d.path().join("agents"));
     let semaphore = Arc::new(tokio::sync::Semaphore::new(16));
     let mut enrollments = tokio::task::JoinSet::new();
     for i in 0..args.agents {
