@@ -23,7 +23,11 @@ enum AgentCommand {
     /// One-time enrollment tokens for new agents
     Token(TokenArgs),
     /// List agents: status, labels, versions, certificate expiry
-    List,
+    List {
+        /// Only how many agents are enrolled, connected and revoked (cheap on a large fleet)
+        #[arg(long)]
+        summary: bool,
+    },
     /// Revoke an agent: its certificate is refused and its stream dropped at once
     Revoke {
         /// Name of the agent, as `berth agent list` shows it
@@ -93,15 +97,37 @@ pub async fn run(args: AgentArgs, connect: &ConnectOptions, format: Format) -> a
                 }
             }
         }
-        AgentCommand::List => {
-            let agents = connect
+        AgentCommand::List { summary } => {
+            let listed = connect
                 .connect()
                 .await?
                 .agents()
-                .list_agents(ListAgentsRequest {})
+                .list_agents(ListAgentsRequest {
+                    summary_only: summary,
+                })
                 .await?
-                .into_inner()
-                .agents;
+                .into_inner();
+            if summary {
+                let counts = listed.counts.unwrap_or_default();
+                let disconnected = counts
+                    .total
+                    .saturating_sub(counts.connected)
+                    .saturating_sub(counts.revoked);
+                match format {
+                    Format::Json => output::print_json(&json!({
+                        "total": counts.total,
+                        "connected": counts.connected,
+                        "disconnected": disconnected,
+                        "revoked": counts.revoked,
+                    })),
+                    Format::Table => println!(
+                        "{} agents: {} connected, {} disconnected, {} revoked",
+                        counts.total, counts.connected, disconnected, counts.revoked
+                    ),
+                }
+                return Ok(());
+            }
+            let agents = listed.agents;
             match format {
                 Format::Json => output::print_json(&json!(agents
                     .iter()

@@ -122,6 +122,14 @@ struct Inner {
 
 type WaitKey = (String, String, i32);
 
+/// How many agents are enrolled, connected now, revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentCounts {
+    pub total: u32,
+    pub connected: u32,
+    pub revoked: u32,
+}
+
 /// A subscriber to finished deployments: gets the final `deployment_logs` row and the app name.
 pub type FinishedHook = Arc<dyn Fn(&crate::model::DeploymentLog, &str) + Send + Sync>;
 
@@ -536,6 +544,17 @@ impl Fleet {
     }
 
     /// Agents as `berth agent list` shows them: stored rows with live presence.
+    /// Enrolled, connected and revoked agents, without reading any agent's row.
+    pub async fn agent_counts(&self, actor: &crate::service::Actor) -> Result<AgentCounts> {
+        actor.require(crate::service::Permission::Read)?;
+        let (total, revoked) = self.service().store().count_agents().await?;
+        Ok(AgentCounts {
+            total: u32::try_from(total).unwrap_or(u32::MAX),
+            connected: u32::try_from(self.connected_count()).unwrap_or(u32::MAX),
+            revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
+        })
+    }
+
     pub async fn list_agents(
         &self,
         actor: &crate::service::Actor,

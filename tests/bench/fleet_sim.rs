@@ -186,19 +186,22 @@ fn now_nanos() -> i64 {
         .as_nanos() as i64
 }
 
+/// Agents holding a live stream now. The summary only: listing 10,000 agents every 100 ms
+/// took a pool connection and a core of the control plane for about a second each time,
+/// inside the measurement. A control plane older than the summary sends the whole list.
 async fn connected_count(
     admin: &mut pb::agent_admin_service_client::AgentAdminServiceClient<Channel>,
     key: &str,
 ) -> usize {
     admin
-        .list_agents(authed(pb::ListAgentsRequest {}, key))
+        .list_agents(authed(pb::ListAgentsRequest { summary_only: true }, key))
         .await
         .map(|r| {
-            r.into_inner()
-                .agents
-                .iter()
-                .filter(|a| a.status == "connected")
-                .count()
+            let r = r.into_inner();
+            match r.counts {
+                Some(counts) => counts.connected as usize,
+                None => r.agents.iter().filter(|a| a.status == "connected").count(),
+            }
         })
         .unwrap_or(0)
 }

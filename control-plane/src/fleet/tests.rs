@@ -862,3 +862,29 @@ async fn a_change_between_subscribing_and_waiting_wakes_the_watcher() {
         "the change was missed"
     );
 }
+
+#[tokio::test]
+async fn the_agent_summary_counts_enrolled_connected_and_revoked_agents() {
+    let h = Harness::new(&["a1", "a2", "a3"], rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
+    let counts = |total, connected, revoked| AgentCounts {
+        total,
+        connected,
+        revoked,
+    };
+    assert_eq!(
+        h.fleet.agent_counts(&Actor::system()).await.unwrap(),
+        counts(3, 0, 0)
+    );
+    let _a1 = ScriptedAgent::connect(&h.fleet, "a1").await;
+    let _a2 = ScriptedAgent::connect(&h.fleet, "a2").await;
+    assert_eq!(
+        h.fleet.agent_counts(&Actor::system()).await.unwrap(),
+        counts(3, 2, 0)
+    );
+    // A revoked agent's stream is dropped at once: no longer connected.
+    h.fleet.revoke(&Actor::system(), "a2").await.unwrap();
+    assert_eq!(
+        h.fleet.agent_counts(&Actor::system()).await.unwrap(),
+        counts(3, 1, 1)
+    );
+}

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::{authenticate, convert, status};
 use crate::fleet::{DeployTrigger, DeploymentView, Fleet, WatchUpdate};
+use crate::store::AgentRow;
 
 pub struct DeployApi {
     fleet: Fleet,
@@ -175,8 +176,28 @@ impl pb::agent_admin_service_server::AgentAdminService for AgentAdminApi {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let actor = authenticate(self.fleet.service(), &request).await?;
+        if request.get_ref().summary_only {
+            let counts = self.fleet.agent_counts(&actor).await.map_err(status)?;
+            return Ok(Response::new(pb::ListAgentsResponse {
+                agents: Vec::new(),
+                counts: Some(pb::AgentCounts {
+                    total: counts.total,
+                    connected: counts.connected,
+                    revoked: counts.revoked,
+                }),
+            }));
+        }
         let rows = self.fleet.list_agents(&actor).await.map_err(status)?;
+        let count = |f: &dyn Fn(&(AgentRow, bool)) -> bool| {
+            u32::try_from(rows.iter().filter(|r| f(r)).count()).unwrap_or(u32::MAX)
+        };
+        let counts = Some(pb::AgentCounts {
+            total: count(&|_| true),
+            connected: count(&|(_, connected)| *connected),
+            revoked: count(&|(a, _)| a.revoked_at.is_some()),
+        });
         Ok(Response::new(pb::ListAgentsResponse {
+            counts,
             agents: rows
                 .into_iter()
                 .map(|(a, connected)| pb::Agent {

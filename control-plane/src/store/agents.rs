@@ -242,6 +242,14 @@ impl Store {
         }
     }
 
+    /// Enrolled agents (revoked ones included) and how many of them are revoked.
+    pub async fn count_agents(&self) -> Result<(i64, i64)> {
+        sqlx::query_as("SELECT COUNT(*), COUNT(revoked_at) FROM agents")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(internal)
+    }
+
     pub async fn list_agents(&self) -> Result<Vec<AgentRow>> {
         sqlx::query_as("SELECT * FROM agents ORDER BY name")
             .fetch_all(&self.pool)
