@@ -12,6 +12,7 @@
 //!   was not written; nothing is acknowledged before the commit.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -51,6 +52,19 @@ type Pending = Vec<(Report, oneshot::Sender<Result<bool>>)>;
 /// The batch waiting for the writer, if one is queued and has not started.
 #[derive(Clone, Default)]
 pub(super) struct Reports(Arc<Mutex<Option<Pending>>>);
+
+impl Reports {
+    fn take(&self) -> Option<Pending> {
+        self.0.lock().expect("reports lock").take()
+    }
+
+    /// Tells every report of the pending batch that it was not written, and why.
+    fn fail_pending(&self, why: &str) {
+        for (_, sender) in self.take().unwrap_or_default() {
+            let _ = sender.send(Err(Error::Unavailable(why.to_string())));
+        }
+    }
+}
 
 /// The answers of a batch's reports; any still unanswered when dropped (the job failed, the
 /// commit failed, the writer stopped) hear why.
@@ -93,12 +107,17 @@ impl Store {
         };
         if first {
             let reports = self.reports.clone();
-            let written = self
+            // Set once the job took its batch: a job that never ran (the writer closed, or its
+            // transaction could not begin) leaves the batch pending, and its reports are told.
+            let taken = Arc::new(AtomicBool::new(false));
+            let job_taken = taken.clone();
+            let queued = self
                 .writer
                 .enqueue_as(Undo::Savepoint, move |conn| {
                     Box::pin(async move {
                         // From here on, new reports start the next batch.
-                        let batch = reports.0.lock().expect("reports lock").take();
+                        let batch = reports.take();
+                        job_taken.store(true, Ordering::Release);
                         let (reports, senders): (Vec<Report>, Vec<_>) =
                             batch.unwrap_or_default().into_iter().unzip();
                         let mut answers = Answers {
@@ -117,14 +136,26 @@ impl Store {
                         }
                     })
                 })
-                .await?;
+                .await;
+            let written = match queued {
+                Ok(written) => written,
+                Err(e) => {
+                    self.reports.fail_pending(&e.to_string());
+                    return Err(e);
+                }
+            };
+            let reports = self.reports.clone();
             tokio::spawn(async move {
-                // A failed commit drops the answers, which tells every report why.
-                if let Ok(mut answers) = written.await {
-                    let outcomes = std::mem::take(&mut answers.outcomes);
-                    for (sender, outcome) in answers.senders.drain(..).zip(outcomes) {
-                        let _ = sender.send(Ok(outcome));
+                match written.await {
+                    Ok(mut answers) => {
+                        let outcomes = std::mem::take(&mut answers.outcomes);
+                        for (sender, outcome) in answers.senders.drain(..).zip(outcomes) {
+                            let _ = sender.send(Ok(outcome));
+                        }
                     }
+                    // The job ran: its answers were dropped, which told every report why.
+                    Err(_) if taken.load(Ordering::Acquire) => {}
+                    Err(e) => reports.fail_pending(&e.to_string()),
                 }
             });
         }
@@ -501,5 +532,22 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(stored, 50);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reports_to_a_closed_store_are_refused_not_left_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_targets(dir.path()).await;
+        store.close().await;
+        for n in 0..3 {
+            // A liveness bound, not a timing: a report stuck in a batch no job will write
+            // would wait forever.
+            let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                store.queue_report(event("a1", n, 1000)).await?.await
+            })
+            .await
+            .expect("the report was left waiting");
+            assert!(outcome.is_err(), "report {n}: {outcome:?}");
+        }
     }
 }
