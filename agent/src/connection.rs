@@ -475,6 +475,9 @@ fn start<F, Fut>(
         // The journal fsyncs: it runs on the blocking pool, never on the threads that read
         // the stream, send heartbeats and serve the proxy (a fleet simulator's thousands of
         // agents in one process showed it: each fsync stalled every other stream).
+        // Commands of one app run one at a time under its lock, in the order they take it;
+        // the control plane sends a rollback of a deployment only after that deploy answered
+        // or timed out, so a deploy and its rollback never race for the lock here.
         let begun = {
             let (journal, id, app) = (shared.journal.clone(), deployment_id.clone(), app.clone());
             blocking(move || journal.begin(&id, kind, &app)).await

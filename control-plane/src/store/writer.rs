@@ -319,11 +319,12 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<(Job, Undo)>) -> T
             continue;
         }
         let undone = match undo {
+            // A missing savepoint means the transaction is gone.
             Undo::Savepoint => sqlx::query("ROLLBACK TO job")
                 .execute(&mut *conn)
                 .await
                 .map(drop)
-                .map_err(failure),
+                .map_err(|_| ROLLED_BACK.to_string()),
             Undo::Statement => still_in_transaction(conn).await,
         };
         if let Err(why) = undone {
@@ -361,6 +362,12 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<(Job, Undo)>) -> T
     timing
 }
 
+/// What the other writes of a batch hear when one of them failed in a way that made SQLite
+/// roll the whole transaction back (a full disk, an I/O error); the failed one hears its own
+/// cause.
+const ROLLED_BACK: &str =
+    "cannot write to the database: another write of the same batch failed and SQLite rolled the batch back; retry";
+
 /// After a job without a savepoint failed: whether the batch's transaction survived the
 /// failed statement (SQLite keeps it for a constraint, may roll it back for a full disk or an
 /// I/O error). `BEGIN` is refused inside a transaction and only there.
@@ -370,7 +377,7 @@ async fn still_in_transaction(conn: &mut SqliteConnection) -> std::result::Resul
         Err(e) => Err(failure(e)),
         Ok(_) => {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err("cannot write to the database: the transaction was rolled back".to_string())
+            Err(ROLLED_BACK.to_string())
         }
     }
 }
@@ -505,6 +512,91 @@ mod tests {
         }
         let stored: HashSet<String> = audit_targets(&store).await.into_iter().collect();
         assert_eq!(stored, expected);
+    }
+
+    /// A job inserting one audit row.
+    fn insert_audit(
+        target: String,
+    ) -> impl for<'c> FnOnce(&'c mut SqliteConnection) -> WriteFuture<'c, ()> + Send + 'static {
+        move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO audit_log (actor, action, target) VALUES ('test', 'test.write', ?)",
+                )
+                .bind(target)
+                .execute(&mut *conn)
+                .await
+                .map_err(internal)?;
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_sqlite_rolled_back_is_reported_failed_whole_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("berth.db")).await.unwrap();
+        // What a full disk or an I/O error does to a transaction: SQLite ends it, not only
+        // the statement.
+        sqlx::query(
+            "CREATE TRIGGER test_rollback BEFORE INSERT ON audit_log WHEN NEW.target LIKE 'boom%' \
+             BEGIN SELECT RAISE(ROLLBACK, 'rolled back'); END",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let mut acknowledged = HashSet::<String>::new();
+        let mut refused = HashSet::new();
+        for undo in [Undo::Statement, Undo::Savepoint] {
+            // A job that holds the writer while the next batch queues behind it: a write
+            // before the failing one, the failing one, and one after it share that batch.
+            let (started_tx, started) = oneshot::channel();
+            let (release, released) = oneshot::channel::<()>();
+            let holding = store
+                .writer
+                .enqueue_as(Undo::Savepoint, |_| {
+                    Box::pin(async move {
+                        let _ = started_tx.send(());
+                        let _ = released.await;
+                        Ok(())
+                    })
+                })
+                .await
+                .unwrap();
+            started.await.unwrap();
+            let mut queued = Vec::new();
+            for target in ["before", "boom", "after"] {
+                let target = format!("{target}-{}", undo == Undo::Statement);
+                let job = insert_audit(target.clone());
+                queued.push((target, store.writer.enqueue_as(undo, job).await.unwrap()));
+            }
+            let _ = release.send(());
+            holding.await.unwrap();
+            for (target, outcome) in queued {
+                match outcome.await {
+                    Ok(()) => acknowledged.insert(target),
+                    Err(e) => {
+                        if !target.starts_with("boom") {
+                            assert!(e.to_string().contains("rolled the batch back"), "{e}");
+                        }
+                        refused.insert(target)
+                    }
+                };
+            }
+        }
+        // The whole batch is refused both ways, each write with its reason.
+        assert_eq!(refused.len(), 6, "{refused:?}");
+        let stored: HashSet<String> = audit_targets(&store).await.into_iter().collect();
+        // Every acknowledged write is there, no refused one is (none written outside a
+        // transaction after the rollback).
+        assert_eq!(stored, acknowledged);
+        assert!(stored.is_disjoint(&refused), "refused writes were stored");
+        // The writer goes on.
+        store
+            .audit("test", "test.write", "after", None)
+            .await
+            .unwrap();
+        assert!(audit_targets(&store).await.contains(&"after".to_string()));
     }
 
     #[test]
