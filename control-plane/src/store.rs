@@ -9,6 +9,7 @@ mod agents;
 mod api_keys;
 mod applications;
 mod audit;
+mod auth_cache;
 mod deployments;
 mod domains;
 mod env;
@@ -66,6 +67,8 @@ pub struct Store {
     env_cache: env_structure::SharedEnvCache,
     /// Agents' reports waiting to be written together.
     reports: reports::Reports,
+    /// API keys and webhook gates, valid until the next write to `api_keys`/`applications`.
+    auth: std::sync::Arc<auth_cache::AuthCache>,
 }
 
 impl Store {
@@ -110,6 +113,7 @@ impl Store {
             writer: writer::Writer::Pool(pool.clone()),
             env_cache: Default::default(),
             reports: Default::default(),
+            auth: Default::default(),
             pool,
         })
     }

@@ -584,6 +584,72 @@ mod tests {
         );
     }
 
+    /// The gate is answered from memory (issue 11); every change to who may deploy is in
+    /// force for the very next request, by name and by id: a new application, a rotated
+    /// token, a disabled webhook, a deleted application.
+    #[tokio::test]
+    async fn a_remembered_gate_follows_every_change_at_once() {
+        let (fleet, _dir) = fleet().await;
+        let svc = fleet.service().clone();
+        let wrong = "bwt_not-the-token-of-any-application";
+        let by_name = || ApplicationRef::Name("late".into());
+        let shim = shim();
+        let try_deploy = |app: ApplicationRef, token: &str| {
+            let mut r = request(app, "v1", token);
+            r.wait = Some(Duration::from_secs(5));
+            fleet.webhook_deploy(&shim, r)
+        };
+        // Unknown, twice (the second answer comes from memory).
+        for _ in 0..2 {
+            assert_eq!(
+                code(try_deploy(by_name(), wrong).await).0,
+                ErrorCode::NotFound
+            );
+        }
+        let created = svc
+            .create_application(&admin(), new_app("late"))
+            .await
+            .unwrap();
+        let by_id = || ApplicationRef::Id(created.application.id);
+        let first = created.webhook_token.expose_secret().to_string();
+        for app in [by_name(), by_id(), by_name(), by_id()] {
+            assert_eq!(
+                code(try_deploy(app, wrong).await).0,
+                ErrorCode::Unauthenticated
+            );
+        }
+        try_deploy(by_name(), &first).await.unwrap();
+
+        let rotated = svc.rotate_webhook_token(&admin(), "late").await.unwrap();
+        let second = rotated.webhook_token.expose_secret().to_string();
+        for app in [by_name(), by_id()] {
+            assert_eq!(
+                code(try_deploy(app, &first).await).0,
+                ErrorCode::Unauthenticated
+            );
+        }
+        try_deploy(by_id(), &second).await.unwrap();
+
+        let disable = crate::service::applications::ApplicationUpdate {
+            webhook_enabled: Some(false),
+            ..Default::default()
+        };
+        svc.update_application(&admin(), "late", disable)
+            .await
+            .unwrap();
+        for app in [by_name(), by_id()] {
+            assert_eq!(
+                code(try_deploy(app, &second).await).0,
+                ErrorCode::PermissionDenied
+            );
+        }
+
+        svc.delete_application(&admin(), "late").await.unwrap();
+        for app in [by_name(), by_id()] {
+            assert_eq!(code(try_deploy(app, &second).await).0, ErrorCode::NotFound);
+        }
+    }
+
     #[tokio::test]
     async fn a_valid_token_starts_a_webhook_deployment_from_the_client_ip() {
         let (fleet, _dir) = fleet().await;

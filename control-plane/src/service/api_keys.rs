@@ -33,7 +33,7 @@ impl Service {
             .await?;
         // Compare against every candidate, so the time does not depend on which one matches.
         let mut found = None;
-        for candidate in candidates {
+        for candidate in candidates.iter() {
             if token_matches(presented, &candidate.key_hash) {
                 found = Some(candidate);
             }

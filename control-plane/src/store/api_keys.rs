@@ -1,5 +1,7 @@
 //! `api_keys`: digests only; the key itself is never stored.
 
+use std::sync::Arc;
+
 use super::{conflict, internal, Store};
 use crate::error::{Error, Result};
 use crate::model::ApiKey;
@@ -12,6 +14,7 @@ impl Store {
         key_hash: &str,
         prefix: &str,
     ) -> Result<ApiKey> {
+        let _changed = self.auth.change_guard();
         sqlx::query_as(
             "INSERT INTO api_keys (name, role, key_hash, prefix) VALUES (?, ?, ?, ?) RETURNING *",
         )
@@ -25,12 +28,23 @@ impl Store {
     }
 
     /// Active keys whose public prefix matches; the caller compares digests in constant time.
-    pub async fn api_keys_by_prefix(&self, prefix: &str) -> Result<Vec<ApiKey>> {
-        sqlx::query_as("SELECT * FROM api_keys WHERE prefix = ? AND revoked_at IS NULL")
-            .bind(prefix)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(internal)
+    /// From memory while no write to `api_keys` has happened since they were read.
+    pub async fn api_keys_by_prefix(&self, prefix: &str) -> Result<Arc<[ApiKey]>> {
+        let generation = self.auth.generation();
+        if let Some(keys) = self.auth.keys_by_prefix.get(prefix, generation) {
+            return Ok(keys);
+        }
+        let keys: Vec<ApiKey> =
+            sqlx::query_as("SELECT * FROM api_keys WHERE prefix = ? AND revoked_at IS NULL")
+                .bind(prefix)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(internal)?;
+        let keys: Arc<[ApiKey]> = keys.into();
+        self.auth
+            .keys_by_prefix
+            .put(prefix.to_string(), keys.clone(), generation);
+        Ok(keys)
     }
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>> {
@@ -48,6 +62,7 @@ impl Store {
     }
 
     pub async fn revoke_api_key(&self, name: &str) -> Result<()> {
+        let _changed = self.auth.change_guard();
         let done = sqlx::query("UPDATE api_keys SET revoked_at = datetime('now') WHERE name = ? AND revoked_at IS NULL")
             .bind(name)
             .execute(&self.pool)
@@ -63,6 +78,9 @@ impl Store {
 
     /// Records use, at most once a minute per key so reads do not turn into writes.
     pub async fn touch_api_key(&self, id: i64) -> Result<()> {
+        // The cached row's `last_used_at` is re-read after the touch (else every call would
+        // touch again).
+        let _changed = self.auth.change_guard();
         self.writer
             .write(move |conn| {
                 Box::pin(async move {

@@ -63,6 +63,7 @@ const APP_SELECT: &str = "SELECT a.id, a.name, a.image, a.version, r.name AS rep
 
 impl Store {
     pub async fn insert_application(&self, app: &NewApplication) -> Result<Application> {
+        let changed = self.auth.change_guard();
         let ports = serde_json::to_string(&app.ports).expect("ports serialize");
         let mut tx = self
             .pool
@@ -96,6 +97,7 @@ impl Store {
         .map_err(|e| conflict(e, || format!("application {:?} already exists", app.name)))?;
         replace_targets(&mut tx, id, &app.targets).await?;
         tx.commit().await.map_err(internal)?;
+        drop(changed);
         self.application_by_id(id).await
     }
 
@@ -133,21 +135,36 @@ impl Store {
 
     /// What the webhook checks before anything else is read (R-7.1): the application by name,
     /// whether its webhook is enabled, and its token digest, in one read. `None`: unknown.
+    /// From memory while no write to `applications` has happened since it was read.
     pub async fn webhook_gate_by_name(&self, name: &str) -> Result<Option<WebhookGate>> {
-        sqlx::query_as(&format!("{GATE_SELECT} WHERE name = ?"))
+        let generation = self.auth.generation();
+        if let Some(gate) = self.auth.gates_by_name.get(name, generation) {
+            return Ok(gate);
+        }
+        let gate: Option<WebhookGate> = sqlx::query_as(&format!("{GATE_SELECT} WHERE name = ?"))
             .bind(name)
             .fetch_optional(&self.pool)
             .await
-            .map_err(internal)
+            .map_err(internal)?;
+        self.auth
+            .gates_by_name
+            .put(name.to_string(), gate.clone(), generation);
+        Ok(gate)
     }
 
     /// [`Store::webhook_gate_by_name`] by application id.
     pub async fn webhook_gate_by_id(&self, id: i64) -> Result<Option<WebhookGate>> {
-        sqlx::query_as(&format!("{GATE_SELECT} WHERE id = ?"))
+        let generation = self.auth.generation();
+        if let Some(gate) = self.auth.gates_by_id.get(&id, generation) {
+            return Ok(gate);
+        }
+        let gate: Option<WebhookGate> = sqlx::query_as(&format!("{GATE_SELECT} WHERE id = ?"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
-            .map_err(internal)
+            .map_err(internal)?;
+        self.auth.gates_by_id.put(id, gate.clone(), generation);
+        Ok(gate)
     }
 
     /// The stored webhook token digest of an application.
@@ -164,6 +181,7 @@ impl Store {
         id: i64,
         patch: &ApplicationPatch,
     ) -> Result<Application> {
+        let changed = self.auth.change_guard();
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -207,10 +225,12 @@ impl Store {
             replace_targets(&mut tx, id, targets).await?;
         }
         tx.commit().await.map_err(internal)?;
+        drop(changed);
         self.application_by_id(id).await
     }
 
     pub async fn set_webhook_token(&self, id: i64, digest: &str, prefix: &str) -> Result<()> {
+        let _changed = self.auth.change_guard();
         sqlx::query(
             "UPDATE applications SET webhook_token = ?, webhook_token_prefix = ?, updated_at = datetime('now') WHERE id = ?",
         )
@@ -224,6 +244,7 @@ impl Store {
     }
 
     pub async fn delete_application(&self, id: i64) -> Result<()> {
+        let _changed = self.auth.change_guard();
         sqlx::query("DELETE FROM applications WHERE id = ?")
             .bind(id)
             .execute(&self.pool)

@@ -21,6 +21,8 @@ const ROWS_PER_INSERT: usize = 500;
 /// An open import transaction.
 pub struct ImportTx {
     tx: Transaction<'static, Sqlite>,
+    /// Imported applications are new webhook gates.
+    auth: std::sync::Arc<super::auth_cache::AuthCache>,
 }
 
 /// An application as the import compares it.
@@ -83,7 +85,10 @@ impl Store {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(internal)?;
-        Ok(ImportTx { tx })
+        Ok(ImportTx {
+            tx,
+            auth: self.auth.clone(),
+        })
     }
 }
 
@@ -385,6 +390,7 @@ impl ImportTx {
     }
 
     pub async fn commit(self) -> Result<()> {
+        let _changed = self.auth.change_guard();
         self.tx.commit().await.map_err(internal)
     }
 }
