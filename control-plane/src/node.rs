@@ -302,11 +302,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
     };
     let admin_token_file = token_path.exists().then_some(token_path);
 
-    let listener = TcpListener::bind(config.grpc_listen)
-        .await
+    let listener = incoming::listen(config.grpc_listen)
         .map_err(|e| listen_error(config.grpc_listen, "--listen", &e))?;
-    let agent_listener = TcpListener::bind(config.agent_listen)
-        .await
+    let agent_listener = incoming::listen(config.agent_listen)
         .map_err(|e| listen_error(config.agent_listen, "--agent-listen", &e))?;
     let agent_addr = agent_listener.local_addr()?;
     let pki = Arc::new(pki);

@@ -6,14 +6,21 @@
 //!
 //! Architecture invariant: every accepted socket the servers see carries a permit of its
 //! port's semaphore until it is dropped.
+//!
+//! The ports listen with a backlog of [`LISTEN_BACKLOG`] (tokio's `bind` asks for 1,024):
+//! 10,000 agents dialing back at once after a restart overflowed the accept queue, and each
+//! dropped connection cost its agent a SYN retransmission (1 s, then 3 s) on top of its
+//! backoff.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt as _};
@@ -21,6 +28,21 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Far below the units' LimitNOFILE (65536); above the 10,000 agents one node is built for.
 pub const MAX_CONNECTIONS: usize = 16_384;
+
+/// Connections the kernel holds for a port before they are accepted (the kernel caps it at
+/// `net.core.somaxconn`, 4,096 by default).
+pub const LISTEN_BACKLOG: u32 = 16_384;
+
+/// Binds `addr` (address reuse on, as tokio's `bind` does) with [`LISTEN_BACKLOG`].
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// An accepted socket and its slot.
 pub struct Capped {

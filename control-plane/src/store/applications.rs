@@ -31,6 +31,8 @@ struct ApplicationRow {
     stop_timeout_s: i64,
     stop_signal: String,
     cancel_in_progress: bool,
+    /// `[[kind, value], …]` in the order they were given.
+    targets: String,
 }
 
 /// An application as the webhook's first checks see it (see [`Store::webhook_gate_by_name`]).
@@ -58,7 +60,9 @@ const GATE_SELECT: &str = "SELECT id, name, webhook_enabled, webhook_token FROM 
 const APP_SELECT: &str = "SELECT a.id, a.name, a.image, a.version, r.name AS repository, a.ports, a.status, \
      a.webhook_enabled, a.webhook_token_prefix, a.auto_deploy, a.last_deployed_at, a.created_at, a.updated_at, \
      a.deploy_batch_size, a.health_check, a.restart_policy, a.command, \
-     a.drain_timeout_s, a.stop_timeout_s, a.stop_signal, a.cancel_in_progress \
+     a.drain_timeout_s, a.stop_timeout_s, a.stop_signal, a.cancel_in_progress, \
+     (SELECT json_group_array(json_array(t.kind, t.value) ORDER BY t.id) FROM application_targets t \
+      WHERE t.application_id = a.id) AS targets \
      FROM applications a LEFT JOIN repositories r ON r.id = a.repository_id";
 
 impl Store {
@@ -108,7 +112,7 @@ impl Store {
             .await
             .map_err(internal)?;
         let row = row.ok_or_else(|| Error::not_found(format!("application {name:?} not found")))?;
-        self.with_targets(row).await
+        with_targets(row)
     }
 
     pub async fn application_by_id(&self, id: i64) -> Result<Application> {
@@ -118,7 +122,7 @@ impl Store {
             .await
             .map_err(internal)?;
         let row = row.ok_or_else(|| Error::not_found(format!("application {id} not found")))?;
-        self.with_targets(row).await
+        with_targets(row)
     }
 
     pub async fn list_applications(&self) -> Result<Vec<Application>> {
@@ -126,11 +130,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(internal)?;
-        let mut apps = Vec::with_capacity(rows.len());
-        for row in rows {
-            apps.push(self.with_targets(row).await?);
-        }
-        Ok(apps)
+        rows.into_iter().map(with_targets).collect()
     }
 
     /// What the webhook checks before anything else is read (R-7.1): the application by name,
@@ -272,59 +272,59 @@ impl Store {
         .await
         .map_err(internal)
     }
+}
 
-    async fn with_targets(&self, row: ApplicationRow) -> Result<Application> {
-        let targets: Vec<(String, String)> = sqlx::query_as(
-            "SELECT kind, value FROM application_targets WHERE application_id = ? ORDER BY id",
-        )
-        .bind(row.id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(internal)?;
-        let ports: Vec<PortMapping> = serde_json::from_str(&row.ports).map_err(|e| {
-            Error::Internal(format!(
-                "application {:?} has unreadable ports: {e}",
-                row.name
-            ))
-        })?;
-        Ok(Application {
-            id: row.id,
-            name: row.name,
-            image: row.image,
-            version: row.version,
-            repository: row.repository,
-            ports,
-            status: row.status,
-            webhook_enabled: row.webhook_enabled,
-            webhook_token_prefix: row.webhook_token_prefix,
-            auto_deploy: row.auto_deploy,
-            last_deployed_at: row.last_deployed_at,
-            targets: targets
-                .into_iter()
-                .map(|(kind, value)| decode_target(&kind, &value))
-                .collect(),
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            deploy_batch_size: row.deploy_batch_size,
-            health_check: row
-                .health_check
-                .as_deref()
-                .and_then(|h| serde_json::from_str(h).ok()),
-            restart_policy: row.restart_policy,
-            command: row
-                .command
-                .as_deref()
-                .and_then(|c| serde_json::from_str(c).ok())
-                .unwrap_or_default(),
-            // The schema's CHECKs keep both within 0..=3600.
-            stop: StopSettings {
-                drain_timeout_s: u32::try_from(row.drain_timeout_s).unwrap_or(0),
-                stop_timeout_s: u32::try_from(row.stop_timeout_s).unwrap_or(0),
-                stop_signal: row.stop_signal,
-            },
-            cancel_in_progress: row.cancel_in_progress,
-        })
-    }
+/// An application from its row, whose `targets` column carries its targets.
+fn with_targets(row: ApplicationRow) -> Result<Application> {
+    let targets: Vec<(String, String)> = serde_json::from_str(&row.targets).map_err(|e| {
+        Error::Internal(format!(
+            "application {:?} has unreadable targets: {e}",
+            row.name
+        ))
+    })?;
+    let ports: Vec<PortMapping> = serde_json::from_str(&row.ports).map_err(|e| {
+        Error::Internal(format!(
+            "application {:?} has unreadable ports: {e}",
+            row.name
+        ))
+    })?;
+    Ok(Application {
+        id: row.id,
+        name: row.name,
+        image: row.image,
+        version: row.version,
+        repository: row.repository,
+        ports,
+        status: row.status,
+        webhook_enabled: row.webhook_enabled,
+        webhook_token_prefix: row.webhook_token_prefix,
+        auto_deploy: row.auto_deploy,
+        last_deployed_at: row.last_deployed_at,
+        targets: targets
+            .into_iter()
+            .map(|(kind, value)| decode_target(&kind, &value))
+            .collect(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        deploy_batch_size: row.deploy_batch_size,
+        health_check: row
+            .health_check
+            .as_deref()
+            .and_then(|h| serde_json::from_str(h).ok()),
+        restart_policy: row.restart_policy,
+        command: row
+            .command
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_default(),
+        // The schema's CHECKs keep both within 0..=3600.
+        stop: StopSettings {
+            drain_timeout_s: u32::try_from(row.drain_timeout_s).unwrap_or(0),
+            stop_timeout_s: u32::try_from(row.stop_timeout_s).unwrap_or(0),
+            stop_signal: row.stop_signal,
+        },
+        cancel_in_progress: row.cancel_in_progress,
+    })
 }
 
 async fn replace_targets(

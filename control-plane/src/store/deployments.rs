@@ -443,19 +443,22 @@ impl Store {
     }
 
     pub async fn deployment(&self, deployment_id: &str) -> Result<(DeploymentLog, String)> {
-        let log: DeploymentLog =
-            sqlx::query_as("SELECT * FROM deployment_logs WHERE deployment_id = ?")
-                .bind(deployment_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(internal)?
-                .ok_or_else(|| Error::not_found(format!("deployment {deployment_id} not found")))?;
-        let app: String = sqlx::query_scalar("SELECT name FROM applications WHERE id = ?")
-            .bind(log.application_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(internal)?;
-        Ok((log, app))
+        #[derive(sqlx::FromRow)]
+        struct LogOfApp {
+            #[sqlx(flatten)]
+            log: DeploymentLog,
+            app_name: String,
+        }
+        let found: LogOfApp = sqlx::query_as(
+            "SELECT d.*, a.name AS app_name FROM deployment_logs d \
+             JOIN applications a ON a.id = d.application_id WHERE d.deployment_id = ?",
+        )
+        .bind(deployment_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| Error::not_found(format!("deployment {deployment_id} not found")))?;
+        Ok((found.log, found.app_name))
     }
 
     /// Per agent, the container that serves `application_id` there (see [`ServingRow`]).
