@@ -8,7 +8,7 @@
 //! delta), so a lost or repeated one is repaired by the next. Decrypted keys exist only in the
 //! commands themselves, whose `Debug` redacts them; nothing here logs a domain's key.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use berth_proto::v1 as pb;
 use secrecy::ExposeSecret as _;
@@ -139,13 +139,7 @@ impl Fleet {
         labels: &BTreeMap<String, String>,
     ) -> Result<()> {
         let store = self.service().store();
-        let with_domains: BTreeSet<i64> = store
-            .list_domains(None)
-            .await?
-            .into_iter()
-            .map(|d| d.application_id)
-            .collect();
-        for application_id in with_domains {
+        for &application_id in store.applications_with_domains().await?.iter() {
             let app = store.application_by_id(application_id).await?;
             let only_agent = self.only_enrolled_agent(&app).await?;
             if targets_agent(&app, agent, labels, only_agent.as_deref()) {

@@ -1,5 +1,6 @@
-//! Who may call, kept in memory (issue 11): API keys by their public prefix and webhook gates
-//! by application name and id.
+//! Who may call, kept in memory (issue 11): API keys by their public prefix, webhook gates
+//! by application name and id — and which applications have domains, which every agent's
+//! connect reads.
 //!
 //! Every admin call and every webhook request reads these rows; a refused webhook token reads
 //! nothing else. Read from SQLite each time, they were the whole cost of a refusal (two reads,
@@ -7,7 +8,7 @@
 //! *auth generation* has not moved since they were read.
 //!
 //! Invariants:
-//! - Every store method that writes `api_keys` or `applications` moves the generation once its
+//! - Every store method that writes `api_keys`, `applications` or `domains` moves the generation once its
 //!   write has committed or failed ([`AuthCache::changed`] through a guard held across the
 //!   write), so the caller's answer ("revoked", "rotated", "disabled") means the change is in
 //!   force for the next request. The test `every_write_to_the_auth_tables_moves_the_generation`
@@ -38,6 +39,7 @@ pub(super) struct AuthCache {
     pub(super) keys_by_prefix: Generational<String, Arc<[ApiKey]>>,
     pub(super) gates_by_name: Generational<String, Option<WebhookGate>>,
     pub(super) gates_by_id: Generational<i64, Option<WebhookGate>>,
+    pub(super) apps_with_domains: Generational<(), Arc<[i64]>>,
 }
 
 impl AuthCache {
@@ -133,15 +135,19 @@ mod tests {
 
     /// `file:function`s that write `applications` without changing a webhook gate (id, name,
     /// `webhook_enabled`, `webhook_token`): a deployment's status and version; and the
-    /// import's insert, whose transaction's `commit` holds the guard.
+    /// import's inserts, whose transaction's `commit` holds the guard; a domain's certificate
+    /// state.
     const EXEMPT: &[&str] = &[
         "deployments.rs:finish_deployment_as",
         "deployments.rs:mark_deploying",
         "import.rs:insert_application",
+        "import.rs:insert_domain",
+        "acme.rs:acme_issued",
+        "acme.rs:acme_failed",
     ];
 
-    /// Every statement under `store/` that inserts, updates or deletes `api_keys` or
-    /// `applications` sits in a function that holds a change guard, or is listed above.
+    /// Every statement under `store/` that inserts, updates or deletes `api_keys`,
+    /// `applications` or `domains` sits in a function that holds a change guard, or is listed above.
     #[test]
     fn every_write_to_the_auth_tables_moves_the_generation() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
@@ -152,7 +158,7 @@ mod tests {
             ["INSERT INTO ", "UPDATE ", "DELETE FROM ", "REPLACE INTO "]
                 .iter()
                 .any(|verb| {
-                    ["API_KEYS", "APPLICATIONS"].iter().any(|table| {
+                    ["API_KEYS", "APPLICATIONS", "DOMAINS"].iter().any(|table| {
                         flat.match_indices(&format!("{verb}{table}")).any(|(i, m)| {
                             let next = flat[i + m.len()..].chars().next();
                             !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -198,7 +204,7 @@ mod tests {
                 let key = format!("{file}:{name}");
                 assert!(
                     body.contains("change_guard()") || EXEMPT.contains(&key.as_str()),
-                    "{}: fn {name} writes api_keys or applications without moving the auth \
+                    "{}: fn {name} writes api_keys, applications or domains without moving the auth \
                      generation (hold self.auth.change_guard() across the write)",
                     path.display()
                 );

@@ -1,6 +1,8 @@
 //! `domains`: host names routed by the host proxy to an application (R-5.9). The private key
 //! column holds ciphertext only; this module never sees a plaintext key.
 
+use std::sync::Arc;
+
 use super::{conflict, internal, Store};
 use crate::error::{Error, Result};
 use crate::model::{AcmeState, AcmeStatus, Domain, NewDomain, TlsMode};
@@ -30,6 +32,7 @@ pub(super) const DOMAIN_SELECT: &str = "SELECT d.id, d.application_id, a.name AS
 
 impl Store {
     pub async fn insert_domain(&self, domain: &NewDomain) -> Result<Domain> {
+        let changed = self.auth.change_guard();
         // An ACME domain starts pending, its first order due at once.
         let acme = domain.tls_mode == TlsMode::Acme;
         sqlx::query(
@@ -56,6 +59,7 @@ impl Store {
                 )
             })
         })?;
+        drop(changed);
         self.domain(&domain.host)
             .await?
             .ok_or_else(|| Error::Internal(format!("domain {} vanished", domain.host)))
@@ -84,8 +88,27 @@ impl Store {
         rows.into_iter().map(decode).collect()
     }
 
+    /// The applications that have at least one domain, by id: what an agent's connect reads
+    /// to know which routes to send it. From memory while no domain or application has been
+    /// added or removed since it was read.
+    pub async fn applications_with_domains(&self) -> Result<Arc<[i64]>> {
+        let generation = self.auth.generation();
+        if let Some(ids) = self.auth.apps_with_domains.get(&(), generation) {
+            return Ok(ids);
+        }
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT DISTINCT application_id FROM domains ORDER BY 1")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(internal)?;
+        let ids: Arc<[i64]> = ids.into();
+        self.auth.apps_with_domains.put((), ids.clone(), generation);
+        Ok(ids)
+    }
+
     /// Removes a domain; false when there was none.
     pub async fn delete_domain(&self, host: &str) -> Result<bool> {
+        let _changed = self.auth.change_guard();
         let done = sqlx::query("DELETE FROM domains WHERE domain = ?")
             .bind(host)
             .execute(&self.pool)

@@ -145,6 +145,10 @@ async fn a_domain_change_reaches_the_apps_connected_targets_only() {
 #[tokio::test]
 async fn a_connecting_agent_gets_the_routes_of_its_apps_that_have_domains() {
     let h = harness().await;
+    // Before any domain: nothing to send (and which apps have domains is now remembered).
+    let mut a2 = ScriptedAgent::connect(&h.fleet, "a2").await;
+    a2.idle().await;
+    drop(a2);
     h.fleet
         .add_domain(&Actor::system(), plain("shop.example.com"))
         .await
@@ -160,6 +164,14 @@ async fn a_connecting_agent_gets_the_routes_of_its_apps_that_have_domains() {
     // And again after its stream broke.
     let mut a2 = a2.reconnect().await;
     assert_eq!(next_routes(&mut a2).await.domains.len(), 1);
+    a2.idle().await;
+    // Once the app's last domain is gone, a connecting agent gets nothing again.
+    h.fleet
+        .remove_domain(&Actor::system(), "shop.example.com")
+        .await
+        .unwrap();
+    assert!(next_routes(&mut a2).await.domains.is_empty());
+    let mut a2 = a2.reconnect().await;
     a2.idle().await;
 }
 
