@@ -74,6 +74,11 @@ pub fn unknown_enrollment_token() -> Error {
     Error::Unauthenticated("invalid enrollment token".into())
 }
 
+/// An agent by the certificate it presents (every mTLS call): answered from two indexes
+/// (migration 0016), never by a scan of the fleet.
+const BY_FINGERPRINT: &str =
+    "SELECT * FROM agents WHERE cert_fingerprint = ?1 OR prev_cert_fingerprint = ?1";
+
 impl Store {
     pub async fn insert_enrollment_token(
         &self,
@@ -185,13 +190,11 @@ impl Store {
 
     /// The agent whose current certificate, or previous one still valid, has `fingerprint`.
     pub async fn agent_by_fingerprint(&self, fingerprint: &str) -> Result<Option<AgentRow>> {
-        sqlx::query_as(
-            "SELECT * FROM agents WHERE cert_fingerprint = ?1 OR prev_cert_fingerprint = ?1",
-        )
-        .bind(fingerprint)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(internal)
+        sqlx::query_as(BY_FINGERPRINT)
+            .bind(fingerprint)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(internal)
     }
 
     /// The agent presented its current certificate: the one it renewed is valid no more.
@@ -341,5 +344,35 @@ impl Store {
                 })
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What SQLite plans for a statement, one detail per line.
+    async fn plan(store: &Store, sql: &str) -> Vec<String> {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .bind("sha256:00")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        rows.into_iter().map(|(_, _, _, detail)| detail).collect()
+    }
+
+    /// Each agent's connect looks it up by certificate: a scan of `agents` there made a
+    /// reconnect storm quadratic in the fleet's size.
+    #[tokio::test]
+    async fn an_agent_is_found_by_its_certificate_without_a_scan() {
+        let store = Store::open_in_memory().await.unwrap();
+        let plan = plan(&store, BY_FINGERPRINT).await;
+        assert!(plan.iter().all(|d| !d.starts_with("SCAN")), "{plan:?}");
+        assert!(
+            plan.iter()
+                .any(|d| d.contains("idx_agents_cert_fingerprint")),
+            "{plan:?}"
+        );
     }
 }
