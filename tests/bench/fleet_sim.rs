@@ -351,6 +351,7 @@ async fn main() -> anyhow::Result<()> {
     let connect_time =
         wait_connected(&mut admin, &key, args.agents, Duration::from_secs(600)).await;
     println!("{} agents connected in {:.1?}", args.agents, connect_time);
+    let connected_at = Instant::now();
     let _ = started;
 
     // Idle: the control plane's memory and CPU with every stream open.
@@ -470,6 +471,12 @@ async fn main() -> anyhow::Result<()> {
 
     if args.storm {
         // Reconnect storm: kill -9 the control plane, restart it, time until all are back.
+        // An agent whose session lasted a minute (the agent's STABLE_SESSION) dials back from
+        // the shortest backoff step, as after any real uptime; killed sooner, the agents
+        // would still carry the steps their first connect doubled, and the storm would
+        // measure that connect's backoff.
+        let settled = connected_at + Duration::from_secs(61);
+        tokio::time::sleep_until(settled.into()).await;
         let _ = cp.child.kill();
         let _ = cp.child.wait();
         drop(cp);
