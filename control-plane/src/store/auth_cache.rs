@@ -16,6 +16,9 @@
 //!   (or is not listed as leaving who-may-call unchanged).
 //! - An entry is stored with the generation read *before* its rows were read, so a read that
 //!   raced a write is never used after the write's bump (it carries the older generation).
+//! - The generation lives in the control plane's process, which is the database's only
+//!   writer while it runs (the offline commands — restore, root key rotation — run with it
+//!   stopped, and touch none of these tables).
 //! - Nothing secret is kept: token digests (as stored in the database) and public prefixes;
 //!   the presented token is compared in constant time by the caller, as before.
 //! - Bounded: at most [`MAX_ENTRIES`] per map (unknown prefixes and names are cached too, so
