@@ -680,13 +680,12 @@ impl Fleet {
             .push(hook);
     }
 
-    pub(crate) async fn notify_finished(&self, deployment_id: &str) {
-        let Ok((log, app)) = self.service().store().deployment(deployment_id).await else {
-            return;
-        };
+    /// Runs the finished-deployment hooks with the final row, as the write that finished it
+    /// returned it (nothing is read back).
+    pub(crate) fn notify_finished(&self, log: &crate::model::DeploymentLog, app: &str) {
         let hooks: Vec<FinishedHook> = self.inner.on_finished.lock().expect("hooks lock").clone();
         for hook in hooks {
-            hook(&log, &app);
+            hook(log, app);
         }
     }
 

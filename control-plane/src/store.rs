@@ -43,6 +43,7 @@ pub use applications::WebhookGate;
 pub use audit::{is_action_name, AuditCursor, AuditEntry, AuditFilter};
 pub use deployments::{
     Admission, DeploymentEventRow, DeploymentTargetRow, FailureText, NewDeployment, ServingRow,
+    Slot,
 };
 pub use env::{EnvResolutionRow, ImportOutcome};
 pub use env_structure::EnvStructure;

@@ -16,9 +16,9 @@ use super::failure::{Failure, FailureKind};
 use super::Fleet;
 use crate::crypto::Aad;
 use crate::error::{Error, Result};
-use crate::model::{Application, Target, TargetStatus};
+use crate::model::{Application, DeploymentLog, Target};
 use crate::service::{Actor, Permission};
-use crate::store::{Admission, FailureText, NewDeployment};
+use crate::store::{FailureText, NewDeployment, Slot};
 use crate::validate;
 
 #[derive(Debug, Clone)]
@@ -54,6 +54,29 @@ pub struct DeployTrigger {
     pub cancel_in_progress: bool,
 }
 
+/// A deployment that nothing refused: its command, its targets, and what its admission
+/// records with it.
+struct Ready {
+    command: pb::DeployCommand,
+    targets: Vec<String>,
+    batch_size: usize,
+    /// A step-log line for the admission (a capped health timeout).
+    note: Option<String>,
+}
+
+impl Ready {
+    /// The targets of the first batch: recorded as dispatched when the deployment takes the
+    /// slot, so the rollout sends them their command without another commit.
+    fn first_batch(&self) -> &[String] {
+        &self.targets[..self.batch_size.min(self.targets.len())]
+    }
+}
+
+/// How many targets a rolling deploy of `app` updates at once (at least one).
+pub(super) fn batch_size(app: &Application) -> usize {
+    usize::try_from(app.deploy_batch_size.max(1)).unwrap_or(1)
+}
+
 impl Fleet {
     /// Starts a deployment and returns its id at once; the rollout runs in the background.
     /// Failures found before dispatch (bad version, allowlist, unresolvable env, no targets)
@@ -68,8 +91,10 @@ impl Fleet {
         actor.require(Permission::Deploy)?;
         validate::version(version)?;
         let app = self.service().store().application(app).await?;
-        self.start_deployment(&actor.name, app, version, trigger)
-            .await
+        let log = self
+            .start_deployment(&actor.name, app, version, trigger)
+            .await?;
+        Ok(log.deployment_id)
     }
 
     /// The deployment itself, for callers that authorized it their own way (the webhook).
@@ -78,6 +103,9 @@ impl Fleet {
     /// store decides which, in the writer's transaction ([`Store::admit_deployment`]): no lock
     /// is held across a commit, so deploys of one application share commits like any others.
     ///
+    /// Returns the deployment's row as of its answer: as admitted (queued, or pending with
+    /// its rollout started), or final when it was refused before dispatch.
+    ///
     /// [`Store::admit_deployment`]: crate::store::Store::admit_deployment
     pub(crate) async fn start_deployment(
         &self,
@@ -85,7 +113,7 @@ impl Fleet {
         app: Application,
         version: &str,
         trigger: DeployTrigger,
-    ) -> Result<String> {
+    ) -> Result<DeploymentLog> {
         validate::version(version)?;
         let store = self.service().store();
         let deployment_id = uuid::Uuid::new_v4().to_string();
@@ -97,6 +125,7 @@ impl Fleet {
             Some(_) => None,
             None => Some(self.prepare(&app, version, &deployment_id).await),
         };
+        let ready = prepared.as_ref().and_then(|p| p.as_ref().ok());
         let cancel = trigger.cancel_in_progress || app.cancel_in_progress;
         let admission = store
             .admit_deployment(
@@ -106,45 +135,48 @@ impl Fleet {
                     version,
                     trigger_type: trigger.trigger_type,
                     trigger_source: trigger.source.as_deref(),
-                    targets: prepared
-                        .as_ref()
-                        .map_or(&[][..], |(_, targets)| targets.as_slice()),
+                    targets: ready.map_or(&[][..], |r| r.targets.as_slice()),
+                    first_batch: ready.map_or(&[][..], Ready::first_batch),
+                    note: ready.and_then(|r| r.note.as_deref()),
                     actor: actor_name,
                 },
                 cancel,
             )
             .await?;
-        match admission {
-            Admission::Queued { behind, superseded } => {
+        for log in &admission.superseded {
+            self.notify_finished(log, &app.name);
+        }
+        match admission.slot {
+            Slot::QueuedBehind(behind) => {
                 tracing::info!(deployment = %deployment_id, app = %app.name, %behind, "deployment queued");
                 // The app's own setting (issue 14) makes every deploy of it ask.
                 if cancel {
                     self.request_cancel(&behind, &deployment_id);
                 }
                 self.inner.changed.notify_waiters();
-                for id in superseded {
-                    self.notify_finished(&id).await;
-                }
+                Ok(admission.log)
             }
-            Admission::Started { superseded } => {
-                for id in superseded {
-                    self.notify_finished(&id).await;
+            Slot::Holds => match prepared {
+                Some(Ok(ready)) => {
+                    self.launch(actor_name, app, &deployment_id, Ok(ready))
+                        .await?;
+                    Ok(admission.log)
                 }
-                match prepared {
-                    Some((prepared, targets)) => {
-                        self.launch(actor_name, app, &deployment_id, prepared, targets)
-                            .await?;
-                    }
-                    // The deployment seen a moment ago has finished since: this one was
-                    // admitted unprepared, and is prepared now as a dequeued one is.
-                    None => {
-                        self.prepare_and_launch(actor_name, app, version, &deployment_id)
-                            .await?;
-                    }
+                // Refused before dispatch: the answer is the final row, with the reason.
+                Some(Err(failure)) => {
+                    self.launch(actor_name, app, &deployment_id, Err(failure))
+                        .await?;
+                    Ok(store.deployment(&deployment_id).await?.0)
                 }
-            }
+                // The deployment seen a moment ago has finished since: this one was admitted
+                // unprepared, and is prepared now as a dequeued one is.
+                None => {
+                    self.prepare_and_launch(actor_name, app, version, &deployment_id)
+                        .await?;
+                    Ok(store.deployment(&deployment_id).await?.0)
+                }
+            },
         }
-        Ok(deployment_id)
     }
 
     /// After a deployment of an application finished: the newest queued one takes the slot
@@ -165,11 +197,10 @@ impl Fleet {
         let Some((log, superseded)) = store.take_next_queued(application_id).await? else {
             return Ok(());
         };
-        for id in &superseded {
-            self.notify_finished(id).await;
+        let app = store.application_by_id(application_id).await?;
+        for log in &superseded {
+            self.notify_finished(log, &app.name);
         }
-        let (_, app_name) = store.deployment(&log.deployment_id).await?;
-        let app = store.application(&app_name).await?;
         tracing::info!(deployment = %log.deployment_id, app = %app.name, "queued deployment starts");
         let actor = log
             .trigger_source
@@ -179,7 +210,8 @@ impl Fleet {
             .await
     }
 
-    /// Prepares a deployment that already holds the slot, records its targets, and launches it.
+    /// Prepares a deployment that already holds the slot, records its targets (and its first
+    /// batch as dispatched), and launches it.
     async fn prepare_and_launch(
         &self,
         actor: &str,
@@ -187,13 +219,19 @@ impl Fleet {
         version: &str,
         deployment_id: &str,
     ) -> Result<()> {
-        let (prepared, targets) = self.prepare(&app, version, deployment_id).await;
-        self.service()
-            .store()
-            .add_targets(deployment_id, &targets)
-            .await?;
-        self.launch(actor, app, deployment_id, prepared, targets)
-            .await
+        let prepared = self.prepare(&app, version, deployment_id).await;
+        if let Ok(ready) = &prepared {
+            self.service()
+                .store()
+                .add_targets(
+                    deployment_id,
+                    &ready.targets,
+                    ready.first_batch(),
+                    ready.note.as_deref(),
+                )
+                .await?;
+        }
+        self.launch(actor, app, deployment_id, prepared).await
     }
 
     /// The command and the targets, or why the deployment is refused.
@@ -202,73 +240,61 @@ impl Fleet {
         app: &Application,
         version: &str,
         deployment_id: &str,
-    ) -> (Result<pb::DeployCommand, Failure>, Vec<String>) {
-        let mut prepared = self.prepare_command(app, version, deployment_id).await;
-        let targets = match &prepared {
-            Ok(_) => match self.select_targets(app).await {
-                Ok(targets) => targets,
-                Err(e) => {
-                    prepared = Err(Failure::of(FailureKind::NoTargets)(e));
-                    Vec::new()
-                }
-            },
-            Err(_) => Vec::new(),
-        };
-        (prepared, targets)
+    ) -> Result<Ready, Failure> {
+        let command = self.prepare_command(app, version, deployment_id).await?;
+        let targets = self
+            .select_targets(app)
+            .await
+            .map_err(Failure::of(FailureKind::NoTargets))?;
+        let asked = app
+            .health_check
+            .as_ref()
+            .and_then(|h| h.timeout_s)
+            .unwrap_or(DEFAULT_HEALTH_TIMEOUT_S);
+        let gate = command
+            .health_check
+            .as_ref()
+            .map_or(asked, |h| h.timeout_seconds);
+        let note = (gate < asked).then(|| {
+            format!(
+                "health timeout capped at {gate}s (asked {asked}s): a target must answer within the control plane's result timeout of {}s",
+                self.inner.config.rollout.result_timeout.as_secs()
+            )
+        });
+        Ok(Ready {
+            command,
+            targets,
+            batch_size: batch_size(app),
+            note,
+        })
     }
 
-    /// Starts the rollout of a recorded deployment, or records why it was refused (nothing
-    /// reached an agent) and hands the slot on.
+    /// Starts the rollout of a recorded deployment (its first batch recorded as dispatched),
+    /// or records why it was refused (nothing reached an agent) and hands the slot on.
     async fn launch(
         &self,
         actor_name: &str,
         app: Application,
         deployment_id: &str,
-        prepared: Result<pb::DeployCommand, Failure>,
-        targets: Vec<String>,
+        prepared: Result<Ready, Failure>,
     ) -> Result<()> {
         let store = self.service().store();
         match prepared {
-            Ok(command) => {
-                let asked = app
-                    .health_check
-                    .as_ref()
-                    .and_then(|h| h.timeout_s)
-                    .unwrap_or(DEFAULT_HEALTH_TIMEOUT_S);
-                let gate = command
-                    .health_check
-                    .as_ref()
-                    .map_or(asked, |h| h.timeout_seconds);
-                if gate < asked {
-                    store
-                        .add_deployment_event(
-                            deployment_id,
-                            None,
-                            "prepare",
-                            &format!(
-                                "health timeout capped at {gate}s (asked {asked}s): a target must answer within the control plane's result timeout of {}s",
-                                self.inner.config.rollout.result_timeout.as_secs()
-                            ),
-                        )
-                        .await?;
-                }
+            Ok(ready) => {
                 let fleet = self.clone();
                 let id = deployment_id.to_string();
-                tokio::spawn(async move { fleet.run_rollout(id, app, command, targets).await });
+                tokio::spawn(async move {
+                    fleet
+                        .run_rollout(id, app, ready.command, ready.targets)
+                        .await
+                });
             }
             Err(failure) => {
-                // Refused before dispatch: recorded, audited, nothing reached an agent.
+                // Refused before dispatch: recorded, audited, nothing reached an agent (a
+                // refused deployment has no target rows).
                 let reason = failure.detail.clone();
                 let public_reason = failure.public_reason();
-                store
-                    .add_deployment_event(deployment_id, None, "failed", &reason)
-                    .await?;
-                for agent in &targets {
-                    store
-                        .finish_target(deployment_id, agent, TargetStatus::Skipped, None, None)
-                        .await?;
-                }
-                store
+                let ended = store
                     .finish_deployment(
                         deployment_id,
                         false,
@@ -276,13 +302,16 @@ impl Fleet {
                             detail: &reason,
                             public_reason: &public_reason,
                         }),
+                        ("failed", &reason),
                     )
                     .await?;
                 store
                     .audit(actor_name, "deploy.refused", &app.name, Some(&reason))
                     .await?;
                 self.inner.changed.notify_waiters();
-                self.notify_finished(deployment_id).await;
+                if let Some(log) = ended {
+                    self.notify_finished(&log, &app.name);
+                }
                 self.start_next(app.id);
             }
         }

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use super::failure::{Failure, FailureKind};
+use super::prepare::batch_size;
 use super::Fleet;
 use crate::error::{Error, Result};
 use crate::model::{Application, TargetStatus};
@@ -48,22 +49,24 @@ impl Fleet {
         targets: &[String],
     ) -> Result<()> {
         let store = self.service().store();
-        let batch_size = usize::try_from(app.deploy_batch_size.max(1)).unwrap_or(1);
         let mut succeeded = Vec::new();
         let mut failure: Option<String> = None;
         let mut failed_hosts = 0;
         let mut reached = 0;
-        for batch in targets.chunks(batch_size) {
+        for (n, batch) in targets.chunks(batch_size(app)).enumerate() {
             reached += batch.len();
             // One durable record for the whole batch, then every command goes out at once.
-            store
-                .dispatch_targets(
-                    deployment_id,
-                    batch,
-                    true,
-                    command_word(pb::CommandKind::Deploy),
-                )
-                .await?;
+            // The first batch was recorded with the deployment's admission (or its targets).
+            if n > 0 {
+                store
+                    .dispatch_targets(
+                        deployment_id,
+                        batch,
+                        true,
+                        command_word(pb::CommandKind::Deploy),
+                    )
+                    .await?;
+            }
             let mut set = JoinSet::new();
             for agent in batch {
                 let fleet = self.clone();
@@ -192,7 +195,7 @@ impl Fleet {
                 .finish_target(deployment_id, agent, TargetStatus::Skipped, None, None)
                 .await?;
         }
-        match failure {
+        let ended = match failure {
             Some(failure) => {
                 let reason = failure.detail.as_str();
                 let public_reason = failure.public_reason();
@@ -230,17 +233,21 @@ impl Fleet {
                             .await?;
                     }
                 }
-                store
-                    .add_deployment_event(deployment_id, None, "failed", reason)
-                    .await?;
                 let text = FailureText {
                     detail: reason,
                     public_reason: &public_reason,
                 };
-                store
-                    .finish_deployment_as(deployment_id, false, Some(&text), superseded_by)
+                let ended = store
+                    .finish_deployment_as(
+                        deployment_id,
+                        false,
+                        Some(&text),
+                        superseded_by,
+                        ("failed", reason),
+                    )
                     .await?;
                 tracing::warn!(deployment = %deployment_id, %app, %reason, "deployment failed");
+                ended
             }
             None => {
                 for agent in succeeded {
@@ -253,24 +260,30 @@ impl Fleet {
                     // Commit only removes superseded containers; the deployment already serves.
                     self.send(agent, msg);
                 }
-                store
-                    .add_deployment_event(
+                let ended = store
+                    .finish_deployment(
                         deployment_id,
+                        true,
                         None,
-                        "done",
-                        "deployment succeeded on every target",
+                        ("done", "deployment succeeded on every target"),
                     )
                     .await?;
-                store.finish_deployment(deployment_id, true, None).await?;
                 tracing::info!(deployment = %deployment_id, %app, "deployment succeeded");
+                ended
             }
-        }
+        };
         self.inner.changed.notify_waiters();
-        self.notify_finished(deployment_id).await;
+        // `None`: another path (a reconcile that raced this rollout) finished it first, and
+        // its hooks ran then.
+        let application_id = match ended {
+            Some(log) => {
+                self.notify_finished(&log, &app);
+                log.application_id
+            }
+            None => store.deployment(deployment_id).await?.0.application_id,
+        };
         // The application's slot is free: the newest queued deployment takes it.
-        if let Ok((log, _)) = store.deployment(deployment_id).await {
-            self.start_next(log.application_id);
-        }
+        self.start_next(application_id);
         Ok(())
     }
 

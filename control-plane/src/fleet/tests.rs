@@ -282,6 +282,30 @@ async fn batches_go_out_in_order_and_each_waits_for_the_previous_one() {
         agents.push(ScriptedAgent::connect(&h.fleet, name).await);
     }
     let id = deploy(&h.fleet, "web", "v2").await;
+    // The first batch was recorded as dispatched by the admission itself (one commit), so it
+    // is durable before the deploy call answers; the later batches are not yet.
+    let running = TargetStatus::Running;
+    let pending = TargetStatus::Pending;
+    let expected: Vec<(String, TargetStatus)> = [
+        ("a1", running),
+        ("a2", running),
+        ("a3", pending),
+        ("a4", pending),
+        ("a5", pending),
+    ]
+    .into_iter()
+    .map(|(a, s)| (a.to_string(), s))
+    .collect();
+    assert_eq!(targets(&h.fleet, &id).await, expected);
+    assert_eq!(
+        status(&h.fleet, &id).await.status,
+        DeploymentStatus::Running
+    );
+    // (`prepare`: the default health timeout, capped at the test's short result timeout.)
+    assert_eq!(
+        phases(&h.fleet, &id).await,
+        ["prepare", "dispatch", "dispatch"]
+    );
 
     for batch in [0..2, 2..4, 4..5] {
         // Only this batch has its command; the later ones wait.
@@ -729,7 +753,11 @@ async fn after_a_crash_a_queue_with_nothing_running_starts_at_once() {
     });
     // v2's outcome was recorded just before the crash; v3 never took the slot.
     let store = Store::open(&h.dir.path().join("berth.db")).await.unwrap();
-    assert!(store.finish_deployment(&v2, true, None).await.unwrap());
+    assert!(store
+        .finish_deployment(&v2, true, None, ("done", "recorded before the crash"))
+        .await
+        .unwrap()
+        .is_some());
     store.close().await;
     let fleet = h.restarted(rollout(MUST_HAPPEN, MUST_HAPPEN)).await;
     assert_eq!(status(&fleet, &v3).await.status, DeploymentStatus::Queued);

@@ -182,15 +182,16 @@ impl Fleet {
             cancel_in_progress: false,
         };
         let actor_name = format!("webhook:{}", request.client_ip);
-        let deployment_id = self
+        let admitted = self
             .start_deployment(&actor_name, app.clone(), &request.version, trigger)
             .await?;
+        // Without `wait`, the answer is the row as admitted: nothing is read back.
         let log = match request.wait {
-            Some(wait) => {
-                self.wait_finished(&deployment_id, wait.min(MAX_WAIT))
+            Some(wait) if !admitted.status.is_finished() => {
+                self.wait_finished(&admitted.deployment_id, wait.min(MAX_WAIT))
                     .await?
             }
-            None => self.service().store().deployment(&deployment_id).await?.0,
+            _ => admitted,
         };
         Ok(WebhookDeployment {
             log,
@@ -299,7 +300,7 @@ impl Fleet {
                     source: Some(format!("{}/{}:{}", push.host, push.repository, push.tag)),
                     cancel_in_progress: false,
                 };
-                let id = self
+                let log = self
                     .start_deployment(
                         &format!("registry:{client_ip}"),
                         app.clone(),
@@ -307,7 +308,6 @@ impl Fleet {
                         trigger,
                     )
                     .await?;
-                let log = store.deployment(&id).await?.0;
                 outcome.started.push(WebhookDeployment {
                     log,
                     application_id: app.id,

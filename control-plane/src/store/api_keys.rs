@@ -30,21 +30,18 @@ impl Store {
     /// Active keys whose public prefix matches; the caller compares digests in constant time.
     /// From memory while no write to `api_keys` has happened since they were read.
     pub async fn api_keys_by_prefix(&self, prefix: &str) -> Result<Arc<[ApiKey]>> {
-        let generation = self.auth.generation();
-        if let Some(keys) = self.auth.keys_by_prefix.get(prefix, generation) {
-            return Ok(keys);
-        }
-        let keys: Vec<ApiKey> =
-            sqlx::query_as("SELECT * FROM api_keys WHERE prefix = ? AND revoked_at IS NULL")
+        self.auth
+            .remembered(&self.auth.keys_by_prefix, prefix, || async {
+                let keys: Vec<ApiKey> = sqlx::query_as(
+                    "SELECT * FROM api_keys WHERE prefix = ? AND revoked_at IS NULL",
+                )
                 .bind(prefix)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(internal)?;
-        let keys: Arc<[ApiKey]> = keys.into();
-        self.auth
-            .keys_by_prefix
-            .put(prefix.to_string(), keys.clone(), generation);
-        Ok(keys)
+                Ok(keys.into())
+            })
+            .await
     }
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>> {

@@ -137,34 +137,28 @@ impl Store {
     /// whether its webhook is enabled, and its token digest, in one read. `None`: unknown.
     /// From memory while no write to `applications` has happened since it was read.
     pub async fn webhook_gate_by_name(&self, name: &str) -> Result<Option<WebhookGate>> {
-        let generation = self.auth.generation();
-        if let Some(gate) = self.auth.gates_by_name.get(name, generation) {
-            return Ok(gate);
-        }
-        let gate: Option<WebhookGate> = sqlx::query_as(&format!("{GATE_SELECT} WHERE name = ?"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(internal)?;
         self.auth
-            .gates_by_name
-            .put(name.to_string(), gate.clone(), generation);
-        Ok(gate)
+            .remembered(&self.auth.gates_by_name, name, || async {
+                sqlx::query_as(&format!("{GATE_SELECT} WHERE name = ?"))
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(internal)
+            })
+            .await
     }
 
     /// [`Store::webhook_gate_by_name`] by application id.
     pub async fn webhook_gate_by_id(&self, id: i64) -> Result<Option<WebhookGate>> {
-        let generation = self.auth.generation();
-        if let Some(gate) = self.auth.gates_by_id.get(&id, generation) {
-            return Ok(gate);
-        }
-        let gate: Option<WebhookGate> = sqlx::query_as(&format!("{GATE_SELECT} WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
+        self.auth
+            .remembered(&self.auth.gates_by_id, &id, || async {
+                sqlx::query_as(&format!("{GATE_SELECT} WHERE id = ?"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(internal)
+            })
             .await
-            .map_err(internal)?;
-        self.auth.gates_by_id.put(id, gate.clone(), generation);
-        Ok(gate)
     }
 
     /// The stored webhook token digest of an application.

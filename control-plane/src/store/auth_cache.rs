@@ -26,11 +26,13 @@
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::applications::WebhookGate;
+use crate::error::Result;
 use crate::model::ApiKey;
 
 /// Entries per map before it starts over.
@@ -54,6 +56,31 @@ impl AuthCache {
     /// Invalidates every entry: something who-may-call depends on has changed.
     pub(super) fn changed(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The value of `key` in `map`: from memory when it was read at the current generation,
+    /// else by `read` (started only after the generation is taken, so a write that commits
+    /// meanwhile leaves the stored entry stale, never wrong).
+    pub(super) async fn remembered<K, Q, V, F, Fut>(
+        &self,
+        map: &Generational<K, V>,
+        key: &Q,
+        read: F,
+    ) -> Result<V>
+    where
+        K: Eq + Hash + Borrow<Q>,
+        Q: Eq + Hash + ToOwned<Owned = K> + ?Sized,
+        V: Clone,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V>>,
+    {
+        let generation = self.generation();
+        if let Some(value) = map.get(key, generation) {
+            return Ok(value);
+        }
+        let value = read().await?;
+        map.put(key.to_owned(), value.clone(), generation);
+        Ok(value)
     }
 
     /// Moves the generation when dropped: held across a write, it bumps after the write has

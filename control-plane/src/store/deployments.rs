@@ -53,6 +53,12 @@ pub struct NewDeployment<'a> {
     pub trigger_type: &'a str,
     pub trigger_source: Option<&'a str>,
     pub targets: &'a [String],
+    /// The first batch of a prepared deployment, recorded as dispatched in the admission's
+    /// own transaction when it takes the slot (one fsync fewer before the first command goes
+    /// out); empty for a deployment admitted unprepared.
+    pub first_batch: &'a [String],
+    /// A line of the step log written before the dispatch (a capped health timeout).
+    pub note: Option<&'a str>,
     /// Who started it, for the audit row written in the same transaction.
     pub actor: &'a str,
 }
@@ -65,6 +71,8 @@ struct OwnedDeployment {
     trigger_type: String,
     trigger_source: Option<String>,
     targets: Vec<String>,
+    first_batch: Vec<String>,
+    note: Option<String>,
     actor: String,
 }
 
@@ -77,6 +85,8 @@ impl OwnedDeployment {
             trigger_type: d.trigger_type.to_string(),
             trigger_source: d.trigger_source.map(str::to_string),
             targets: d.targets.to_vec(),
+            first_batch: d.first_batch.to_vec(),
+            note: d.note.map(str::to_string),
             actor: d.actor.to_string(),
         }
     }
@@ -89,6 +99,8 @@ impl OwnedDeployment {
             trigger_type: &self.trigger_type,
             trigger_source: self.trigger_source.as_deref(),
             targets: &self.targets,
+            first_batch: &self.first_batch,
+            note: self.note.as_deref(),
             actor: &self.actor,
         }
     }
@@ -106,7 +118,8 @@ impl Store {
     ///   `deploy.queue` audit row; with `cancel_running`, the running one gets a `cancel` event.
     ///
     /// Either way an older queued deployment of the application is superseded by this newer
-    /// one (only the newest waits); their ids are in the answer.
+    /// one (only the newest waits). The answer holds the new row and the superseded ones as
+    /// committed, so the caller reads nothing back (the webhook answers from it).
     pub async fn admit_deployment(
         &self,
         d: &NewDeployment<'_>,
@@ -119,15 +132,25 @@ impl Store {
                     let d = d.borrowed();
                     match active_in(&mut *tx, d.application_id).await? {
                         None => {
-                            let superseded =
-                                insert_log_row(&mut *tx, &d, DeploymentStatus::Pending).await?;
-                            insert_targets(&mut *tx, d.deployment_id, d.targets).await?;
+                            // With its first batch dispatched it is running from the start.
+                            let status = if d.first_batch.is_empty() {
+                                DeploymentStatus::Pending
+                            } else {
+                                DeploymentStatus::Running
+                            };
+                            let (log, superseded) = insert_log_row(&mut *tx, &d, status).await?;
                             mark_deploying(&mut *tx, d.application_id).await?;
                             audit_deploy(&mut *tx, &d, "deploy.start", String::new()).await?;
-                            Ok(Admission::Started { superseded })
+                            prepare_targets(&mut *tx, d.deployment_id, d.targets, d.first_batch, d.note)
+                                .await?;
+                            Ok(Admission {
+                                log,
+                                slot: Slot::Holds,
+                                superseded,
+                            })
                         }
                         Some(behind) => {
-                            let superseded =
+                            let (log, superseded) =
                                 insert_log_row(&mut *tx, &d, DeploymentStatus::Queued).await?;
                             let queued = format!("queued behind deployment {behind}");
                             insert_event(&mut *tx, d.deployment_id, None, "queued", &queued)
@@ -141,7 +164,11 @@ impl Store {
                             }
                             let details = format!(" behind {behind}");
                             audit_deploy(&mut *tx, &d, "deploy.queue", details).await?;
-                            Ok(Admission::Queued { behind, superseded })
+                            Ok(Admission {
+                                log,
+                                slot: Slot::QueuedBehind(behind),
+                                superseded,
+                            })
                         }
                     }
                 })
@@ -166,42 +193,7 @@ impl Store {
         self.writer
             .write(move |tx| {
                 Box::pin(async move {
-                    let (deployment_id, agents, command) =
-                        (deployment_id.as_str(), agents.as_slice(), command.as_str());
-                sqlx::query("UPDATE deployment_logs SET status = ? WHERE deployment_id = ? AND status = ?")
-                    .bind(DeploymentStatus::Running)
-                    .bind(deployment_id)
-                    .bind(DeploymentStatus::Pending)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(internal)?;
-                // Set-based: a batch of 10,000 targets is two statements, not 20,000 round
-                // trips to the connection before the first command goes out.
-                let agents = serde_json::to_string(agents).map_err(|e| Error::Internal(e.to_string()))?;
-                if deploy {
-                    sqlx::query(&format!(
-                        "UPDATE deployment_targets SET status = ?, started_at = {NOW_MS} \
-                         WHERE deployment_id = ? AND agent_name IN (SELECT value FROM json_each(?))"
-                    ))
-                    .bind(TargetStatus::Running)
-                    .bind(deployment_id)
-                    .bind(&agents)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(internal)?;
-                }
-                // json_each walks the array in order: the events keep the batch's order.
-                sqlx::query(
-                    "INSERT INTO deployment_events (deployment_id, agent_name, phase, message) \
-                     SELECT ?1, value, 'dispatch', ?2 || ' sent to ' || value FROM json_each(?3) ORDER BY key",
-                )
-                .bind(deployment_id)
-                .bind(command)
-                .bind(&agents)
-                .execute(&mut *tx)
-                .await
-                .map_err(internal)?;
-                Ok(())
+                    record_dispatch(&mut *tx, &deployment_id, &agents, deploy, &command).await
                 })
             })
             .await
@@ -303,15 +295,18 @@ impl Store {
             .await
     }
 
-    /// Completes the aggregate row and moves the application to `running` (updating version
-    /// and last_deployed_at) or `error` (R-5.6b). Idempotent: a finished row stays as it is.
+    /// Completes the aggregate row with the last line of its step log, `(phase, message)`,
+    /// and moves the application to `running` (updating version and last_deployed_at) or
+    /// `error` (R-5.6b), in one transaction. Returns the final row; `None` when it was
+    /// already finished (it stays as it is, and no line is added).
     pub async fn finish_deployment(
         &self,
         deployment_id: &str,
         success: bool,
         error: Option<&FailureText<'_>>,
-    ) -> Result<bool> {
-        self.finish_deployment_as(deployment_id, success, error, None)
+        last_event: (&str, &str),
+    ) -> Result<Option<DeploymentLog>> {
+        self.finish_deployment_as(deployment_id, success, error, None, last_event)
             .await
     }
 
@@ -323,10 +318,12 @@ impl Store {
         success: bool,
         error: Option<&FailureText<'_>>,
         superseded_by: Option<&str>,
-    ) -> Result<bool> {
+        last_event: (&str, &str),
+    ) -> Result<Option<DeploymentLog>> {
         let deployment_id = deployment_id.to_string();
         let error = error.map(|e| (e.detail.to_string(), e.public_reason.to_string()));
         let superseded_by = superseded_by.map(str::to_string);
+        let (phase, message) = (last_event.0.to_string(), last_event.1.to_string());
         self.writer
             .write(move |tx| {
                 Box::pin(async move {
@@ -345,12 +342,14 @@ impl Store {
                 .await
                 .map_err(internal)?;
                 let Some((app_id, version)) = row else {
-                    return Ok(false);
+                    return Ok(None);
                 };
-                sqlx::query(&format!(
+                insert_event(&mut *tx, deployment_id, None, &phase, &message).await?;
+                let log: DeploymentLog = sqlx::query_as(&format!(
                     "UPDATE deployment_logs SET status = ?, error_message = ?, public_reason = ?, superseded_by = ?, \
                      completed_at = datetime('now'), \
-                     duration_ms = CAST((julianday({NOW_MS}) - julianday(started_at)) * 86400000 AS INTEGER) WHERE deployment_id = ?"
+                     duration_ms = CAST((julianday({NOW_MS}) - julianday(started_at)) * 86400000 AS INTEGER) WHERE deployment_id = ? \
+                     RETURNING *"
                 ))
                 .bind(match (success, superseded_by) {
                     (true, _) => DeploymentStatus::Success,
@@ -361,7 +360,7 @@ impl Store {
                 .bind(error.map(|e| e.public_reason))
                 .bind(superseded_by)
                 .bind(deployment_id)
-                .execute(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await
                 .map_err(internal)?;
                 if success {
@@ -394,7 +393,7 @@ impl Store {
                     .await
                     .map_err(internal)?;
                 }
-                Ok(true)
+                Ok(Some(log))
                 })
             })
             .await
@@ -526,11 +525,11 @@ impl Store {
 
     /// Takes the newest queued deployment of an application to run it: it becomes pending,
     /// and the older queued ones are superseded by it, in one transaction. Returns it and the
-    /// ids it superseded; `None` when nothing is queued or another deployment holds the slot.
+    /// rows it superseded; `None` when nothing is queued or another deployment holds the slot.
     pub async fn take_next_queued(
         &self,
         application_id: i64,
-    ) -> Result<Option<(DeploymentLog, Vec<String>)>> {
+    ) -> Result<Option<(DeploymentLog, Vec<DeploymentLog>)>> {
         self.writer
             .write(move |tx| {
                 Box::pin(async move {
@@ -573,12 +572,33 @@ impl Store {
     }
 
     /// The target rows of a deployment that was admitted before it was prepared (taken from
-    /// the queue), before anything is dispatched.
-    pub async fn add_targets(&self, deployment_id: &str, targets: &[String]) -> Result<()> {
-        let (deployment_id, targets) = (deployment_id.to_string(), targets.to_vec());
+    /// the queue), with its first batch recorded as dispatched (as an admission records it),
+    /// in one transaction.
+    pub async fn add_targets(
+        &self,
+        deployment_id: &str,
+        targets: &[String],
+        first_batch: &[String],
+        note: Option<&str>,
+    ) -> Result<()> {
+        let (deployment_id, targets, first_batch, note) = (
+            deployment_id.to_string(),
+            targets.to_vec(),
+            first_batch.to_vec(),
+            note.map(str::to_string),
+        );
         self.writer
             .write(move |tx| {
-                Box::pin(async move { insert_targets(&mut *tx, &deployment_id, &targets).await })
+                Box::pin(async move {
+                    prepare_targets(
+                        &mut *tx,
+                        &deployment_id,
+                        &targets,
+                        &first_batch,
+                        note.as_deref(),
+                    )
+                    .await
+                })
             })
             .await
     }
@@ -595,16 +615,23 @@ impl Store {
     }
 }
 
-/// How [`Store::admit_deployment`] admitted a deployment.
+/// How [`Store::admit_deployment`] admitted a deployment: its row and the rows it superseded,
+/// as the admission's transaction committed them.
 #[derive(Debug)]
-pub enum Admission {
-    /// It holds the application's slot: pending, with its target rows.
-    Started { superseded: Vec<String> },
-    /// Another deployment holds the slot: it waits behind `behind`.
-    Queued {
-        behind: String,
-        superseded: Vec<String>,
-    },
+pub struct Admission {
+    pub log: DeploymentLog,
+    pub slot: Slot,
+    /// The application's queued deployments this one superseded (final rows).
+    pub superseded: Vec<DeploymentLog>,
+}
+
+/// Whether an admitted deployment holds its application's slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// It holds the slot: pending, with its target rows.
+    Holds,
+    /// Another deployment holds the slot: it waits behind this one.
+    QueuedBehind(String),
 }
 
 /// The deployment of an application that holds its slot (pending or running), if any, as
@@ -622,22 +649,91 @@ async fn active_in(tx: &mut sqlx::SqliteConnection, application_id: i64) -> Resu
     .map_err(internal)
 }
 
+/// One `pending` target row per agent, in the given order, as one set-based statement (a
+/// 10,000-target deployment is not 10,000 round trips to the connection).
 async fn insert_targets(
     tx: &mut sqlx::SqliteConnection,
     deployment_id: &str,
     targets: &[String],
 ) -> Result<()> {
-    for agent in targets {
-        sqlx::query(
-            "INSERT INTO deployment_targets (deployment_id, agent_name, status) VALUES (?, ?, ?)",
-        )
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let targets = serde_json::to_string(targets).map_err(|e| Error::Internal(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO deployment_targets (deployment_id, agent_name, status) \
+         SELECT ?1, value, ?2 FROM json_each(?3) ORDER BY key",
+    )
+    .bind(deployment_id)
+    .bind(TargetStatus::Pending)
+    .bind(&targets)
+    .execute(&mut *tx)
+    .await
+    .map_err(internal)?;
+    Ok(())
+}
+
+/// A prepared deployment's target rows, its note, and its first batch recorded as
+/// dispatched (the command word is always `deploy`: a rollout starts with deploys).
+async fn prepare_targets(
+    tx: &mut sqlx::SqliteConnection,
+    deployment_id: &str,
+    targets: &[String],
+    first_batch: &[String],
+    note: Option<&str>,
+) -> Result<()> {
+    insert_targets(&mut *tx, deployment_id, targets).await?;
+    if let Some(note) = note {
+        insert_event(&mut *tx, deployment_id, None, "prepare", note).await?;
+    }
+    if !first_batch.is_empty() {
+        record_dispatch(&mut *tx, deployment_id, first_batch, true, "deploy").await?;
+    }
+    Ok(())
+}
+
+/// That a command is about to be sent to a batch of agents: the deployment is running, the
+/// targets are running (for a deploy), and one `dispatch` event per agent.
+async fn record_dispatch(
+    tx: &mut sqlx::SqliteConnection,
+    deployment_id: &str,
+    agents: &[String],
+    deploy: bool,
+    command: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE deployment_logs SET status = ? WHERE deployment_id = ? AND status = ?")
+        .bind(DeploymentStatus::Running)
         .bind(deployment_id)
-        .bind(agent)
-        .bind(TargetStatus::Pending)
+        .bind(DeploymentStatus::Pending)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?;
+    // Set-based: a batch of 10,000 targets is two statements, not 20,000 round trips to the
+    // connection before the first command goes out.
+    let agents = serde_json::to_string(agents).map_err(|e| Error::Internal(e.to_string()))?;
+    if deploy {
+        sqlx::query(&format!(
+            "UPDATE deployment_targets SET status = ?, started_at = {NOW_MS} \
+             WHERE deployment_id = ? AND agent_name IN (SELECT value FROM json_each(?))"
+        ))
+        .bind(TargetStatus::Running)
+        .bind(deployment_id)
+        .bind(&agents)
         .execute(&mut *tx)
         .await
         .map_err(internal)?;
     }
+    // json_each walks the array in order: the events keep the batch's order.
+    sqlx::query(
+        "INSERT INTO deployment_events (deployment_id, agent_name, phase, message) \
+         SELECT ?1, value, 'dispatch', ?2 || ' sent to ' || value FROM json_each(?3) ORDER BY key",
+    )
+    .bind(deployment_id)
+    .bind(command)
+    .bind(&agents)
+    .execute(&mut *tx)
+    .await
+    .map_err(internal)?;
     Ok(())
 }
 
@@ -674,16 +770,17 @@ async fn audit_deploy(
 }
 
 /// The aggregate row of a new deployment with `status`, after superseding the application's
-/// queued deployments by it (only the newest waits). Returns the superseded ids.
+/// queued deployments by it (only the newest waits). Returns the new row and the superseded
+/// ones.
 async fn insert_log_row(
     tx: &mut sqlx::SqliteConnection,
     d: &NewDeployment<'_>,
     status: DeploymentStatus,
-) -> Result<Vec<String>> {
+) -> Result<(DeploymentLog, Vec<DeploymentLog>)> {
     let superseded = supersede_queued(&mut *tx, d.application_id, d.deployment_id).await?;
-    sqlx::query(
+    let log = sqlx::query_as(
         "INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
     )
     .bind(d.application_id)
     .bind(d.version)
@@ -691,23 +788,24 @@ async fn insert_log_row(
     .bind(d.trigger_type)
     .bind(d.trigger_source)
     .bind(status)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await
     .map_err(internal)?;
-    Ok(superseded)
+    Ok((log, superseded))
 }
 
-/// Supersedes every queued deployment of an application but `by`, recording why.
+/// Supersedes every queued deployment of an application but `by`, recording why. Returns
+/// their final rows.
 async fn supersede_queued(
     tx: &mut sqlx::SqliteConnection,
     application_id: i64,
     by: &str,
-) -> Result<Vec<String>> {
-    let superseded: Vec<String> = sqlx::query_scalar(&format!(
+) -> Result<Vec<DeploymentLog>> {
+    let superseded: Vec<DeploymentLog> = sqlx::query_as(&format!(
         "UPDATE deployment_logs SET status = ?, superseded_by = ?, error_message = ?, public_reason = ?, \
          completed_at = datetime('now'), \
          duration_ms = CAST((julianday({NOW_MS}) - julianday(started_at)) * 86400000 AS INTEGER) \
-         WHERE application_id = ? AND status = ? AND deployment_id != ? RETURNING deployment_id"
+         WHERE application_id = ? AND status = ? AND deployment_id != ? RETURNING *"
     ))
     .bind(DeploymentStatus::Superseded)
     .bind(by)
@@ -719,9 +817,9 @@ async fn supersede_queued(
     .fetch_all(&mut *tx)
     .await
     .map_err(internal)?;
-    for id in &superseded {
+    for log in &superseded {
         sqlx::query("INSERT INTO deployment_events (deployment_id, agent_name, phase, message) VALUES (?, NULL, 'superseded', ?)")
-            .bind(id)
+            .bind(&log.deployment_id)
             .bind(format!("superseded by deployment {by}"))
             .execute(&mut *tx)
             .await

@@ -92,18 +92,16 @@ impl Store {
     /// to know which routes to send it. From memory while no domain or application has been
     /// added or removed since it was read.
     pub async fn applications_with_domains(&self) -> Result<Arc<[i64]>> {
-        let generation = self.auth.generation();
-        if let Some(ids) = self.auth.apps_with_domains.get(&(), generation) {
-            return Ok(ids);
-        }
-        let ids: Vec<i64> =
-            sqlx::query_scalar("SELECT DISTINCT application_id FROM domains ORDER BY 1")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(internal)?;
-        let ids: Arc<[i64]> = ids.into();
-        self.auth.apps_with_domains.put((), ids.clone(), generation);
-        Ok(ids)
+        self.auth
+            .remembered(&self.auth.apps_with_domains, &(), || async {
+                let ids: Vec<i64> =
+                    sqlx::query_scalar("SELECT DISTINCT application_id FROM domains ORDER BY 1")
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(internal)?;
+                Ok(ids.into())
+            })
+            .await
     }
 
     /// Removes a domain; false when there was none.
