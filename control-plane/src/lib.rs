@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod model;
 pub mod node;
 pub mod notify;
+pub mod outbound;
 pub mod pki;
 pub mod provider;
 pub mod service;

@@ -1,25 +1,23 @@
-//! The HTTP client the ACME client speaks through: berth's own hyper (HTTP/1.1) and rustls
-//! (ring) — so instant-acme brings no second TLS stack — with the system's roots plus an
-//! optional extra root (`--acme-ca-file`, for a test CA such as Pebble), one connection per
-//! request, a time limit and an answer size limit.
+//! The HTTP client the ACME client speaks through: berth's own outbound HTTP/1.1
+//! (`outbound.rs`: hyper and rustls with ring — so instant-acme brings no second TLS stack)
+//! with the system's roots plus an optional extra root (`--acme-ca-file`, for a test CA such
+//! as Pebble), one connection per request, a time limit and an answer size limit.
 //!
 //! Architecture invariant: `https://` is always verified; errors name the server's host and
 //! the step, never a request body (the JWS bodies are signed by the account key).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, Response, Uri};
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
-use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::outbound;
 
 /// An ACME server's answer larger than this is refused (a certificate chain is a few KiB).
 const MAX_BODY: usize = 1024 * 1024;
@@ -34,35 +32,12 @@ pub struct AcmeHttp {
 impl AcmeHttp {
     /// `extra_root_pem`: PEM certificates trusted besides the system's roots.
     pub fn new(extra_root_pem: Option<&str>, timeout: Duration) -> Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
+        let mut roots = outbound::system_roots();
         if let Some(pem) = extra_root_pem {
-            let mut added = 0;
-            for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
-                let cert =
-                    cert.map_err(|e| Error::invalid(format!("invalid --acme-ca-file PEM: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| Error::invalid(format!("invalid --acme-ca-file: {e}")))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(Error::invalid(
-                    "--acme-ca-file holds no CERTIFICATE block: give the PEM root of the ACME server's TLS certificate",
-                ));
-            }
+            outbound::add_pem_roots(&mut roots, pem, "--acme-ca-file")?;
         }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Internal(format!("tls: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         Ok(AcmeHttp {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            tls: outbound::tls_connector(roots)?,
             timeout,
         })
     }
@@ -96,20 +71,14 @@ impl AcmeHttp {
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| step("connect", e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let response = if https {
-            let name = ServerName::try_from(host.clone())
-                .map_err(|_| step("tls", "invalid server name".into()))?;
-            let stream = self
-                .tls
-                .connect(name, tcp)
-                .await
-                .map_err(|e| step("tls", e.to_string()))?;
-            exchange(TokioIo::new(stream), request).await
-        } else {
-            exchange(TokioIo::new(tcp), request).await
-        };
-        response.map_err(|e| step("http", e))
+        let tls = https.then_some((&self.tls, host.as_str()));
+        let answer = outbound::request(tcp, tls, request, MAX_BODY)
+            .await
+            .map_err(|(at, e)| step(&at.to_string(), e))?;
+        Ok(BytesResponse::from(Response::from_parts(
+            answer.head,
+            Full::new(answer.body),
+        )))
     }
 }
 
@@ -154,40 +123,6 @@ fn target(uri: &Uri) -> std::result::Result<(bool, String, u16), String> {
         .to_string();
     let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     Ok((https, host, port))
-}
-
-async fn exchange<I>(
-    io: I,
-    request: Request<BodyWrapper<Bytes>>,
-) -> std::result::Result<BytesResponse, String>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let outcome = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (parts, body) = response.into_parts();
-        let body = Limited::new(body, MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_bytes();
-        Ok(BytesResponse::from(Response::from_parts(
-            parts,
-            Full::new(body),
-        )))
-    }
-    .await;
-    driver.abort();
-    outcome
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! One HTTP/1.1 POST per attempt, over a fresh connection (plain TCP for `http://`, rustls
-//! with the system's root certificates for `https://`). Deliveries are rare, so there is no
+//! with the system's root certificates for `https://`; `outbound.rs` sends it). Deliveries are rare, so there is no
 //! pool; redirects are not followed (a 3xx is an unsuccessful answer). The host is resolved
 //! here, each address checked against the [`DestinationPolicy`], and the connection made to a
 //! checked address (see `destination`).
@@ -11,11 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Method, Request, Uri};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::destination::DestinationPolicy;
+use crate::outbound;
 
 /// Bounds the whole attempt: connect, TLS, request and response head.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,17 +108,12 @@ impl HttpSender {
             .map_err(|e| SendError::Http(e.to_string()))?;
 
         let tcp = self.connect(&host, port).await?;
-        let _ = tcp.set_nodelay(true);
-        if https {
-            let name = ServerName::try_from(host).map_err(|_| SendError::InvalidUrl)?;
-            let stream = self
-                .tls()
-                .connect(name, tcp)
-                .await
-                .map_err(|e| SendError::Tls(e.to_string()))?;
-            exchange(TokioIo::new(stream), request).await
-        } else {
-            exchange(TokioIo::new(tcp), request).await
+        let tls = https.then(|| (self.tls(), host.as_str()));
+        // The answer's body is not read: the status decides.
+        match outbound::request(tcp, tls, request, 0).await {
+            Ok(answer) => Ok(answer.head.status.as_u16()),
+            Err((outbound::Step::Tls, e)) => Err(SendError::Tls(e)),
+            Err((outbound::Step::Http, e)) => Err(SendError::Http(e)),
         }
     }
 
@@ -154,52 +148,13 @@ impl HttpSender {
 
     fn tls(&self) -> &tokio_rustls::TlsConnector {
         self.tls.get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            let native = rustls_native_certs::load_native_certs();
-            for cert in native.certs {
-                let _ = roots.add(cert);
-            }
+            let roots = outbound::system_roots();
             if roots.is_empty() {
                 tracing::warn!(
                     "no system root certificates found; https webhooks will fail verification"
                 );
             }
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            tokio_rustls::TlsConnector::from(Arc::new(config))
+            outbound::tls_connector(roots).expect("ring supports the default protocol versions")
         })
-    }
-}
-
-/// One request on a fresh HTTP/1.1 connection; the connection is dropped with the response
-/// (its body is not read), or when the attempt is abandoned (timeout, shutdown).
-async fn exchange<I>(io: I, request: Request<Full<Bytes>>) -> Result<u16, SendError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| SendError::Http(e.to_string()))?;
-    let _connection = AbortOnDrop(tokio::spawn(async move {
-        let _ = connection.await;
-    }));
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| SendError::Http(e.to_string()))?;
-    Ok(response.status().as_u16())
-}
-
-/// Ends the task driving a connection when the attempt that owns it ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -1,21 +1,19 @@
-//! The HTTP client every provider speaks through: one HTTP/1.1 request per call on a fresh
-//! connection, `http://` or `https://` with the TLS certificate always verified (against the
+//! The HTTP client every provider speaks through (over `outbound.rs`): one HTTP/1.1 request
+//! per call on a fresh connection, `http://` or `https://` with the TLS certificate always verified (against the
 //! system's roots, or a provider's own `--ca-cert`), a time limit, and a response body limit.
 //!
 //! Architecture invariant: errors name the provider's host and the step, never a URL's query,
 //! a header or a body (they carry tokens and secret values).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Uri};
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
+use http_body_util::Full;
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
+use crate::outbound;
 
 /// A provider's answer bigger than this is refused (a page of secrets is far smaller).
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -157,66 +155,17 @@ impl ProviderHttp {
     }
 }
 
-async fn exchange<I>(io: I, request: Request<Full<Bytes>>) -> std::result::Result<Answer, String>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let outcome = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_bytes();
-        Ok(Answer { status, body })
-    }
-    .await;
-    driver.abort();
-    outcome
-}
-
+/// A `--ca-cert` replaces the system's roots (a self-hosted server's own CA).
 fn connector(ca_pem: Option<&str>) -> Result<tokio_rustls::TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_pem {
+    let roots = match ca_pem {
         Some(pem) => {
-            let mut reader = std::io::BufReader::new(pem.as_bytes());
-            let mut added = 0;
-            for cert in rustls_pemfile::certs(&mut reader) {
-                let cert =
-                    cert.map_err(|e| Error::invalid(format!("invalid --ca-cert PEM: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| Error::invalid(format!("invalid --ca-cert: {e}")))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(Error::invalid("--ca-cert holds no certificate"));
-            }
+            let mut roots = rustls::RootCertStore::empty();
+            outbound::add_pem_roots(&mut roots, pem, "--ca-cert")?;
+            roots
         }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| Error::Internal(format!("tls: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+        None => outbound::system_roots(),
+    };
+    outbound::tls_connector(roots)
 }
 
 /// Percent-encodes one path segment (provider paths come from configuration and listings).
@@ -296,23 +245,14 @@ impl ProviderHttp {
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| unavailable("connect", e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            Some(tls) => {
-                let name = ServerName::try_from(host.clone())
-                    .map_err(|_| unavailable("tls", "invalid server name".into()))?;
-                let stream = tls
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| unavailable("tls", e.to_string()))?;
-                exchange(TokioIo::new(stream), request)
-                    .await
-                    .map_err(|e| unavailable("http", e))
-            }
-            None => exchange(TokioIo::new(tcp), request)
-                .await
-                .map_err(|e| unavailable("http", e)),
-        }
+        let tls = self.tls.as_ref().map(|tls| (tls, host.as_str()));
+        let answer = outbound::request(tcp, tls, request, MAX_BODY)
+            .await
+            .map_err(|(step, e)| unavailable(&step.to_string(), e))?;
+        Ok(Answer {
+            status: answer.head.status.as_u16(),
+            body: answer.body,
+        })
     }
 }
 
