@@ -10,6 +10,12 @@
 //!
 //! cargo bench -p berth-control-plane --bench webhook [-- DEPLOYS REJECTS CONCURRENCY]
 //!
+//! The control plane's database is on the disk of the working directory's temp dir (its
+//! fsyncs are what is measured). The agent stands for another host: with
+//! `BERTH_BENCH_AGENT_DIR` (e.g. `/dev/shm`) its data dir — the journal it writes, three file
+//! creations per command — goes there instead, so the agent's disk does not load the control
+//! plane's, as the fleet simulator's `--agents-dir` does.
+//!
 //! DEPLOYS (default 200) are of one application: the first runs, the others queue behind it
 //! and supersede each other (only the newest queued one runs next), so a burst of any size
 //! sends the agent two commands.
@@ -91,7 +97,11 @@ async fn run(deploys: usize, rejects: usize, concurrency: usize) -> anyhow::Resu
         .await?;
     tokio::spawn(node.serve(std::future::pending()));
 
-    let agent_dir = dir.path().join("agent");
+    let agent_tmp = match std::env::var_os("BERTH_BENCH_AGENT_DIR") {
+        Some(parent) => tempfile::tempdir_in(parent)?,
+        None => tempfile::tempdir()?,
+    };
+    let agent_dir = agent_tmp.path().join("agent");
     let identity =
         berth_agent::enroll::enroll(&admin_url, &enroll_token, &ca_fingerprint, "bench").await?;
     identity.save(&agent_dir)?;
