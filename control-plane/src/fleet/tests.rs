@@ -612,6 +612,49 @@ async fn a_deployment_of_a_busy_app_waits_and_only_the_newest_queued_one_runs() 
     );
     assert!(superseded.status.is_finished());
     assert_eq!(status(&h.fleet, &v4).await.status, DeploymentStatus::Queued);
+    // What the queued admission wrote (one query): each step-log line with its words, and
+    // one `deploy.queue` audit row per queued deployment, naming the one it waits behind.
+    let store = h.fleet.service().store();
+    let lines = |id: String| async move {
+        store
+            .deployment_events(&id, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.phase, e.message))
+            .collect::<Vec<_>>()
+    };
+    let queued = |behind: &str| format!("queued behind deployment {behind}");
+    assert_eq!(
+        lines(v3.clone()).await,
+        [
+            ("queued".to_string(), queued(&v2)),
+            (
+                "superseded".to_string(),
+                format!("superseded by deployment {v4}")
+            )
+        ]
+    );
+    assert_eq!(
+        lines(v4.clone()).await,
+        [("queued".to_string(), queued(&v2))]
+    );
+    let audit: Vec<(String, Option<String>, Option<String>)> = store
+        .list_audit(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.action == "deploy.queue")
+        .map(|a| (a.actor, a.target, a.details))
+        .collect();
+    for (id, version) in [(&v3, "v3"), (&v4, "v4")] {
+        let row = (
+            "system".to_string(),
+            Some("web".to_string()),
+            Some(format!("{id} version {version} behind {v2}")),
+        );
+        assert!(audit.contains(&row), "{row:?} in {audit:?}");
+    }
     // Nothing of v3 or v4 reaches the agent while v2 runs.
     a1.idle().await;
 

@@ -141,8 +141,14 @@ impl Store {
                             let (log, superseded) = insert_log_row(&mut *tx, &d, status).await?;
                             mark_deploying(&mut *tx, d.application_id).await?;
                             audit_deploy(&mut *tx, &d, "deploy.start", String::new()).await?;
-                            prepare_targets(&mut *tx, d.deployment_id, d.targets, d.first_batch, d.note)
-                                .await?;
+                            prepare_targets(
+                                &mut *tx,
+                                d.deployment_id,
+                                d.targets,
+                                d.first_batch,
+                                d.note,
+                            )
+                            .await?;
                             Ok(Admission {
                                 log,
                                 slot: Slot::Holds,
@@ -151,19 +157,7 @@ impl Store {
                         }
                         Some(behind) => {
                             let (log, superseded) =
-                                insert_log_row(&mut *tx, &d, DeploymentStatus::Queued).await?;
-                            let queued = format!("queued behind deployment {behind}");
-                            insert_event(&mut *tx, d.deployment_id, None, "queued", &queued)
-                                .await?;
-                            if cancel_running {
-                                let why = format!(
-                                    "cancelled by deployment {}: no further batch; finishing cleanly",
-                                    d.deployment_id
-                                );
-                                insert_event(&mut *tx, &behind, None, "cancel", &why).await?;
-                            }
-                            let details = format!(" behind {behind}");
-                            audit_deploy(&mut *tx, &d, "deploy.queue", details).await?;
+                                queue_behind(&mut *tx, &d, &behind, cancel_running).await?;
                             Ok(Admission {
                                 log,
                                 slot: Slot::QueuedBehind(behind),
@@ -791,6 +785,78 @@ async fn insert_log_row(
     .fetch_one(&mut *tx)
     .await
     .map_err(internal)?;
+    Ok((log, superseded))
+}
+
+/// The parameters of [`queue_behind`], named once and opened by each of its statements:
+/// sqlx binds a multi-statement query statement by statement, and a statement whose `?NNN`
+/// numbers have gaps gets its later parameters left NULL; with this every statement uses
+/// `?1`..`?11`, all of them.
+const QUEUE_PARAMS: &str = "WITH p (app, id, version, trigger_type, source, superseded_why, \
+     queued_why, behind, cancel_why, actor, details) AS \
+     (VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11))";
+
+/// The queued admission of a deployment behind `behind`, as one multi-statement round trip
+/// to the connection (each statement of a write job is a hand-off to sqlx's SQLite thread
+/// and back, most of an admission's cost): the older queued deployments superseded with
+/// their events, the new row `queued`, its event, the `cancel` event of the running one when
+/// asked, and the `deploy.queue` audit row. Returns the new row and the superseded ones.
+async fn queue_behind(
+    tx: &mut sqlx::SqliteConnection,
+    d: &NewDeployment<'_>,
+    behind: &str,
+    cancel_running: bool,
+) -> Result<(DeploymentLog, Vec<DeploymentLog>)> {
+    let p = QUEUE_PARAMS;
+    let cancel_why = cancel_running.then(|| {
+        format!(
+            "cancelled by deployment {}: no further batch; finishing cleanly",
+            d.deployment_id
+        )
+    });
+    // The superseded ones' events are inserted before the update that supersedes them (the
+    // same rows: nothing else writes in between on this connection), so both statements find
+    // them through the (application, status) index.
+    let rows: Vec<DeploymentLog> = sqlx::query_as(&format!(
+        "{p} INSERT INTO deployment_events (deployment_id, agent_name, phase, message) \
+           SELECT l.deployment_id, NULL, 'superseded', p.superseded_why FROM p, deployment_logs l \
+           WHERE l.application_id = p.app AND l.status = 'queued' AND l.deployment_id != p.id \
+           ORDER BY l.id; \
+         {p} UPDATE deployment_logs SET status = 'superseded', superseded_by = (SELECT id FROM p), \
+           error_message = (SELECT superseded_why FROM p), public_reason = (SELECT superseded_why FROM p), \
+           completed_at = datetime('now'), \
+           duration_ms = CAST((julianday({NOW_MS}) - julianday(started_at)) * 86400000 AS INTEGER) \
+           WHERE application_id = (SELECT app FROM p) AND status = 'queued' \
+             AND deployment_id != (SELECT id FROM p) RETURNING *; \
+         {p} INSERT INTO deployment_logs (application_id, version, deployment_id, trigger_type, trigger_source, status) \
+           SELECT app, version, id, trigger_type, source, 'queued' FROM p RETURNING *; \
+         {p} INSERT INTO deployment_events (deployment_id, agent_name, phase, message) \
+           SELECT id, NULL, 'queued', queued_why FROM p; \
+         {p} INSERT INTO deployment_events (deployment_id, agent_name, phase, message) \
+           SELECT behind, NULL, 'cancel', cancel_why FROM p WHERE cancel_why IS NOT NULL; \
+         {p} INSERT INTO audit_log (actor, action, target, details) \
+           SELECT p.actor, 'deploy.queue', a.name, p.details FROM p JOIN applications a ON a.id = p.app"
+    ))
+    .bind(d.application_id)
+    .bind(d.deployment_id)
+    .bind(d.version)
+    .bind(d.trigger_type)
+    .bind(d.trigger_source)
+    .bind(format!("superseded by deployment {}", d.deployment_id))
+    .bind(format!("queued behind deployment {behind}"))
+    .bind(behind)
+    .bind(cancel_why)
+    .bind(d.actor)
+    .bind(format!("{} version {} behind {behind}", d.deployment_id, d.version))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(internal)?;
+    let (mut new, superseded): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .partition(|log| log.deployment_id == d.deployment_id);
+    let log = new
+        .pop()
+        .ok_or_else(|| Error::Internal("the queued deployment row was not returned".into()))?;
     Ok((log, superseded))
 }
 
