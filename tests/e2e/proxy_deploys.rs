@@ -330,14 +330,19 @@ async fn domains_route_by_host_and_serve_tls_from_files() {
         None,
     ));
 
-    // The routes reach the proxy through the agent: wait for the first answer.
+    // The routes reach the proxy through the agent, one push per change and app (applied
+    // in no set order across apps): wait until both hosts are routed — shop.test serves,
+    // blog.test (with a certificate) redirects to https.
     let http_port = node.proxy_http_port;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while get_host(http_port, "shop.test").status != 200 {
+    while get_host(http_port, "shop.test").status != 200
+        || get_host(http_port, "blog.test").status == 404
+    {
         assert!(
             Instant::now() < deadline,
-            "shop.test never routed: {:?}\n{}",
+            "shop.test or blog.test never routed: {:?} {:?}\n{}",
             get_host(http_port, "shop.test"),
+            get_host(http_port, "blog.test"),
             node.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
